@@ -1,0 +1,41 @@
+# Shoal: the two commands are `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-unit test-integration bench clean
+
+$(STAMP): pyproject.toml
+	@command -v mosquitto >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing mosquitto (used by tests and benchmarks as a reference broker)"; \
+	    (apt-get install -y -qq mosquitto mosquitto-clients >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq mosquitto mosquitto-clients >/dev/null)) || \
+	     echo "warning: could not install mosquitto; comparison tests and benchmarks will not run"; \
+	  fi; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/circusd circus.ini
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-unit: install
+	$(PY) -m pytest -q tests/unit
+
+test-integration: install
+	$(PY) -m pytest -q tests/integration
+
+bench: install
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m loadtest.bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

@@ -1,0 +1,70 @@
+"""The one settings object of a Shoal node.
+
+Every process (circusd hooks, workers, router) builds it once from ``SHOAL_*``
+environment variables and passes it down.  circus.ini passes the environment
+through unchanged, so this class is the single place where defaults live.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHOAL_", extra="ignore")
+
+    # -- node -------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 1883
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    data_dir: Path = Path("data")
+    node_name: str = ""  # default: "<hostname>-<port>"
+    log_level: str = "INFO"
+    run_dir: Path = Path("/tmp")  # ZeroMQ ipc endpoints of the node live here
+
+    # -- MQTT limits ------------------------------------------------------
+    max_packet_size: int = 1024 * 1024  # bytes, advertised to v5 clients
+    receive_maximum: int = 100  # QoS 1/2 publishes a client may have unacknowledged
+    max_inflight: int = 100  # outgoing QoS 1/2 window per client (capped by its Receive Maximum)
+    max_queued_messages: int = 1000  # offline / over-window queue per session
+    max_keepalive: int = 0  # 0: accept any; otherwise the Server Keep Alive cap (v5)
+    topic_alias_maximum: int = 10
+    max_session_expiry: int = 0  # 0: no cap; otherwise caps requested expiry (seconds)
+    persistent_session_expiry: int = 0  # v3 clean_session=0 sessions; 0: never expire
+    allow_anonymous: bool = True
+    acl_file: Path | None = None
+    retain_available: bool = True
+    max_retained_messages: int = 100_000
+    connect_timeout: float = 10.0
+
+    # -- $SYS -------------------------------------------------------------
+    sys_interval: float = 10.0  # seconds between $SYS updates; 0 disables
+
+    # -- persistence ------------------------------------------------------
+    persistence: bool = True
+    sync: Literal["always", "batch", "off"] = "batch"
+
+    @field_validator("acl_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v):
+        return None if v in ("", None) else v
+
+    @property
+    def node(self) -> str:
+        if self.node_name:
+            return self.node_name
+        import socket
+
+        return f"{socket.gethostname()}-{self.port}"
+
+    def ipc(self, name: str) -> str:
+        """A ZeroMQ ipc endpoint private to this node (nodes differ by port)."""
+        return f"ipc://{self.run_dir}/shoal-{self.port}-{name}.sock"
+
+    @property
+    def router_endpoint(self) -> str:
+        return self.ipc("router")

@@ -1,0 +1,45 @@
+"""Messages between the members of a node (workers, cluster agent) and its router.
+
+Every ZeroMQ message is one msgpack array of ops: ``[[op, ...], [op, ...]]``,
+so that many ops travel in one send. Ops are versioned by their number: a new
+shape gets a new number, never a changed one.
+"""
+from __future__ import annotations
+
+from enum import IntEnum
+
+import msgpack
+
+WIRE_VERSION = 1
+
+
+class Op(IntEnum):
+    # member -> router
+    HELLO = 1  # [HELLO, WIRE_VERSION, filters, client_ids, retained msgs]
+    ROUTE_ADD = 2  # [ROUTE_ADD, filter]
+    ROUTE_DEL = 3  # [ROUTE_DEL, filter]
+    PUB = 4  # [PUB, msg]
+    RETAIN = 5  # [RETAIN, msg]   (empty payload clears)
+    CLAIM = 6  # [CLAIM, client_id, req, clean_start]
+    HANDOFF = 7  # [HANDOFF, client_id, req, state | None]
+    RELEASE = 8  # [RELEASE, client_id]
+    STATS = 9  # [STATS, snapshot]
+    PING = 10  # [PING]
+    SHARED_PUB = 11  # [SHARED_PUB, msg, group, filter]  (re-dispatch to another member)
+    # router -> member
+    WELCOME = 20  # [WELCOME, epoch, route_version, [[member, filter], ...], retained msgs]
+    ROUTES = 21  # [ROUTES, version, [[+1|-1, member, filter], ...]]
+    DELIVER = 22  # [DELIVER, msg, normal, [[group, filter], ...]]
+    RETAINED = 23  # [RETAINED, msg]
+    GRANT = 24  # [GRANT, client_id, req, state | None]
+    TAKEOVER = 25  # [TAKEOVER, client_id, req, clean_start]
+    NODE_STATS = 26  # [NODE_STATS, sums, {member: snapshot}]
+    PONG = 27  # [PONG, epoch, route_version]
+
+
+def pack(ops: list) -> bytes:
+    return msgpack.packb(ops, use_bin_type=True)
+
+
+def unpack(data: bytes) -> list:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)

@@ -1,0 +1,351 @@
+"""The node's switchboard: a ZeroMQ ROUTER socket and a route table in Python.
+
+Members (workers, the cluster agent) connect DEALER sockets with identity
+``w<wid>`` (or ``agent``). The router keeps
+- the route table: which member wants which filters (a SubscriptionTrie keyed
+  by member), versioned; every change is broadcast as a delta;
+- the session registry: which member holds which client id, and brokers the
+  hand-over of a session between members;
+- the node-wide retained messages (every member keeps a copy);
+- the node-wide $SYS sums.
+A publish from one member is forwarded once to each other member that wants it;
+the ops for one member are batched into one send per loop pass.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from common import logs
+from common.logs import kv
+from common.settings import Settings
+from common.wire import WIRE_VERSION, Op, pack, unpack
+from mqtt import SubscriptionTrie
+
+log = logging.getLogger("shoal.router")
+
+MEMBER_TIMEOUT = 3.0  # seconds without a PING before a member counts as gone
+CLAIM_TIMEOUT = 5.0  # seconds a hand-over may take before the claimant gets an empty session
+
+
+@dataclass(slots=True)
+class Member:
+    ident: bytes
+    name: str
+    filters: dict = field(default_factory=dict)  # filter -> True
+    last_seen: float = 0.0
+    alive: bool = True
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Claim:
+    client_id: str
+    req: int
+    claimant: bytes
+    clean_start: bool
+    deadline: float
+
+
+class Router:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.epoch = int.from_bytes(os.urandom(4), "big")
+        self.version = 0
+        self.trie = SubscriptionTrie()
+        self.members: dict[bytes, Member] = {}
+        self.registry: dict[str, bytes] = {}  # client id -> member ident
+        self.claims: dict[str, list[Claim]] = {}  # client id -> queue of claims, head in progress
+        self.retained: dict[str, list] = {}
+        self.out: dict[bytes, list] = {}
+        self.delta: list = []
+        self.shared_cursor: dict[tuple, int] = {}
+        self.forwarded = 0
+        self._req = itertools.count(1)
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 100_000)
+        self.sock.setsockopt(zmq.RCVHWM, 100_000)
+        self.endpoint = settings.router_endpoint
+        self.running = True
+
+    # -- plumbing ---------------------------------------------------------
+    def bind(self) -> None:
+        path = self.endpoint.removeprefix("ipc://")
+        if self.endpoint.startswith("ipc://") and os.path.exists(path):
+            os.unlink(path)  # a previous router's socket file (it died)
+        self.sock.bind(self.endpoint)
+        log.info("router serving", extra=kv(endpoint=self.endpoint, epoch=self.epoch, pid=os.getpid()))
+
+    def send(self, ident: bytes, op: list) -> None:
+        self.out.setdefault(ident, []).append(op)
+
+    def flush(self) -> bool:
+        """Send the batched ops; True when everything went out."""
+        if self.delta:
+            self.version += 1
+            ops = [Op.ROUTES, self.version, self.delta]
+            self.delta = []
+            for ident, m in self.members.items():
+                if m.alive:
+                    self.out.setdefault(ident, []).append(ops)
+        done = True
+        for ident in list(self.out):
+            ops = self.out[ident]
+            try:
+                self.sock.send_multipart([ident, pack(ops)], flags=zmq.NOBLOCK)
+            except zmq.Again:
+                done = False  # that member is slow: keep its ops, stop reading (push back)
+                continue
+            except zmq.ZMQError as e:
+                if e.errno == zmq.EHOSTUNREACH:
+                    self._member_gone(ident)
+                else:
+                    raise
+            del self.out[ident]
+        return done
+
+    def run(self) -> None:
+        self.bind()
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        next_check = time.monotonic() + 0.5
+        while self.running:
+            backlog = bool(self.out)
+            poller.modify(self.sock, zmq.POLLOUT if backlog else zmq.POLLIN)
+            events = dict(poller.poll(100))
+            if self.sock in events and not backlog:
+                for _ in range(1000):  # a bounded batch per pass
+                    try:
+                        ident, data = self.sock.recv_multipart(flags=zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self.handle(ident, data)
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + 0.5
+                self.check_timeouts(now)
+            self.flush()
+        self.sock.close(0)
+
+    # -- ops ------------------------------------------------------------------
+    def handle(self, ident: bytes, data: bytes) -> None:
+        try:
+            ops = unpack(data)
+        except Exception:
+            log.warning("undecodable message from a member", extra=kv(member=ident.decode(errors="replace")))
+            return
+        m = self.members.get(ident)
+        now = time.monotonic()
+        for op in ops:
+            code = op[0]
+            if code == Op.HELLO:
+                m = self.hello(ident, op, now)
+                continue
+            if m is None:
+                # a member we do not know (the router restarted): ask it to say hello
+                self.send(ident, [Op.PONG, self.epoch, self.version])
+                continue
+            m.last_seen = now
+            if not m.alive:
+                m.alive = True
+            if code == Op.PUB:
+                self.publish(ident, op[1])
+            elif code == Op.ROUTE_ADD:
+                self.route_add(m, op[1])
+            elif code == Op.ROUTE_DEL:
+                self.route_del(m, op[1])
+            elif code == Op.RETAIN:
+                self.retain(ident, op[1])
+            elif code == Op.CLAIM:
+                self.claim(ident, op[1], op[2], op[3], now)
+            elif code == Op.HANDOFF:
+                self.handoff(ident, op[1], op[2], op[3])
+            elif code == Op.RELEASE:
+                if self.registry.get(op[1]) == ident:
+                    del self.registry[op[1]]
+            elif code == Op.STATS:
+                m.stats = op[1]
+                self.broadcast_stats()
+            elif code == Op.PING:
+                self.send(ident, [Op.PONG, self.epoch, self.version])
+            elif code == Op.SHARED_PUB:
+                self.shared_publish(ident, op[1], op[2], op[3])
+
+    def hello(self, ident: bytes, op: list, now: float) -> Member:
+        _, wire, filters, client_ids, retained = op[:5]
+        if wire != WIRE_VERSION:
+            log.error("member speaks another wire version", extra=kv(member=ident.decode(), version=wire))
+        old = self.members.get(ident)
+        if old is not None:
+            for flt in list(old.filters):
+                self.route_del(old, flt)
+        m = Member(ident, ident.decode(errors="replace"), last_seen=now)
+        self.members[ident] = m
+        for flt in filters:
+            self.route_add(m, flt)
+        for cid in client_ids:
+            self.registry[cid] = ident
+        for msg in retained or ():
+            self.retain(None, msg)
+        routes = [[o.name, flt] for o in self.members.values() if o.ident != ident for flt in o.filters]
+        # WELCOME carries the table as of the version after this member's own deltas
+        self.flush_delta_only()
+        self.send(ident, [Op.WELCOME, self.epoch, self.version, routes, list(self.retained.values())])
+        log.info("member joined", extra=kv(member=m.name, filters=len(filters), sessions=len(client_ids)))
+        return m
+
+    def flush_delta_only(self) -> None:
+        if self.delta:
+            self.version += 1
+            ops = [Op.ROUTES, self.version, self.delta]
+            self.delta = []
+            for ident, m in self.members.items():
+                if m.alive:
+                    self.out.setdefault(ident, []).append(ops)
+
+    def route_add(self, m: Member, flt: str) -> None:
+        if flt in m.filters:
+            return
+        m.filters[flt] = True
+        self.trie.add(flt, m.ident, True)
+        self.delta.append([1, m.name, flt])
+
+    def route_del(self, m: Member, flt: str) -> None:
+        if m.filters.pop(flt, None) is None:
+            return
+        self.trie.remove(flt, m.ident)
+        self.delta.append([-1, m.name, flt])
+
+    def publish(self, sender: bytes, msg: list) -> None:
+        topic = msg[0]
+        trie = self.trie
+        normal = {ident for ident, _ in trie.match(topic) if ident != sender}
+        groups_for: dict[bytes, list] = {}
+        for group in trie.match_shared(topic):
+            members = list(group.members)
+            if len(members) == 1 and members[0] == sender:
+                continue  # only the sender has this group: it decided locally
+            chosen = self._pick(group, members)
+            groups_for.setdefault(chosen, []).append([group.group, group.topic_filter])
+        for ident in normal | groups_for.keys():
+            self.send(ident, [Op.DELIVER, msg, ident in normal, groups_for.get(ident, [])])
+            self.forwarded += 1
+
+    def _pick(self, group, members: list, exclude: bytes | None = None) -> bytes:
+        key = (group.group, group.topic_filter)
+        cands = [m for m in members if m != exclude and self.members.get(m) is not None and self.members[m].alive] or members
+        i = self.shared_cursor.get(key, 0)
+        self.shared_cursor[key] = i + 1
+        return cands[i % len(cands)]
+
+    def shared_publish(self, sender: bytes, msg: list, group_name: str, flt: str) -> None:
+        for group in self.trie.match_shared(msg[0]):
+            if group.group == group_name and group.topic_filter == flt:
+                members = [m for m in group.members if m != sender]
+                if members:
+                    chosen = self._pick(group, members)
+                    self.send(chosen, [Op.DELIVER, msg, False, [[group_name, flt]]])
+                return
+
+    def retain(self, sender: bytes | None, msg: list) -> None:
+        topic = msg[0]
+        if msg[1]:
+            self.retained[topic] = msg
+        else:
+            self.retained.pop(topic, None)
+        if sender is not None:
+            for ident, m in self.members.items():
+                if ident != sender and m.alive:
+                    self.send(ident, [Op.RETAINED, msg])
+
+    # -- sessions ------------------------------------------------------------------
+    def claim(self, ident: bytes, client_id: str, req: int, clean_start: bool, now: float) -> None:
+        queue = self.claims.setdefault(client_id, [])
+        queue.append(Claim(client_id, req, ident, clean_start, now + CLAIM_TIMEOUT))
+        if len(queue) == 1:
+            self._start_claim(queue[0])
+
+    def _start_claim(self, c: Claim) -> None:
+        owner = self.registry.get(c.client_id)
+        if owner is None or owner == c.claimant or owner not in self.members:
+            self._grant(c, None)
+            return
+        self.send(owner, [Op.TAKEOVER, c.client_id, c.req, c.clean_start])
+
+    def _grant(self, c: Claim, state) -> None:
+        self.registry[c.client_id] = c.claimant
+        self.send(c.claimant, [Op.GRANT, c.client_id, c.req, state])
+        queue = self.claims.get(c.client_id)
+        if queue and queue[0] is c:
+            queue.pop(0)
+            if queue:
+                self._start_claim(queue[0])
+            else:
+                del self.claims[c.client_id]
+
+    def handoff(self, ident: bytes, client_id: str, req: int, state) -> None:
+        queue = self.claims.get(client_id)
+        if not queue or queue[0].req != req:
+            return  # a late answer to a claim that timed out
+        self._grant(queue[0], state)
+
+    def check_timeouts(self, now: float) -> None:
+        for queue in list(self.claims.values()):
+            c = queue[0]
+            if now >= c.deadline:
+                log.warning("session hand-over timed out; granting an empty session",
+                            extra=kv(client=c.client_id, claimant=c.claimant.decode()))
+                self._grant(c, None)
+        for ident, m in list(self.members.items()):
+            if m.alive and now - m.last_seen > MEMBER_TIMEOUT:
+                self._member_gone(ident)
+
+    def _member_gone(self, ident: bytes) -> None:
+        m = self.members.get(ident)
+        if m is None or not m.alive:
+            return
+        m.alive = False
+        log.warning("member silent, dropping its routes", extra=kv(member=m.name))
+        for flt in list(m.filters):
+            self.route_del(m, flt)
+        self.out.pop(ident, None)
+
+    def broadcast_stats(self) -> None:
+        sums: dict = {}
+        per = {}
+        for m in self.members.values():
+            if not m.alive or not m.stats:
+                continue
+            per[m.name] = m.stats
+            for k, v in m.stats.items():
+                if isinstance(v, (int, float)):
+                    sums[k] = max(sums.get(k, 0), v) if k == "uptime" else sums.get(k, 0) + v
+        # subscriptions and retained counts are node-wide facts, not per-worker sums
+        sums["retained"] = len(self.retained)
+        for ident, m in self.members.items():
+            if m.alive:
+                self.send(ident, [Op.NODE_STATS, sums, per])
+
+
+def main() -> None:
+    settings = Settings()
+    logs.setup(settings.log_level, node=settings.node, process="router")
+    router = Router(settings)
+
+    def stop(*_):
+        router.running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    router.run()
+    log.info("router stopped", extra=kv(forwarded=router.forwarded))

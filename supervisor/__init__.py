@@ -1,0 +1,1 @@
+"""Helpers that run inside circusd (hooks) or start a node (tests, benchmarks)."""

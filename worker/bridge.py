@@ -1,0 +1,58 @@
+"""The worker's one narrow interface to the rest of the node.
+
+`LocalBridge` is the single-worker case: nothing leaves the process. The
+router-backed bridge (router_link.py) implements the same methods.
+"""
+from __future__ import annotations
+
+
+class LocalBridge:
+    """No other members: every call is a no-op and every claim is local."""
+
+    remote = False
+
+    def start(self, broker) -> None:
+        self.broker = broker
+
+    def wants(self, topic: str) -> bool:
+        return False
+
+    def forward(self, msg) -> None:
+        pass
+
+    def remote_group(self, group: str, flt: str) -> bool:
+        return False
+
+    def forward_shared(self, msg, group: str, flt: str) -> None:
+        pass
+
+    def send_stats(self, snap: dict) -> None:
+        pass
+
+    def node_snapshot(self) -> dict | None:
+        return None
+
+    def connect(self) -> None:
+        pass
+
+    def filter_added(self, topic_filter: str) -> None:
+        pass
+
+    def filter_removed(self, topic_filter: str) -> None:
+        pass
+
+    def retained_changed(self, msg) -> None:
+        pass
+
+    def claim(self, conn, connect) -> None:
+        """Ask the node for a client id; the answer is always `broker.claimed(...)`."""
+        self.broker.claimed(conn, connect, None)
+
+    def session_released(self, client_id: str) -> None:
+        pass
+
+    def session_registered(self, client_id: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

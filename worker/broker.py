@@ -1,0 +1,411 @@
+"""Sessions, subscriptions, retained messages and routing inside one worker.
+
+No I/O here: connections (protocol.py) call in, and the broker calls back
+into connections only through `conn.deliver`, `conn.takeover` and
+`conn.complete_connect`.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+
+from common.logs import kv
+from common.settings import Settings
+from mqtt import Prop, RetainedTrie, SubscriptionTrie
+
+from .acl import Acl
+from .bridge import LocalBridge
+from .message import Message
+from .metrics import Metrics
+from .session import NEVER, Delivery, Session, SubOptions, Will
+from .timers import KeepaliveWheel, TimerHeap
+
+log = logging.getLogger("shoal.broker")
+
+
+class Broker:
+    def __init__(self, settings: Settings, clock, acl: Acl | None = None, bridge=None, worker_id: int = 1):
+        self.settings = settings
+        self.clock = clock
+        self.now = clock()
+        self.started = self.now
+        self.acl = acl or Acl.allow_all()
+        self.acl_active = acl is not None and not getattr(acl, "allows_all", False)
+        self.worker_id = worker_id
+        self.sessions: dict[str, Session] = {}
+        self.subs = SubscriptionTrie()
+        self.retained = RetainedTrie()
+        self.timers = TimerHeap()
+        self.keepalive = KeepaliveWheel()
+        self.metrics = Metrics()
+        self.connections: set = set()
+        self.bridge = bridge or LocalBridge()
+        self.bridge.start(self)
+        self._filter_refs: dict[str, int] = {}
+        self.route_version = 0
+
+    # -- time -------------------------------------------------------------
+    def tick(self, now: float | None = None) -> None:
+        """Once per second (or when a test moves its clock)."""
+        self.now = now = self.clock() if now is None else now
+        for conn in self.keepalive.expire(now):
+            conn.keepalive_expired()
+        self.timers.run_due(now)
+
+    # -- connect ----------------------------------------------------------
+    def assign_client_id(self) -> str:
+        return f"auto-{uuid.uuid4().hex}"
+
+    def connect(self, conn, connect) -> None:
+        """Start the claim of connect.client_id; ends in `claimed` (maybe later)."""
+        self.bridge.claim(conn, connect)
+
+    def claimed(self, conn, connect, remote_state) -> None:
+        """The node has granted this worker the client id (remote_state: a session
+        handed over by another worker, or None)."""
+        if conn.closed:
+            self.bridge.session_released(connect.client_id)
+            return
+        cid = conn.client_id
+        old = self.sessions.get(cid)
+        present = False
+        if old is not None and old.conn is not None:
+            old_conn = old.conn
+            self.detach(old, old_conn, takeover=True, ending=connect.clean_start)
+            old_conn.takeover()
+        if remote_state is not None and old is None:
+            old = remote_state
+            self.sessions[cid] = old
+            self._restore_subscriptions(old)
+        if old is not None and connect.clean_start:
+            self.end_session(old)
+            old = None
+        if old is not None:
+            session = old
+            present = True
+            self.timers.cancel(("expire", cid))
+            if self.timers.__contains__(("will", cid)):
+                self.timers.cancel(("will", cid))  # reconnected within the will delay
+                session.will = None
+            session.will_at = None
+        else:
+            session = Session(cid)
+            self.sessions[cid] = session
+        self.bridge.session_registered(cid)
+        session.conn = conn
+        session.expires_at = None
+        session.username = conn.username
+        session.expiry_interval = conn.expiry_interval
+        session.will = conn.will
+        conn.complete_connect(session, present)
+
+    def _restore_subscriptions(self, session: Session) -> None:
+        for flt, opts in session.subscriptions.items():
+            if self.subs.add(flt, session.client_id, opts):
+                self._ref_filter(flt, +1)
+
+    # -- disconnect / session end ----------------------------------------
+    def detach(self, session: Session, conn, *, takeover=False, ending=False, send_will=True) -> None:
+        """The connection of `session` is gone (or being replaced)."""
+        if session.conn is not conn:
+            return
+        session.conn = None
+        now = self.now = self.clock()
+        self._redistribute_shared(session)
+        will = session.will if send_will else None
+        if not send_will:
+            session.will = None
+        if takeover and not ending:
+            # A new connection resumes this session: a delayed will is cancelled,
+            # an undelayed one is published now.
+            if will is not None and will.delay == 0:
+                session.will = None
+                self.publish_will(will)
+            else:
+                session.will = None
+            return
+        if session.expiry_interval == 0 or ending:
+            self.end_session(session)
+            return
+        if session.expiry_interval != NEVER:
+            session.expires_at = now + session.expiry_interval
+            self.timers.schedule(("expire", session.client_id), session.expires_at, lambda s=session: self._expire(s))
+        if will is not None:
+            if will.delay == 0:
+                session.will = None
+                self.publish_will(will)
+            else:
+                session.will_at = now + will.delay
+                self.timers.schedule(("will", session.client_id), session.will_at, lambda s=session: self._will_due(s))
+
+    def _will_due(self, session: Session) -> None:
+        will, session.will, session.will_at = session.will, None, None
+        if will is not None and session.conn is None:
+            self.publish_will(will)
+
+    def _expire(self, session: Session) -> None:
+        if session.conn is None and self.sessions.get(session.client_id) is session:
+            log.info("session expired", extra=kv(client=session.client_id))
+            self.end_session(session)
+
+    def end_session(self, session: Session) -> None:
+        """The session ends: its subscriptions go, a pending will is published."""
+        cid = session.client_id
+        self.timers.cancel(("expire", cid))
+        self.timers.cancel(("will", cid))
+        if self.sessions.get(cid) is session:
+            del self.sessions[cid]
+            self.bridge.session_released(cid)
+        for flt in list(session.subscriptions):
+            self.unsubscribe(session, flt)
+        self._redistribute_shared(session, everything=True)
+        will, session.will = session.will, None
+        if will is not None and session.conn is None:
+            self.publish_will(will)
+
+    def publish_will(self, will: Will) -> None:
+        m = will.message
+        msg = Message(m.topic, m.payload, m.qos, m.retain, m.properties, m.expires_at, m.origin)
+        if msg.expires_at is not None:  # the expiry interval counts from publication
+            msg.expires_at = self.now + msg.expires_at
+        self.publish(msg)
+
+    # -- subscriptions ---------------------------------------------------
+    def subscribe(self, session: Session, topic_filter: str, opts: SubOptions) -> bool:
+        """Returns True when the subscription is new (False: replaced)."""
+        existed = topic_filter in session.subscriptions
+        session.subscriptions[topic_filter] = opts
+        self.subs.add(topic_filter, session.client_id, opts)
+        if not existed:
+            self._ref_filter(topic_filter, +1)
+        return not existed
+
+    def unsubscribe(self, session: Session, topic_filter: str) -> bool:
+        if session.subscriptions.pop(topic_filter, None) is None:
+            return False
+        self.subs.remove(topic_filter, session.client_id)
+        self._ref_filter(topic_filter, -1)
+        return True
+
+    def _ref_filter(self, flt: str, delta: int) -> None:
+        refs = self._filter_refs
+        n = refs.get(flt, 0) + delta
+        if n <= 0:
+            refs.pop(flt, None)
+            self.bridge.filter_removed(flt)
+        else:
+            refs[flt] = n
+            if n == 1 and delta > 0:
+                self.bridge.filter_added(flt)
+
+    def retained_for(self, topic_filter: str) -> list[Message]:
+        now = self.now
+        out = []
+        for msg in self.retained.match(topic_filter):
+            if msg.expired(now):
+                self.retained.delete(msg.topic)
+                continue
+            out.append(msg)
+        return out
+
+    # -- publish ----------------------------------------------------------
+    def publish(self, msg: Message, *, local_only: bool = False) -> bool:
+        """Route a message; True when at least one subscriber (anywhere) wants it."""
+        if msg.retain:
+            self.set_retained(msg)
+            if not local_only:
+                self.bridge.retained_changed(msg)
+        matched = self.route_local(msg)
+        if not local_only and self.bridge.wants(msg.topic):
+            self.bridge.forward(msg)
+            matched = True
+        return matched
+
+    def set_retained(self, msg: Message) -> None:
+        if not msg.payload:
+            self.retained.delete(msg.topic)
+        elif len(self.retained) < self.settings.max_retained_messages or self.retained.get(msg.topic) is not None:
+            self.retained.set(msg.topic, msg)
+        else:
+            log.warning("retained message limit reached", extra=kv(topic=msg.topic, limit=self.settings.max_retained_messages))
+
+    def route_local(self, msg: Message, shared: bool = True) -> bool:
+        topic = msg.topic
+        matches = self.subs.match(topic)
+        delivered = False
+        if matches:
+            sessions = self.sessions
+            origin = msg.origin
+            if len(matches) == 1:
+                cid, opts = matches[0]
+                if not (opts.no_local and cid == origin):
+                    s = sessions.get(cid)
+                    if s is not None and self._may_read(s, topic):
+                        qos = opts.qos if opts.qos < msg.qos else msg.qos
+                        retain = msg.retain and opts.retain_as_published
+                        self.deliver(s, Delivery(msg, qos, retain, (opts.sub_id,) if opts.sub_id else ()))
+                        delivered = True
+            else:
+                agg: dict[str, list] = {}
+                for cid, opts in matches:
+                    if opts.no_local and cid == origin:
+                        continue
+                    a = agg.get(cid)
+                    if a is None:
+                        agg[cid] = [opts.qos, opts.retain_as_published, [opts.sub_id] if opts.sub_id else []]
+                    else:
+                        if opts.qos > a[0]:
+                            a[0] = opts.qos
+                        a[1] = a[1] or opts.retain_as_published
+                        if opts.sub_id:
+                            a[2].append(opts.sub_id)
+                for cid, (sqos, rap, ids) in agg.items():
+                    s = sessions.get(cid)
+                    if s is None or not self._may_read(s, topic):
+                        continue
+                    qos = sqos if sqos < msg.qos else msg.qos
+                    self.deliver(s, Delivery(msg, qos, msg.retain and rap, tuple(sorted(ids))))
+                    delivered = True
+        if not shared:
+            return delivered
+        bridge = self.bridge
+        for group in self.subs.match_shared(topic):
+            if bridge.remote_group(group.group, group.topic_filter):
+                continue  # members elsewhere too: the router picks one
+            if self.deliver_shared(group, msg):
+                delivered = True
+        return delivered
+
+    def route_remote(self, msg: Message, normal: bool, groups: list) -> None:
+        """A message from another member of the node: match our plain
+        subscriptions if asked, and serve the shared groups the router chose us for."""
+        if normal:
+            self.route_local(msg, shared=False)
+        if groups:
+            wanted = {(g, f) for g, f in groups}
+            for group in self.subs.match_shared(msg.topic):
+                key = (group.group, group.topic_filter)
+                if key in wanted and not self.deliver_shared(group, msg):
+                    self.bridge.forward_shared(msg, *key)
+
+    def routes_changed(self, version: int) -> None:
+        """The node's route table changed (version from the router)."""
+        self.route_version = version
+        self.publish(Message(f"$SYS/broker/workers/{self.worker_id}/routes/version", str(version).encode(), 0, True, {}, None, ""))
+
+    def hand_over(self, client_id: str, clean_start: bool) -> Session | None:
+        """Another worker takes this client id: give the session up (None if it ends here)."""
+        s = self.sessions.get(client_id)
+        if s is None:
+            return None
+        conn = s.conn
+        if conn is not None:
+            self.detach(s, conn, takeover=True, ending=clean_start)
+            conn.takeover()
+        if clean_start:
+            if self.sessions.get(client_id) is s:
+                self.end_session(s)
+            return None
+        self.timers.cancel(("expire", client_id))
+        self.timers.cancel(("will", client_id))
+        s.will = None  # the client is back before its will delay ran out
+        s.will_at = None
+        del self.sessions[client_id]
+        for flt in s.subscriptions:
+            self.subs.remove(flt, client_id)
+            self._ref_filter(flt, -1)
+        return s
+
+    def _may_read(self, s: Session, topic: str) -> bool:
+        return not self.acl_active or self.acl.can_read(s.client_id, s.username, topic)
+
+    def deliver_shared(self, group, msg: Message, exclude: str | None = None) -> bool:
+        """Give `msg` to one member of a shared group, online members first, round robin."""
+        members = list(group.members.items())
+        n = len(members)
+        if not n:
+            return False
+        start = group.cursor % n
+        chosen = None
+        fallback = None
+        for i in range(n):
+            cid, opts = members[(start + i) % n]
+            if cid == exclude:
+                continue
+            s = self.sessions.get(cid)
+            if s is None or not self._may_read(s, msg.topic):
+                continue
+            if s.conn is not None:
+                chosen = (s, opts, (start + i) % n)
+                break
+            if fallback is None and msg.qos > 0:
+                fallback = (s, opts, (start + i) % n)
+        chosen = chosen or fallback
+        if chosen is None:
+            return False
+        s, opts, idx = chosen
+        group.cursor = idx + 1
+        qos = opts.qos if opts.qos < msg.qos else msg.qos
+        self.deliver(s, Delivery(msg, qos, False, (opts.sub_id,) if opts.sub_id else (), (group.group, group.topic_filter)))
+        return True
+
+    def _redistribute_shared(self, session: Session, everything: bool = False) -> None:
+        """A shared-subscription member left: its pending QoS 1/2 messages go to another member."""
+        moved = [d for d in session.queue if d.group is not None]
+        moved_inflight = [d for d in session.inflight.values() if d.group is not None and d.state == 0]
+        if not moved and not moved_inflight:
+            return
+        for d in moved_inflight:
+            del session.inflight[d.packet_id]
+        if moved:
+            session.queue = type(session.queue)(d for d in session.queue if d.group is None)
+        for d in moved_inflight + moved:
+            group_name, flt = d.group
+            for group in self.subs.match_shared(d.msg.topic):
+                if group.group == group_name and group.topic_filter == flt:
+                    if self.deliver_shared(group, d.msg, exclude=session.client_id):
+                        break
+            else:
+                if self.bridge.remote_group(group_name, flt):
+                    self.bridge.forward_shared(d.msg, group_name, flt)
+                elif not everything:  # nobody else: keep it for this member
+                    self.enqueue(session, d)
+
+    def deliver(self, s: Session, d: Delivery) -> None:
+        conn = s.conn
+        if conn is not None:
+            conn.deliver(d)
+        elif d.qos > 0:
+            self.enqueue(s, d)
+
+    def enqueue(self, s: Session, d: Delivery) -> None:
+        if len(s.queue) >= self.settings.max_queued_messages:
+            s.dropped += 1
+            self.metrics.dropped_queue_full += 1
+            if s.dropped == 1 or s.dropped % 1000 == 0:
+                log.warning("session queue full, message dropped",
+                            extra=kv(client=s.client_id, topic=d.msg.topic, limit=self.settings.max_queued_messages, dropped=s.dropped))
+            return
+        s.queue.append(d)
+
+    # -- shutdown ---------------------------------------------------------
+    def sys_snapshot(self) -> dict:
+        m = self.metrics.as_dict()
+        m["clients_connected"] = len(self.connections)
+        m["sessions"] = len(self.sessions)
+        m["subscriptions"] = len(self.subs)
+        m["retained"] = len(self.retained)
+        m["uptime"] = int(self.clock() - self.started)
+        return m
+
+
+def will_from_connect(connect, now: float) -> Will | None:
+    w = connect.will
+    if w is None:
+        return None
+    props = w.properties or {}
+    msg = Message.build(w.topic, w.payload, w.qos, w.retain, props, 0.0, connect.client_id)
+    # expires_at holds the interval until the will is published (see publish_will)
+    msg.expires_at = props.get(Prop.MESSAGE_EXPIRY_INTERVAL)
+    return Will(msg, props.get(Prop.WILL_DELAY_INTERVAL, 0))
+

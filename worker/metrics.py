@@ -1,0 +1,23 @@
+"""Counters of one worker; $SYS and the node-wide sums are built from these."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(slots=True)
+class Metrics:
+    connections_total: int = 0
+    messages_received: int = 0
+    messages_sent: int = 0
+    publish_received: int = 0
+    publish_sent: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    dropped_qos0: int = 0  # QoS 0 dropped under overload (slow subscriber)
+    dropped_queue_full: int = 0  # QoS 1/2 refused because a session queue was full
+    dropped_expired: int = 0
+    dropped_too_large: int = 0
+    protocol_errors: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,313 @@
+"""One MQTT connection: framing, dispatch, the window, and the one error path.
+
+`data_received` only feeds the framer and hands complete packets to the
+handlers (handlers.py); every MQTTError becomes a reason code here.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from enum import IntEnum
+
+from common.logs import kv
+from mqtt import (
+    PINGRESP_BYTES,
+    Disconnect,
+    Framer,
+    MQTTError,
+    PacketType,
+    Prop,
+    PubRel,
+    ReasonCode,
+    decode,
+    encode,
+)
+
+from . import handlers
+from .session import Delivery, OutState
+
+log = logging.getLogger("shoal.conn")
+
+WRITE_HIGH_WATER = 4 * 1024 * 1024  # bytes buffered for a client before QoS 0 is dropped
+
+
+class State(IntEnum):
+    NEW = 0  # waiting for CONNECT
+    CONNECTING = 1  # CONNECT received, waiting for the node to grant the client id
+    CONNECTED = 2
+    CLOSED = 3
+
+
+class Connection(asyncio.Protocol):
+    __slots__ = (
+        "broker", "transport", "framer", "state", "version", "v5", "client_id", "username",
+        "session", "keepalive", "last_rx", "expiry_interval", "will", "send_window",
+        "client_max_packet", "aliases", "congested", "backlog", "peer", "request_problem_info",
+        "normal_disconnect", "connect_timer", "incoming_max", "_connack_extra", "__weakref__",
+    )
+
+    def __init__(self, broker):
+        self.broker = broker
+        self.transport = None
+        self.framer = Framer(broker.settings.max_packet_size)
+        self.state = State.NEW
+        self.version = 4
+        self.v5 = False
+        self.client_id = ""
+        self.username = None
+        self.session = None
+        self.keepalive = 0
+        self.last_rx = 0.0
+        self.expiry_interval = 0
+        self.will = None
+        self.send_window = 65535
+        self.client_max_packet = 0
+        self.aliases: dict[int, str] = {}
+        self.congested = False
+        self.backlog: list | None = None
+        self.peer = ""
+        self.request_problem_info = True
+        self.normal_disconnect = False
+        self.connect_timer = None
+        self.incoming_max = broker.settings.receive_maximum
+        self._connack_extra = (False, None, False)
+
+    # -- asyncio callbacks -------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.broker.connections.add(self)
+        self.broker.metrics.connections_total += 1
+        self.last_rx = self.broker.clock()
+        loop = asyncio.get_running_loop()
+        self.connect_timer = loop.call_later(self.broker.settings.connect_timeout, self._connect_timeout)
+
+    def _connect_timeout(self) -> None:
+        if self.state == State.NEW:
+            log.info("no CONNECT in time, closing", extra=kv(peer=self.peer))
+            self.close()
+
+    def data_received(self, data: bytes) -> None:
+        broker = self.broker
+        self.last_rx = broker.clock()
+        broker.metrics.bytes_received += len(data)
+        try:
+            for first, body in self.framer.feed(data):
+                if self.backlog is not None:
+                    self.backlog.append((first, body))
+                    continue
+                if self.state == State.CLOSED:
+                    break
+                self.handle_frame(first, body)
+        except MQTTError as e:
+            self.protocol_error(e)
+
+    def handle_frame(self, first: int, body: bytes) -> None:
+        try:
+            packet = decode(first, body, self.version)
+            ptype = packet.TYPE
+            self.broker.metrics.messages_received += 1
+            if self.state != State.CONNECTED:
+                if ptype != PacketType.CONNECT:
+                    if self.state == State.NEW:
+                        log.info("first packet is not CONNECT, closing", extra=kv(peer=self.peer, packet=ptype.name))
+                        self.close()
+                        return
+                    raise MQTTError(ReasonCode.PROTOCOL_ERROR, "packet before CONNACK")
+                handlers.handle_connect(self, packet)
+                return
+            handlers.DISPATCH[ptype](self, packet)
+        except MQTTError as e:
+            self.protocol_error(e)
+        except Exception:
+            log.exception("internal error handling a packet", extra=kv(client=self.client_id, peer=self.peer))
+            self.protocol_error(MQTTError(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, "internal error"))
+
+    def connection_lost(self, exc) -> None:
+        broker = self.broker
+        prev = self.state
+        self.state = State.CLOSED
+        broker.connections.discard(self)
+        if self.connect_timer is not None:
+            self.connect_timer.cancel()
+        session = self.session
+        if session is not None:
+            self.session = None
+            broker.detach(session, self, send_will=not self.normal_disconnect)
+            log.debug("disconnected", extra=kv(client=self.client_id, peer=self.peer))
+        elif prev == State.CONNECTING:
+            pass  # the claim answer will see conn.closed
+
+    def pause_writing(self) -> None:
+        self.congested = True
+
+    def resume_writing(self) -> None:
+        self.congested = False
+        self.pump()
+
+    # -- state -------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self.state == State.CLOSED
+
+    def keepalive_deadline(self) -> float | None:
+        if self.state == State.CLOSED or not self.keepalive:
+            return None
+        return self.last_rx + self.keepalive * 1.5
+
+    def keepalive_expired(self) -> None:
+        log.info("keepalive timeout", extra=kv(client=self.client_id, keepalive=self.keepalive))
+        self.disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT)
+
+    # -- writing -----------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.state == State.CLOSED or self.transport.is_closing():
+            return
+        self.broker.metrics.bytes_sent += len(data)
+        self.broker.metrics.messages_sent += 1
+        self.transport.write(data)
+
+    def send(self, packet) -> None:
+        self.write(encode(packet, self.version))
+
+    def pingresp(self) -> None:
+        self.write(PINGRESP_BYTES)
+
+    def disconnect(self, code: int, reason: str = "") -> None:
+        """Server-side DISCONNECT (v5 only on the wire) and close."""
+        if self.state == State.CLOSED:
+            return
+        if self.v5 and self.state == State.CONNECTED:
+            props = {}
+            if reason and self.request_problem_info:
+                props[Prop.REASON_STRING] = reason
+            self.send(Disconnect(code, props))
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        if self.state != State.CLOSED and self.session is None:
+            self.state = State.CLOSED
+            self.broker.connections.discard(self)
+
+    def protocol_error(self, e: MQTTError) -> None:
+        self.broker.metrics.protocol_errors += 1
+        log.info("protocol error, closing",
+                 extra=kv(client=self.client_id or "-", peer=self.peer, reason=f"0x{int(e.code):02X}", detail=e.detail))
+        if self.state == State.NEW or self.state == State.CONNECTING:
+            handlers.refuse_connect(self, e)
+            return
+        self.disconnect(e.code, e.detail)
+
+    def takeover(self) -> None:
+        """Another connection took this client id over."""
+        log.info("session taken over", extra=kv(client=self.client_id, peer=self.peer))
+        self.session = None
+        self.disconnect(ReasonCode.SESSION_TAKEN_OVER)
+        self.state = State.CLOSED
+        self.broker.connections.discard(self)
+
+    # -- connect completion ---------------------------------------------------
+    def suspend(self) -> None:
+        """Hold packets that follow CONNECT until the node grants the client id."""
+        self.backlog = []
+        self.transport.pause_reading()
+
+    def resume(self) -> None:
+        backlog, self.backlog = self.backlog, None
+        if self.state == State.CLOSED:
+            return
+        for first, body in backlog or ():
+            if self.state == State.CLOSED:
+                return
+            self.handle_frame(first, body)
+        self.transport.resume_reading()
+
+    def complete_connect(self, session, present: bool) -> None:
+        handlers.send_connack(self, session, present)
+        self.state = State.CONNECTED
+        self.session = session
+        if self.connect_timer is not None:
+            self.connect_timer.cancel()
+            self.connect_timer = None
+        if self.keepalive:
+            self.broker.keepalive.add(self, self.last_rx + self.keepalive * 1.5)
+        self.resend_inflight()
+        self.pump()
+        if self.backlog is not None:
+            self.resume()
+
+    # -- delivery --------------------------------------------------------------
+    def deliver(self, d: Delivery) -> None:
+        s = self.session
+        if d.qos == 0:
+            if self.congested:
+                self.broker.metrics.dropped_qos0 += 1
+                return
+            self.send_publish(d, 0)
+        elif not s.queue and len(s.inflight) < self.send_window:
+            self.start_inflight(s, d)
+        else:
+            self.broker.enqueue(s, d)
+
+    def start_inflight(self, s, d: Delivery) -> None:
+        pid = s.allocate_pid()
+        d.packet_id = pid
+        if self.send_publish(d, pid):
+            s.inflight[pid] = d
+
+    def send_publish(self, d: Delivery, pid: int, dup: bool = False) -> bool:
+        """Write one PUBLISH; False when it could not be sent (expired, too large)."""
+        msg = d.msg
+        broker = self.broker
+        now = broker.now
+        if msg.expires_at is not None and now >= msg.expires_at:
+            broker.metrics.dropped_expired += 1
+            return False
+        head, tail = msg.encode(self.v5, d.qos, d.retain, d.sub_ids, now)
+        if pid:
+            data = b"".join((bytes((head[0] | 0x08,)) + head[1:] if dup else head, pid.to_bytes(2, "big"), tail))
+        else:
+            data = head + tail
+        if self.client_max_packet and len(data) > self.client_max_packet:
+            broker.metrics.dropped_too_large += 1
+            return False
+        broker.metrics.publish_sent += 1
+        self.write(data)
+        return True
+
+    def pump(self) -> None:
+        """Move queued messages into the window."""
+        s = self.session
+        if s is None or self.state != State.CONNECTED:
+            return
+        q = s.queue
+        window = self.send_window
+        inflight = s.inflight
+        while q and len(inflight) < window:
+            d = q.popleft()
+            if d.qos == 0:
+                self.send_publish(d, 0)
+            else:
+                self.start_inflight(s, d)
+
+    def resend_inflight(self) -> None:
+        s = self.session
+        for pid, d in list(s.inflight.items()):
+            if d.state == OutState.RELEASED:
+                self.send(PubRel(pid))
+            elif not self.send_publish(d, pid, dup=True):
+                del s.inflight[pid]
+
+    def acked(self, pid: int) -> None:
+        self.pump()

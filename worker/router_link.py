@@ -1,0 +1,264 @@
+"""The worker's side of the node router: a DEALER socket on the event loop.
+
+Implements the bridge interface of bridge.py. Ops are queued and sent in one
+batch per loop pass; when the router cannot take more, the worker stops
+reading from its clients until the batch is out (push back, never drop).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+
+import zmq
+
+from common.logs import kv
+from common.settings import Settings
+from common.wire import WIRE_VERSION, Op, pack, unpack
+from mqtt import SubscriptionTrie, parse_shared
+
+from .serial import msg_from_wire, msg_to_wire, session_from_wire, session_to_wire
+
+log = logging.getLogger("shoal.link")
+
+CLAIM_TIMEOUT = 10.0  # the router answers within its own 5 s hand-over timeout
+
+
+class RouterBridge:
+    remote = True
+
+    def __init__(self, settings: Settings, worker_id: int):
+        self.settings = settings
+        self.name = f"w{worker_id}"
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, self.name.encode())
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 10_000)
+        self.sock.setsockopt(zmq.RCVHWM, 10_000)
+        self.routes = SubscriptionTrie()  # other members' filters, keyed by member name
+        self.remote_groups: dict[tuple, int] = {}  # (group, filter) -> members elsewhere
+        self.route_version = -1
+        self.epoch = None
+        self.out: list = []
+        self._flush_handle = None
+        self.blocked = False
+        self.claims: dict[int, tuple] = {}
+        self._req = itertools.count(1)
+        self.node_stats: dict | None = None
+        self.broker = None
+        self.loop = None
+        self._timer = None
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self, broker) -> None:
+        self.broker = broker
+
+    def connect(self) -> None:
+        """Called on the running loop (WorkerServer.start)."""
+        self.loop = asyncio.get_running_loop()
+        self.sock.connect(self.settings.router_endpoint)
+        self.loop.add_reader(self.sock.getsockopt(zmq.FD), self._readable)
+        self.hello()
+        self._timer = self.loop.call_later(1.0, self._ping)
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
+        if self._timer is not None:
+            self._timer.cancel()
+        self._flush(final=True)
+        self.sock.close(0)
+
+    def hello(self) -> None:
+        b = self.broker
+        now = b.now
+        filters = list(b._filter_refs)
+        retained = [msg_to_wire(m, now) for _, m in b.retained.items()]
+        self.out.insert(0, [Op.HELLO, WIRE_VERSION, filters, list(b.sessions), retained])
+        for req, (conn, connect) in self.claims.items():  # re-ask what the old router never answered
+            self.out.append([Op.CLAIM, connect.client_id, req, connect.clean_start])
+        self._schedule()
+
+    def _ping(self) -> None:
+        self.queue([Op.PING])
+        self._timer = self.loop.call_later(1.0, self._ping)
+
+    # -- sending -----------------------------------------------------------------
+    def queue(self, op: list) -> None:
+        self.out.append(op)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._flush_handle is None and self.loop is not None:
+            self._flush_handle = self.loop.call_soon(self._flush)
+
+    def _flush(self, final: bool = False) -> None:
+        self._flush_handle = None
+        if not self.out:
+            return
+        ops, self.out = self.out, []
+        try:
+            self.sock.send(pack(ops), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.out = ops + self.out
+            if not final:
+                self._set_blocked(True)
+                self._flush_handle = self.loop.call_later(0.005, self._flush)
+            return
+        if self.blocked:
+            self._set_blocked(False)
+        self._readable()  # the zmq fd is edge-triggered: look for input after a send
+
+    def _set_blocked(self, on: bool) -> None:
+        """Push back on publishers while the router cannot take more."""
+        self.blocked = on
+        for conn in list(self.broker.connections):
+            t = conn.transport
+            if t is None or t.is_closing():
+                continue
+            if on:
+                t.pause_reading()
+            elif conn.backlog is None:
+                t.resume_reading()
+        log.warning("router backlog: pausing clients" if on else "router backlog cleared")
+
+    # -- the bridge interface -------------------------------------------------------
+    def wants(self, topic: str) -> bool:
+        routes = self.routes
+        if not len(routes):
+            return False
+        return bool(routes.match(topic)) or bool(routes.match_shared(topic))
+
+    def remote_group(self, group: str, flt: str) -> bool:
+        return (group, flt) in self.remote_groups
+
+    def forward(self, msg) -> None:
+        self.queue([Op.PUB, msg_to_wire(msg, self.broker.now)])
+
+    def forward_shared(self, msg, group: str, flt: str) -> None:
+        self.queue([Op.SHARED_PUB, msg_to_wire(msg, self.broker.now), group, flt])
+
+    def filter_added(self, flt: str) -> None:
+        self.queue([Op.ROUTE_ADD, flt])
+
+    def filter_removed(self, flt: str) -> None:
+        self.queue([Op.ROUTE_DEL, flt])
+
+    def retained_changed(self, msg) -> None:
+        self.queue([Op.RETAIN, msg_to_wire(msg, self.broker.now)])
+
+    def claim(self, conn, connect) -> None:
+        req = next(self._req)
+        self.claims[req] = (conn, connect)
+        self.queue([Op.CLAIM, connect.client_id, req, connect.clean_start])
+        self.loop.call_later(CLAIM_TIMEOUT, self._claim_timeout, req)
+
+    def _claim_timeout(self, req: int) -> None:
+        pending = self.claims.pop(req, None)
+        if pending is not None:
+            conn, connect = pending
+            log.warning("router did not answer a session claim; serving it locally", extra=kv(client=connect.client_id))
+            self.broker.claimed(conn, connect, None)
+
+    def session_released(self, client_id: str) -> None:
+        self.queue([Op.RELEASE, client_id])
+
+    def session_registered(self, client_id: str) -> None:
+        pass  # the router recorded us when it granted the claim
+
+    def send_stats(self, snap: dict) -> None:
+        self.queue([Op.STATS, snap])
+
+    def node_snapshot(self) -> dict | None:
+        return self.node_stats
+
+    # -- receiving --------------------------------------------------------------------
+    def _readable(self) -> None:
+        sock = self.sock
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                data = sock.recv(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                ops = unpack(data)
+            except Exception:
+                log.exception("undecodable message from the router")
+                continue
+            for op in ops:
+                try:
+                    self.handle(op)
+                except Exception:
+                    log.exception("error handling a router message", extra=kv(op=op[0] if op else None))
+
+    def handle(self, op: list) -> None:
+        code = op[0]
+        b = self.broker
+        if code == Op.DELIVER:
+            msg = msg_from_wire(op[1], b.now)
+            b.route_remote(msg, op[2], op[3])
+        elif code == Op.ROUTES:
+            self.route_version = op[1]
+            for sign, member, flt in op[2]:
+                if member == self.name:
+                    continue
+                if sign > 0:
+                    self._route_add(member, flt)
+                else:
+                    self._route_del(member, flt)
+            b.routes_changed(self.route_version)
+        elif code == Op.GRANT:
+            pending = self.claims.pop(op[2], None)
+            if pending is None:
+                return
+            conn, connect = pending
+            state = session_from_wire(op[3], b.now) if op[3] is not None else None
+            b.claimed(conn, connect, state)
+        elif code == Op.TAKEOVER:
+            state = b.hand_over(op[1], op[3])
+            self.queue([Op.HANDOFF, op[1], op[2], None if state is None else session_to_wire(state, b.now)])
+        elif code == Op.RETAINED:
+            b.set_retained(msg_from_wire(op[1], b.now))
+        elif code == Op.WELCOME:
+            self._welcome(op)
+        elif code == Op.PONG:
+            if self.epoch is not None and op[1] != self.epoch:
+                log.warning("router restarted: registering again", extra=kv(epoch=op[1]))
+                self.epoch = None
+                self.hello()
+            elif self.epoch is None and self.route_version < 0:
+                pass  # our HELLO is on its way
+        elif code == Op.NODE_STATS:
+            self.node_stats = op[1]
+
+    def _welcome(self, op: list) -> None:
+        _, epoch, version, routes, retained = op[:5]
+        self.epoch = epoch
+        self.routes = SubscriptionTrie()
+        self.remote_groups.clear()
+        for member, flt in routes:
+            if member != self.name:
+                self._route_add(member, flt)
+        b = self.broker
+        for w in retained:
+            b.set_retained(msg_from_wire(w, b.now))
+        self.route_version = version
+        b.routes_changed(version)
+        log.info("registered with the router", extra=kv(epoch=epoch, routes=len(routes), retained=len(retained)))
+
+    def _route_add(self, member: str, flt: str) -> None:
+        if self.routes.add(flt, member, True) and flt.startswith("$share/"):
+            key = parse_shared(flt)
+            if key is not None:
+                self.remote_groups[key] = self.remote_groups.get(key, 0) + 1
+
+    def _route_del(self, member: str, flt: str) -> None:
+        if self.routes.remove(flt, member) and flt.startswith("$share/"):
+            key = parse_shared(flt)
+            if key is not None:
+                n = self.remote_groups.get(key, 0) - 1
+                if n <= 0:
+                    self.remote_groups.pop(key, None)
+                else:
+                    self.remote_groups[key] = n

@@ -1,0 +1,94 @@
+"""The worker process: serve MQTT on uvloop until SIGTERM."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+
+from common.logs import kv
+from common.settings import Settings
+from mqtt import ReasonCode
+
+from .acl import Acl
+from .bridge import LocalBridge
+from .broker import Broker
+from .protocol import Connection
+from .router_link import RouterBridge
+from .sys_topics import publish_sys
+
+log = logging.getLogger("shoal.worker")
+
+
+def listen_socket(settings: Settings, fd: int | None) -> socket.socket:
+    """The listening socket: handed over by circusd (fd), or bound here with
+    SO_REUSEPORT so that every worker of the node has its own accept queue."""
+    if fd is not None:
+        return socket.socket(fileno=fd)
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((settings.host, settings.port))
+    sock.listen(1024)
+    return sock
+
+
+class WorkerServer:
+    def __init__(self, settings: Settings, worker_id: int = 1, fd: int | None = None, bridge=None):
+        self.settings = settings
+        self.worker_id = worker_id
+        self.fd = fd
+        acl = Acl.load(settings.acl_file) if settings.acl_file else None
+        if bridge is None:
+            bridge = RouterBridge(settings, worker_id) if settings.workers > 1 else LocalBridge()
+        self.broker = Broker(settings, time.monotonic, acl, bridge, worker_id)
+        self.server: asyncio.AbstractServer | None = None
+        self.stopping = asyncio.Event()
+        self._ticker: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        sock = listen_socket(self.settings, self.fd)
+        self.server = await loop.create_server(lambda: Connection(self.broker), sock=sock, backlog=1024)
+        self.broker.bridge.connect()
+        self._ticker = asyncio.create_task(self._tick_loop())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        addr = sock.getsockname()
+        log.info("serving", extra=kv(host=addr[0], port=addr[1], pid=os.getpid()))
+
+    async def _tick_loop(self) -> None:
+        interval = self.settings.sys_interval
+        next_sys = time.monotonic() + (interval if interval > 0 else float("inf"))
+        while True:
+            await asyncio.sleep(1.0 if not interval or interval >= 1 else interval)
+            b = self.broker
+            b.tick()
+            if b.now >= next_sys:
+                next_sys = b.now + interval
+                b.bridge.send_stats(b.sys_snapshot())
+                publish_sys(b, b.bridge.node_snapshot())
+
+    async def run(self) -> None:
+        await self.start()
+        await self.stopping.wait()
+        await self.shutdown()
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop accepting, tell v5 clients the server is going away, flush, exit."""
+        log.info("shutting down", extra=kv(clients=len(self.broker.connections)))
+        if self.server is not None:
+            self.server.close()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for conn in list(self.broker.connections):
+            conn.normal_disconnect = True  # wills are not sent because the server stops
+            conn.disconnect(ReasonCode.SERVER_SHUTTING_DOWN, "server shutting down")
+        deadline = time.monotonic() + timeout
+        while self.broker.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        self.broker.bridge.close()
+        log.info("stopped")

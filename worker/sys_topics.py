@@ -1,0 +1,50 @@
+"""$SYS/broker/... figures, published as retained messages at an interval."""
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .message import Message
+
+try:
+    VERSION = f"shoal {version('shoal')}"
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    VERSION = "shoal dev"
+
+# $SYS topic -> key of Broker.sys_snapshot()
+TOPICS = {
+    "uptime": "uptime",
+    "clients/connected": "clients_connected",
+    "clients/total": "sessions",
+    "messages/received": "messages_received",
+    "messages/sent": "messages_sent",
+    "publish/messages/received": "publish_received",
+    "publish/messages/sent": "publish_sent",
+    "publish/messages/dropped": "dropped_qos0",
+    "bytes/received": "bytes_received",
+    "bytes/sent": "bytes_sent",
+    "retained messages/count": "retained",
+    "subscriptions/count": "subscriptions",
+    "store/messages/dropped": "dropped_queue_full",
+}
+
+
+def render(prefix: str, snap: dict) -> list[tuple[str, bytes]]:
+    out = []
+    for topic, key in TOPICS.items():
+        value = snap.get(key)
+        if value is None:
+            continue
+        text = f"{value} seconds" if key == "uptime" else str(value)
+        out.append((f"{prefix}/{topic}", text.encode()))
+    return out
+
+
+def publish_sys(broker, node_snapshot: dict | None = None) -> None:
+    """Publish this worker's figures, and the node-wide ones when given."""
+    snap = broker.sys_snapshot()
+    now = broker.now
+    items = [("$SYS/broker/version", VERSION.encode())]
+    items += render(f"$SYS/broker/workers/{broker.worker_id}", snap)
+    items += render("$SYS/broker", node_snapshot if node_snapshot is not None else snap)
+    for topic, payload in items:
+        broker.publish(Message(topic, payload, 0, True, {}, None, ""), local_only=True)
