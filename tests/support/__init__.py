@@ -1,0 +1,1 @@
+"""Test support: start real nodes under circusd, speak raw MQTT."""

@@ -1,0 +1,144 @@
+"""A Shoal node under circusd, started exactly as the README says."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(cond, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Poll `cond` until it returns a truthy value, with a deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Node:
+    def __init__(self, workers: int = 1, data_dir: str | None = None, **settings):
+        self.workers = workers
+        self.port = settings.pop("port", None) or free_port()
+        self.tmp = tempfile.mkdtemp(prefix="shoal", dir="/tmp")
+        self.data_dir = data_dir or os.path.join(self.tmp, "data")
+        self.env = dict(os.environ)
+        self.env.update({
+            "SHOAL_PORT": str(self.port),
+            "SHOAL_WORKERS": str(workers),
+            "SHOAL_DATA_DIR": self.data_dir,
+            "SHOAL_RUN_DIR": self.tmp,
+            "SHOAL_LOG_LEVEL": settings.pop("log_level", "INFO"),
+        })
+        for k, v in settings.items():
+            self.env[f"SHOAL_{k.upper()}"] = str(v)
+        self.log_path = os.path.join(self.tmp, "node.log")
+        self.proc: subprocess.Popen | None = None
+
+    # -- lifecycle --------------------------------------------------------
+    def start(self, timeout: float = 30.0) -> "Node":
+        self._log_mark = self._log_size()
+        self._logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "circusd"), "circus.ini"], cwd=ROOT, env=self.env,
+            stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Every worker serving (and registered with the router when there are several)."""
+        mark = self._log_mark
+        if self.workers > 1:
+            pattern = re.compile(r"worker=(\d+) event='registered with the router'")
+        else:
+            pattern = re.compile(r"worker=(\d+) event=serving")
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"circusd exited with {self.proc.returncode}\n{self.log()}")
+            return len(set(pattern.findall(self.log(since=mark)))) >= self.workers
+
+        try:
+            wait_for(ready, timeout, 0.05, "node ready")
+        except TimeoutError:
+            raise TimeoutError(f"node not ready in {timeout}s; log:\n{self.log()}") from None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        self._logf.close()
+
+    def kill(self) -> None:
+        """SIGKILL the whole node (circusd and every child)."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+        self._logf.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- observation --------------------------------------------------------
+    def _log_size(self) -> int:
+        try:
+            return os.path.getsize(self.log_path)
+        except OSError:
+            return 0
+
+    def log(self, since: int = 0) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(since)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def children(self) -> list[int]:
+        pids = []
+        try:
+            for task in os.listdir(f"/proc/{self.proc.pid}/task"):
+                with open(f"/proc/{self.proc.pid}/task/{task}/children") as f:
+                    pids += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+        return pids
+
+    def worker_pids(self) -> dict[int, int]:
+        """worker id -> pid of the live worker process."""
+        live = set(self.children())
+        out = {}
+        for wid, pid in re.findall(r"worker=(\d+) event=serving .*?pid=(\d+)", self.log()):
+            if int(pid) in live:
+                out[int(wid)] = int(pid)
+        return out
+
+    def router_pid(self) -> int | None:
+        live = set(self.children())
+        pids = [int(p) for p in re.findall(r"event='router serving' .*?pid=(\d+)", self.log()) if int(p) in live]
+        return pids[-1] if pids else None

@@ -1,0 +1,112 @@
+"""A raw MQTT client over a blocking socket, built on our codec, for byte-level tests."""
+from __future__ import annotations
+
+import socket
+import time
+
+from mqtt import (
+    Connect,
+    Framer,
+    MQTTError,
+    PingReq,
+    PingResp,
+    decode,
+    encode,
+)
+
+
+class Closed(Exception):
+    """The broker closed the connection."""
+
+
+class RawClient:
+    def __init__(self, port: int, version: int = 4, host: str = "127.0.0.1", timeout: float = 5.0):
+        self.version = version
+        self.timeout = timeout
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.framer = Framer()
+        self.pending: list = []
+        self.eof = False
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- sending ----------------------------------------------------------
+    def send(self, packet) -> None:
+        self.sock.sendall(encode(packet, self.version))
+
+    def send_bytes(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    # -- receiving --------------------------------------------------------
+    def recv(self, timeout: float | None = None):
+        """The next packet; raises Closed on EOF and TimeoutError on timeout."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while not self.pending:
+            if self.eof:
+                raise Closed()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no packet from the broker")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                raise TimeoutError("no packet from the broker") from None
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                self.eof = True
+                continue
+            for first, body in self.framer.feed(data):
+                self.pending.append(decode(first, body, self.version))
+        return self.pending.pop(0)
+
+    def expect(self, cls, timeout: float | None = None):
+        p = self.recv(timeout)
+        if not isinstance(p, cls):
+            raise AssertionError(f"expected {cls.__name__}, got {p!r}")
+        return p
+
+    def expect_closed(self, timeout: float | None = None) -> list:
+        """Read until the broker closes; returns the packets that came before."""
+        got = []
+        while True:
+            try:
+                got.append(self.recv(timeout))
+            except Closed:
+                return got
+
+    def barrier(self) -> list:
+        """PINGREQ/PINGRESP round trip: returns every packet that arrived before PINGRESP."""
+        self.send(PingReq())
+        got = []
+        while True:
+            p = self.recv()
+            if isinstance(p, PingResp):
+                return got
+            got.append(p)
+
+    def connect(self, client_id: str = "", **kw):
+        """Send CONNECT (version from the client) and return the CONNACK."""
+        kw.setdefault("keepalive", 60)
+        self.send(Connect(client_id=client_id, version=self.version, **kw))
+        return self.recv()
+
+
+def connect(port: int, client_id: str, version: int = 4, **kw) -> RawClient:
+    c = RawClient(port, version)
+    ack = c.connect(client_id, **kw)
+    if getattr(ack, "reason_code", 0) != 0:
+        raise AssertionError(f"CONNECT refused: {ack!r}")
+    return c
+
+
+__all__ = ["RawClient", "Closed", "connect", "MQTTError"]
