@@ -18,7 +18,7 @@ class Op(IntEnum):
     HELLO = 1  # [HELLO, WIRE_VERSION, filters, client_ids, retained msgs]
     ROUTE_ADD = 2  # [ROUTE_ADD, filter]
     ROUTE_DEL = 3  # [ROUTE_DEL, filter]
-    PUB = 4  # [PUB, msg]
+    PUB = 4  # [PUB, msg, token | None]: a token asks for CONFIRM once every receiver owns it
     RETAIN = 5  # [RETAIN, msg]   (empty payload clears)
     CLAIM = 6  # [CLAIM, client_id, req, clean_start]
     HANDOFF = 7  # [HANDOFF, client_id, req, state | None]
@@ -26,15 +26,20 @@ class Op(IntEnum):
     STATS = 9  # [STATS, snapshot]
     PING = 10  # [PING]
     SHARED_PUB = 11  # [SHARED_PUB, msg, group, filter]  (re-dispatch to another member)
+    SYNC = 12  # [SYNC, token]: answer SYNCED once every member applied the routes sent so far
+    ROUTE_ACK = 13  # [ROUTE_ACK, version]: this member applied the route table up to version
+    DELIVERED = 14  # [DELIVERED, ref]: the message of DELIVER ref is routed (and stored) here
     # router -> member
     WELCOME = 20  # [WELCOME, epoch, route_version, [[member, filter], ...], retained msgs]
     ROUTES = 21  # [ROUTES, version, [[+1|-1, member, filter], ...]]
-    DELIVER = 22  # [DELIVER, msg, normal, [[group, filter], ...]]
+    DELIVER = 22  # [DELIVER, msg, normal, [[group, filter], ...], ref | None]
     RETAINED = 23  # [RETAINED, msg]
     GRANT = 24  # [GRANT, client_id, req, state | None]
     TAKEOVER = 25  # [TAKEOVER, client_id, req, clean_start]
     NODE_STATS = 26  # [NODE_STATS, sums, {member: snapshot}]
     PONG = 27  # [PONG, epoch, route_version]
+    SYNCED = 28  # [SYNCED, token]
+    CONFIRM = 29  # [CONFIRM, token, ok]: every receiver of PUB token owns the message
 
 
 def pack(ops: list) -> bytes:

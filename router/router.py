@@ -27,6 +27,9 @@ from common.logs import kv
 from common.settings import Settings
 from common.wire import WIRE_VERSION, Op, pack, unpack
 from mqtt import SubscriptionTrie
+from worker.message import Message
+from worker.serial import msg_from_wire, msg_to_wire
+from worker.store import Store, StoreError
 
 log = logging.getLogger("shoal.router")
 
@@ -42,6 +45,7 @@ class Member:
     last_seen: float = 0.0
     alive: bool = True
     stats: dict = field(default_factory=dict)
+    acked: int = 0  # route version this member has applied
 
 
 @dataclass(slots=True)
@@ -62,10 +66,13 @@ class Router:
         self.members: dict[bytes, Member] = {}
         self.registry: dict[str, bytes] = {}  # client id -> member ident
         self.claims: dict[str, list[Claim]] = {}  # client id -> queue of claims, head in progress
-        self.retained: dict[str, list] = {}
+        self.retained: dict[str, Message] = {}
+        self.store: Store | None = None
         self.out: dict[bytes, list] = {}
         self.delta: list = []
         self.shared_cursor: dict[tuple, int] = {}
+        self.syncs: list = []
+        self.pending: dict[tuple, set] = {}  # (sender, token) -> members that have not confirmed  # [ident, token, version, deadline] waiting for members to apply routes
         self.forwarded = 0
         self._req = itertools.count(1)
         self.ctx = zmq.Context.instance()
@@ -79,6 +86,18 @@ class Router:
         self.running = True
 
     # -- plumbing ---------------------------------------------------------
+    def open_store(self) -> None:
+        """The node-wide retained messages live in DATA_DIR/router."""
+        if not self.settings.persistence:
+            return
+        path = os.path.join(str(self.settings.data_dir), "router")
+        self.store = Store(path, self.settings.sync)
+        now = time.monotonic()
+        for m in self.store.load_retained(now):
+            self.retained[m.topic] = m
+        self.store.flush()
+        log.info("store opened", extra=kv(path=path, retained=len(self.retained)))
+
     def bind(self) -> None:
         path = self.endpoint.removeprefix("ipc://")
         if self.endpoint.startswith("ipc://") and os.path.exists(path):
@@ -134,7 +153,11 @@ class Router:
             if now >= next_check:
                 next_check = now + 0.5
                 self.check_timeouts(now)
+            if self.store is not None and self.store.batch is not None:
+                self.store.flush()
             self.flush()
+        if self.store is not None:
+            self.store.close()
         self.sock.close(0)
 
     # -- ops ------------------------------------------------------------------
@@ -159,7 +182,9 @@ class Router:
             if not m.alive:
                 m.alive = True
             if code == Op.PUB:
-                self.publish(ident, op[1])
+                self.publish(ident, op[1], op[2] if len(op) > 2 else None)
+            elif code == Op.DELIVERED:
+                self.delivered(ident, op[1])
             elif code == Op.ROUTE_ADD:
                 self.route_add(m, op[1])
             elif code == Op.ROUTE_DEL:
@@ -180,6 +205,15 @@ class Router:
                 self.send(ident, [Op.PONG, self.epoch, self.version])
             elif code == Op.SHARED_PUB:
                 self.shared_publish(ident, op[1], op[2], op[3])
+            elif code == Op.SYNC:
+                self.flush_delta_only()
+                self.syncs.append([ident, op[1], self.version, now + 1.0])
+                self.check_syncs(now)
+            elif code == Op.ROUTE_ACK:
+                if op[1] > m.acked:
+                    m.acked = op[1]
+                if self.syncs:
+                    self.check_syncs(now)
 
     def hello(self, ident: bytes, op: list, now: float) -> Member:
         _, wire, filters, client_ids, retained = op[:5]
@@ -190,6 +224,7 @@ class Router:
             for flt in list(old.filters):
                 self.route_del(old, flt)
         m = Member(ident, ident.decode(errors="replace"), last_seen=now)
+        m.acked = self.version + 1  # WELCOME below carries the table at that version
         self.members[ident] = m
         for flt in filters:
             self.route_add(m, flt)
@@ -200,7 +235,8 @@ class Router:
         routes = [[o.name, flt] for o in self.members.values() if o.ident != ident for flt in o.filters]
         # WELCOME carries the table as of the version after this member's own deltas
         self.flush_delta_only()
-        self.send(ident, [Op.WELCOME, self.epoch, self.version, routes, list(self.retained.values())])
+        retained = [msg_to_wire(m, now) for m in self.retained.values() if not m.expired(now)]
+        self.send(ident, [Op.WELCOME, self.epoch, self.version, routes, retained])
         log.info("member joined", extra=kv(member=m.name, filters=len(filters), sessions=len(client_ids)))
         return m
 
@@ -226,7 +262,17 @@ class Router:
         self.trie.remove(flt, m.ident)
         self.delta.append([-1, m.name, flt])
 
-    def publish(self, sender: bytes, msg: list) -> None:
+    def delivered(self, ident: bytes, ref: list) -> None:
+        key = (ref[0], ref[1])
+        waiting = self.pending.get(key)
+        if waiting is None:
+            return
+        waiting.discard(ident)
+        if not waiting:
+            del self.pending[key]
+            self.send(key[0], [Op.CONFIRM, key[1], True])
+
+    def publish(self, sender: bytes, msg: list, token=None) -> None:
         topic = msg[0]
         trie = self.trie
         normal = {ident for ident, _ in trie.match(topic) if ident != sender}
@@ -237,8 +283,16 @@ class Router:
                 continue  # only the sender has this group: it decided locally
             chosen = self._pick(group, members)
             groups_for.setdefault(chosen, []).append([group.group, group.topic_filter])
-        for ident in normal | groups_for.keys():
-            self.send(ident, [Op.DELIVER, msg, ident in normal, groups_for.get(ident, [])])
+        targets = normal | groups_for.keys()
+        ref = None
+        if token is not None:
+            if targets:
+                ref = [sender, token]
+                self.pending[(sender, token)] = set(targets)
+            else:
+                self.send(sender, [Op.CONFIRM, token, True])
+        for ident in targets:
+            self.send(ident, [Op.DELIVER, msg, ident in normal, groups_for.get(ident, []), ref])
             self.forwarded += 1
 
     def _pick(self, group, members: list, exclude: bytes | None = None) -> bytes:
@@ -258,11 +312,14 @@ class Router:
                 return
 
     def retain(self, sender: bytes | None, msg: list) -> None:
-        topic = msg[0]
-        if msg[1]:
-            self.retained[topic] = msg
+        now = time.monotonic()
+        m = msg_from_wire(msg, now)
+        if m.payload:
+            self.retained[m.topic] = m
         else:
-            self.retained.pop(topic, None)
+            self.retained.pop(m.topic, None)
+        if self.store is not None:
+            self.store.set_retained(m, now)
         if sender is not None:
             for ident, m in self.members.items():
                 if ident != sender and m.alive:
@@ -297,9 +354,27 @@ class Router:
         queue = self.claims.get(client_id)
         if not queue or queue[0].req != req:
             return  # a late answer to a claim that timed out
+        claimant = self.members.get(queue[0].claimant)
+        if state is not None and claimant is not None:
+            # the session's routes move with it, before its old holder withdraws them
+            for sub in state[4]:
+                self.route_add(claimant, sub[0])
         self._grant(queue[0], state)
 
+    def check_syncs(self, now: float) -> None:
+        """Answer the SYNCs whose route version every other live member has applied."""
+        waiting = []
+        for s in self.syncs:
+            ident, token, version, deadline = s
+            if now >= deadline or all(m.acked >= version for i, m in self.members.items() if i != ident and m.alive):
+                self.send(ident, [Op.SYNCED, token])
+            else:
+                waiting.append(s)
+        self.syncs = waiting
+
     def check_timeouts(self, now: float) -> None:
+        if self.syncs:
+            self.check_syncs(now)
         for queue in list(self.claims.values()):
             c = queue[0]
             if now >= c.deadline:
@@ -316,6 +391,14 @@ class Router:
             return
         m.alive = False
         log.warning("member silent, dropping its routes", extra=kv(member=m.name))
+        for key, waiting in list(self.pending.items()):
+            if key[0] == ident:
+                del self.pending[key]
+            elif ident in waiting:
+                waiting.discard(ident)
+                if not waiting:  # a receiver died before it owned the message
+                    del self.pending[key]
+                    self.send(key[0], [Op.CONFIRM, key[1], False])
         for flt in list(m.filters):
             self.route_del(m, flt)
         self.out.pop(ident, None)
@@ -341,6 +424,11 @@ def main() -> None:
     settings = Settings()
     logs.setup(settings.log_level, node=settings.node, process="router")
     router = Router(settings)
+    try:
+        router.open_store()
+    except StoreError as e:
+        log.error("cannot start: %s", e)
+        raise SystemExit(3) from None
 
     def stop(*_):
         router.running = False

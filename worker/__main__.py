@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import logging
 import os
+import sys
 
 import uvloop
 
@@ -11,6 +12,7 @@ from common import logs
 from common.settings import Settings
 
 from .server import WorkerServer
+from .store import StoreError
 
 
 def main() -> None:
@@ -22,7 +24,12 @@ def main() -> None:
     settings = Settings()
     logs.setup(settings.log_level, node=settings.node, worker=str(args.wid))
     server = WorkerServer(settings, args.wid, args.fd)
-    uvloop.run(server.run())
+    try:
+        uvloop.run(server.run())
+    except StoreError as e:
+        logging.getLogger("shoal.worker").error("cannot start: %s", e)
+        print(f"shoal worker {args.wid}: cannot start: {e}", file=sys.stderr)
+        raise SystemExit(3) from None
 
 
 if __name__ == "__main__":

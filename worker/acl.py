@@ -143,7 +143,11 @@ def _render(parts: _Template, client_id: str | None, username: str | None) -> st
 
 
 def _safe(name: str | None) -> str | None:
-    """``name`` if it may be substituted into a rule, else None."""
+    """``name`` if it may be substituted into a rule, else None.
+
+    A rendered template is compared with one level of the topic, so a name
+    with ``/`` or a wildcard could not match anyway; refusing it here makes
+    the rule explicit and skips the rendering."""
     if not name or not _UNSAFE.isdisjoint(name):
         return None
     return name

@@ -17,7 +17,7 @@ class LocalBridge:
     def wants(self, topic: str) -> bool:
         return False
 
-    def forward(self, msg) -> None:
+    def forward(self, msg, on_owned=None) -> None:
         pass
 
     def remote_group(self, group: str, flt: str) -> bool:
@@ -47,6 +47,9 @@ class LocalBridge:
     def claim(self, conn, connect) -> None:
         """Ask the node for a client id; the answer is always `broker.claimed(...)`."""
         self.broker.claimed(conn, connect, None)
+
+    def sync(self, fn) -> None:
+        fn()
 
     def session_released(self, client_id: str) -> None:
         pass

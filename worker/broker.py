@@ -42,6 +42,8 @@ class Broker:
         self.bridge = bridge or LocalBridge()
         self.bridge.start(self)
         self._filter_refs: dict[str, int] = {}
+        self.store = None  # worker.store.Store when persistence is on
+        self.owns_retained = not getattr(self.bridge, "remote", False)
         self.route_version = 0
 
     # -- time -------------------------------------------------------------
@@ -71,8 +73,12 @@ class Broker:
         present = False
         if old is not None and old.conn is not None:
             old_conn = old.conn
-            self.detach(old, old_conn, takeover=True, ending=connect.clean_start)
+            # a session with expiry 0 ends with its connection, also on takeover
+            ending = connect.clean_start or old.expiry_interval == 0
+            self.detach(old, old_conn, takeover=True, ending=ending)
             old_conn.takeover()
+            if ending:
+                old = None
         if remote_state is not None and old is None:
             old = remote_state
             self.sessions[cid] = old
@@ -97,6 +103,7 @@ class Broker:
         session.username = conn.username
         session.expiry_interval = conn.expiry_interval
         session.will = conn.will
+        self.save(session)
         conn.complete_connect(session, present)
 
     def _restore_subscriptions(self, session: Session) -> None:
@@ -137,6 +144,7 @@ class Broker:
             else:
                 session.will_at = now + will.delay
                 self.timers.schedule(("will", session.client_id), session.will_at, lambda s=session: self._will_due(s))
+        self.save(session)
 
     def _will_due(self, session: Session) -> None:
         will, session.will, session.will_at = session.will, None, None
@@ -156,6 +164,8 @@ class Broker:
         if self.sessions.get(cid) is session:
             del self.sessions[cid]
             self.bridge.session_released(cid)
+            if self.store is not None:
+                self.store.delete_session(cid)
         for flt in list(session.subscriptions):
             self.unsubscribe(session, flt)
         self._redistribute_shared(session, everything=True)
@@ -178,6 +188,7 @@ class Broker:
         self.subs.add(topic_filter, session.client_id, opts)
         if not existed:
             self._ref_filter(topic_filter, +1)
+        self.save(session)
         return not existed
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
@@ -185,6 +196,8 @@ class Broker:
             return False
         self.subs.remove(topic_filter, session.client_id)
         self._ref_filter(topic_filter, -1)
+        if self.sessions.get(session.client_id) is session:
+            self.save(session)
         return True
 
     def _ref_filter(self, flt: str, delta: int) -> None:
@@ -209,19 +222,24 @@ class Broker:
         return out
 
     # -- publish ----------------------------------------------------------
-    def publish(self, msg: Message, *, local_only: bool = False) -> bool:
-        """Route a message; True when at least one subscriber (anywhere) wants it."""
+    def publish(self, msg: Message, *, local_only: bool = False, on_owned=None) -> bool:
+        """Route a message; True when at least one subscriber (anywhere) wants it.
+
+        on_owned: an AckGate held open until every other worker that
+        received the message owns it (routed and stored)."""
         if msg.retain:
             self.set_retained(msg)
             if not local_only:
                 self.bridge.retained_changed(msg)
         matched = self.route_local(msg)
         if not local_only and self.bridge.wants(msg.topic):
-            self.bridge.forward(msg)
+            self.bridge.forward(msg, on_owned.wait() if on_owned is not None else None)
             matched = True
         return matched
 
     def set_retained(self, msg: Message) -> None:
+        if self.store is not None and self.owns_retained:
+            self.store.set_retained(msg, self.now)
         if not msg.payload:
             self.retained.delete(msg.topic)
         elif len(self.retained) < self.settings.max_retained_messages or self.retained.get(msg.topic) is not None:
@@ -300,6 +318,7 @@ class Broker:
             return None
         conn = s.conn
         if conn is not None:
+            clean_start = clean_start or s.expiry_interval == 0  # it ends with its connection
             self.detach(s, conn, takeover=True, ending=clean_start)
             conn.takeover()
         if clean_start:
@@ -314,7 +333,38 @@ class Broker:
         for flt in s.subscriptions:
             self.subs.remove(flt, client_id)
             self._ref_filter(flt, -1)
+        if self.store is not None:
+            self.store.delete_session(client_id)
         return s
+
+    def restore(self, sessions: list[Session], retained: list[Message]) -> None:
+        """Sessions and retained messages loaded from the store at start.
+
+        Every session is offline now: one that was online when the process
+        stopped starts its expiry and will delay from now; one whose expiry
+        passed while the node was down ends (and its will is published)."""
+        now = self.now = self.clock()
+        for m in retained:
+            self.retained.set(m.topic, m)
+        ended = 0
+        for s in sessions:
+            self.sessions[s.client_id] = s
+            self._restore_subscriptions(s)
+            if s.expires_at is None and s.expiry_interval != NEVER:
+                s.expires_at = now + s.expiry_interval
+            if s.will is not None and s.will_at is None:
+                s.will_at = now + s.will.delay
+            if s.expires_at is not None and s.expires_at <= now:
+                ended += 1
+                self.end_session(s)  # publishes a pending will
+                continue
+            if s.expires_at is not None:
+                self.timers.schedule(("expire", s.client_id), s.expires_at, lambda s=s: self._expire(s))
+            if s.will is not None:
+                self.timers.schedule(("will", s.client_id), s.will_at, lambda s=s: self._will_due(s))
+            self.save(s)
+        if sessions or retained:
+            log.info("restored from store", extra=kv(sessions=len(sessions) - ended, expired=ended, retained=len(retained)))
 
     def _may_read(self, s: Session, topic: str) -> bool:
         return not self.acl_active or self.acl.can_read(s.client_id, s.username, topic)
@@ -355,10 +405,16 @@ class Broker:
         moved_inflight = [d for d in session.inflight.values() if d.group is not None and d.state == 0]
         if not moved and not moved_inflight:
             return
+        store = self.store if session.expiry_interval else None
         for d in moved_inflight:
             del session.inflight[d.packet_id]
+            if store is not None:
+                store.acked(session, d.packet_id)
         if moved:
             session.queue = type(session.queue)(d for d in session.queue if d.group is None)
+            if store is not None:
+                for d in moved:
+                    store.unqueued(session, d)
         for d in moved_inflight + moved:
             group_name, flt = d.group
             for group in self.subs.match_shared(d.msg.topic):
@@ -387,6 +443,13 @@ class Broker:
                             extra=kv(client=s.client_id, topic=d.msg.topic, limit=self.settings.max_queued_messages, dropped=s.dropped))
             return
         s.queue.append(d)
+        if self.store is not None and s.expiry_interval:
+            self.store.queued(s, d, self.now)
+
+    def save(self, s: Session) -> None:
+        """Write the session record (not its queue) when the session outlives its connection."""
+        if self.store is not None and s.expiry_interval and self.sessions.get(s.client_id) is s:
+            self.store.save_session(s, self.now)
 
     # -- shutdown ---------------------------------------------------------
     def sys_snapshot(self) -> dict:

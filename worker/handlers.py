@@ -169,7 +169,8 @@ def handle_publish(conn, p) -> None:
     if not valid_topic_name(topic):
         if not topic:
             raise ProtocolError(ReasonCode.PROTOCOL_ERROR, "empty topic")
-        raise MQTTError(ReasonCode.TOPIC_NAME_INVALID, "invalid topic name")
+        # wildcards in a topic name break a MUST of the spec: a protocol error, as mosquitto answers
+        raise ProtocolError(ReasonCode.PROTOCOL_ERROR, "wildcard in topic name")
     if p.retain and not st.retain_available:
         raise MQTTError(ReasonCode.RETAIN_NOT_SUPPORTED, "retain not available")
     s = conn.session
@@ -181,24 +182,83 @@ def handle_publish(conn, p) -> None:
         if len(s.incoming_qos2) >= conn.incoming_max:
             raise MQTTError(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
     broker.metrics.publish_received += 1
+    if qos and broker.store is not None and broker.store.failed and not broker.store.probe():
+        broker.metrics.dropped_store_full += 1
+        reply = _quota_refusal(conn, s, qos, pid)
+        if reply is not None:
+            conn.send(reply)
+        return
     rc = 0
     if conn.v5 and props.get(Prop.PAYLOAD_FORMAT_INDICATOR) == 1 and not _utf8(p.payload):
         rc = ReasonCode.PAYLOAD_FORMAT_INVALID
     elif broker.acl_active and not broker.acl.can_publish(conn.client_id, conn.username, topic):
         rc = ReasonCode.NOT_AUTHORIZED
         log.info("publish denied by ACL", extra=kv(client=conn.client_id, topic=topic))
+    gate = None
     if rc == 0:
         msg = Message.build(topic, p.payload, qos, p.retain, props, broker.now, conn.client_id)
-        if not broker.publish(msg) and conn.v5:
+        if qos and broker.bridge.remote:
+            gate = AckGate()
+        if not broker.publish(msg, on_owned=gate) and conn.v5:
             rc = ReasonCode.NO_MATCHING_SUBSCRIBERS
     elif not conn.v5:
         rc = 0  # 3.1.1 has no way to say no: acknowledge and drop
-    if qos == 1:
-        conn.send(PubAck(pid, rc))
-    elif qos == 2:
-        if rc < 0x80:
-            s.incoming_qos2.add(pid)
-        conn.send(PubRec(pid, rc))
+    if qos == 0:
+        return
+    store = broker.store
+    if qos == 2 and rc < 0x80:
+        s.incoming_qos2.add(pid)
+        if store is not None and s.expiry_interval:
+            store.qos2_in(s, pid)
+    ack = (PubAck if qos == 1 else PubRec)(pid, rc)
+    if store is not None and store.batch is not None:
+        gate = gate or AckGate()
+        store.after_commit(gate.wait())  # the broker owns the message once it is on disk
+    if gate is None:
+        conn.send(ack)
+        return
+
+    def owned(ok: bool) -> None:
+        reply = ack if ok else _quota_refusal(conn, s, qos, pid)
+        if reply is not None:
+            conn.send(reply)
+
+    gate.open(owned)
+
+
+class AckGate:
+    """Holds a PUBACK/PUBREC until every part of the node owns the message
+    (this worker's store, and the workers it was forwarded to)."""
+
+    __slots__ = ("n", "ok", "fn")
+
+    def __init__(self) -> None:
+        self.n = 1
+        self.ok = True
+        self.fn = None
+
+    def wait(self):
+        self.n += 1
+        return self._release
+
+    def open(self, fn) -> None:
+        self.fn = fn
+        self._release(True)
+
+    def _release(self, ok: bool) -> None:
+        self.ok = self.ok and ok
+        self.n -= 1
+        if self.n == 0 and self.fn is not None:
+            self.fn(self.ok)
+
+
+def _quota_refusal(conn, s, qos, pid):
+    """The store could not take the message: v5 says 0x97, 3.1.1 stays silent (the client resends)."""
+    if qos == 2:
+        s.incoming_qos2.discard(pid)
+    if not conn.v5:
+        return None
+    return (PubAck if qos == 1 else PubRec)(pid, ReasonCode.QUOTA_EXCEEDED)
 
 
 # -- acknowledgements (client -> broker) ----------------------------------------
@@ -207,6 +267,8 @@ def handle_puback(conn, p) -> None:
     d = s.inflight.get(p.packet_id)
     if d is not None and d.qos == 1:
         del s.inflight[p.packet_id]
+        if conn.broker.store is not None and s.expiry_interval:
+            conn.broker.store.acked(s, p.packet_id)
         conn.pump()
 
 
@@ -217,11 +279,16 @@ def handle_pubrec(conn, p) -> None:
     if d is None or d.qos != 2:
         conn.send(PubRel(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if conn.v5 else 0))
         return
+    store = conn.broker.store if s.expiry_interval else None
     if p.reason_code >= 0x80:
         del s.inflight[pid]
+        if store is not None:
+            store.acked(s, pid)
         conn.pump()
         return
     d.state = OutState.RELEASED
+    if store is not None:
+        store.inflight(s, d, conn.broker.now)
     conn.send(PubRel(pid))
 
 
@@ -230,6 +297,8 @@ def handle_pubrel(conn, p) -> None:
     pid = p.packet_id
     if pid in s.incoming_qos2:
         s.incoming_qos2.discard(pid)
+        if conn.broker.store is not None and s.expiry_interval:
+            conn.broker.store.qos2_done(s, pid)
         conn.send(PubComp(pid))
     else:
         conn.send(PubComp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if conn.v5 else 0))
@@ -240,6 +309,8 @@ def handle_pubcomp(conn, p) -> None:
     d = s.inflight.get(p.packet_id)
     if d is not None and d.qos == 2 and d.state == OutState.RELEASED:
         del s.inflight[p.packet_id]
+        if conn.broker.store is not None and s.expiry_interval:
+            conn.broker.store.acked(s, p.packet_id)
         conn.pump()
 
 
@@ -252,6 +323,7 @@ def handle_subscribe(conn, p) -> None:
     sub_id = ids[0] if ids else None
     codes = []
     retained: list = []
+    routes_before = len(broker._filter_refs)
     for sub in p.subscriptions:
         flt = sub.topic_filter
         shared = parse_shared(flt) if flt.startswith("$share/") else None
@@ -273,7 +345,23 @@ def handle_subscribe(conn, p) -> None:
                 if broker.acl_active and not broker.acl.can_read(conn.client_id, conn.username, msg.topic):
                     continue
                 retained.append(Delivery(msg, min(msg.qos, qos), True, (sub_id,) if sub_id else ()))
-    conn.send(SubAck(p.packet_id, codes))
+    new_routes = len(broker._filter_refs) != routes_before
+    ack = SubAck(p.packet_id, codes)
+    if broker.bridge.remote and new_routes:
+        # SUBACK once every worker of the node forwards matching publishes to us
+        conn.suspend()
+
+        def synced() -> None:
+            if conn.closed:
+                return
+            conn.send(ack)
+            for d in retained:
+                conn.deliver(d)
+            conn.resume()
+
+        broker.bridge.sync(synced)
+        return
+    conn.send(ack)
     for d in retained:
         conn.deliver(d)
 

@@ -18,6 +18,7 @@ class Metrics:
     dropped_expired: int = 0
     dropped_too_large: int = 0
     protocol_errors: int = 0
+    dropped_store_full: int = 0  # QoS 1/2 refused (0x97) because the store could not write
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -227,10 +227,13 @@ class Connection(asyncio.Protocol):
         backlog, self.backlog = self.backlog, None
         if self.state == State.CLOSED:
             return
-        for first, body in backlog or ():
+        for i, (first, body) in enumerate(backlog or ()):
             if self.state == State.CLOSED:
                 return
             self.handle_frame(first, body)
+            if self.backlog is not None:  # suspended again (e.g. a SUBSCRIBE waiting for routes)
+                self.backlog[:0] = backlog[i + 1:]
+                return
         self.transport.resume_reading()
 
     def complete_connect(self, session, present: bool) -> None:
@@ -263,8 +266,14 @@ class Connection(asyncio.Protocol):
     def start_inflight(self, s, d: Delivery) -> None:
         pid = s.allocate_pid()
         d.packet_id = pid
+        store = self.broker.store if s.expiry_interval else None
         if self.send_publish(d, pid):
             s.inflight[pid] = d
+            if store is not None:
+                store.unqueued(s, d)
+                store.inflight(s, d, self.broker.now)
+        elif store is not None:
+            store.unqueued(s, d)
 
     def send_publish(self, d: Delivery, pid: int, dup: bool = False) -> bool:
         """Write one PUBLISH; False when it could not be sent (expired, too large)."""
@@ -308,6 +317,8 @@ class Connection(asyncio.Protocol):
                 self.send(PubRel(pid))
             elif not self.send_publish(d, pid, dup=True):
                 del s.inflight[pid]
+                if self.broker.store is not None and s.expiry_interval:
+                    self.broker.store.acked(s, pid)
 
     def acked(self, pid: int) -> None:
         self.pump()

@@ -46,6 +46,9 @@ class RouterBridge:
         self.claims: dict[int, tuple] = {}
         self._req = itertools.count(1)
         self.node_stats: dict | None = None
+        self.syncs: dict[int, object] = {}
+        self.confirms: dict[int, object] = {}
+        self._token = itertools.count(1)
         self.broker = None
         self.loop = None
         self._timer = None
@@ -78,6 +81,8 @@ class RouterBridge:
         self.out.insert(0, [Op.HELLO, WIRE_VERSION, filters, list(b.sessions), retained])
         for req, (conn, connect) in self.claims.items():  # re-ask what the old router never answered
             self.out.append([Op.CLAIM, connect.client_id, req, connect.clean_start])
+        for token in self.syncs:
+            self.out.append([Op.SYNC, token])
         self._schedule()
 
     def _ping(self) -> None:
@@ -133,8 +138,13 @@ class RouterBridge:
     def remote_group(self, group: str, flt: str) -> bool:
         return (group, flt) in self.remote_groups
 
-    def forward(self, msg) -> None:
-        self.queue([Op.PUB, msg_to_wire(msg, self.broker.now)])
+    def forward(self, msg, on_owned=None) -> None:
+        """Send msg to the members that want it; on_owned(ok) once they all own it."""
+        token = None
+        if on_owned is not None:
+            token = next(self._token)
+            self.confirms[token] = on_owned
+        self.queue([Op.PUB, msg_to_wire(msg, self.broker.now), token])
 
     def forward_shared(self, msg, group: str, flt: str) -> None:
         self.queue([Op.SHARED_PUB, msg_to_wire(msg, self.broker.now), group, flt])
@@ -160,6 +170,12 @@ class RouterBridge:
             conn, connect = pending
             log.warning("router did not answer a session claim; serving it locally", extra=kv(client=connect.client_id))
             self.broker.claimed(conn, connect, None)
+
+    def sync(self, fn) -> None:
+        """Call fn() once every other member has applied the routes sent so far."""
+        token = next(self._token)
+        self.syncs[token] = fn
+        self.queue([Op.SYNC, token])
 
     def session_released(self, client_id: str) -> None:
         self.queue([Op.RELEASE, client_id])
@@ -198,6 +214,17 @@ class RouterBridge:
         if code == Op.DELIVER:
             msg = msg_from_wire(op[1], b.now)
             b.route_remote(msg, op[2], op[3])
+            ref = op[4] if len(op) > 4 else None
+            if ref is not None:
+                store = b.store
+                if store is not None and store.batch is not None:
+                    store.after_commit(lambda ok, ref=ref: self.queue([Op.DELIVERED, ref]))
+                else:
+                    self.queue([Op.DELIVERED, ref])
+        elif code == Op.CONFIRM:
+            fn = self.confirms.pop(op[1], None)
+            if fn is not None:
+                fn(op[2])
         elif code == Op.ROUTES:
             self.route_version = op[1]
             for sign, member, flt in op[2]:
@@ -207,7 +234,12 @@ class RouterBridge:
                     self._route_add(member, flt)
                 else:
                     self._route_del(member, flt)
+            self.queue([Op.ROUTE_ACK, self.route_version])
             b.routes_changed(self.route_version)
+        elif code == Op.SYNCED:
+            fn = self.syncs.pop(op[1], None)
+            if fn is not None:
+                fn()
         elif code == Op.GRANT:
             pending = self.claims.pop(op[2], None)
             if pending is None:
@@ -216,8 +248,12 @@ class RouterBridge:
             state = session_from_wire(op[3], b.now) if op[3] is not None else None
             b.claimed(conn, connect, state)
         elif code == Op.TAKEOVER:
+            mark = len(self.out)
             state = b.hand_over(op[1], op[3])
-            self.queue([Op.HANDOFF, op[1], op[2], None if state is None else session_to_wire(state, b.now)])
+            # HANDOFF goes before the ROUTE_DELs hand_over queued: the router moves the
+            # routes to the new holder first, so the session's filters never vanish
+            self.out.insert(mark, [Op.HANDOFF, op[1], op[2], None if state is None else session_to_wire(state, b.now)])
+            self._schedule()
         elif code == Op.RETAINED:
             b.set_retained(msg_from_wire(op[1], b.now))
         elif code == Op.WELCOME:

@@ -17,6 +17,7 @@ from .bridge import LocalBridge
 from .broker import Broker
 from .protocol import Connection
 from .router_link import RouterBridge
+from .store import Store
 from .sys_topics import publish_sys
 
 log = logging.getLogger("shoal.worker")
@@ -49,8 +50,27 @@ class WorkerServer:
         self.stopping = asyncio.Event()
         self._ticker: asyncio.Task | None = None
 
+    def open_store(self, loop) -> None:
+        """Open this worker's LevelDB and restore what it holds (before serving)."""
+        st = self.settings
+        if not st.persistence:
+            return
+        path = os.path.join(str(st.data_dir), f"worker-{self.worker_id}")
+        t0 = time.monotonic()
+        store = Store(path, st.sync, loop)
+        b = self.broker
+        b.store = store
+        now = time.monotonic()
+        sessions = store.load_sessions(now)
+        retained = store.load_retained(now) if b.owns_retained else []
+        b.restore(sessions, retained)
+        store.flush()
+        log.info("store opened", extra=kv(path=path, sync=st.sync, sessions=len(b.sessions),
+                                          retained=len(retained), seconds=round(time.monotonic() - t0, 3)))
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self.open_store(loop)
         sock = listen_socket(self.settings, self.fd)
         self.server = await loop.create_server(lambda: Connection(self.broker), sock=sock, backlog=1024)
         self.broker.bridge.connect()
@@ -91,4 +111,6 @@ class WorkerServer:
         while self.broker.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         self.broker.bridge.close()
+        if self.broker.store is not None:
+            self.broker.store.close()
         log.info("stopped")

@@ -39,6 +39,7 @@ class Delivery:
     group: tuple | None = None  # (share group, filter) when sent via a shared subscription
     state: OutState = OutState.PUBLISHED
     packet_id: int = 0
+    seq: int = 0  # key of its queue record in the store (0: not stored)
 
 
 @dataclass(slots=True)

@@ -21,7 +21,7 @@ class KeepaliveWheel:
         self._cursor: int | None = None
 
     def add(self, conn, deadline: float) -> None:
-        sec = int(deadline) + 1
+        sec = int(deadline)  # due at the first tick in or after this second (re-bucketed if early)
         if self._cursor is not None and sec < self._cursor:
             sec = self._cursor
         self._buckets.setdefault(sec, []).append(conn)
@@ -30,7 +30,7 @@ class KeepaliveWheel:
         """Connections whose keepalive deadline passed (re-bucketing the rest)."""
         sec = int(now)
         if self._cursor is None:
-            self._cursor = min(self._buckets, default=sec)
+            self._cursor = min(sec, min(self._buckets, default=sec))  # never start in the future
         due = []
         while self._cursor <= sec:
             bucket = self._buckets.pop(self._cursor, None)

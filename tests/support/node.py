@@ -33,6 +33,14 @@ def wait_for(cond, timeout: float = 10.0, interval: float = 0.02, what: str = "c
         time.sleep(interval)
 
 
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1].startswith("Z")
+    except OSError:
+        return True
+
+
 class Node:
     def __init__(self, workers: int = 1, data_dir: str | None = None, **settings):
         self.workers = workers
@@ -84,18 +92,33 @@ class Node:
     def stop(self, timeout: float = 20.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
+        children = self.children()
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
+        for pid in children:  # nothing may outlive the node
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self._logf.close()
 
     def kill(self) -> None:
-        """SIGKILL the whole node (circusd and every child)."""
+        """SIGKILL the whole node: circusd and every process it started
+        (circus puts each child in a session of its own)."""
+        victims = self.children()
         os.killpg(self.proc.pid, signal.SIGKILL)
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.proc.wait(5)
+        for pid in victims:
+            wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 5, what=f"pid {pid} gone")
         self._logf.close()
 
     def __enter__(self):
