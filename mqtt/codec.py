@@ -301,8 +301,8 @@ def _decode_props(b: bytes, pos: int, end: int, bit: int) -> tuple[dict, int]:
             value, pos = _str(b, pos, stop)
         elif kind == _K_VARINT:
             value, pos = _read_varint(b, pos, stop)
-            if not value:
-                raise ProtocolError(f"{prop.name} must not be 0")
+            if not value:  # mosquitto answers 0x81 here too
+                raise MalformedPacket(f"{prop.name} must not be 0")
             values = props.get(prop)
             if values is None:
                 props[prop] = [value]
@@ -522,8 +522,8 @@ def _packet_id(b: bytes, n: int, name: str, check: bool) -> int:
     if n < 2:
         raise MalformedPacket(f"truncated {name}")
     packet_id = (b[0] << 8) | b[1]
-    if check and not packet_id:
-        raise ProtocolError(f"{name} packet identifier 0")
+    if check and not packet_id:  # mosquitto: 0x81 for SUBSCRIBE/UNSUBSCRIBE id 0
+        raise MalformedPacket(f"{name} packet identifier 0")
     return packet_id
 
 

@@ -465,14 +465,14 @@ INVALID = [
     ("request-response-info-2", 5, h(f"10 0f {CONNECT_V5_HEAD} 02 19 02 0000"), P, PRO),
     ("receive-maximum-0", 5, h(f"10 10 {CONNECT_V5_HEAD} 03 21 0000 0000"), P, PRO),
     ("maximum-packet-size-0", 5, h(f"10 12 {CONNECT_V5_HEAD} 05 27 00000000 0000"), P, PRO),
-    ("subscription-identifier-0", 5, h("82 09 0001 02 0b 00 0001 61 00"), P, PRO),
-    ("subscription-identifier-0-in-publish", 5, h("30 06 0001 61 02 0b 00"), P, PRO),
+    ("subscription-identifier-0", 5, h("82 09 0001 02 0b 00 0001 61 00"), M, MAL),  # as mosquitto
+    ("subscription-identifier-0-in-publish", 5, h("30 06 0001 61 02 0b 00"), M, MAL),  # as mosquitto
     ("subscription-identifier-5-bytes", 5, h("30 0a 0001 61 06 0b ffffffff7f"), M, MAL),
     # packet identifiers
     ("publish-qos1-packet-id-0", 4, h("32 05 0001 61 0000"), P, PRO),
     ("publish-qos2-packet-id-0", 5, h("34 06 0001 61 0000 00"), P, PRO),
-    ("subscribe-packet-id-0", 4, h("82 06 0000 0001 61 00"), P, PRO),
-    ("unsubscribe-packet-id-0", 5, h("a2 06 0000 00 0001 61"), P, PRO),
+    ("subscribe-packet-id-0", 4, h("82 06 0000 0001 61 00"), M, MAL),  # as mosquitto
+    ("unsubscribe-packet-id-0", 5, h("a2 06 0000 00 0001 61"), M, MAL),  # as mosquitto
     # SUBSCRIBE / UNSUBSCRIBE contents
     ("subscribe-empty", 4, h("82 02 0001"), P, PRO),
     ("subscribe-empty-v5", 5, h("82 03 0001 00"), P, PRO),
