@@ -29,6 +29,7 @@ class Op(IntEnum):
     SYNC = 12  # [SYNC, token]: answer SYNCED once every member applied the routes sent so far
     ROUTE_ACK = 13  # [ROUTE_ACK, version]: this member applied the route table up to version
     DELIVERED = 14  # [DELIVERED, ref]: the message of DELIVER ref is routed (and stored) here
+    DIRECT = 15  # [DIRECT, msg, client_id, qos, retain, sub_ids]: for a session that just moved away
     # router -> member
     WELCOME = 20  # [WELCOME, epoch, route_version, [[member, filter], ...], retained msgs]
     ROUTES = 21  # [ROUTES, version, [[+1|-1, member, filter], ...]]
@@ -40,6 +41,7 @@ class Op(IntEnum):
     PONG = 27  # [PONG, epoch, route_version]
     SYNCED = 28  # [SYNCED, token]
     CONFIRM = 29  # [CONFIRM, token, ok]: every receiver of PUB token owns the message
+    DELIVER_DIRECT = 30  # [DELIVER_DIRECT, msg, client_id, qos, retain, sub_ids]
 
 
 def pack(ops: list) -> bytes:

@@ -185,6 +185,10 @@ class Router:
                 self.publish(ident, op[1], op[2] if len(op) > 2 else None)
             elif code == Op.DELIVERED:
                 self.delivered(ident, op[1])
+            elif code == Op.DIRECT:
+                holder = self.registry.get(op[2])
+                if holder is not None and holder != ident:
+                    self.send(holder, [Op.DELIVER_DIRECT, *op[1:]])
             elif code == Op.ROUTE_ADD:
                 self.route_add(m, op[1])
             elif code == Op.ROUTE_DEL:
@@ -238,6 +242,11 @@ class Router:
         retained = [msg_to_wire(m, now) for m in self.retained.values() if not m.expired(now)]
         self.send(ident, [Op.WELCOME, self.epoch, self.version, routes, retained])
         log.info("member joined", extra=kv(member=m.name, filters=len(filters), sessions=len(client_ids)))
+        for queue in self.claims.values():
+            c = queue[0]
+            if self.registry.get(c.client_id) == ident and c.claimant != ident:
+                # the holder restarted while a hand-over was asked of it: ask again
+                self.send(ident, [Op.TAKEOVER, c.client_id, c.req, c.clean_start])
         return m
 
     def flush_delta_only(self) -> None:

@@ -48,6 +48,9 @@ class LocalBridge:
         """Ask the node for a client id; the answer is always `broker.claimed(...)`."""
         self.broker.claimed(conn, connect, None)
 
+    def direct(self, msg, client_id, qos, retain, sub_ids) -> None:
+        pass
+
     def sync(self, fn) -> None:
         fn()
 

@@ -22,6 +22,8 @@ from .timers import KeepaliveWheel, TimerHeap
 
 log = logging.getLogger("shoal.broker")
 
+MOVED_GRACE = 5.0  # seconds a handed-over session's filters still catch messages in transit
+
 
 class Broker:
     def __init__(self, settings: Settings, clock, acl: Acl | None = None, bridge=None, worker_id: int = 1):
@@ -45,6 +47,7 @@ class Broker:
         self.store = None  # worker.store.Store when persistence is on
         self.owns_retained = not getattr(self.bridge, "remote", False)
         self.route_version = 0
+        self.moved = SubscriptionTrie()  # subscriptions of sessions just handed to another worker
 
     # -- time -------------------------------------------------------------
     def tick(self, now: float | None = None) -> None:
@@ -284,6 +287,13 @@ class Broker:
                     qos = sqos if sqos < msg.qos else msg.qos
                     self.deliver(s, Delivery(msg, qos, msg.retain and rap, tuple(sorted(ids))))
                     delivered = True
+        if len(self.moved):
+            # a session moved to another worker moments ago: messages already on
+            # their way here follow it instead of being lost
+            for cid, opts in self.moved.match(topic):
+                if not (opts.no_local and cid == msg.origin):
+                    qos = opts.qos if opts.qos < msg.qos else msg.qos
+                    self.bridge.direct(msg, cid, qos, msg.retain and opts.retain_as_published, (opts.sub_id,) if opts.sub_id else ())
         if not shared:
             return delivered
         bridge = self.bridge
@@ -330,12 +340,24 @@ class Broker:
         s.will = None  # the client is back before its will delay ran out
         s.will_at = None
         del self.sessions[client_id]
-        for flt in s.subscriptions:
+        for flt, opts in s.subscriptions.items():
             self.subs.remove(flt, client_id)
             self._ref_filter(flt, -1)
+            if not flt.startswith("$share/"):
+                self.moved.add(flt, client_id, opts)
+        self.timers.schedule(("moved", client_id, id(s)), self.now + MOVED_GRACE, lambda: self._forget_moved(client_id, s))
         if self.store is not None:
             self.store.delete_session(client_id)
         return s
+
+    def _forget_moved(self, client_id: str, s: Session) -> None:
+        for flt in s.subscriptions:
+            self.moved.remove(flt, client_id)
+
+    def deliver_direct(self, msg: Message, client_id: str, qos: int, retain: bool, sub_ids) -> None:
+        s = self.sessions.get(client_id)
+        if s is not None:
+            self.deliver(s, Delivery(msg, qos, retain, tuple(sub_ids)))
 
     def restore(self, sessions: list[Session], retained: list[Message]) -> None:
         """Sessions and retained messages loaded from the store at start.

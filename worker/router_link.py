@@ -149,6 +149,9 @@ class RouterBridge:
     def forward_shared(self, msg, group: str, flt: str) -> None:
         self.queue([Op.SHARED_PUB, msg_to_wire(msg, self.broker.now), group, flt])
 
+    def direct(self, msg, client_id: str, qos: int, retain: bool, sub_ids: tuple) -> None:
+        self.queue([Op.DIRECT, msg_to_wire(msg, self.broker.now), client_id, qos, retain, list(sub_ids)])
+
     def filter_added(self, flt: str) -> None:
         self.queue([Op.ROUTE_ADD, flt])
 
@@ -221,6 +224,8 @@ class RouterBridge:
                     store.after_commit(lambda ok, ref=ref: self.queue([Op.DELIVERED, ref]))
                 else:
                     self.queue([Op.DELIVERED, ref])
+        elif code == Op.DELIVER_DIRECT:
+            b.deliver_direct(msg_from_wire(op[1], b.now), op[2], op[3], op[4], op[5])
         elif code == Op.CONFIRM:
             fn = self.confirms.pop(op[1], None)
             if fn is not None:
