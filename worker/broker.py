@@ -47,7 +47,8 @@ class Broker:
         self.store = None  # worker.store.Store when persistence is on
         self.owns_retained = not getattr(self.bridge, "remote", False)
         self.route_version = 0
-        self.moved = SubscriptionTrie()  # subscriptions of sessions just handed to another worker
+        self.moved = SubscriptionTrie()
+        self.writer = None  # protocol.Writer once an event loop runs  # subscriptions of sessions just handed to another worker
 
     # -- time -------------------------------------------------------------
     def tick(self, now: float | None = None) -> None:

@@ -32,6 +32,30 @@ log = logging.getLogger("shoal.conn")
 WRITE_HIGH_WATER = 4 * 1024 * 1024  # bytes buffered for a client before QoS 0 is dropped
 
 
+class Writer:
+    """Flushes every connection written to in this loop pass, once, at its end."""
+
+    __slots__ = ("loop", "pending", "scheduled")
+
+    def __init__(self, loop) -> None:
+        self.loop = loop
+        self.pending: list = []
+        self.scheduled = False
+
+    def dirty(self, conn) -> None:
+        self.pending.append(conn)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        pending, self.pending = self.pending, []
+        for conn in pending:
+            if conn.out is not None:
+                conn.flush()
+
+
 class State(IntEnum):
     NEW = 0  # waiting for CONNECT
     CONNECTING = 1  # CONNECT received, waiting for the node to grant the client id
@@ -44,7 +68,7 @@ class Connection(asyncio.Protocol):
         "broker", "transport", "framer", "state", "version", "v5", "client_id", "username",
         "session", "keepalive", "last_rx", "expiry_interval", "will", "send_window",
         "client_max_packet", "aliases", "congested", "backlog", "peer", "request_problem_info",
-        "normal_disconnect", "connect_timer", "incoming_max", "_connack_extra", "__weakref__",
+        "normal_disconnect", "connect_timer", "incoming_max", "_connack_extra", "out", "__weakref__",
     )
 
     def __init__(self, broker):
@@ -72,6 +96,7 @@ class Connection(asyncio.Protocol):
         self.connect_timer = None
         self.incoming_max = broker.settings.receive_maximum
         self._connack_extra = (False, None, False)
+        self.out: list | None = None  # bytes written this loop pass, flushed together
 
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -170,11 +195,29 @@ class Connection(asyncio.Protocol):
 
     # -- writing -----------------------------------------------------------
     def write(self, data: bytes) -> None:
-        if self.state == State.CLOSED or self.transport.is_closing():
+        """Queue bytes for this connection; everything written in one loop pass
+        goes to the socket in one write (Writer.flush)."""
+        if self.state == State.CLOSED:
             return
-        self.broker.metrics.bytes_sent += len(data)
-        self.broker.metrics.messages_sent += 1
-        self.transport.write(data)
+        m = self.broker.metrics
+        m.bytes_sent += len(data)
+        m.messages_sent += 1
+        out = self.out
+        if out is not None:
+            out.append(data)
+            return
+        writer = self.broker.writer
+        if writer is None:  # no event loop (unit tests): straight to the transport
+            if not self.transport.is_closing():
+                self.transport.write(data)
+            return
+        self.out = [data]
+        writer.dirty(self)
+
+    def flush(self) -> None:
+        out, self.out = self.out, None
+        if out and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def send(self, packet) -> None:
         self.write(encode(packet, self.version))
@@ -194,6 +237,8 @@ class Connection(asyncio.Protocol):
         self.close()
 
     def close(self) -> None:
+        if self.out is not None:
+            self.flush()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         if self.state != State.CLOSED and self.session is None:

@@ -17,7 +17,9 @@ from common.settings import Settings
 from common.wire import WIRE_VERSION, Op, pack, unpack
 from mqtt import SubscriptionTrie, parse_shared
 
+from .message import Message
 from .serial import msg_from_wire, msg_to_wire, session_from_wire, session_to_wire
+from .sys_topics import render
 
 log = logging.getLogger("shoal.link")
 
@@ -46,6 +48,7 @@ class RouterBridge:
         self.claims: dict[int, tuple] = {}
         self._req = itertools.count(1)
         self.node_stats: dict | None = None
+        self.member_stats: dict = {}  # member name -> its last snapshot (NODE_STATS)
         self.syncs: dict[int, object] = {}
         self.confirms: dict[int, object] = {}
         self._token = itertools.count(1)
@@ -188,6 +191,17 @@ class RouterBridge:
 
     def send_stats(self, snap: dict) -> None:
         self.queue([Op.STATS, snap])
+        self._publish_member_figures()
+
+    def _publish_member_figures(self) -> None:
+        """Every worker's figures are visible on every worker: this worker publishes
+        its own (sys_topics), and the other workers' from the router's last NODE_STATS."""
+        b = self.broker
+        for name, snap in self.member_stats.items():
+            if name == self.name or not name.startswith("w"):
+                continue
+            for topic, payload in render(f"$SYS/broker/workers/{name[1:]}", snap):
+                b.publish(Message(topic, payload, 0, True, {}, None, ""), local_only=True)
 
     def node_snapshot(self) -> dict | None:
         return self.node_stats
@@ -272,6 +286,7 @@ class RouterBridge:
                 pass  # our HELLO is on its way
         elif code == Op.NODE_STATS:
             self.node_stats = op[1]
+            self.member_stats = op[2] if len(op) > 2 else {}
 
     def _welcome(self, op: list) -> None:
         _, epoch, version, routes, retained = op[:5]

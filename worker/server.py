@@ -15,7 +15,7 @@ from mqtt import ReasonCode
 from .acl import Acl
 from .bridge import LocalBridge
 from .broker import Broker
-from .protocol import Connection
+from .protocol import Connection, Writer
 from .router_link import RouterBridge
 from .store import Store
 from .sys_topics import publish_sys
@@ -71,6 +71,7 @@ class WorkerServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.open_store(loop)
+        self.broker.writer = Writer(loop)
         sock = listen_socket(self.settings, self.fd)
         self.server = await loop.create_server(lambda: Connection(self.broker), sock=sock, backlog=1024)
         self.broker.bridge.connect()

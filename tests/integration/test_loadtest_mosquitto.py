@@ -1,0 +1,187 @@
+"""``python -m loadtest`` against a live mosquitto: bounded sub + pub runs where
+every message must arrive and the summaries must agree with each other."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+DEADLINE = 30.0  # seconds; a run here takes about two
+pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None,
+                                reason="mosquitto is not installed (make install adds it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, log: Path, deadline: float) -> None:
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {proc.returncode}: {log.read_text()}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mosquitto did not accept connections on {port}") from None
+            time.sleep(0.02)  # polling the port, with a deadline
+
+
+@pytest.fixture(scope="module")
+def mosquitto(tmp_path_factory):
+    port = free_port()
+    tmp = tmp_path_factory.mktemp("mosquitto")
+    conf, log = tmp / "mosquitto.conf", tmp / "mosquitto.log"
+    # no queue limit: a QoS 1/2 subscriber that falls behind must not lose messages
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
+                    "max_inflight_messages 100\npersistence false\n")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc, log, time.monotonic() + 10)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+class LoadRun:
+    """``python -m loadtest ... --json`` in a subprocess; stderr and stdout collected by threads."""
+
+    def __init__(self, *args: str):
+        self.args = [sys.executable, "-m", "loadtest", *args, "--json"]
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.err: list[str] = []
+        self.out: list[str] = []
+        self.settled = threading.Event()
+        self.threads = [threading.Thread(target=self._read_err, daemon=True),
+                        threading.Thread(target=self._read_out, daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def _read_err(self) -> None:
+        for line in self.proc.stderr:
+            self.err.append(line)
+            if line.startswith('{"settled_s"'):
+                self.settled.set()
+
+    def _read_out(self) -> None:
+        for line in self.proc.stdout:
+            self.out.append(line)
+
+    def log(self) -> str:
+        return f"$ {' '.join(self.args)}\nstdout:\n{''.join(self.out)}\nstderr:\n{''.join(self.err)}"
+
+    def wait_settled(self) -> dict:
+        assert self.settled.wait(DEADLINE), f"not settled within {DEADLINE}s\n{self.log()}"
+        return next(json.loads(line) for line in self.err if line.startswith('{"settled_s"'))
+
+    def finish(self) -> tuple[int, dict]:
+        try:
+            code = self.proc.wait(DEADLINE)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"loadtest did not finish within {DEADLINE}s\n{self.log()}")
+        for t in self.threads:
+            t.join(5)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        assert self.out, self.log()
+        return code, json.loads(self.out[-1])
+
+    def series(self) -> list[dict]:
+        return [json.loads(line) for line in self.err if line.startswith('{"t"')]
+
+
+def check_latency(summary: dict, log: str) -> None:
+    lat = summary["latency_ms"]
+    assert lat["count"] == summary["received"] == summary["latency_hist"]["total"], log
+    assert 0 <= lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"], log
+    assert lat["max"] < summary["elapsed_s"] * 1000, log  # no message older than the run
+    assert sum(n for _, n in summary["latency_hist"]["counts"]) == summary["received"], log
+
+
+def test_qos1_v5_fan_in_over_two_processes(mosquitto):
+    port = str(mosquitto)
+    sub = LoadRun("sub", "-h", "127.0.0.1", "-p", port, "-c", "2", "--processes", "2", "-q", "1", "-V", "5",
+                  "-t", "fanin/#", "-L", "600", "--prefix", "t1")
+    ready = sub.wait_settled()
+    assert ready["ready"] == 2, sub.log()
+    pub = LoadRun("pub", "-h", "127.0.0.1", "-p", port, "-c", "3", "--processes", "2", "-q", "1", "-V", "5",
+                  "-t", "fanin/%i/%c", "-I", "0", "-L", "200", "-s", "64", "--inflight", "10", "--prefix", "t1")
+    pub_code, p = pub.finish()
+    sub_code, s = sub.finish()
+    log = pub.log() + sub.log()
+    assert (pub_code, sub_code) == (0, 0), log
+    assert (p["sent"], p["acked"], p["errors"], p["connected_max"]) == (600, 600, 0, 3), log
+    assert (s["received"], s["errors"], s["connected_max"], s["subscribed_max"]) == (1200, 0, 2, 2), log
+    check_latency(s, log)
+    assert sum(r["sent"] for r in pub.series()) == 600, log
+    assert sum(r["acked"] for r in pub.series()) == 600, log
+    assert sum(r["recv"] for r in sub.series()) == 1200, log
+    assert s["first_recv_ns"] >= p["first_sent_ns"] and s["last_recv_ns"] >= p["last_sent_ns"], log
+    assert p["send_rate"] > 0 and s["recv_rate"] > 0, log
+
+
+def test_qos2_v311_shared_group_gets_each_message_once(mosquitto):
+    port = str(mosquitto)
+    sub = LoadRun("sub", "-h", "127.0.0.1", "-p", port, "-c", "3", "--processes", "1", "-q", "2", "-V", "4",
+                  "-t", "work/+", "--shared", "g", "-L", "300", "--prefix", "t2")
+    sub.wait_settled()
+    pub = LoadRun("pub", "-h", "127.0.0.1", "-p", port, "-c", "3", "--processes", "1", "-q", "2", "-V", "4",
+                  "-t", "work/%i", "-I", "2", "-L", "100", "--prefix", "t2")
+    pub_code, p = pub.finish()
+    sub_code, s = sub.finish()
+    log = pub.log() + sub.log()
+    assert (pub_code, sub_code) == (0, 0), log
+    assert (p["sent"], p["acked"], p["errors"]) == (300, 300, 0), log
+    assert (s["received"], s["errors"]) == (300, 0), log  # the group's limit, and no duplicates
+    check_latency(s, log)
+
+
+def test_qos0_v31_fan_out(mosquitto):
+    port = str(mosquitto)
+    sub = LoadRun("sub", "-h", "127.0.0.1", "-p", port, "-c", "4", "--processes", "1", "-q", "0", "-V", "3",
+                  "-t", "fanout", "-L", "500", "--prefix", "t3")
+    sub.wait_settled()
+    pub = LoadRun("pub", "-h", "127.0.0.1", "-p", port, "-c", "1", "--processes", "1", "-q", "0", "-V", "3",
+                  "-t", "fanout", "-I", "1", "-L", "500", "-s", "8", "--prefix", "t3")
+    pub_code, p = pub.finish()
+    sub_code, s = sub.finish()
+    log = pub.log() + sub.log()
+    assert (pub_code, sub_code) == (0, 0), log
+    assert (p["sent"], p["acked"], p["errors"]) == (500, 0, 0), log
+    assert (s["received"], s["errors"]) == (2000, 0), log
+    check_latency(s, log)
+
+
+def test_conn_holds_then_disconnects_and_duration_bounds_a_run(mosquitto):
+    # at most 2 x 20 connects in flight: mosquitto's listen backlog is 100, and a dropped SYN costs 1 s
+    conn = LoadRun("conn", "-h", "127.0.0.1", "-p", str(mosquitto), "-c", "300", "-i", "0", "--processes", "2",
+                   "--max-connecting", "20", "--duration", "0.5", "--prefix", "t4")
+    code, c = conn.finish()
+    assert code == 0, conn.log()
+    assert (c["connected_max"], c["errors"], c["connect_ms"]["count"]) == (300, 0, 300), conn.log()
+    assert c["settled_s"] is not None and c["settled_s"] <= c["elapsed_s"], conn.log()
+    assert 0.5 <= c["elapsed_s"] < 0.5 + 6, conn.log()  # stopped by --duration, not by anything else
+    assert conn.series()[-1]["connected"] == 0, conn.log()
+
+
+def test_refused_connections_are_errors():
+    conn = LoadRun("conn", "-h", "127.0.0.1", "-p", str(free_port()), "-c", "5", "--processes", "1", "-i", "0")
+    code, c = conn.finish()
+    assert code == 1, conn.log()
+    assert (c["errors"], c["errors_by_kind"], c["connected_max"]) == (5, {"connect_failed": 5}, 0), conn.log()
