@@ -328,6 +328,8 @@ class SubscriptionTrie:
 
     def match_shared(self, topic: str) -> list[SharedGroup]:
         """The shared groups whose filter matches ``topic``."""
+        if not self._shared.children:
+            return []
         out: list[SharedGroup] = []
         for groups in _match_dicts(self._shared, topic.split("/")):
             out.extend(groups.values())

@@ -46,6 +46,7 @@ class Broker:
         self._filter_refs: dict[str, int] = {}
         self.store = None  # worker.store.Store when persistence is on
         self.owns_retained = not getattr(self.bridge, "remote", False)
+        self._sys_retained = 0  # $SYS topics in self.retained (outside the retained limit)
         self.route_version = 0
         self.moved = SubscriptionTrie()
         self.writer = None  # protocol.Writer once an event loop runs  # subscriptions of sessions just handed to another worker
@@ -57,6 +58,8 @@ class Broker:
         for conn in self.keepalive.expire(now):
             conn.keepalive_expired()
         self.timers.run_due(now)
+        if self.store is not None:
+            self.store.maybe_compact()
 
     # -- connect ----------------------------------------------------------
     def assign_client_id(self) -> str:
@@ -93,6 +96,7 @@ class Broker:
         if old is not None:
             session = old
             present = True
+            self.load_queue(session)
             self.timers.cancel(("expire", cid))
             if self.timers.__contains__(("will", cid)):
                 self.timers.cancel(("will", cid))  # reconnected within the will delay
@@ -165,11 +169,12 @@ class Broker:
         cid = session.client_id
         self.timers.cancel(("expire", cid))
         self.timers.cancel(("will", cid))
+        self.load_queue(session)  # its shared-subscription messages go to other members
         if self.sessions.get(cid) is session:
             del self.sessions[cid]
             self.bridge.session_released(cid)
             if self.store is not None:
-                self.store.delete_session(cid)
+                self.store.delete_session(cid, session)
         for flt in list(session.subscriptions):
             self.unsubscribe(session, flt)
         self._redistribute_shared(session, everything=True)
@@ -220,7 +225,7 @@ class Broker:
         out = []
         for msg in self.retained.match(topic_filter):
             if msg.expired(now):
-                self.retained.delete(msg.topic)
+                self._retained_expired(msg.topic, msg)
                 continue
             out.append(msg)
         return out
@@ -232,24 +237,51 @@ class Broker:
         on_owned: an AckGate held open until every other worker that
         received the message owns it (routed and stored)."""
         if msg.retain:
-            self.set_retained(msg)
-            if not local_only:
+            if self.set_retained(msg) and not local_only:
                 self.bridge.retained_changed(msg)
         matched = self.route_local(msg)
-        if not local_only and self.bridge.wants(msg.topic):
+        # a session handed to another worker moments ago: the router, which moved its
+        # routes before it reads this, sends the message after it
+        if not local_only and (self.bridge.wants(msg.topic) or (len(self.moved) and self.moved.match(msg.topic))):
             self.bridge.forward(msg, on_owned.wait() if on_owned is not None else None)
             matched = True
         return matched
 
-    def set_retained(self, msg: Message) -> None:
-        if self.store is not None and self.owns_retained:
+    def set_retained(self, msg: Message) -> bool:
+        """Retain (or with an empty payload, clear) msg; False when the limit refuses it.
+        $SYS figures are outside the limit and are not stored: they are recomputed."""
+        topic = msg.topic
+        sys_topic = topic.startswith("$SYS/")
+        if msg.payload and self.retained.get(topic) is None:
+            if sys_topic:
+                self._sys_retained += 1
+            elif len(self.retained) - self._sys_retained >= self.settings.max_retained_messages:
+                log.warning("retained message limit reached", extra=kv(topic=topic, limit=self.settings.max_retained_messages))
+                return False
+        if self.store is not None and self.owns_retained and not sys_topic:
             self.store.set_retained(msg, self.now)
-        if not msg.payload:
-            self.retained.delete(msg.topic)
-        elif len(self.retained) < self.settings.max_retained_messages or self.retained.get(msg.topic) is not None:
-            self.retained.set(msg.topic, msg)
+        if msg.payload:
+            self._retain(msg)
         else:
-            log.warning("retained message limit reached", extra=kv(topic=msg.topic, limit=self.settings.max_retained_messages))
+            self.retained.delete(topic)
+            self.timers.cancel(("retained", topic))
+        return True
+
+    def _retain(self, msg: Message) -> None:
+        self.retained.set(msg.topic, msg)
+        if msg.expires_at is not None:
+            self.timers.schedule(("retained", msg.topic), msg.expires_at, lambda: self._retained_expired(msg.topic, msg))
+        else:
+            self.timers.cancel(("retained", msg.topic))
+
+    def _retained_expired(self, topic: str, msg: Message) -> None:
+        """A retained message's expiry passed: it leaves memory and the store."""
+        if self.retained.get(topic) is not msg:
+            return
+        self.retained.delete(topic)
+        self.timers.cancel(("retained", topic))
+        if self.store is not None and self.owns_retained:
+            self.store.delete_retained(topic)
 
     def route_local(self, msg: Message, shared: bool = True) -> bool:
         topic = msg.topic
@@ -262,7 +294,7 @@ class Broker:
                 cid, opts = matches[0]
                 if not (opts.no_local and cid == origin):
                     s = sessions.get(cid)
-                    if s is not None and self._may_read(s, topic):
+                    if s is not None and (not self.acl_active or self._may_read(s, topic)):
                         qos = opts.qos if opts.qos < msg.qos else msg.qos
                         retain = msg.retain and opts.retain_as_published
                         self.deliver(s, Delivery(msg, qos, retain, (opts.sub_id,) if opts.sub_id else ()))
@@ -288,13 +320,6 @@ class Broker:
                     qos = sqos if sqos < msg.qos else msg.qos
                     self.deliver(s, Delivery(msg, qos, msg.retain and rap, tuple(sorted(ids))))
                     delivered = True
-        if len(self.moved):
-            # a session moved to another worker moments ago: messages already on
-            # their way here follow it instead of being lost
-            for cid, opts in self.moved.match(topic):
-                if not (opts.no_local and cid == msg.origin):
-                    qos = opts.qos if opts.qos < msg.qos else msg.qos
-                    self.bridge.direct(msg, cid, qos, msg.retain and opts.retain_as_published, (opts.sub_id,) if opts.sub_id else ())
         if not shared:
             return delivered
         bridge = self.bridge
@@ -310,6 +335,8 @@ class Broker:
         subscriptions if asked, and serve the shared groups the router chose us for."""
         if normal:
             self.route_local(msg, shared=False)
+            if len(self.moved):
+                self._follow_moved(msg)
         if groups:
             wanted = {(g, f) for g, f in groups}
             for group in self.subs.match_shared(msg.topic):
@@ -340,6 +367,7 @@ class Broker:
         self.timers.cancel(("will", client_id))
         s.will = None  # the client is back before its will delay ran out
         s.will_at = None
+        self.load_queue(s)
         del self.sessions[client_id]
         for flt, opts in s.subscriptions.items():
             self.subs.remove(flt, client_id)
@@ -348,12 +376,36 @@ class Broker:
                 self.moved.add(flt, client_id, opts)
         self.timers.schedule(("moved", client_id, id(s)), self.now + MOVED_GRACE, lambda: self._forget_moved(client_id, s))
         if self.store is not None:
-            self.store.delete_session(client_id)
+            self.store.delete_session(client_id, s)
         return s
 
     def _forget_moved(self, client_id: str, s: Session) -> None:
         for flt in s.subscriptions:
             self.moved.remove(flt, client_id)
+
+    def forget_moved(self, client_id: str, filters: list) -> None:
+        """The router moved the routes of a session handed over from here: what it
+        sends after that mark went to the new holder already."""
+        for flt in filters:
+            self.moved.remove(flt, client_id)
+
+    def _follow_moved(self, msg: Message) -> None:
+        """A message the router sent here before it moved a handed-over session's
+        routes follows that session to its new worker (once per session)."""
+        agg: dict[str, list] = {}
+        for cid, opts in self.moved.match(msg.topic):
+            if opts.no_local and cid == msg.origin:
+                continue
+            a = agg.get(cid)
+            if a is None:
+                agg[cid] = [opts.qos, opts.retain_as_published, [opts.sub_id] if opts.sub_id else []]
+            else:
+                a[0] = max(a[0], opts.qos)
+                a[1] = a[1] or opts.retain_as_published
+                if opts.sub_id:
+                    a[2].append(opts.sub_id)
+        for cid, (qos, rap, ids) in agg.items():
+            self.bridge.direct(msg, cid, min(qos, msg.qos), msg.retain and rap, tuple(sorted(ids)))
 
     def deliver_direct(self, msg: Message, client_id: str, qos: int, retain: bool, sub_ids) -> None:
         s = self.sessions.get(client_id)
@@ -368,24 +420,30 @@ class Broker:
         passed while the node was down ends (and its will is published)."""
         now = self.now = self.clock()
         for m in retained:
-            self.retained.set(m.topic, m)
-        ended = 0
-        for s in sessions:
+            self._retain(m)
+        for s in sessions:  # every session first: a will published below reaches them all
             self.sessions[s.client_id] = s
             self._restore_subscriptions(s)
+        ended = 0
+        schedule = self.timers.schedule
+        for s in sessions:
+            changed = False
             if s.expires_at is None and s.expiry_interval != NEVER:
-                s.expires_at = now + s.expiry_interval
+                s.expires_at = now + s.expiry_interval  # it was online when the process stopped
+                changed = True
             if s.will is not None and s.will_at is None:
                 s.will_at = now + s.will.delay
+                changed = True
             if s.expires_at is not None and s.expires_at <= now:
                 ended += 1
                 self.end_session(s)  # publishes a pending will
                 continue
             if s.expires_at is not None:
-                self.timers.schedule(("expire", s.client_id), s.expires_at, lambda s=s: self._expire(s))
+                schedule(("expire", s.client_id), s.expires_at, lambda s=s: self._expire(s))
             if s.will is not None:
-                self.timers.schedule(("will", s.client_id), s.will_at, lambda s=s: self._will_due(s))
-            self.save(s)
+                schedule(("will", s.client_id), s.will_at, lambda s=s: self._will_due(s))
+            if changed:
+                self.save(s)  # the deadlines count from now, also after another crash
         if sessions or retained:
             log.info("restored from store", extra=kv(sessions=len(sessions) - ended, expired=ended, retained=len(retained)))
 
@@ -457,7 +515,17 @@ class Broker:
         elif d.qos > 0:
             self.enqueue(s, d)
 
+    def load_queue(self, s: Session) -> None:
+        """A session restored from the store reads its queue on first use."""
+        if s.queue_stored:
+            if self.store is None:
+                s.queue_stored = False
+            else:
+                self.store.load_queue(s, self.now, self.settings.max_queued_messages)
+
     def enqueue(self, s: Session, d: Delivery) -> None:
+        if s.queue_stored:
+            self.load_queue(s)
         if len(s.queue) >= self.settings.max_queued_messages:
             s.dropped += 1
             self.metrics.dropped_queue_full += 1

@@ -101,6 +101,9 @@ def handle_connect(conn, p) -> None:
     # limits the client asked for
     conn.send_window = min(props.get(Prop.RECEIVE_MAXIMUM, 65535), st.max_inflight) if v5 else st.max_inflight
     conn.client_max_packet = props.get(Prop.MAXIMUM_PACKET_SIZE, 0) if v5 else 0
+    if v5 and props.get(Prop.TOPIC_ALIAS_MAXIMUM):
+        conn.out_alias_max = props[Prop.TOPIC_ALIAS_MAXIMUM]
+        conn.out_aliases = {}
     ka = p.keepalive
     server_ka = None
     if st.max_keepalive and (ka == 0 or ka > st.max_keepalive):

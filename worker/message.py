@@ -25,7 +25,7 @@ class Message:
     properties: dict  # only FORWARDED properties
     expires_at: float | None = None  # clock time, None = never
     origin: str = ""  # client id of the publisher ("" for the broker itself)
-    _cache: dict | None = field(default=None, repr=False)
+    _cache: tuple | dict | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, topic, payload, qos, retain, props: dict, now: float, origin: str = "") -> "Message":
@@ -42,16 +42,21 @@ class Message:
         return max(0, math.ceil(self.expires_at - now))
 
     def encode(self, v5: bool, qos: int, retain: bool, sub_ids: tuple, now: float) -> tuple[bytes, bytes]:
-        """(head, tail) of the PUBLISH for one variant; cached on the message."""
-        remaining = self.remaining_expiry(now) if v5 else None
+        """(head, tail) of the PUBLISH for one variant; cached on the message
+        (one variant inline, more in a small dict)."""
+        remaining = None
+        if v5 and self.expires_at is not None:
+            remaining = max(0, math.ceil(self.expires_at - now))
         key = (v5, qos, retain, sub_ids, remaining)
         cache = self._cache
-        if cache is None:
-            cache = self._cache = {}
-        else:
-            hit = cache.get(key)
-            if hit is not None:
-                return hit
+        if cache is not None:
+            if cache.__class__ is tuple:
+                if cache[0] == key:
+                    return cache[1]
+            else:
+                hit = cache.get(key)
+                if hit is not None:
+                    return hit
         props = None
         if v5:
             props = dict(self.properties)
@@ -60,6 +65,23 @@ class Message:
             if sub_ids:
                 props[Prop.SUBSCRIPTION_IDENTIFIER] = list(sub_ids)
         parts = encode_publish_split(self.topic, self.payload, qos, retain, props, 5 if v5 else 4)
-        if len(cache) < 16:
+        if cache is None:
+            self._cache = (key, parts)
+        elif cache.__class__ is tuple:
+            self._cache = {cache[0]: cache[1], key: parts}
+        elif len(cache) < 16:
             cache[key] = parts
         return parts
+
+    def encode_aliased(self, qos: int, retain: bool, sub_ids: tuple, now: float,
+                       alias: int, with_topic: bool) -> tuple[bytes, bytes]:
+        """(head, tail) of a v5 PUBLISH carrying Topic Alias ``alias``: with the
+        topic name to set the alias, or with an empty one to use it. Not cached:
+        aliases belong to one connection."""
+        props = dict(self.properties)
+        if self.expires_at is not None:
+            props[Prop.MESSAGE_EXPIRY_INTERVAL] = max(0, math.ceil(self.expires_at - now))
+        if sub_ids:
+            props[Prop.SUBSCRIPTION_IDENTIFIER] = list(sub_ids)
+        props[Prop.TOPIC_ALIAS] = alias
+        return encode_publish_split(self.topic if with_topic else "", self.payload, qos, retain, props, 5)

@@ -30,6 +30,7 @@ from .session import Delivery, OutState
 log = logging.getLogger("shoal.conn")
 
 WRITE_HIGH_WATER = 4 * 1024 * 1024  # bytes buffered for a client before QoS 0 is dropped
+LINGER = 2.0  # seconds a closed connection's socket keeps draining what the client still sends
 
 
 class Writer:
@@ -68,7 +69,8 @@ class Connection(asyncio.Protocol):
         "broker", "transport", "framer", "state", "version", "v5", "client_id", "username",
         "session", "keepalive", "last_rx", "expiry_interval", "will", "send_window",
         "client_max_packet", "aliases", "congested", "backlog", "peer", "request_problem_info",
-        "normal_disconnect", "connect_timer", "incoming_max", "_connack_extra", "out", "__weakref__",
+        "normal_disconnect", "connect_timer", "incoming_max", "_connack_extra", "out", "out_alias_max",
+        "out_aliases", "__weakref__",
     )
 
     def __init__(self, broker):
@@ -97,6 +99,8 @@ class Connection(asyncio.Protocol):
         self.incoming_max = broker.settings.receive_maximum
         self._connack_extra = (False, None, False)
         self.out: list | None = None  # bytes written this loop pass, flushed together
+        self.out_alias_max = 0  # the client's Topic Alias Maximum (v5)
+        self.out_aliases: dict[str, int] | None = None  # topic -> alias we set on this connection
 
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -122,6 +126,8 @@ class Connection(asyncio.Protocol):
             self.close()
 
     def data_received(self, data: bytes) -> None:
+        if self.state == State.CLOSED:  # lingering after close(): drop what the client still sends
+            return
         broker = self.broker
         self.last_rx = broker.clock()
         broker.metrics.bytes_received += len(data)
@@ -158,6 +164,8 @@ class Connection(asyncio.Protocol):
             self.protocol_error(MQTTError(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, "internal error"))
 
     def connection_lost(self, exc) -> None:
+        """The connection ended: close() calls this at once, asyncio again
+        when the socket is gone (the second call finds nothing left to do)."""
         broker = self.broker
         prev = self.state
         self.state = State.CLOSED
@@ -237,13 +245,30 @@ class Connection(asyncio.Protocol):
         self.close()
 
     def close(self) -> None:
+        """End the connection now; the socket closes gracefully.
+
+        A plain close while the client is still sending (PUBRELs for the
+        PUBRECs it is reading, packets after a refused CONNECT) makes the
+        kernel answer with RST, and the client may lose our last packet
+        (CONNACK or DISCONNECT) before it reads it. So the session ends here,
+        but the socket only half-closes (FIN after what is buffered) and what
+        the client still sends is read and dropped until it closes, for at
+        most LINGER seconds."""
         if self.out is not None:
             self.flush()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-        if self.state != State.CLOSED and self.session is None:
-            self.state = State.CLOSED
-            self.broker.connections.discard(self)
+        t = self.transport
+        if t is not None and not t.is_closing():
+            if self.state == State.CLOSED or not t.can_write_eof():
+                t.close()
+            else:
+                t.write_eof()
+                if not t.is_reading():
+                    t.resume_reading()
+                try:
+                    asyncio.get_running_loop().call_later(LINGER, t.close)
+                except RuntimeError:  # no event loop (unit tests)
+                    t.close()
+        self.connection_lost(None)
 
     def protocol_error(self, e: MQTTError) -> None:
         self.broker.metrics.protocol_errors += 1
@@ -315,8 +340,7 @@ class Connection(asyncio.Protocol):
         if self.send_publish(d, pid):
             s.inflight[pid] = d
             if store is not None:
-                store.unqueued(s, d)
-                store.inflight(s, d, self.broker.now)
+                store.inflight(s, d, self.broker.now)  # replaces its queue record in one write
         elif store is not None:
             store.unqueued(s, d)
 
@@ -328,7 +352,18 @@ class Connection(asyncio.Protocol):
         if msg.expires_at is not None and now >= msg.expires_at:
             broker.metrics.dropped_expired += 1
             return False
-        head, tail = msg.encode(self.v5, d.qos, d.retain, d.sub_ids, now)
+        aliases = self.out_aliases
+        new_alias = 0
+        if aliases is None:
+            head, tail = msg.encode(self.v5, d.qos, d.retain, d.sub_ids, now)
+        else:  # the client takes topic aliases: the first message on a topic sets one, later ones use it
+            alias = aliases.get(msg.topic, 0)
+            if not alias and len(aliases) < self.out_alias_max:
+                alias = new_alias = len(aliases) + 1
+            if alias:
+                head, tail = msg.encode_aliased(d.qos, d.retain, d.sub_ids, now, alias, new_alias != 0)
+            else:
+                head, tail = msg.encode(True, d.qos, d.retain, d.sub_ids, now)
         if pid:
             data = b"".join((bytes((head[0] | 0x08,)) + head[1:] if dup else head, pid.to_bytes(2, "big"), tail))
         else:
@@ -336,6 +371,8 @@ class Connection(asyncio.Protocol):
         if self.client_max_packet and len(data) > self.client_max_packet:
             broker.metrics.dropped_too_large += 1
             return False
+        if new_alias:  # only once the client is sure to see the topic with it
+            aliases[msg.topic] = new_alias
         broker.metrics.publish_sent += 1
         self.write(data)
         return True

@@ -240,6 +240,8 @@ class RouterBridge:
                     self.queue([Op.DELIVERED, ref])
         elif code == Op.DELIVER_DIRECT:
             b.deliver_direct(msg_from_wire(op[1], b.now), op[2], op[3], op[4], op[5])
+        elif code == Op.MOVED:
+            b.forget_moved(op[1], op[2])
         elif code == Op.CONFIRM:
             fn = self.confirms.pop(op[1], None)
             if fn is not None:

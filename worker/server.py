@@ -106,7 +106,10 @@ class WorkerServer:
         if self._ticker is not None:
             self._ticker.cancel()
         for conn in list(self.broker.connections):
-            conn.normal_disconnect = True  # wills are not sent because the server stops
+            # The server closes the connection, so the will applies (MQTT 5 3.1.2.5): one
+            # with no delay is published now, a delayed one is stored with its persistent
+            # session and published after the restart unless the client is back in time
+            # (what mosquitto's shutdown FIXME says is right; mosquitto sends them all).
             conn.disconnect(ReasonCode.SERVER_SHUTTING_DOWN, "server shutting down")
         deadline = time.monotonic() + timeout
         while self.broker.connections and time.monotonic() < deadline:

@@ -63,6 +63,7 @@ class Session:
     will_at: float | None = None  # clock time of a delayed will
     next_pid: int = 1
     dropped: int = 0
+    queue_stored: bool = False  # restored from the store: its queue is read on first use (Broker.load_queue)
 
     @property
     def online(self) -> bool:
