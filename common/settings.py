@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 1883
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
-    data_dir: Path = Path("data")
+    data_dir: Path | None = None  # default: data/<port>, so nodes on one host never share a store
     node_name: str = ""  # default: "<hostname>-<port>"
     log_level: str = "INFO"
     run_dir: Path = Path("/tmp")  # ZeroMQ ipc endpoints of the node live here
@@ -48,10 +48,14 @@ class Settings(BaseSettings):
     persistence: bool = True
     sync: Literal["always", "batch", "off"] = "batch"
 
-    @field_validator("acl_file", mode="before")
+    @field_validator("acl_file", "data_dir", mode="before")
     @classmethod
     def _empty_is_none(cls, v):
         return None if v in ("", None) else v
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir if self.data_dir is not None else Path("data") / str(self.port)
 
     @property
     def node(self) -> str:

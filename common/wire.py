@@ -42,6 +42,7 @@ class Op(IntEnum):
     SYNCED = 28  # [SYNCED, token]
     CONFIRM = 29  # [CONFIRM, token, ok]: every receiver of PUB token owns the message
     DELIVER_DIRECT = 30  # [DELIVER_DIRECT, msg, client_id, qos, retain, sub_ids]
+    MOVED = 31  # [MOVED, client_id, filters]: to the old holder: routes moved; later DELIVERs know it
 
 
 def pack(ops: list) -> bytes:

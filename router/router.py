@@ -90,7 +90,7 @@ class Router:
         """The node-wide retained messages live in DATA_DIR/router."""
         if not self.settings.persistence:
             return
-        path = os.path.join(str(self.settings.data_dir), "router")
+        path = os.path.join(str(self.settings.data_path), "router")
         self.store = Store(path, self.settings.sync)
         now = time.monotonic()
         for m in self.store.load_retained(now):
@@ -369,6 +369,10 @@ class Router:
             for sub in state[4]:
                 self.route_add(claimant, sub[0])
         self._grant(queue[0], state)
+        if state is not None:
+            # every DELIVER queued for the old holder before this mark was routed
+            # without the new holder: those (only) it forwards to the session
+            self.send(ident, [Op.MOVED, client_id, [sub[0] for sub in state[4]]])
 
     def check_syncs(self, now: float) -> None:
         """Answer the SYNCs whose route version every other live member has applied."""

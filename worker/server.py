@@ -55,7 +55,7 @@ class WorkerServer:
         st = self.settings
         if not st.persistence:
             return
-        path = os.path.join(str(st.data_dir), f"worker-{self.worker_id}")
+        path = os.path.join(str(st.data_path), f"worker-{self.worker_id}")
         t0 = time.monotonic()
         store = Store(path, st.sync, loop)
         b = self.broker
