@@ -525,6 +525,8 @@ class Store:
 
     # retained
     def set_retained(self, m: Message, now: float) -> None:
+        if m.topic.startswith("$SYS/"):
+            return  # broker figures are published anew after a restart
         if m.payload:
             self.put(b"r/" + m.topic.encode(), _pack([RECORD, self._msg_out(m, now)]))
         else:
