@@ -110,13 +110,7 @@ class Router:
 
     def flush(self) -> bool:
         """Send the batched ops; True when everything went out."""
-        if self.delta:
-            self.version += 1
-            ops = [Op.ROUTES, self.version, self.delta]
-            self.delta = []
-            for ident, m in self.members.items():
-                if m.alive:
-                    self.out.setdefault(ident, []).append(ops)
+        self.flush_delta_only()
         done = True
         for ident in list(self.out):
             ops = self.out[ident]
@@ -250,6 +244,7 @@ class Router:
         return m
 
     def flush_delta_only(self) -> None:
+        """Turn the route changes so far into one versioned ROUTES op for every member."""
         if self.delta:
             self.version += 1
             ops = [Op.ROUTES, self.version, self.delta]
