@@ -59,6 +59,7 @@ class Node:
             self.env[f"SHOAL_{k.upper()}"] = str(v)
         self.log_path = os.path.join(self.tmp, "node.log")
         self.proc: subprocess.Popen | None = None
+        self._logf = None
 
     # -- lifecycle --------------------------------------------------------
     def start(self, timeout: float = 30.0) -> "Node":
@@ -68,7 +69,11 @@ class Node:
             [str(VENV_BIN / "circusd"), "circus.ini"], cwd=ROOT, env=self.env,
             stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()  # no process or open file outlives a failed start
+            raise
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -91,6 +96,8 @@ class Node:
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
+            if self._logf is not None and not self._logf.closed:
+                self._logf.close()
             return
         children = self.children()
         self.proc.send_signal(signal.SIGTERM)
