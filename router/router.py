@@ -35,6 +35,10 @@ log = logging.getLogger("shoal.router")
 
 MEMBER_TIMEOUT = 3.0  # seconds without a PING before a member counts as gone
 CLAIM_TIMEOUT = 5.0  # seconds a hand-over may take before the claimant gets an empty session
+HOLDER_RESTART_WAIT = 8.0  # seconds a claim waits for the dead holder of a session to be restarted
+SETTLE_TIMEOUT = 3.0  # seconds after start that publishes wait for every worker to (re-)register
+ROUTED = (Op.PUB, Op.SHARED_PUB, Op.DIRECT)  # ops that need the whole route table
+RETAINED_SWEEP = 60.0  # seconds between sweeps of expired retained messages
 
 
 @dataclass(slots=True)
@@ -46,6 +50,8 @@ class Member:
     alive: bool = True
     stats: dict = field(default_factory=dict)
     acked: int = 0  # route version this member has applied
+    lost: list = field(default_factory=list)  # filters dropped when it fell silent (back if it speaks again)
+    orphans: set = field(default_factory=set)  # client ids granted elsewhere while it was gone
 
 
 @dataclass(slots=True)
@@ -68,12 +74,17 @@ class Router:
         self.claims: dict[str, list[Claim]] = {}  # client id -> queue of claims, head in progress
         self.retained: dict[str, Message] = {}
         self.store: Store | None = None
+        self.retained_sweep = 0.0
+        self.sys_retained = 0  # $SYS topics in self.retained
         self.out: dict[bytes, list] = {}
         self.delta: list = []
         self.shared_cursor: dict[tuple, int] = {}
         self.syncs: list = []
         self.pending: dict[tuple, set] = {}  # (sender, token) -> members that have not confirmed  # [ident, token, version, deadline] waiting for members to apply routes
         self.forwarded = 0
+        self.started = time.monotonic()
+        self.settled = False  # every worker registered (or SETTLE_TIMEOUT passed)
+        self.deferred: list = []  # (ident, op) routed once settled
         self._req = itertools.count(1)
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -93,8 +104,9 @@ class Router:
         path = os.path.join(str(self.settings.data_path), "router")
         self.store = Store(path, self.settings.sync)
         now = time.monotonic()
-        for m in self.store.load_retained(now):
+        for m in self.store.load_retained(now, self.settings.max_retained_messages):
             self.retained[m.topic] = m
+        self.store.ready()
         self.store.flush()
         log.info("store opened", extra=kv(path=path, retained=len(self.retained)))
 
@@ -121,10 +133,10 @@ class Router:
                 continue
             except zmq.ZMQError as e:
                 if e.errno == zmq.EHOSTUNREACH:
-                    self._member_gone(ident)
+                    self._member_gone(ident)  # (drops its ops itself)
                 else:
                     raise
-            del self.out[ident]
+            self.out.pop(ident, None)
         return done
 
     def run(self) -> None:
@@ -174,7 +186,12 @@ class Router:
                 continue
             m.last_seen = now
             if not m.alive:
-                m.alive = True
+                self._revive(m)
+            if not self.settled and code in ROUTED:
+                # a route table without the workers that have not registered yet would
+                # drop (and confirm) messages they want: wait for them
+                self.deferred.append((ident, op))
+                continue
             if code == Op.PUB:
                 self.publish(ident, op[1], op[2] if len(op) > 2 else None)
             elif code == Op.DELIVERED:
@@ -188,7 +205,7 @@ class Router:
             elif code == Op.ROUTE_DEL:
                 self.route_del(m, op[1])
             elif code == Op.RETAIN:
-                self.retain(ident, op[1])
+                self.retain(ident, op[1], op[2] if len(op) > 2 else None)
             elif code == Op.CLAIM:
                 self.claim(ident, op[1], op[2], op[3], now)
             elif code == Op.HANDOFF:
@@ -227,7 +244,12 @@ class Router:
         for flt in filters:
             self.route_add(m, flt)
         for cid in client_ids:
-            self.registry[cid] = ident
+            holder = self.members.get(self.registry.get(cid, ident))
+            if holder is not None and holder.ident != ident and holder.alive:
+                # granted to another worker while this one was down: its copy is stale
+                self.send(ident, [Op.TAKEOVER, cid, 0, True])
+            else:
+                self.registry[cid] = ident
         for msg in retained or ():
             self.retain(None, msg)
         routes = [[o.name, flt] for o in self.members.values() if o.ident != ident for flt in o.filters]
@@ -236,6 +258,7 @@ class Router:
         retained = [msg_to_wire(m, now) for m in self.retained.values() if not m.expired(now)]
         self.send(ident, [Op.WELCOME, self.epoch, self.version, routes, retained])
         log.info("member joined", extra=kv(member=m.name, filters=len(filters), sessions=len(client_ids)))
+        self.check_settled(now)
         for queue in self.claims.values():
             c = queue[0]
             if self.registry.get(c.client_id) == ident and c.claimant != ident:
@@ -315,15 +338,31 @@ class Router:
                     self.send(chosen, [Op.DELIVER, msg, False, [[group_name, flt]]])
                 return
 
-    def retain(self, sender: bytes | None, msg: list) -> None:
+    def retain(self, sender: bytes | None, msg: list, token=None) -> None:
+        """A retained message (or its removal); with a token, CONFIRM to the sender
+        once it is in the router's store (the publisher's PUBACK waits for it)."""
         now = time.monotonic()
         m = msg_from_wire(msg, now)
+        sys_topic = m.topic.startswith("$SYS/")  # workers' figures: outside the limit
         if m.payload:
+            if m.topic not in self.retained:
+                if sys_topic:
+                    self.sys_retained += 1
+                elif len(self.retained) - self.sys_retained >= self.settings.max_retained_messages:
+                    log.warning("retained message limit reached", extra=kv(topic=m.topic, limit=self.settings.max_retained_messages))
+                    if token is not None:
+                        self.send(sender, [Op.CONFIRM, token, True])
+                    return
             self.retained[m.topic] = m
-        else:
-            self.retained.pop(m.topic, None)
+        elif self.retained.pop(m.topic, None) is not None and sys_topic:
+            self.sys_retained -= 1
         if self.store is not None:
             self.store.set_retained(m, now)
+        if token is not None:
+            if self.store is not None:
+                self.store.after_commit(lambda ok: self.send(sender, [Op.CONFIRM, token, ok]))
+            else:
+                self.send(sender, [Op.CONFIRM, token, True])
         if sender is not None:
             for ident, m in self.members.items():
                 if ident != sender and m.alive:
@@ -341,7 +380,22 @@ class Router:
         if owner is None or owner == c.claimant or owner not in self.members:
             self._grant(c, None)
             return
+        if not self.members[owner].alive:
+            self._holder_gone(c, self.members[owner])
+            return
         self.send(owner, [Op.TAKEOVER, c.client_id, c.req, c.clean_start])
+
+    def _holder_gone(self, c: Claim, holder: Member) -> None:
+        """The worker holding the claimed client id is gone (killed, or silent)."""
+        if c.clean_start:
+            # nothing of the old session is wanted: grant at once; the old holder
+            # drops its copy when it is back (hello, _revive)
+            holder.orphans.add(c.client_id)
+            self._grant(c, None)
+        else:
+            # the session is in that worker's store: wait for circus to restart it
+            # (hello asks it again)
+            c.deadline = max(c.deadline, time.monotonic() + HOLDER_RESTART_WAIT)
 
     def _grant(self, c: Claim, state) -> None:
         self.registry[c.client_id] = c.claimant
@@ -380,18 +434,50 @@ class Router:
                 waiting.append(s)
         self.syncs = waiting
 
+    def check_settled(self, now: float) -> None:
+        """Route what waited for every worker of the node to register."""
+        if self.settled:
+            return
+        workers = sum(1 for m in self.members.values() if m.alive and m.name.startswith("w"))
+        if workers < self.settings.workers and now - self.started < SETTLE_TIMEOUT:
+            return
+        self.settled = True
+        deferred, self.deferred = self.deferred, []
+        log.info("route table complete", extra=kv(workers=workers, deferred=len(deferred)))
+        for ident, op in deferred:
+            m = self.members.get(ident)
+            if m is not None and m.alive:
+                self.handle(ident, pack([op]))
+
     def check_timeouts(self, now: float) -> None:
+        self.check_settled(now)
         if self.syncs:
             self.check_syncs(now)
+        if now >= self.retained_sweep:
+            self.sweep_retained(now)
         for queue in list(self.claims.values()):
             c = queue[0]
             if now >= c.deadline:
                 log.warning("session hand-over timed out; granting an empty session",
                             extra=kv(client=c.client_id, claimant=c.claimant.decode()))
+                holder = self.members.get(self.registry.get(c.client_id))
+                if holder is not None and holder.ident != c.claimant:
+                    holder.orphans.add(c.client_id)  # it drops its copy if it comes back
                 self._grant(c, None)
         for ident, m in list(self.members.items()):
             if m.alive and now - m.last_seen > MEMBER_TIMEOUT:
                 self._member_gone(ident)
+
+    def sweep_retained(self, now: float) -> None:
+        """Expired retained messages leave memory and the store (once a minute)."""
+        self.retained_sweep = now + RETAINED_SWEEP
+        for topic, m in list(self.retained.items()):
+            if m.expired(now):
+                del self.retained[topic]
+                if self.store is not None:
+                    self.store.delete_retained(topic)
+        if self.store is not None:
+            self.store.maybe_compact()
 
     def _member_gone(self, ident: bytes) -> None:
         m = self.members.get(ident)
@@ -399,6 +485,10 @@ class Router:
             return
         m.alive = False
         log.warning("member silent, dropping its routes", extra=kv(member=m.name))
+        for queue in list(self.claims.values()):
+            c = queue[0]
+            if self.registry.get(c.client_id) == ident and c.claimant != ident:
+                self._holder_gone(c, m)  # its TAKEOVER will not be answered
         for key, waiting in list(self.pending.items()):
             if key[0] == ident:
                 del self.pending[key]
@@ -407,9 +497,30 @@ class Router:
                 if not waiting:  # a receiver died before it owned the message
                     del self.pending[key]
                     self.send(key[0], [Op.CONFIRM, key[1], False])
-        for flt in list(m.filters):
+        m.lost = list(m.filters)
+        for flt in m.lost:
             self.route_del(m, flt)
         self.out.pop(ident, None)
+
+    def _revive(self, m: Member) -> None:
+        """A member taken for gone speaks again (it was only slow): its routes come
+        back, it gets the whole table and retained set it missed (a new WELCOME),
+        and it drops the sessions granted elsewhere meanwhile."""
+        m.alive = True
+        log.warning("member back", extra=kv(member=m.name, filters=len(m.lost), orphans=len(m.orphans)))
+        for flt in m.lost:
+            self.route_add(m, flt)
+        m.lost = []
+        self.flush_delta_only()
+        m.acked = self.version
+        now = time.monotonic()
+        routes = [[o.name, flt] for o in self.members.values() if o.ident != m.ident for flt in o.filters]
+        retained = [msg_to_wire(r, now) for r in self.retained.values() if not r.expired(now)]
+        self.send(m.ident, [Op.WELCOME, self.epoch, self.version, routes, retained])
+        for cid in m.orphans:
+            if self.registry.get(cid) != m.ident:
+                self.send(m.ident, [Op.TAKEOVER, cid, 0, True])
+        m.orphans.clear()
 
     def broadcast_stats(self) -> None:
         sums: dict = {}

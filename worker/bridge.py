@@ -41,7 +41,7 @@ class LocalBridge:
     def filter_removed(self, topic_filter: str) -> None:
         pass
 
-    def retained_changed(self, msg) -> None:
+    def retained_changed(self, msg, on_owned=None) -> None:
         pass
 
     def claim(self, conn, connect) -> None:

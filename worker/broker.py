@@ -86,8 +86,10 @@ class Broker:
             old_conn.takeover()
             if ending:
                 old = None
+        adopted = False
         if remote_state is not None and old is None:
             old = remote_state
+            adopted = True
             self.sessions[cid] = old
             self._restore_subscriptions(old)
         if old is not None and connect.clean_start:
@@ -109,10 +111,25 @@ class Broker:
         session.conn = conn
         session.expires_at = None
         session.username = conn.username
+        was_stored = present and not adopted and session.expiry_interval > 0
         session.expiry_interval = conn.expiry_interval
         session.will = conn.will
+        if self.store is not None:
+            if adopted and session.expiry_interval:
+                self._store_state(session)  # handed over: its queue and windows were only in the old worker's store
+            elif was_stored and not session.expiry_interval:
+                self.store.delete_session(cid, session)  # no longer outlives its connection
         self.save(session)
         conn.complete_connect(session, present)
+
+    def _store_state(self, s: Session) -> None:
+        store, now = self.store, self.now
+        for d in s.queue:
+            store.queued(s, d, now)
+        for d in s.inflight.values():
+            store.inflight(s, d, now)
+        for pid in s.incoming_qos2:
+            store.qos2_in(s, pid)
 
     def _restore_subscriptions(self, session: Session) -> None:
         for flt, opts in session.subscriptions.items():
@@ -238,7 +255,7 @@ class Broker:
         received the message owns it (routed and stored)."""
         if msg.retain:
             if self.set_retained(msg) and not local_only:
-                self.bridge.retained_changed(msg)
+                self.bridge.retained_changed(msg, on_owned.wait() if on_owned is not None else None)
         matched = self.route_local(msg)
         # a session handed to another worker moments ago: the router, which moved its
         # routes before it reads this, sends the message after it
@@ -421,9 +438,13 @@ class Broker:
         now = self.now = self.clock()
         for m in retained:
             self._retain(m)
+        by_id, add, ref = self.sessions, self.subs.add, self._ref_filter
         for s in sessions:  # every session first: a will published below reaches them all
-            self.sessions[s.client_id] = s
-            self._restore_subscriptions(s)
+            cid = s.client_id
+            by_id[cid] = s
+            for flt, opts in s.subscriptions.items():
+                if add(flt, cid, opts):
+                    ref(flt, +1)
         ended = 0
         schedule = self.timers.schedule
         for s in sessions:

@@ -51,6 +51,7 @@ class RouterBridge:
         self.member_stats: dict = {}  # member name -> its last snapshot (NODE_STATS)
         self.syncs: dict[int, object] = {}
         self.confirms: dict[int, object] = {}
+        self.unconfirmed: dict[int, tuple] = {}  # token -> (PUB | RETAIN, msg): sent again to a new router
         self._token = itertools.count(1)
         self.broker = None
         self.loop = None
@@ -86,6 +87,10 @@ class RouterBridge:
             self.out.append([Op.CLAIM, connect.client_id, req, connect.clean_start])
         for token in self.syncs:
             self.out.append([Op.SYNC, token])
+        # what a dead router never confirmed goes again (a receiver may see a QoS 1
+        # message twice; nothing acknowledged to a publisher is lost)
+        for token, (code, msg) in self.unconfirmed.items():
+            self.out.append([code, msg_to_wire(msg, now), token])
         self._schedule()
 
     def _ping(self) -> None:
@@ -147,6 +152,7 @@ class RouterBridge:
         if on_owned is not None:
             token = next(self._token)
             self.confirms[token] = on_owned
+            self.unconfirmed[token] = (Op.PUB, msg)
         self.queue([Op.PUB, msg_to_wire(msg, self.broker.now), token])
 
     def forward_shared(self, msg, group: str, flt: str) -> None:
@@ -161,8 +167,14 @@ class RouterBridge:
     def filter_removed(self, flt: str) -> None:
         self.queue([Op.ROUTE_DEL, flt])
 
-    def retained_changed(self, msg) -> None:
-        self.queue([Op.RETAIN, msg_to_wire(msg, self.broker.now)])
+    def retained_changed(self, msg, on_owned=None) -> None:
+        """on_owned(ok) once the router has the message in its store (the node-wide retained)."""
+        token = None
+        if on_owned is not None:
+            token = next(self._token)
+            self.confirms[token] = on_owned
+            self.unconfirmed[token] = (Op.RETAIN, msg)
+        self.queue([Op.RETAIN, msg_to_wire(msg, self.broker.now), token])
 
     def claim(self, conn, connect) -> None:
         req = next(self._req)
@@ -187,7 +199,15 @@ class RouterBridge:
         self.queue([Op.RELEASE, client_id])
 
     def session_registered(self, client_id: str) -> None:
-        pass  # the router recorded us when it granted the claim
+        """The router recorded us when it granted the claim. If granting it ended
+        an older session of the same id on this worker (Broker.claimed), that
+        queued a RELEASE which would now erase our new registration: drop it.
+        (It is still queued: the grant is handled in one call, flushes come later.)"""
+        out = self.out
+        for i in range(len(out) - 1, -1, -1):
+            op = out[i]
+            if op[0] == Op.RELEASE and op[1] == client_id:
+                del out[i]
 
     def send_stats(self, snap: dict) -> None:
         self.queue([Op.STATS, snap])
@@ -243,6 +263,7 @@ class RouterBridge:
         elif code == Op.MOVED:
             b.forget_moved(op[1], op[2])
         elif code == Op.CONFIRM:
+            self.unconfirmed.pop(op[1], None)
             fn = self.confirms.pop(op[1], None)
             if fn is not None:
                 fn(op[2])
