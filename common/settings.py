@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     node_name: str = ""  # default: "<hostname>-<port>"
     log_level: str = "INFO"
     run_dir: Path = Path("/tmp")  # ZeroMQ ipc endpoints of the node live here
+    router_batch_ms: float = 1.0  # how long a worker gathers messages for one send to the router
 
     # -- MQTT limits ------------------------------------------------------
     max_packet_size: int = 1024 * 1024  # bytes, advertised to v5 clients

@@ -44,6 +44,8 @@ class RouterBridge:
         self.epoch = None
         self.out: list = []
         self._flush_handle = None
+        self._delayed = False
+        self.batch_delay = settings.router_batch_ms / 1000.0
         self.blocked = False
         self.claims: dict[int, tuple] = {}
         self._req = itertools.count(1)
@@ -99,15 +101,33 @@ class RouterBridge:
 
     # -- sending -----------------------------------------------------------------
     def queue(self, op: list) -> None:
+        """Control ops leave at the end of this loop pass."""
         self.out.append(op)
         self._schedule()
 
-    def _schedule(self) -> None:
+    def queue_data(self, op: list) -> None:
+        """Messages wait up to SHOAL_ROUTER_BATCH_MS so that one send carries many."""
+        self.out.append(op)
         if self._flush_handle is None and self.loop is not None:
-            self._flush_handle = self.loop.call_soon(self._flush)
+            if self.batch_delay > 0:
+                self._flush_handle = self.loop.call_later(self.batch_delay, self._flush)
+                self._delayed = True
+            else:
+                self._flush_handle = self.loop.call_soon(self._flush)
+
+    def _schedule(self) -> None:
+        if self.loop is None:
+            return
+        if self._flush_handle is not None:
+            if not self._delayed:
+                return
+            self._flush_handle.cancel()  # a control op does not wait for the batch
+        self._delayed = False
+        self._flush_handle = self.loop.call_soon(self._flush)
 
     def _flush(self, final: bool = False) -> None:
         self._flush_handle = None
+        self._delayed = False
         if not self.out:
             return
         ops, self.out = self.out, []
@@ -153,7 +173,7 @@ class RouterBridge:
             token = next(self._token)
             self.confirms[token] = on_owned
             self.unconfirmed[token] = (Op.PUB, msg)
-        self.queue([Op.PUB, msg_to_wire(msg, self.broker.now), token])
+        self.queue_data([Op.PUB, msg_to_wire(msg, self.broker.now), token])
 
     def forward_shared(self, msg, group: str, flt: str) -> None:
         self.queue([Op.SHARED_PUB, msg_to_wire(msg, self.broker.now), group, flt])
@@ -255,9 +275,9 @@ class RouterBridge:
             if ref is not None:
                 store = b.store
                 if store is not None and store.batch is not None:
-                    store.after_commit(lambda ok, ref=ref: self.queue([Op.DELIVERED, ref]))
+                    store.after_commit(lambda ok, ref=ref: self.queue_data([Op.DELIVERED, ref]))
                 else:
-                    self.queue([Op.DELIVERED, ref])
+                    self.queue_data([Op.DELIVERED, ref])
         elif code == Op.DELIVER_DIRECT:
             b.deliver_direct(msg_from_wire(op[1], b.now), op[2], op[3], op[4], op[5])
         elif code == Op.MOVED:
