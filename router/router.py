@@ -108,6 +108,8 @@ class Router:
             self.retained[m.topic] = m
         self.store.ready()
         self.store.flush()
+        self.store.on_recovered = lambda: self.store.resync_retained(
+            [m for t, m in self.retained.items() if not t.startswith("$SYS/")], time.monotonic())
         log.info("store opened", extra=kv(path=path, retained=len(self.retained)))
 
     def bind(self) -> None:
@@ -455,6 +457,8 @@ class Router:
             self.check_syncs(now)
         if now >= self.retained_sweep:
             self.sweep_retained(now)
+        if self.store is not None and self.store.failed:
+            self.store.probe()  # after a failed write: writes again once there is room
         for queue in list(self.claims.values()):
             c = queue[0]
             if now >= c.deadline:

@@ -11,6 +11,7 @@ import uvloop
 from common import logs
 from common.settings import Settings
 
+from .acl import AclError
 from .server import WorkerServer
 from .store import StoreError
 
@@ -23,10 +24,12 @@ def main() -> None:
     args = ap.parse_args()
     settings = Settings()
     logs.setup(settings.log_level, node=settings.node, worker=str(args.wid))
-    server = WorkerServer(settings, args.wid, args.fd)
     try:
+        server = WorkerServer(settings, args.wid, args.fd)  # loads the ACL file
         uvloop.run(server.run())
-    except StoreError as e:
+    except (AclError, StoreError) as e:
+        # never serve without the configured ACL or store: exit; circus retries
+        # every check_delay, so the worker starts once the file is fixed
         logging.getLogger("shoal.worker").error("cannot start: %s", e)
         print(f"shoal worker {args.wid}: cannot start: {e}", file=sys.stderr)
         raise SystemExit(3) from None

@@ -59,6 +59,8 @@ class Broker:
             conn.keepalive_expired()
         self.timers.run_due(now)
         if self.store is not None:
+            if self.store.failed:
+                self.store.probe()
             self.store.maybe_compact()
 
     # -- connect ----------------------------------------------------------
@@ -562,6 +564,23 @@ class Broker:
         """Write the session record (not its queue) when the session outlives its connection."""
         if self.store is not None and s.expiry_interval and self.sessions.get(s.client_id) is s:
             self.store.save_session(s, self.now)
+
+    def resync_store(self) -> None:
+        """The store writes again after a failure: the changes dropped meanwhile are
+        made good by writing every persistent session (and the retained messages) anew."""
+        store = self.store
+        for s in list(self.sessions.values()):
+            if not s.expiry_interval:
+                continue
+            if not s.queue_stored:  # (a queue still on disk was not touched meanwhile)
+                store.delete_session(s.client_id, s)
+                for d in s.queue:
+                    d.seq = 0
+                self._store_state(s)
+            self.save(s)
+        if self.owns_retained:
+            store.resync_retained([m for t, m in self.retained.items() if not t.startswith("$SYS/")], self.now)
+        log.warning("store rewritten after its failure", extra=kv(sessions=len(self.sessions)))
 
     # -- shutdown ---------------------------------------------------------
     def sys_snapshot(self) -> dict:

@@ -325,7 +325,7 @@ def handle_subscribe(conn, p) -> None:
     ids = p.properties.get(Prop.SUBSCRIPTION_IDENTIFIER) if v5 else None
     sub_id = ids[0] if ids else None
     codes = []
-    retained: list = []
+    wants_retained: list = []  # (filter, granted QoS) whose retained messages follow the SUBACK
     routes_before = len(broker._filter_refs)
     for sub in p.subscriptions:
         flt = sub.topic_filter
@@ -344,29 +344,32 @@ def handle_subscribe(conn, p) -> None:
         new = broker.subscribe(s, flt, opts)
         codes.append(qos)
         if shared is None and (sub.retain_handling == 0 or (sub.retain_handling == 1 and new)):
+            wants_retained.append((flt, qos))
+    ack = SubAck(p.packet_id, codes)
+
+    def answer() -> None:
+        """SUBACK, then the retained messages as they are now (not as they were
+        before a wait for the other workers: a newer one may have arrived)."""
+        conn.send(ack)
+        for flt, qos in wants_retained:
             for msg in broker.retained_for(flt):
                 if broker.acl_active and not broker.acl.can_read(conn.client_id, conn.username, msg.topic):
                     continue
-                retained.append(Delivery(msg, min(msg.qos, qos), True, (sub_id,) if sub_id else ()))
-    new_routes = len(broker._filter_refs) != routes_before
-    ack = SubAck(p.packet_id, codes)
-    if broker.bridge.remote and new_routes:
+                conn.deliver(Delivery(msg, min(msg.qos, qos), True, (sub_id,) if sub_id else ()))
+
+    if broker.bridge.remote and len(broker._filter_refs) != routes_before:
         # SUBACK once every worker of the node forwards matching publishes to us
         conn.suspend()
 
         def synced() -> None:
             if conn.closed:
                 return
-            conn.send(ack)
-            for d in retained:
-                conn.deliver(d)
+            answer()
             conn.resume()
 
         broker.bridge.sync(synced)
         return
-    conn.send(ack)
-    for d in retained:
-        conn.deliver(d)
+    answer()
 
 
 def handle_unsubscribe(conn, p) -> None:

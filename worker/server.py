@@ -17,8 +17,8 @@ from .bridge import LocalBridge
 from .broker import Broker
 from .protocol import Connection, Writer
 from .router_link import RouterBridge
-from .store import Store
-from .sys_topics import publish_sys
+from .store import Store, quiet_gc
+from .sys_topics import publish_sys, publish_version
 
 log = logging.getLogger("shoal.worker")
 
@@ -60,11 +60,14 @@ class WorkerServer:
         store = Store(path, st.sync, loop)
         b = self.broker
         b.store = store
-        now = time.monotonic()
-        sessions = store.load_sessions(now)
-        retained = store.load_retained(now) if b.owns_retained else []
-        b.restore(sessions, retained)
-        store.flush()
+        store.on_recovered = b.resync_store
+        with quiet_gc():
+            now = time.monotonic()
+            sessions = store.load_sessions(now)
+            retained = store.load_retained(now, st.max_retained_messages) if b.owns_retained else []
+            b.restore(sessions, retained)
+            store.ready()
+            store.flush()
         log.info("store opened", extra=kv(path=path, sync=st.sync, sessions=len(b.sessions),
                                           retained=len(retained), seconds=round(time.monotonic() - t0, 3)))
 
@@ -75,6 +78,8 @@ class WorkerServer:
         sock = listen_socket(self.settings, self.fd)
         self.server = await loop.create_server(lambda: Connection(self.broker), sock=sock, backlog=1024)
         self.broker.bridge.connect()
+        if self.settings.sys_interval > 0:
+            publish_version(self.broker)  # there from the start, not only after the first interval
         self._ticker = asyncio.create_task(self._tick_loop())
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)

@@ -18,8 +18,11 @@ monotonic clock on load.
 Writes: `batch` (default) groups the changes of one event-loop pass into one
 fsync'd write batch, and the acknowledgements that depend on it
 (`after_commit`) go out once it is written; `always` writes and fsyncs every
-store operation on its own; `off` groups like `batch` without fsync (a process
-crash loses nothing acknowledged, an OS crash or power loss may).
+store operation on its own; `off` groups and waits like `batch` without fsync.
+Loss window: batch and always lose nothing acknowledged, also on power loss;
+off loses nothing acknowledged on a crash of the process (SIGKILL), but an OS
+crash or power loss may lose the writes of the last seconds (what the kernel
+had not yet written back).
 
 Opening never changes the directory before it is known to be good: the format
 record and every session, inflight and retained record are read from a
@@ -30,9 +33,12 @@ as it was. Offline queues are not read at start: a restored session reads its
 queue on first use (`load_queue`), which keeps restart time proportional to
 the number of sessions, not of queued messages.
 
-A failed write (disk full, I/O error) sets `failed`: QoS 1/2 publishes are
-refused (v5 0x97) until `probe()` reopens the database (LevelDB must not
-append to a log whose last write failed) and a write succeeds again.
+A failed write (disk full, I/O error) sets `failed`: nothing more is written,
+QoS 1/2 publishes are refused (v5 0x97) and QoS 0 flows, until `probe()`
+(called by the worker's tick and before a QoS 1/2 publish, at most once a
+second) finds room, reopens the database (LevelDB must not append to a log
+whose last write failed) and writes again; `on_recovered` then writes the
+worker's state anew, since the changes made meanwhile were dropped.
 Deleted and expired data is reclaimed by `maybe_compact()`, called once a
 second: a compaction in a background thread after COMPACT_DELETES deletes, or
 hourly when anything was deleted.
@@ -41,12 +47,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import logging
 import os
 import shutil
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import msgpack
 import plyvel
@@ -67,15 +74,25 @@ COMPACT_INTERVAL = 3600.0  # seconds: compact at least this often when anything 
 PROBE_INTERVAL = 1.0  # seconds between attempts to recover from a failed write
 CACHE_LIMIT = 50_000  # decoded messages shared between the queues read from the store
 _LEVELDB_FILES = ("CURRENT", "LOCK", "LOG", "LOG.old")
+_OPEN: set[str] = set()  # stores open in this process (fcntl locks do not see those)
 _STATES = tuple(OutState)
+
+
+@contextmanager
+def quiet_gc():
+    """No cyclic garbage collection while a store is read at start: the objects it
+    creates are all live, and collections would scan them again and again."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class StoreError(Exception):
     """The store cannot be used; the message names the path and says what to do."""
-
-
-class StoreFull(Exception):
-    """A write failed (disk full or I/O error)."""
 
 
 def _pack(v) -> bytes:
@@ -142,18 +159,24 @@ class Store:
         self.errors = 0
         self.deletes = 0  # since the last compaction
         self.compactions = 0
+        self.compact_deletes = COMPACT_DELETES
+        self.compact_interval = COMPACT_INTERVAL
         self._compacted_at = mono()
         self._compactor: ThreadPoolExecutor | None = None
         self._compacting = None
         self._probed_at = float("-inf")
+        self.on_recovered = None  # called when writes work again after a failure
         self._cache: dict = {}
         self._seq = int(wall() * 1000) << 16  # queue order across restarts
+        if self.path in _OPEN:
+            raise _locked(self.path, "already open in this process")
         os.makedirs(self.path, exist_ok=True)
         if self._has_data():
             self._open_copy()
         else:
             self._open_real()
             self.db.put(META, _pack([FORMAT, self.wall()]), sync=True)
+        _OPEN.add(self.path)
 
     # -- opening ------------------------------------------------------------
     def _has_data(self) -> bool:
@@ -185,16 +208,21 @@ class Store:
         copy = os.path.join(os.path.dirname(self.path), f".{os.path.basename(self.path)}.check")
         try:
             shutil.rmtree(copy, ignore_errors=True)
-            os.makedirs(copy)
-            for name in os.listdir(self.path):
-                src, dst = os.path.join(self.path, name), os.path.join(copy, name)
-                if name.endswith((".ldb", ".sst")):
-                    try:
-                        os.link(src, dst)  # tables are immutable
-                    except OSError:
+            try:
+                os.makedirs(copy)
+                for name in os.listdir(self.path):
+                    src, dst = os.path.join(self.path, name), os.path.join(copy, name)
+                    if name.endswith((".ldb", ".sst")):
+                        try:
+                            os.link(src, dst)  # tables are immutable
+                        except OSError:
+                            shutil.copyfile(src, dst)
+                    elif name == "CURRENT" or name.startswith("MANIFEST-") or name.endswith(".log"):
                         shutil.copyfile(src, dst)
-                elif name == "CURRENT" or name.startswith("MANIFEST-") or name.endswith(".log"):
-                    shutil.copyfile(src, dst)
+            except OSError as e:
+                raise StoreError(f"store {self.path} cannot be checked: its private copy {copy} cannot be made ({e}). "
+                                 f"Check the free disk space and the permissions of {os.path.dirname(copy)}; "
+                                 f"nothing was changed.") from None
             try:
                 db = plyvel.DB(copy, paranoid_checks=True)
             except plyvel.Error as e:
@@ -204,6 +232,7 @@ class Store:
             self._check_format(db)
         except BaseException:
             self._drop_copy()
+            shutil.rmtree(copy, ignore_errors=True)
             if fd is not None:
                 os.close(fd)
             raise
@@ -243,6 +272,11 @@ class Store:
         except plyvel.Error as e:
             raise _open_error(self.path, e) from None
 
+    def ready(self) -> None:
+        """The start-up reads are done: open the store itself for writing (before
+        serving, so that the first write does not wait for LevelDB's recovery)."""
+        self._writer()
+
     def _rdb(self):
         """The database reads use: the private copy until the store is opened; None
         while a failed store could not be reopened."""
@@ -266,8 +300,9 @@ class Store:
         return self.batch
 
     def _refused(self) -> bool:
-        """After a failed write nothing is written until probe() reopens the store."""
-        if self.failed and not self.probe():
+        """After a failed write nothing is written until probe() reopens the store
+        (called between operations: by the tick, and before a QoS 1/2 publish)."""
+        if self.failed:
             self.errors += 1
             return True
         return False
@@ -330,7 +365,7 @@ class Store:
         batch, self.batch = self.batch, None
         ok = True
         if batch is not None:
-            if self.failed and not self.probe():
+            if self.failed:
                 ok = False  # never append to the log after a failed write: drop the batch
                 self.errors += 1
             else:
@@ -368,6 +403,8 @@ class Store:
             return False
         self.failed = False
         log.warning("store writes again", extra=kv(path=self.path, errors=self.errors))
+        if self.on_recovered is not None:
+            self.on_recovered()  # what was dropped while failed is written again
         return True
 
     def _room_to_reopen(self) -> bool:
@@ -399,6 +436,7 @@ class Store:
         if self.db is not None:
             self.db.close()
             self.db = None
+        _OPEN.discard(self.path)
 
     # -- compaction -----------------------------------------------------------
     def compact(self) -> None:
@@ -411,7 +449,7 @@ class Store:
         if self._compacting is not None or self.failed or self.db is None or not self.deletes:
             return False
         now = self.mono()
-        if self.deletes < COMPACT_DELETES and now - self._compacted_at < COMPACT_INTERVAL:
+        if self.deletes < self.compact_deletes and now - self._compacted_at < self.compact_interval:
             return False
         self.deletes = 0
         self._compacted_at = now
@@ -535,6 +573,13 @@ class Store:
     def delete_retained(self, topic: str) -> None:
         self.delete(b"r/" + topic.encode())
 
+    def resync_retained(self, messages: list[Message], now: float) -> None:
+        """Make the stored retained messages exactly `messages` (after a failure)."""
+        db = self._rdb()
+        ops = [(k, None) for k in db.iterator(prefix=b"r/", include_value=False)] if db is not None else []
+        ops += [(b"r/" + m.topic.encode(), _pack([RECORD, self._msg_out(m, now)])) for m in messages]
+        self._write_group(ops)
+
     def _iter(self, prefix: bytes):
         """Start-up reads, with checksums verified; corruption raises StoreError."""
         try:
@@ -572,27 +617,30 @@ class Store:
         in the store until `load_queue` (queue_stored is set)."""
         sessions: dict[str, Session] = {}
         wall = self.wall()
-        unpack = _unpack
-        for _, value in self._iter(b"s/"):
-            v = unpack(value)
-            if v[0] != RECORD:
-                raise StoreError(f"store {self.path}: session record version {v[0]} is not supported")
-            _, cid, expiry, username, subs, will, next_pid, expires_at, will_at = v[:9]
-            s = Session(cid, expiry)
-            s.username = username
-            s.queue_stored = True
-            subscriptions = s.subscriptions
-            for f, qos, nl, rap, rh, sid in subs:
-                subscriptions[f] = SubOptions(qos, nl, rap, rh, sid)
-            if will is not None:
-                (topic, payload, qos, retain, props, interval, origin), delay = will
-                s.will = Will(Message(topic, payload, qos, retain, _props_in(props), interval, origin), delay)
-            s.next_pid = next_pid
-            if expires_at is not None:
-                s.expires_at = now + (expires_at - wall)
-            if will_at is not None:
-                s.will_at = now + (will_at - wall)
-            sessions[cid] = s
+        unpack, new_session, options = _unpack, Session, SubOptions  # (the loop runs once per session)
+        try:
+            for value in self._rdb().iterator(prefix=b"s/", include_key=False, verify_checksums=True):
+                v = unpack(value)
+                if v[0] != RECORD:
+                    raise StoreError(f"store {self.path}: session record version {v[0]} is not supported")
+                _, cid, expiry, username, subs, will, next_pid, expires_at, will_at = v[:9]
+                s = new_session(cid, expiry)
+                s.username = username
+                s.queue_stored = True
+                subscriptions = s.subscriptions
+                for f, qos, nl, rap, rh, sid in subs:
+                    subscriptions[f] = options(qos, nl, rap, rh, sid)
+                if will is not None:
+                    (topic, payload, qos, retain, props, interval, origin), delay = will
+                    s.will = Will(Message(topic, payload, qos, retain, _props_in(props), interval, origin), delay)
+                s.next_pid = next_pid
+                if expires_at is not None:
+                    s.expires_at = now + (expires_at - wall)
+                if will_at is not None:
+                    s.will_at = now + (will_at - wall)
+                sessions[cid] = s
+        except plyvel.Error as e:
+            raise _corrupt(self.path, e) from None
         orphans = []
         for prefix in (b"i/", b"p/"):
             for key, value in self._iter(prefix):

@@ -39,6 +39,12 @@ def render(prefix: str, snap: dict) -> list[tuple[str, bytes]]:
     return out
 
 
+def publish_version(broker) -> None:
+    """The static $SYS topic, published when the worker starts (as mosquitto
+    does) so that it is there before the first interval."""
+    broker.publish(Message("$SYS/broker/version", VERSION.encode(), 0, True, {}, None, ""), local_only=True)
+
+
 def publish_sys(broker, node_snapshot: dict | None = None) -> None:
     """Publish this worker's figures, and the node-wide ones when given."""
     snap = broker.sys_snapshot()
