@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     receive_maximum: int = 100  # QoS 1/2 publishes a client may have unacknowledged
     max_inflight: int = 100  # outgoing QoS 1/2 window per client (capped by its Receive Maximum)
     max_queued_messages: int = 1000  # offline / over-window queue per session
-    max_keepalive: int = 0  # 0: accept any; otherwise the Server Keep Alive cap (v5)
+    max_keepalive: int = 60  # v5 clients asking more (or 0) get this as Server Keep Alive; 0: no cap
     topic_alias_maximum: int = 10
     max_session_expiry: int = 0  # 0: no cap; otherwise caps requested expiry (seconds)
     persistent_session_expiry: int = 0  # v3 clean_session=0 sessions; 0: never expire

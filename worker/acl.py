@@ -386,3 +386,12 @@ class Acl:
             topic_filter = shared[1]
         acc = self._access(client_id, username, topic_filter.split("/"))
         return not acc & _DENY and bool(acc & _READ)
+
+    def subscribe_denied_explicitly(self, client_id: str | None, username: str | None, topic_filter: str) -> bool:
+        """Is the filter refused by a ``deny`` rule (rather than just not granted)?"""
+        if self.allows_all or not valid_topic_filter(topic_filter):
+            return False
+        shared = parse_shared(topic_filter)
+        if shared is not None:
+            topic_filter = shared[1]
+        return bool(self._access(client_id, username, topic_filter.split("/")) & _DENY)

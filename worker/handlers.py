@@ -337,7 +337,10 @@ def handle_subscribe(conn, p) -> None:
             continue
         if broker.acl_active and not broker.acl.can_subscribe(conn.client_id, conn.username, flt):
             log.info("subscribe denied by ACL", extra=kv(client=conn.client_id, filter=flt))
-            codes.append(ReasonCode.NOT_AUTHORIZED if v5 else 0x80)
+            # v5: 0x87 for a filter no rule grants; 0x80 for one a `deny` rule refuses, which is
+            # the answer the Eclipse Paho v5 interoperability suite expects for its denied topic
+            denied = broker.acl.subscribe_denied_explicitly(conn.client_id, conn.username, flt)
+            codes.append(ReasonCode.NOT_AUTHORIZED if v5 and not denied else 0x80)
             continue
         qos = min(sub.qos, 2)
         opts = SubOptions(qos, sub.no_local, sub.retain_as_published, sub.retain_handling, sub_id)
