@@ -16,9 +16,10 @@ WIRE_VERSION = 1
 class Op(IntEnum):
     # member -> router
     HELLO = 1  # [HELLO, WIRE_VERSION, filters, client_ids, retained msgs]
-    ROUTE_ADD = 2  # [ROUTE_ADD, filter]
+    ROUTE_ADD = 2  # [ROUTE_ADD, filter, since]: since = monotonic time the subscription was made
     ROUTE_DEL = 3  # [ROUTE_DEL, filter]
-    PUB = 4  # [PUB, msg, token | None]: a token asks for CONFIRM once every receiver owns it
+    PUB = 4  # [PUB, msg, token | None, at]: a token asks for CONFIRM once every receiver owns it;
+    #          at = monotonic time of publication (CLOCK_MONOTONIC is one clock for the host)
     RETAIN = 5  # [RETAIN, msg]   (empty payload clears)
     CLAIM = 6  # [CLAIM, client_id, req, clean_start]
     HANDOFF = 7  # [HANDOFF, client_id, req, state | None]
@@ -30,9 +31,10 @@ class Op(IntEnum):
     ROUTE_ACK = 13  # [ROUTE_ACK, version]: this member applied the route table up to version
     DELIVERED = 14  # [DELIVERED, ref]: the message of DELIVER ref is routed (and stored) here
     DIRECT = 15  # [DIRECT, msg, client_id, qos, retain, sub_ids]: for a session that just moved away
+    PUB_TO = 16  # [PUB_TO, msg, member]: a publish that raced a member's new subscription
     # router -> member
     WELCOME = 20  # [WELCOME, epoch, route_version, [[member, filter], ...], retained msgs]
-    ROUTES = 21  # [ROUTES, version, [[+1|-1, member, filter], ...]]
+    ROUTES = 21  # [ROUTES, version, [[+1|-1, member, filter, since], ...]]
     DELIVER = 22  # [DELIVER, msg, normal, [[group, filter], ...], ref | None]
     RETAINED = 23  # [RETAINED, msg]
     GRANT = 24  # [GRANT, client_id, req, state | None]

@@ -26,6 +26,7 @@ from typing import Any
 
 __all__ = [
     "MAX_TOPIC_BYTES",
+    "topic_matches",
     "RetainedTrie",
     "SharedGroup",
     "SubscriptionTrie",
@@ -89,6 +90,21 @@ def parse_shared(f: str) -> tuple[str, str] | None:
     if _is_share_form(inner) or not _valid_plain_filter(inner):
         return None
     return group, inner
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Does a plain (non-shared) filter match a topic name? For one-off checks;
+    matching many filters belongs in a SubscriptionTrie."""
+    f = topic_filter.split("/")
+    t = topic.split("/")
+    if topic.startswith("$") and f[0] in ("+", "#"):
+        return False
+    for i, level in enumerate(f):
+        if level == "#":
+            return True
+        if i >= len(t) or (level != "+" and level != t[i]):
+            return False
+    return len(f) == len(t)
 
 
 def valid_topic_filter(f: str) -> bool:

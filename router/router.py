@@ -14,6 +14,7 @@ the ops for one member are batched into one send per loop pass.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ from common import logs
 from common.logs import kv
 from common.settings import Settings
 from common.wire import WIRE_VERSION, Op, pack, unpack
-from mqtt import SubscriptionTrie
+from mqtt import SubscriptionTrie, topic_matches
 from worker.message import Message
 from worker.serial import msg_from_wire, msg_to_wire
 from worker.store import Store, StoreError
@@ -34,6 +35,7 @@ from worker.store import Store, StoreError
 log = logging.getLogger("shoal.router")
 
 MEMBER_TIMEOUT = 3.0  # seconds without a PING before a member counts as gone
+REPLAY_WINDOW = 0.5  # seconds of routed publishes kept for subscriptions whose route is late
 CLAIM_TIMEOUT = 5.0  # seconds a hand-over may take before the claimant gets an empty session
 HOLDER_RESTART_WAIT = 8.0  # seconds a claim waits for the dead holder of a session to be restarted
 SETTLE_TIMEOUT = 3.0  # seconds after start that publishes wait for every worker to (re-)register
@@ -80,7 +82,9 @@ class Router:
         self.delta: list = []
         self.shared_cursor: dict[tuple, int] = {}
         self.syncs: list = []
-        self.pending: dict[tuple, set] = {}  # (sender, token) -> members that have not confirmed  # [ident, token, version, deadline] waiting for members to apply routes
+        self.pending: dict[tuple, set] = {}
+        self.recent: deque = deque()  # (at, sender, msg, targets) of the last REPLAY_WINDOW seconds
+        self.by_name: dict[str, bytes] = {}  # (sender, token) -> members that have not confirmed  # [ident, token, version, deadline] waiting for members to apply routes
         self.forwarded = 0
         self.started = time.monotonic()
         self.settled = False  # every worker registered (or SETTLE_TIMEOUT passed)
@@ -195,7 +199,7 @@ class Router:
                 self.deferred.append((ident, op))
                 continue
             if code == Op.PUB:
-                self.publish(ident, op[1], op[2] if len(op) > 2 else None)
+                self.publish(ident, op[1], op[2] if len(op) > 2 else None, op[3] if len(op) > 3 else None)
             elif code == Op.DELIVERED:
                 self.delivered(ident, op[1])
             elif code == Op.DIRECT:
@@ -203,7 +207,11 @@ class Router:
                 if holder is not None and holder != ident:
                     self.send(holder, [Op.DELIVER_DIRECT, *op[1:]])
             elif code == Op.ROUTE_ADD:
-                self.route_add(m, op[1])
+                self.route_add(m, op[1], op[2] if len(op) > 2 else None)
+            elif code == Op.PUB_TO:
+                target = self.by_name.get(op[2])
+                if target is not None and target != ident:
+                    self.send(target, [Op.DELIVER, op[1], True, [], None])
             elif code == Op.ROUTE_DEL:
                 self.route_del(m, op[1])
             elif code == Op.RETAIN:
@@ -278,12 +286,25 @@ class Router:
                 if m.alive:
                     self.out.setdefault(ident, []).append(ops)
 
-    def route_add(self, m: Member, flt: str) -> None:
+    def route_add(self, m: Member, flt: str, since: float | None = None) -> None:
         if flt in m.filters:
             return
         m.filters[flt] = True
+        self.by_name[m.name] = m.ident
         self.trie.add(flt, m.ident, True)
-        self.delta.append([1, m.name, flt])
+        self.delta.append([1, m.name, flt, since])
+        if since is not None and self.recent and not flt.startswith("$share/"):
+            self.replay(m.ident, flt, since)
+
+    def replay(self, ident: bytes, flt: str, since: float) -> None:
+        """Publishes routed after the subscription was made but before its route
+        arrived here go to the new subscriber's worker now."""
+        for at, sender, msg, targets in reversed(self.recent):
+            if at < since:
+                break
+            if sender != ident and ident not in targets and topic_matches(flt, msg[0]):
+                targets.add(ident)
+                self.send(ident, [Op.DELIVER, msg, True, [], None])
 
     def route_del(self, m: Member, flt: str) -> None:
         if m.filters.pop(flt, None) is None:
@@ -301,7 +322,7 @@ class Router:
             del self.pending[key]
             self.send(key[0], [Op.CONFIRM, key[1], True])
 
-    def publish(self, sender: bytes, msg: list, token=None) -> None:
+    def publish(self, sender: bytes, msg: list, token=None, at: float | None = None) -> None:
         topic = msg[0]
         trie = self.trie
         normal = {ident for ident, _ in trie.match(topic) if ident != sender}
@@ -323,6 +344,12 @@ class Router:
         for ident in targets:
             self.send(ident, [Op.DELIVER, msg, ident in normal, groups_for.get(ident, []), ref])
             self.forwarded += 1
+        if at is not None and not msg[3]:  # retained messages reach new subscribers as retained
+            recent = self.recent
+            recent.append((at, sender, msg, set(targets)))
+            if len(recent) > 256 and recent[0][0] < at - REPLAY_WINDOW:
+                while recent and recent[0][0] < at - REPLAY_WINDOW:
+                    recent.popleft()
 
     def _pick(self, group, members: list, exclude: bytes | None = None) -> bytes:
         key = (group.group, group.topic_filter)

@@ -20,6 +20,9 @@ class LocalBridge:
     def forward(self, msg, on_owned=None) -> None:
         pass
 
+    def unrouted(self, msg) -> None:
+        pass
+
     def remote_group(self, group: str, flt: str) -> bool:
         return False
 

@@ -264,6 +264,8 @@ class Broker:
         if not local_only and (self.bridge.wants(msg.topic) or (len(self.moved) and self.moved.match(msg.topic))):
             self.bridge.forward(msg, on_owned.wait() if on_owned is not None else None)
             matched = True
+        elif not local_only and self.bridge.remote and not msg.retain:
+            self.bridge.unrouted(msg)
         return matched
 
     def set_retained(self, msg: Message) -> bool:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
+from collections import deque
 import logging
 
 import zmq
@@ -15,13 +17,16 @@ import zmq
 from common.logs import kv
 from common.settings import Settings
 from common.wire import WIRE_VERSION, Op, pack, unpack
-from mqtt import SubscriptionTrie, parse_shared
+from mqtt import SubscriptionTrie, parse_shared, topic_matches
 
 from .message import Message
 from .serial import msg_from_wire, msg_to_wire, session_from_wire, session_to_wire
 from .sys_topics import render
 
 log = logging.getLogger("shoal.link")
+
+REPLAY_WINDOW = 0.5  # seconds of unrouted publishes kept for subscriptions whose route is late
+REPLAY_MARGIN = 0.005  # seconds: see filter_added
 
 CLAIM_TIMEOUT = 10.0  # the router answers within its own 5 s hand-over timeout
 
@@ -50,6 +55,7 @@ class RouterBridge:
         self.claims: dict[int, tuple] = {}
         self._req = itertools.count(1)
         self.node_stats: dict | None = None
+        self.recent: deque = deque()  # (at, msg) publishes no other worker wanted, for _replay
         self.member_stats: dict = {}  # member name -> its last snapshot (NODE_STATS)
         self.syncs: dict[int, object] = {}
         self.confirms: dict[int, object] = {}
@@ -173,7 +179,26 @@ class RouterBridge:
             token = next(self._token)
             self.confirms[token] = on_owned
             self.unconfirmed[token] = (Op.PUB, msg)
-        self.queue_data([Op.PUB, msg_to_wire(msg, self.broker.now), token])
+        self.queue_data([Op.PUB, msg_to_wire(msg, self.broker.now), token, time.monotonic()])
+
+    def unrouted(self, msg) -> None:
+        """A publish no other worker wanted: kept for REPLAY_WINDOW in case a
+        subscription made elsewhere before it has a route that is still on its way."""
+        now = time.monotonic()
+        recent = self.recent
+        recent.append((now, msg))
+        if len(recent) > 256 and recent[0][0] < now - REPLAY_WINDOW:
+            while recent and recent[0][0] < now - REPLAY_WINDOW:
+                recent.popleft()
+
+    def _replay(self, member: str, flt: str, since: float, sent: set) -> None:
+        for at, msg in reversed(self.recent):
+            if at < since:
+                break
+            key = (id(msg), member)
+            if key not in sent and topic_matches(flt, msg.topic):
+                sent.add(key)
+                self.queue_data([Op.PUB_TO, msg_to_wire(msg, self.broker.now), member])
 
     def forward_shared(self, msg, group: str, flt: str) -> None:
         self.queue([Op.SHARED_PUB, msg_to_wire(msg, self.broker.now), group, flt])
@@ -182,7 +207,9 @@ class RouterBridge:
         self.queue([Op.DIRECT, msg_to_wire(msg, self.broker.now), client_id, qos, retain, list(sub_ids)])
 
     def filter_added(self, flt: str) -> None:
-        self.queue([Op.ROUTE_ADD, flt])
+        # a publish that reached another worker up to REPLAY_MARGIN before this subscription
+        # counts as concurrent with it (two clients' packets on two workers have no order)
+        self.queue([Op.ROUTE_ADD, flt, time.monotonic() - REPLAY_MARGIN])
 
     def filter_removed(self, flt: str) -> None:
         self.queue([Op.ROUTE_DEL, flt])
@@ -289,11 +316,15 @@ class RouterBridge:
                 fn(op[2])
         elif code == Op.ROUTES:
             self.route_version = op[1]
-            for sign, member, flt in op[2]:
+            sent: set = set()
+            for sign, member, flt, *rest in op[2]:
                 if member == self.name:
                     continue
                 if sign > 0:
                     self._route_add(member, flt)
+                    since = rest[0] if rest else None
+                    if since is not None and self.recent and not flt.startswith("$share/"):
+                        self._replay(member, flt, since, sent)
                 else:
                     self._route_del(member, flt)
             self.queue([Op.ROUTE_ACK, self.route_version])
