@@ -265,14 +265,20 @@ def _quota_refusal(conn, s, qos, pid):
 
 
 # -- acknowledgements (client -> broker) ----------------------------------------
+def _outgoing_done(conn, s, pid: int) -> None:
+    """An outgoing QoS 1/2 flow ended (PUBACK, PUBCOMP, or a failed PUBREC): free
+    its slot, forget it in the store, and let the queue move up."""
+    del s.inflight[pid]
+    if conn.broker.store is not None and s.expiry_interval:
+        conn.broker.store.acked(s, pid)
+    conn.pump()
+
+
 def handle_puback(conn, p) -> None:
     s = conn.session
     d = s.inflight.get(p.packet_id)
     if d is not None and d.qos == 1:
-        del s.inflight[p.packet_id]
-        if conn.broker.store is not None and s.expiry_interval:
-            conn.broker.store.acked(s, p.packet_id)
-        conn.pump()
+        _outgoing_done(conn, s, p.packet_id)
 
 
 def handle_pubrec(conn, p) -> None:
@@ -282,16 +288,12 @@ def handle_pubrec(conn, p) -> None:
     if d is None or d.qos != 2:
         conn.send(PubRel(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if conn.v5 else 0))
         return
-    store = conn.broker.store if s.expiry_interval else None
     if p.reason_code >= 0x80:
-        del s.inflight[pid]
-        if store is not None:
-            store.acked(s, pid)
-        conn.pump()
+        _outgoing_done(conn, s, pid)
         return
     d.state = OutState.RELEASED
-    if store is not None:
-        store.inflight(s, d, conn.broker.now)
+    if conn.broker.store is not None and s.expiry_interval:
+        conn.broker.store.inflight(s, d, conn.broker.now)
     conn.send(PubRel(pid))
 
 
@@ -311,10 +313,7 @@ def handle_pubcomp(conn, p) -> None:
     s = conn.session
     d = s.inflight.get(p.packet_id)
     if d is not None and d.qos == 2 and d.state == OutState.RELEASED:
-        del s.inflight[p.packet_id]
-        if conn.broker.store is not None and s.expiry_interval:
-            conn.broker.store.acked(s, p.packet_id)
-        conn.pump()
+        _outgoing_done(conn, s, p.packet_id)
 
 
 # -- SUBSCRIBE / UNSUBSCRIBE ----------------------------------------------------
