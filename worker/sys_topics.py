@@ -25,6 +25,7 @@ TOPICS = {
     "retained messages/count": "retained",
     "subscriptions/count": "subscriptions",
     "store/messages/dropped": "dropped_queue_full",
+    "store/messages/refused": "dropped_store_full",  # QoS 1/2 refused (0x97): the store could not write
 }
 
 
