@@ -271,7 +271,21 @@ class RouterBridge:
                 b.publish(Message(topic, payload, 0, True, {}, None, ""), local_only=True)
 
     def node_snapshot(self) -> dict | None:
-        return self.node_stats
+        """Node-wide figures: this worker's own (fresh) plus the others' from the
+        router's last NODE_STATS, so that they are exactly the sum of the
+        per-worker figures this worker publishes in the same round."""
+        if not self.member_stats:
+            return self.node_stats
+        snaps = [self.broker.sys_snapshot()]
+        snaps += [snap for name, snap in self.member_stats.items() if name != self.name and name.startswith("w")]
+        sums: dict = {}
+        for snap in snaps:
+            for k, v in snap.items():
+                if isinstance(v, (int, float)):
+                    sums[k] = max(sums.get(k, 0), v) if k == "uptime" else sums.get(k, 0) + v
+        if self.node_stats and "retained" in self.node_stats:
+            sums["retained"] = self.node_stats["retained"]  # one node-wide set, not a sum
+        return sums
 
     # -- receiving --------------------------------------------------------------------
     def _readable(self) -> None:
