@@ -31,6 +31,7 @@ __all__ = [
     "SharedGroup",
     "SubscriptionTrie",
     "parse_shared",
+    "valid_filter_shape",
     "valid_topic_filter",
     "valid_topic_name",
 ]
@@ -53,7 +54,7 @@ def valid_topic_name(t: str) -> bool:
     return bool(t) and "+" not in t and "#" not in t and _fits(t)
 
 
-def _valid_plain_filter(f: str) -> bool:
+def valid_filter_shape(f: str) -> bool:
     """Wildcard placement only; no ``$share`` rule, no length rule."""
     if not f:
         return False
@@ -87,7 +88,7 @@ def parse_shared(f: str) -> tuple[str, str] | None:
     group, sep, inner = f[len(_SHARE_PREFIX):].partition("/")
     if not sep or not group or "+" in group or "#" in group:
         return None
-    if _is_share_form(inner) or not _valid_plain_filter(inner):
+    if _is_share_form(inner) or not valid_filter_shape(inner):
         return None
     return group, inner
 
@@ -113,7 +114,7 @@ def valid_topic_filter(f: str) -> bool:
         return False
     if _is_share_form(f):
         return parse_shared(f) is not None
-    return _valid_plain_filter(f)
+    return valid_filter_shape(f)
 
 
 class _Node:
@@ -271,7 +272,7 @@ class SubscriptionTrie:
                 sg = node.subs[group] = SharedGroup(group, inner)
             members = sg.members
         else:
-            if not _valid_plain_filter(topic_filter):
+            if not valid_filter_shape(topic_filter):
                 raise ValueError(f"invalid topic filter {topic_filter!r}")
             node = _descend(self._root, topic_filter.split("/"))
             if node.subs is None:

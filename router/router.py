@@ -29,6 +29,7 @@ from common.settings import Settings
 from common.wire import WIRE_VERSION, Op, pack, unpack
 from mqtt import SubscriptionTrie, topic_matches
 from worker.message import Message
+from worker.metrics import node_sums
 from worker.serial import msg_from_wire, msg_to_wire
 from worker.store import Store, StoreError
 
@@ -554,15 +555,8 @@ class Router:
         m.orphans.clear()
 
     def broadcast_stats(self) -> None:
-        sums: dict = {}
-        per = {}
-        for m in self.members.values():
-            if not m.alive or not m.stats:
-                continue
-            per[m.name] = m.stats
-            for k, v in m.stats.items():
-                if isinstance(v, (int, float)):
-                    sums[k] = max(sums.get(k, 0), v) if k == "uptime" else sums.get(k, 0) + v
+        per = {m.name: m.stats for m in self.members.values() if m.alive and m.stats}
+        sums = node_sums(per.values())
         # subscriptions and retained counts are node-wide facts, not per-worker sums
         sums["retained"] = len(self.retained)
         for ident, m in self.members.items():

@@ -53,7 +53,7 @@ from enum import IntEnum, IntFlag
 from os import PathLike
 from pathlib import Path
 
-from mqtt.topics import parse_shared, valid_topic_filter
+from mqtt.topics import parse_shared, valid_filter_shape, valid_topic_filter
 
 __all__ = ["Access", "Acl", "AclError"]
 
@@ -273,22 +273,9 @@ def _parse_line(raw: str) -> _Line | None:
         if access is None:
             raise ValueError(f"invalid access {words[0]!r} (read, write, readwrite or deny)")
         topic = words[1].strip()
-    if not _valid_rule(topic):
+    if not valid_filter_shape(topic):  # any well-formed filter, as mosquitto_sub_topic_check
         raise ValueError(f"invalid topic {topic!r}")
     return _Line(kind, access, topic)
-
-
-def _valid_rule(topic: str) -> bool:
-    """A rule is any well-formed filter (as mosquitto_sub_topic_check)."""
-    levels = topic.split("/")
-    last = len(levels) - 1
-    for i, level in enumerate(levels):
-        if "#" in level:
-            if level != "#" or i != last:
-                return False
-        elif "+" in level and level != "+":
-            return False
-    return True
 
 
 class Acl:

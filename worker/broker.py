@@ -511,7 +511,7 @@ class Broker:
         moved_inflight = [d for d in session.inflight.values() if d.group is not None and d.state == 0]
         if not moved and not moved_inflight:
             return
-        store = self.store if session.expiry_interval else None
+        store = self.store_for(session)
         for d in moved_inflight:
             del session.inflight[d.packet_id]
             if store is not None:
@@ -559,13 +559,20 @@ class Broker:
                             extra=kv(client=s.client_id, topic=d.msg.topic, limit=self.settings.max_queued_messages, dropped=s.dropped))
             return
         s.queue.append(d)
-        if self.store is not None and s.expiry_interval:
-            self.store.queued(s, d, self.now)
+        store = self.store_for(s)
+        if store is not None:
+            store.queued(s, d, self.now)
+
+    def store_for(self, s: Session):
+        """The store when this session's changes must be written (it outlives its
+        connection and persistence is on), else None."""
+        return self.store if s.expiry_interval else None
 
     def save(self, s: Session) -> None:
         """Write the session record (not its queue) when the session outlives its connection."""
-        if self.store is not None and s.expiry_interval and self.sessions.get(s.client_id) is s:
-            self.store.save_session(s, self.now)
+        store = self.store_for(s)
+        if store is not None and self.sessions.get(s.client_id) is s:
+            store.save_session(s, self.now)
 
     def resync_store(self) -> None:
         """The store writes again after a failure: the changes dropped meanwhile are

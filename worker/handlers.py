@@ -211,7 +211,7 @@ def handle_publish(conn, p) -> None:
     store = broker.store
     if qos == 2 and rc < 0x80:
         s.incoming_qos2.add(pid)
-        if store is not None and s.expiry_interval:
+        if broker.store_for(s) is not None:
             store.qos2_in(s, pid)
     ack = (PubAck if qos == 1 else PubRec)(pid, rc)
     if store is not None and store.batch is not None:
@@ -269,8 +269,9 @@ def _outgoing_done(conn, s, pid: int) -> None:
     """An outgoing QoS 1/2 flow ended (PUBACK, PUBCOMP, or a failed PUBREC): free
     its slot, forget it in the store, and let the queue move up."""
     del s.inflight[pid]
-    if conn.broker.store is not None and s.expiry_interval:
-        conn.broker.store.acked(s, pid)
+    store = conn.broker.store_for(s)
+    if store is not None:
+        store.acked(s, pid)
     conn.pump()
 
 
@@ -292,8 +293,9 @@ def handle_pubrec(conn, p) -> None:
         _outgoing_done(conn, s, pid)
         return
     d.state = OutState.RELEASED
-    if conn.broker.store is not None and s.expiry_interval:
-        conn.broker.store.inflight(s, d, conn.broker.now)
+    store = conn.broker.store_for(s)
+    if store is not None:
+        store.inflight(s, d, conn.broker.now)
     conn.send(PubRel(pid))
 
 
@@ -302,8 +304,9 @@ def handle_pubrel(conn, p) -> None:
     pid = p.packet_id
     if pid in s.incoming_qos2:
         s.incoming_qos2.discard(pid)
-        if conn.broker.store is not None and s.expiry_interval:
-            conn.broker.store.qos2_done(s, pid)
+        store = conn.broker.store_for(s)
+        if store is not None:
+            store.qos2_done(s, pid)
         conn.send(PubComp(pid))
     else:
         conn.send(PubComp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if conn.v5 else 0))

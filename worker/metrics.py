@@ -22,3 +22,14 @@ class Metrics:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def node_sums(snapshots) -> dict:
+    """Node-wide figures from per-worker snapshots: counters add up, uptime is the
+    longest. (Retained messages are one node-wide set: the caller sets that count.)"""
+    sums: dict = {}
+    for snap in snapshots:
+        for k, v in snap.items():
+            if isinstance(v, (int, float)):
+                sums[k] = max(sums.get(k, 0), v) if k == "uptime" else sums.get(k, 0) + v
+    return sums

@@ -336,7 +336,7 @@ class Connection(asyncio.Protocol):
     def start_inflight(self, s, d: Delivery) -> None:
         pid = s.allocate_pid()
         d.packet_id = pid
-        store = self.broker.store if s.expiry_interval else None
+        store = self.broker.store_for(s)
         if self.send_publish(d, pid):
             s.inflight[pid] = d
             if store is not None:
@@ -399,8 +399,6 @@ class Connection(asyncio.Protocol):
                 self.send(PubRel(pid))
             elif not self.send_publish(d, pid, dup=True):
                 del s.inflight[pid]
-                if self.broker.store is not None and s.expiry_interval:
-                    self.broker.store.acked(s, pid)
-
-    def acked(self, pid: int) -> None:
-        self.pump()
+                store = self.broker.store_for(s)
+                if store is not None:
+                    store.acked(s, pid)

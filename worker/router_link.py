@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections import deque
-import logging
 
 import zmq
 
@@ -20,6 +20,7 @@ from common.wire import WIRE_VERSION, Op, pack, unpack
 from mqtt import SubscriptionTrie, parse_shared, topic_matches
 
 from .message import Message
+from .metrics import node_sums
 from .serial import msg_from_wire, msg_to_wire, session_from_wire, session_to_wire
 from .sys_topics import render
 
@@ -278,11 +279,7 @@ class RouterBridge:
             return self.node_stats
         snaps = [self.broker.sys_snapshot()]
         snaps += [snap for name, snap in self.member_stats.items() if name != self.name and name.startswith("w")]
-        sums: dict = {}
-        for snap in snaps:
-            for k, v in snap.items():
-                if isinstance(v, (int, float)):
-                    sums[k] = max(sums.get(k, 0), v) if k == "uptime" else sums.get(k, 0) + v
+        sums = node_sums(snaps)
         if self.node_stats and "retained" in self.node_stats:
             sums["retained"] = self.node_stats["retained"]  # one node-wide set, not a sum
         return sums

@@ -15,6 +15,10 @@ from .session import Delivery, OutState, Session, SubOptions, Will
 SESSION_FORMAT = 1
 
 
+def props_to_wire(props: dict):
+    return {int(k): v for k, v in props.items()} if props else None
+
+
 def props_from_wire(props: dict | None) -> dict:
     if not props:
         return {}
@@ -27,7 +31,7 @@ def props_from_wire(props: dict | None) -> dict:
 
 def msg_to_wire(m: Message, now: float) -> list:
     expires_in = None if m.expires_at is None else max(0.0, m.expires_at - now)
-    return [m.topic, m.payload, m.qos, m.retain, {int(k): v for k, v in m.properties.items()} if m.properties else None, expires_in, m.origin]
+    return [m.topic, m.payload, m.qos, m.retain, props_to_wire(m.properties), expires_in, m.origin]
 
 
 def msg_from_wire(w: list, now: float) -> Message:
@@ -48,7 +52,7 @@ def session_to_wire(s: Session, now: float) -> list:
     will = None
     if s.will is not None:
         m = s.will.message  # expires_at of a will holds its expiry *interval*
-        will = [[m.topic, m.payload, m.qos, m.retain, {int(k): v for k, v in m.properties.items()} if m.properties else None, m.expires_at, m.origin], s.will.delay,
+        will = [[m.topic, m.payload, m.qos, m.retain, props_to_wire(m.properties), m.expires_at, m.origin], s.will.delay,
                 None if s.will_at is None else max(0.0, s.will_at - now)]
     return [
         SESSION_FORMAT,

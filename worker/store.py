@@ -59,9 +59,9 @@ import msgpack
 import plyvel
 
 from common.logs import kv
-from mqtt import Prop
 
 from .message import Message
+from .serial import props_from_wire, props_to_wire
 from .session import Delivery, OutState, Session, SubOptions, Will
 
 log = logging.getLogger("shoal.store")
@@ -101,20 +101,6 @@ def _pack(v) -> bytes:
 
 def _unpack(b: bytes):
     return msgpack.unpackb(b, raw=False, strict_map_key=False, use_list=True)
-
-
-def _props_out(props: dict):
-    return {int(k): v for k, v in props.items()} if props else None
-
-
-def _props_in(props) -> dict:
-    if not props:
-        return {}
-    out = {Prop(k): v for k, v in props.items()}
-    up = out.get(Prop.USER_PROPERTY)
-    if up is not None:
-        out[Prop.USER_PROPERTY] = [(a, b) for a, b in up]
-    return out
 
 
 def _corrupt(path: str, detail) -> StoreError:
@@ -468,11 +454,11 @@ class Store:
     # -- records --------------------------------------------------------------
     def _msg_out(self, m: Message, now: float) -> list:
         exp = None if m.expires_at is None else self.wall() + (m.expires_at - now)
-        return [m.topic, m.payload, m.qos, m.retain, _props_out(m.properties), exp, m.origin]
+        return [m.topic, m.payload, m.qos, m.retain, props_to_wire(m.properties), exp, m.origin]
 
     def _msg_in(self, w: list, now: float, wall: float) -> Message:
         topic, payload, qos, retain, props, exp, origin = w[:7]
-        return Message(topic, payload, qos, retain, _props_in(props), None if exp is None else now + (exp - wall), origin)
+        return Message(topic, payload, qos, retain, props_from_wire(props), None if exp is None else now + (exp - wall), origin)
 
     def _d_out(self, d: Delivery, now: float) -> bytes:
         return _pack([RECORD, self._msg_out(d.msg, now), d.qos, d.retain, list(d.sub_ids),
@@ -503,7 +489,7 @@ class Store:
         will = None
         if s.will is not None:
             m = s.will.message  # expires_at holds the will's expiry *interval*
-            will = [[m.topic, m.payload, m.qos, m.retain, _props_out(m.properties), m.expires_at, m.origin], s.will.delay]
+            will = [[m.topic, m.payload, m.qos, m.retain, props_to_wire(m.properties), m.expires_at, m.origin], s.will.delay]
         wall = self.wall()
         rec = [RECORD, s.client_id, s.expiry_interval, s.username,
                [[f, o.qos, o.no_local, o.retain_as_published, o.retain_handling, o.sub_id] for f, o in s.subscriptions.items()],
@@ -632,7 +618,7 @@ class Store:
                     subscriptions[f] = options(qos, nl, rap, rh, sid)
                 if will is not None:
                     (topic, payload, qos, retain, props, interval, origin), delay = will
-                    s.will = Will(Message(topic, payload, qos, retain, _props_in(props), interval, origin), delay)
+                    s.will = Will(Message(topic, payload, qos, retain, props_from_wire(props), interval, origin), delay)
                 s.next_pid = next_pid
                 if expires_at is not None:
                     s.expires_at = now + (expires_at - wall)
