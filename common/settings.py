@@ -49,6 +49,39 @@ class Settings(BaseSettings):
     persistence: bool = True
     sync: Literal["always", "batch", "off"] = "batch"
 
+    # -- cluster (issue 10): on when SHOAL_ETCD_ENDPOINTS or SHOAL_ETCD_INITIAL_CLUSTER is set
+    etcd_endpoints: str = ""  # external etcd: "http://host:port,..."
+    etcd_initial_cluster: str = ""  # embedded etcd member: etcd's "name=peerURL,..." form
+    etcd_peer_url: str = ""  # embedded member's peer URL; default http://127.0.0.1:<port+30000>
+    etcd_client_url: str = ""  # embedded member's client URL; default http://127.0.0.1:<port+20000>
+    cluster_addr: str = ""  # host:port of this node's agent (gRPC); default <host>:<port+10000>
+    cluster_lease_ttl: int = 5  # seconds: a node that stops renewing its lease is dropped after this
+    cluster_max_queued: int = 10_000  # messages queued per peer node before push back (QoS 0: dropped, counted)
+    cluster_batch: int = 500  # messages per gRPC frame at most
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.etcd_endpoints.strip() or self.etcd_initial_cluster.strip())
+
+    @property
+    def cluster_address(self) -> str:
+        return self.cluster_addr or f"{self.host}:{self.port + 10000}"
+
+    @property
+    def etcd_member_client_url(self) -> str:
+        return self.etcd_client_url or f"http://127.0.0.1:{self.port + 20000}"
+
+    @property
+    def etcd_member_peer_url(self) -> str:
+        return self.etcd_peer_url or f"http://127.0.0.1:{self.port + 30000}"
+
+    @property
+    def etcd_client_endpoints(self) -> list[str]:
+        """Where the agent reaches etcd: SHOAL_ETCD_ENDPOINTS, else the embedded member."""
+        if self.etcd_endpoints.strip():
+            return [e.strip() for e in self.etcd_endpoints.split(",") if e.strip()]
+        return [self.etcd_member_client_url]
+
     @field_validator("acl_file", "data_dir", mode="before")
     @classmethod
     def _empty_is_none(cls, v):
