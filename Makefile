@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-unit test-integration bench clean
+.PHONY: install run cluster test test-unit test-integration bench clean
 
 $(STAMP): pyproject.toml
 	@command -v mosquitto >/dev/null 2>&1 || { \
@@ -19,7 +19,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# the gRPC code of proto/*.proto is generated here, for the grpcio-tools installed
+PROTO_OUT := proto/cluster_pb2.py proto/cluster_pb2_grpc.py
+$(PROTO_OUT): proto/cluster.proto $(STAMP)
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. proto/cluster.proto
+
+install: $(STAMP) $(PROTO_OUT)
 
 run: install
 	$(VENV)/bin/circusd circus.ini

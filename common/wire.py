@@ -32,6 +32,9 @@ class Op(IntEnum):
     DELIVERED = 14  # [DELIVERED, ref]: the message of DELIVER ref is routed (and stored) here
     DIRECT = 15  # [DIRECT, msg, client_id, qos, retain, sub_ids]: for a session that just moved away
     PUB_TO = 16  # [PUB_TO, msg, member]: a publish that raced a member's new subscription
+    REMOTE_PUB = 17  # [REMOTE_PUB, msg, normal, [[group, filter], ...], token | None, at]: from the cluster
+    #                  agent, a message from another node: to this node's members only (never back to
+    #                  the agent), plain routes if normal, one member of each listed group; CONFIRM token
     # router -> member
     WELCOME = 20  # [WELCOME, epoch, route_version, [[member, filter], ...], retained msgs]
     ROUTES = 21  # [ROUTES, version, [[+1|-1, member, filter, since], ...]]

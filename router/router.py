@@ -40,7 +40,7 @@ REPLAY_WINDOW = 0.5  # seconds of routed publishes kept for subscriptions whose 
 CLAIM_TIMEOUT = 5.0  # seconds a hand-over may take before the claimant gets an empty session
 HOLDER_RESTART_WAIT = 8.0  # seconds a claim waits for the dead holder of a session to be restarted
 SETTLE_TIMEOUT = 3.0  # seconds after start that publishes wait for every worker to (re-)register
-ROUTED = (Op.PUB, Op.SHARED_PUB, Op.DIRECT)  # ops that need the whole route table
+ROUTED = (Op.PUB, Op.SHARED_PUB, Op.DIRECT, Op.REMOTE_PUB)  # ops that need the whole route table
 RETAINED_SWEEP = 60.0  # seconds between sweeps of expired retained messages
 
 
@@ -100,6 +100,9 @@ class Router:
         self.sock.setsockopt(zmq.RCVHWM, 100_000)
         self.endpoint = settings.router_endpoint
         self.running = True
+        # a SYNC (SUBACK) waits for every member; with a cluster agent that means every
+        # live node, and a dead node's lease expires after SHOAL_CLUSTER_LEASE_TTL
+        self.sync_timeout = settings.cluster_lease_ttl + 2.0 if settings.clustered else 1.0
 
     # -- plumbing ---------------------------------------------------------
     def open_store(self) -> None:
@@ -203,6 +206,8 @@ class Router:
                 self.publish(ident, op[1], op[2] if len(op) > 2 else None, op[3] if len(op) > 3 else None)
             elif code == Op.DELIVERED:
                 self.delivered(ident, op[1])
+            elif code == Op.REMOTE_PUB:
+                self.remote_publish(ident, op[1], op[2], op[3], op[4], op[5])
             elif code == Op.DIRECT:
                 holder = self.registry.get(op[2])
                 if holder is not None and holder != ident:
@@ -233,7 +238,7 @@ class Router:
                 self.shared_publish(ident, op[1], op[2], op[3])
             elif code == Op.SYNC:
                 self.flush_delta_only()
-                self.syncs.append([ident, op[1], self.version, now + 1.0])
+                self.syncs.append([ident, op[1], self.version, now + self.sync_timeout])
                 self.check_syncs(now)
             elif code == Op.ROUTE_ACK:
                 if op[1] > m.acked:
@@ -334,6 +339,26 @@ class Router:
                 continue  # only the sender has this group: it decided locally
             chosen = self._pick(group, members)
             groups_for.setdefault(chosen, []).append([group.group, group.topic_filter])
+        self._dispatch(sender, msg, normal, groups_for, token, at)
+
+    def remote_publish(self, sender: bytes, msg: list, normal: bool, groups: list, token, at) -> None:
+        """A message another node sent (through the cluster agent, the sender): to
+        this node's members only, so it is never forwarded to a third node."""
+        topic = msg[0]
+        trie = self.trie
+        targets = {ident for ident, _ in trie.match(topic) if ident != sender} if normal else set()
+        groups_for: dict[bytes, list] = {}
+        if groups:
+            wanted = {(g, f) for g, f in groups}
+            for group in trie.match_shared(topic):
+                if (group.group, group.topic_filter) in wanted:
+                    members = [m for m in group.members if m != sender]
+                    if members:
+                        chosen = self._pick(group, members)
+                        groups_for.setdefault(chosen, []).append([group.group, group.topic_filter])
+        self._dispatch(sender, msg, targets, groups_for, token, at)
+
+    def _dispatch(self, sender: bytes, msg: list, normal: set, groups_for: dict, token, at) -> None:
         targets = normal | groups_for.keys()
         ref = None
         if token is not None:

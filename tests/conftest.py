@@ -26,6 +26,9 @@ def pytest_runtest_makereport(item, call):
             n = item.funcargs.get(name) if hasattr(item, "funcargs") else None
             if isinstance(n, Node):
                 rep.sections.append((f"{name} log (tail)", n.log()[-6000:]))
+        c = item.funcargs.get("cluster") if hasattr(item, "funcargs") else None
+        for n in getattr(c, "nodes", ()):  # the cluster tests' nodes
+            rep.sections.append((f"{n.env.get('SHOAL_NODE_NAME')} log (tail)", n.log()[-5000:]))
 
 
 @pytest.fixture

@@ -44,7 +44,8 @@ class WorkerServer:
         self.fd = fd
         acl = Acl.load(settings.acl_file) if settings.acl_file else None
         if bridge is None:
-            bridge = RouterBridge(settings, worker_id) if settings.workers > 1 else LocalBridge()
+            # a cluster node always has a router (its agent is a member of it)
+            bridge = RouterBridge(settings, worker_id) if settings.workers > 1 or settings.clustered else LocalBridge()
         self.broker = Broker(settings, time.monotonic, acl, bridge, worker_id)
         self.server: asyncio.AbstractServer | None = None
         self.stopping = asyncio.Event()

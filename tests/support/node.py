@@ -44,6 +44,7 @@ def _zombie(pid: int) -> bool:
 class Node:
     def __init__(self, workers: int = 1, data_dir: str | None = None, **settings):
         self.workers = workers
+        self.wait_join = settings.pop("wait_join", True)  # a cluster node: start() waits until its agent joined
         self.port = settings.pop("port", None) or free_port()
         self.tmp = tempfile.mkdtemp(prefix="shoal", dir="/tmp")
         self.data_dir = data_dir or os.path.join(self.tmp, "data")
@@ -79,7 +80,8 @@ class Node:
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Every worker serving (and registered with the router when there are several)."""
         mark = self._log_mark
-        if self.workers > 1:
+        clustered = bool(self.env.get("SHOAL_ETCD_ENDPOINTS") or self.env.get("SHOAL_ETCD_INITIAL_CLUSTER"))
+        if self.workers > 1 or clustered:  # a cluster node always has its router
             pattern = re.compile(r"worker=(\d+) event='registered with the router'")
         else:
             pattern = re.compile(r"worker=(\d+) event=serving")
@@ -87,7 +89,10 @@ class Node:
         def ready():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"circusd exited with {self.proc.returncode}\n{self.log()}")
-            return len(set(pattern.findall(self.log(since=mark)))) >= self.workers
+            text = self.log(since=mark)
+            if clustered and self.wait_join and "process=agent event='joined the cluster'" not in text:
+                return False
+            return len(set(pattern.findall(text))) >= self.workers
 
         try:
             wait_for(ready, timeout, 0.05, "node ready")
@@ -167,6 +172,11 @@ class Node:
             if int(pid) in live:
                 out[int(wid)] = int(pid)
         return out
+
+    def agent_pid(self) -> int | None:
+        live = set(self.children())
+        pids = [int(p) for p in re.findall(r"event='agent serving' .*?pid=(\d+)", self.log()) if int(p) in live]
+        return pids[-1] if pids else None
 
     def router_pid(self) -> int | None:
         live = set(self.children())

@@ -1,0 +1,25 @@
+"""`python -m cluster`: the cluster agent of a node (circus watcher ``agent``)."""
+from __future__ import annotations
+
+import asyncio
+
+from common import logs
+from common.settings import Settings
+
+from .pdeath import die_with_parent
+
+
+def main() -> None:
+    die_with_parent()
+    settings = Settings()
+    logs.setup(settings.log_level, node=settings.node, process="agent")
+    from .agent import Agent  # (after logging is set up: grpc logs at import)
+
+    async def run() -> int:
+        return await Agent(settings).run()
+
+    raise SystemExit(asyncio.run(run()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,799 @@
+"""The cluster agent: the node's member in etcd and its gateway to the other nodes.
+
+To its router the agent is one more member whose filters are the union of
+the other nodes' routes, so a publish leaves a worker only when some node
+wants it, and reaches the agent once whatever that node's subscriber count.
+To etcd it writes this node's membership (a leased ``nodes/<node>``) and this
+node's aggregated filters (``routes/<node>/<filter>``, one key per filter
+whatever its local subscriber count, batched into transactions), and it keeps
+a cache of everybody's through one watch. Retained messages live in etcd too
+(``retained/<topic>``): the change with the highest etcd revision wins on
+every node. docs/cluster.md has the whole picture.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import signal
+import time
+
+import grpc
+import msgpack
+
+from common.logs import kv
+from common.settings import Settings
+from common.wire import WIRE_VERSION, Op
+from mqtt import SubscriptionTrie
+
+from .etcd import NODES, RANGE_END, RANGE_START, RETAINED, ROUTES, Etcd
+from .peers import CLUSTER_WIRE, PeerOut, PeerService
+from .routerlink import RouterLink
+
+log = logging.getLogger("shoal.agent")
+
+TXN_OPS = 100  # operations per etcd transaction (etcd's default limit is 128)
+BACKOFF_MAX = 5.0  # seconds between etcd reconnect attempts at most
+
+
+class DuplicateName(Exception):
+    pass
+
+
+def _json(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+
+
+class Agent:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.node = settings.node
+        self.instance = os.urandom(8).hex()
+        self.etcd = Etcd(settings.etcd_client_endpoints)
+        self.link = RouterLink(settings, self.on_router_ops)
+        self.stopping = asyncio.Event()
+        self.epoch = None
+        self.welcomed = asyncio.Event()
+        # this node's side
+        self.local_refs: dict[str, int] = {}  # filter -> local members (workers) that hold it
+        self.published: set[str] = set()  # this node's filters as written in etcd
+        self.gen = 0  # bumped by every change of local_refs / retained_out
+        self.flushed_gen = 0
+        self.flushed_rev = 0
+        self.flush_waiters: list[tuple[int, asyncio.Future]] = []
+        self.dirty = asyncio.Event()
+        self.retained_out: dict[str, bytes | None] = {}  # topic -> value to write (None: delete)
+        self.router_retained: dict[str, list] = {}  # from WELCOME: pushed to etcd when etcd lacks them
+        self.pending_versions: dict[int, bool] = {}  # route versions of the router -> done
+        # the cluster's side
+        self.lease_id = 0
+        self.connected = False
+        self.joined_once = False
+        self.members: dict[str, dict] = {}  # node -> its nodes/ value (this node included)
+        self.remote: dict[str, set[str]] = {}  # node -> its filters
+        self.union: dict[str, int] = {}  # filter -> nodes holding it (this node excluded)
+        self.trie = SubscriptionTrie()  # filter -> nodes, for matching
+        self.retained_revs: dict[str, int] = {}  # topic -> mod revision applied
+        self.applied_rev = 0
+        self.rev_waiters: list[tuple[int, asyncio.Future]] = []
+        self._rev_check = None
+        self.peers: dict[str, PeerOut] = {}
+        self.shared_cursor: dict[tuple, int] = {}
+        # forwarding
+        self.refs: dict[tuple, set] = {}  # (router ident, token) -> nodes that have not confirmed
+        self.tokens = itertools.count(1)
+        self.remote_tokens: dict[int, tuple] = {}  # our REMOTE_PUB token -> (Origin, seq)
+        self.router_syncs: dict[int, asyncio.Future] = {}
+        self.service = PeerService(self)
+        self.server: grpc.aio.Server | None = None
+        self.dropped_qos0 = 0
+        self.forwarded = 0
+        self.received_count = 0
+        self.lease_file = os.path.join(str(settings.data_path), "cluster-lease")
+        self.status_file = os.path.join(str(settings.run_dir), f"shoal-{settings.port}-cluster.json")
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        if "/" in self.node or not self.node:
+            log.error("cannot start: SHOAL_NODE_NAME must be set and hold no '/'", extra=kv(name=self.node))
+            return 3
+        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+        self.service_handler = self.service
+        from proto import cluster_pb2_grpc as pbg
+
+        pbg.add_PeerServicer_to_server(self.service, self.server)
+        addr = self.settings.cluster_address
+        try:
+            port = self.server.add_insecure_port(addr)
+        except RuntimeError:
+            port = 0
+        if not port:
+            log.error("cannot start: cannot listen on SHOAL_CLUSTER_ADDR", extra=kv(addr=addr))
+            return 3
+        await self.server.start()
+        self.link.connect()
+        self.hello()
+        ping = loop.create_task(self._ping())
+        tasks = [loop.create_task(self._etcd_main()), loop.create_task(self._writer())]
+        log.info("agent serving", extra=kv(addr=addr, etcd=",".join(self.etcd.endpoints), pid=os.getpid()))
+        self.write_status()
+        stop = loop.create_task(self.stopping.wait())
+        done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        for t in tasks:
+            if t in done and t.exception() is not None:
+                if isinstance(t.exception(), DuplicateName):
+                    code = 4
+                else:
+                    log.error("agent task failed", exc_info=t.exception())
+                    code = 1
+        for t in tasks:
+            t.cancel()
+        ping.cancel()
+        await self.leave()
+        return code
+
+    async def leave(self) -> None:
+        """SIGTERM: the node leaves at once (its lease, and every key under it, goes)."""
+        self.connected = False
+        if self.lease_id and self.etcd.client is not None:
+            try:
+                await asyncio.wait_for(self.etcd.client.revoke_lease(self.lease_id), 3.0)
+                log.info("left the cluster", extra=kv(lease=self.lease_id))
+            except Exception as e:
+                log.warning("could not revoke the lease; it expires by itself", extra=kv(error=str(e)[:200]))
+            try:
+                os.unlink(self.lease_file)
+            except OSError:
+                pass
+        self.members.pop(self.node, None)
+        self.write_status()
+        for p in self.peers.values():
+            p.close()
+        if self.server is not None:
+            await self.server.stop(0.5)
+        await self.etcd.reset()
+        self.link.close()
+
+    def write_status(self) -> None:
+        """$SHOAL_RUN_DIR/shoal-<port>-cluster.json: joined or not, and the nodes seen
+        (for readiness checks; $SYS/broker/cluster/... says the same to MQTT clients)."""
+        data = {"node": self.node, "joined": self.connected, "nodes": sorted(self.members),
+                "etcd": self.etcd.endpoints, "addr": self.settings.cluster_address}
+        tmp = self.status_file + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, self.status_file)
+        except OSError:
+            pass
+
+    async def _ping(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.link.queue([Op.PING])
+
+    def hello(self) -> None:
+        self.link.queue([Op.HELLO, WIRE_VERSION, list(self.union), [], []])
+
+    # -- the router ---------------------------------------------------------------------
+    def on_router_ops(self, ops: list) -> None:
+        for op in ops:
+            code = op[0]
+            if code == Op.DELIVER:
+                self.deliver(op[1], op[2], op[3], op[4] if len(op) > 4 else None)
+            elif code == Op.CONFIRM:
+                origin_seq = self.remote_tokens.pop(op[1], None)
+                if origin_seq is not None:
+                    origin_seq[0].owned(origin_seq[1])
+            elif code == Op.ROUTES:
+                self.local_routes(op[1], op[2])
+            elif code == Op.RETAINED:
+                self.local_retained(op[1])
+            elif code == Op.SYNCED:
+                fut = self.router_syncs.pop(op[1], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(True)
+            elif code == Op.WELCOME:
+                self.welcome(op)
+            elif code == Op.PONG:
+                if self.epoch is not None and op[1] != self.epoch:
+                    log.warning("router restarted: registering again", extra=kv(epoch=op[1]))
+                    self.epoch = None
+                    self.hello()
+
+    def welcome(self, op: list) -> None:
+        _, epoch, version, routes, retained = op[:5]
+        self.epoch = epoch
+        refs: dict[str, int] = {}
+        for member, flt in routes:
+            if member != "agent":
+                refs[flt] = refs.get(flt, 0) + 1
+        self.local_refs = refs
+        self.router_retained = {w[0]: w for w in retained if not w[0].startswith("$SYS/")}
+        self.pending_versions.clear()
+        self._changed()
+        self.welcomed.set()
+        log.info("registered with the router", extra=kv(epoch=epoch, local_filters=len(refs)))
+
+    def local_routes(self, version: int, delta: list) -> None:
+        changed = False
+        refs = self.local_refs
+        for sign, member, flt, *_ in delta:
+            if member == "agent":
+                continue
+            n = refs.get(flt, 0)
+            if sign > 0:
+                refs[flt] = n + 1
+                changed = changed or n == 0
+            elif n > 0:
+                if n == 1:
+                    del refs[flt]
+                    changed = True
+                else:
+                    refs[flt] = n - 1
+        self.pending_versions[version] = False
+        if changed:
+            gen = self._changed()
+            asyncio.get_running_loop().create_task(self._ack_when_routed(version, gen))
+        else:
+            self._version_done(version)
+
+    def _changed(self) -> int:
+        self.gen += 1
+        self.dirty.set()
+        return self.gen
+
+    async def _ack_when_routed(self, version: int, gen: int) -> None:
+        """A ROUTE_ACK (and with it the SUBACK of the subscriber) waits until the
+        route is in etcd and every live node applied it to its router."""
+        try:
+            rev = await self._flushed(gen)
+            if rev:
+                await self._peers_synced(rev)
+        finally:
+            self._version_done(version)
+
+    def _version_done(self, version: int) -> None:
+        pv = self.pending_versions
+        if version in pv:
+            pv[version] = True
+        ack = None
+        while pv:
+            v = next(iter(pv))
+            if not pv[v]:
+                break
+            del pv[v]
+            ack = v
+        if ack is not None:
+            self.link.queue([Op.ROUTE_ACK, ack])
+
+    def _flushed(self, gen: int) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        if not self.connected:
+            fut.set_result(0)  # etcd unreachable: local clients go on; etcd sync reconciles later
+        elif self.flushed_gen >= gen:
+            fut.set_result(self.flushed_rev)
+        else:
+            self.flush_waiters.append((gen, fut))
+        return fut
+
+    def _release_flush_waiters(self, rev: int) -> None:
+        keep = []
+        for gen, fut in self.flush_waiters:
+            if fut.done():
+                continue
+            if rev == 0 or gen <= self.flushed_gen:
+                fut.set_result(rev)
+            else:
+                keep.append((gen, fut))
+        self.flush_waiters = keep
+
+    async def _peers_synced(self, rev: int) -> None:
+        futs = [p.request_sync(rev) for n, p in self.peers.items() if n in self.members]
+        if futs:
+            await asyncio.wait(futs, timeout=self.settings.cluster_lease_ttl + 1.0)
+
+    def local_retained(self, w: list) -> None:
+        """A retained message set (or cleared) on this node: into etcd."""
+        topic = w[0]
+        if topic.startswith("$SYS/"):
+            return
+        if w[1]:
+            expires_in = w[5]
+            value = msgpack.packb([topic, w[1], w[2], w[3], w[4],
+                                   None if expires_in is None else time.time() + expires_in, w[6], self.node], use_bin_type=True)
+            self.retained_out[topic] = value
+        else:
+            self.retained_out[topic] = None
+        self._changed()
+
+    async def router_sync(self) -> None:
+        """Every other member of this node applied the routes sent so far."""
+        token = next(self.tokens)
+        fut = asyncio.get_running_loop().create_future()
+        self.router_syncs[token] = fut
+        self.link.queue([Op.SYNC, token])
+        try:
+            await asyncio.wait_for(fut, self.settings.cluster_lease_ttl + 2.0)
+        except asyncio.TimeoutError:
+            self.router_syncs.pop(token, None)
+
+    # -- forwarding ------------------------------------------------------------------------
+    def deliver(self, msg: list, normal: bool, groups: list, ref) -> None:
+        """A publish of this node that other nodes want: once to each of them."""
+        topic = msg[0]
+        targets: dict[str, list] = {}
+        members = self.members
+        me = self.node
+        if normal:
+            for node, _ in self.trie.match(topic):
+                if node != me and node in members and node not in targets:
+                    targets[node] = [True, []]
+        if groups:
+            wanted = {(g, f) for g, f in groups}
+            for group in self.trie.match_shared(topic):
+                key = (group.group, group.topic_filter)
+                if key not in wanted:
+                    continue
+                cands = [n for n in group.members if n != me and n in members]
+                if not cands:
+                    continue
+                i = self.shared_cursor.get(key, 0)
+                self.shared_cursor[key] = i + 1
+                node = cands[i % len(cands)]
+                targets.setdefault(node, [False, []])[1].append([group.group, group.topic_filter])
+        key = None
+        if ref is not None:
+            key = (ref[0], ref[1])
+            if not targets:
+                self.link.queue([Op.DELIVERED, ref])
+                return
+            self.refs[key] = set(targets)
+        if not targets:
+            return
+        body = msgpack.packb(msg, use_bin_type=True)
+        qos = msg[2]
+        full = False
+        for node, (nrm, grs) in targets.items():
+            peer = self.peers.get(node)
+            if peer is None:
+                self.peer_confirmed(node, key)
+                continue
+            if qos == 0 and peer.size() >= self.settings.cluster_max_queued:
+                self.dropped_qos0 += 1
+                if self.dropped_qos0 == 1 or self.dropped_qos0 % 1000 == 0:
+                    log.warning("peer queue full: QoS 0 message dropped", extra=kv(peer=node, topic=topic, dropped=self.dropped_qos0))
+                continue
+            peer.send(topic, body, nrm, grs, key, qos)
+            self.forwarded += 1
+            if peer.size() >= self.settings.cluster_max_queued:
+                full = True
+        if full:
+            self.link.pause(True)
+
+    def peer_confirmed(self, node: str, key) -> None:
+        if key is None:
+            return
+        waiting = self.refs.get(key)
+        if waiting is None:
+            return
+        waiting.discard(node)
+        if not waiting:
+            del self.refs[key]
+            self.link.queue([Op.DELIVERED, [key[0], key[1]]])
+
+    def check_pressure(self) -> None:
+        if self.link.paused and all(p.size() < self.settings.cluster_max_queued // 2 for p in self.peers.values()):
+            self.link.pause(False)
+
+    def received(self, origin, frame) -> None:
+        """A frame from another node's agent: its publishes into this node's router."""
+        link = self.link
+        now = time.monotonic()
+        for p in frame.pubs:
+            body = p.msg
+            if not body or body[0] != 0x97:  # the 7-element message array of common/wire
+                log.warning("malformed message from a peer dropped", extra=kv(peer=origin.node, topic=p.topic[:100]))
+                if p.seq:
+                    origin.owned(p.seq)
+                continue
+            token = None
+            if p.seq:
+                st = origin.mark(p.seq)
+                if st is True:
+                    origin.owned(p.seq)  # sent again after a reconnect: it is here already
+                    continue
+                if st is False:
+                    continue  # still on its way here: the ack follows
+                token = next(self.tokens)
+                self.remote_tokens[token] = (origin, p.seq)
+            self.received_count += 1
+            link.queue_remote_pub(body, p.normal, [[g.group, g.filter] for g in p.groups], token, now)
+        for s in frame.syncs:
+            asyncio.get_running_loop().create_task(self._answer_sync(origin, s.id, s.revision))
+
+    async def _answer_sync(self, origin, sid: int, rev: int) -> None:
+        """Answer once this node's watch reached rev and its router applied what it brought."""
+        if self.applied_rev < rev:
+            fut = asyncio.get_running_loop().create_future()
+            self.rev_waiters.append((rev, fut))
+            try:
+                await asyncio.wait_for(fut, self.settings.cluster_lease_ttl + 1.0)
+            except asyncio.TimeoutError:
+                pass
+        await self.router_sync()
+        origin.sync_done(sid)
+
+    def _check_rev_waiters(self) -> None:
+        self._rev_check = None
+        keep = []
+        for rev, fut in self.rev_waiters:
+            if fut.done():
+                continue
+            if rev <= self.applied_rev:
+                fut.set_result(True)
+            else:
+                keep.append((rev, fut))
+        self.rev_waiters = keep
+
+    def _applied(self, rev: int) -> None:
+        if rev > self.applied_rev:
+            self.applied_rev = rev
+        if self.rev_waiters and self._rev_check is None:
+            # after every event of this watch response (they are all queued already)
+            self._rev_check = asyncio.get_running_loop().call_soon(self._check_rev_waiters)
+
+    # -- the cluster's routes ----------------------------------------------------------------
+    def _remote_add(self, node: str, flt: str) -> None:
+        filters = self.remote.setdefault(node, set())
+        if flt in filters:
+            return
+        filters.add(flt)
+        self.trie.add(flt, node, True)
+        n = self.union.get(flt, 0)
+        self.union[flt] = n + 1
+        if n == 0:
+            self.link.queue([Op.ROUTE_ADD, flt])
+
+    def _remote_del(self, node: str, flt: str) -> None:
+        filters = self.remote.get(node)
+        if not filters or flt not in filters:
+            return
+        filters.discard(flt)
+        if not filters:
+            del self.remote[node]
+        self.trie.remove(flt, node)
+        n = self.union.get(flt, 0) - 1
+        if n <= 0:
+            self.union.pop(flt, None)
+            self.link.queue([Op.ROUTE_DEL, flt])
+        else:
+            self.union[flt] = n
+
+    def _member_put(self, node: str, value: bytes) -> None:
+        try:
+            info = json.loads(value)
+        except ValueError:
+            log.warning("unreadable node record in etcd", extra=kv(peer=node))
+            return
+        old = self.members.get(node)
+        self.members[node] = info
+        if node == self.node:
+            return
+        if info.get("wire") != CLUSTER_WIRE:
+            log.error("node speaks another cluster wire version: not linking to it; run the same Shoal version everywhere",
+                      extra=kv(peer=node, wire=info.get("wire"), ours=CLUSTER_WIRE))
+            return
+        peer = self.peers.get(node)
+        if peer is not None and peer.addr != info.get("addr"):
+            self._drop_peer(node)
+            peer = None
+        if peer is None:
+            p = self.peers[node] = PeerOut(self, node, info["addr"])
+            p.acked_hook = self.check_pressure
+        if old is None:
+            log.info("node joined", extra=kv(peer=node, addr=info.get("addr"), nodes=len(self.members)))
+            self.publish_sys()
+
+    def _member_del(self, node: str) -> None:
+        if self.members.pop(node, None) is None:
+            return
+        if node == self.node:
+            log.warning("our node record vanished from etcd (lease lost): joining again")
+            self.connected = False
+            return
+        log.info("node left", extra=kv(peer=node, nodes=len(self.members)))
+        self._drop_peer(node)
+        self.publish_sys()
+
+    def _drop_peer(self, node: str) -> None:
+        peer = self.peers.pop(node, None)
+        if peer is None:
+            return
+        for key in peer.close():
+            self.peer_confirmed(node, key)  # that node is gone: nothing there will own it
+        for key in list(self.refs):
+            self.peer_confirmed(node, key)
+        self.check_pressure()
+
+    def _retained_put(self, topic: str, value: bytes, rev: int) -> None:
+        try:
+            t, payload, qos, retain, props, expires_at, origin, _node = msgpack.unpackb(value, raw=False, strict_map_key=False)[:8]
+        except Exception:
+            log.warning("unreadable retained record in etcd", extra=kv(topic=topic))
+            return
+        self.retained_revs[topic] = rev
+        expires_in = None
+        if expires_at is not None:
+            expires_in = expires_at - time.time()
+            if expires_in <= 0:
+                return
+        self.link.queue([Op.RETAIN, [topic, payload, qos, retain, props, expires_in, origin]])
+
+    def _retained_del(self, topic: str) -> None:
+        self.retained_revs.pop(topic, None)
+        self.link.queue([Op.RETAIN, [topic, b"", 0, True, None, None, ""]])
+
+    def publish_sys(self) -> None:
+        """$SYS/broker/cluster/...: retained on this node (and to current subscribers)."""
+        nodes = sorted(self.members)
+        for topic, payload in (
+            ("$SYS/broker/cluster/nodes", _json(nodes)),
+            ("$SYS/broker/cluster/nodes/count", str(len(nodes)).encode()),
+            ("$SYS/broker/cluster/joined", b"1" if self.connected else b"0"),
+        ):
+            w = [topic, payload, 0, True, None, None, ""]
+            self.link.queue([Op.RETAIN, w])
+            self.link.queue([Op.PUB, w, None, None])
+        self.write_status()
+
+    # -- etcd -----------------------------------------------------------------------------
+    async def _etcd_main(self) -> None:
+        backoff = 0.2
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                client = await self.etcd.connect()
+                await self._join(client)
+                rev = await self._full_sync(client)
+                if failures:
+                    log.info("etcd reachable again", extra=kv(etcd=self.etcd.endpoint))
+                failures = 0
+                backoff = 0.2
+                keep = asyncio.get_running_loop().create_task(self._keepalive(client))
+                try:
+                    await self._watch(client, rev + 1, keep)
+                finally:
+                    keep.cancel()
+            except DuplicateName:
+                raise
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                failures += 1
+                if self.connected or failures == 1 or failures % 20 == 0:
+                    log.warning("etcd unreachable; retrying (local clients are still served)",
+                                extra=kv(etcd=",".join(self.etcd.endpoints), tried=self.etcd.endpoint,
+                                         error=(str(e) or type(e).__name__).splitlines()[0][:200]))
+            was = self.connected
+            self.connected = False
+            self._release_flush_waiters(0)
+            if was:
+                self.publish_sys()
+            await self.etcd.reset()
+            try:
+                await asyncio.wait_for(self.stopping.wait(), backoff)
+            except asyncio.TimeoutError:
+                pass
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _read_lease_file(self) -> int:
+        try:
+            with open(self.lease_file) as f:
+                return int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    async def _join(self, client) -> None:
+        """Hold nodes/<node> under a lease of this node (the one a previous agent
+        of this node held, when it is still alive: the routes under it stay)."""
+        lease_id = self.lease_id or self._read_lease_file()
+        if lease_id:
+            info = await client.get_lease_info(lease_id, keys=False)
+            if info.TTL <= 0:
+                lease_id = 0
+        if not lease_id:
+            lease = await client.lease(self.settings.cluster_lease_ttl)
+            lease_id = lease.id
+            os.makedirs(os.path.dirname(self.lease_file) or ".", exist_ok=True)
+            with open(self.lease_file, "w") as f:
+                f.write(str(lease_id))
+        self.lease_id = lease_id
+        key = NODES + self.node.encode()
+        value = _json({"addr": self.settings.cluster_address, "workers": self.settings.workers,
+                       "wire": CLUSTER_WIRE, "instance": self.instance, "mqtt": f"{self.settings.host}:{self.settings.port}"})
+        tx = client.transactions
+        ok, _ = await client.transaction(compare=[tx.create(key) == 0], success=[tx.put(key, value, lease_id)], failure=[])
+        if not ok:
+            cur = await client.get(key)
+            if cur is not None and cur.lease != lease_id:
+                try:
+                    other = json.loads(cur.value)
+                except ValueError:
+                    other = {}
+                msg = (f"a live node already holds the name {self.node!r} (agent at {other.get('addr')}, "
+                       f"MQTT at {other.get('mqtt')}): give this node another SHOAL_NODE_NAME")
+                log.error("cannot join: %s", msg, extra=kv(etcd=self.etcd.endpoint))
+                print(f"shoal agent {self.node}: cannot join the cluster: {msg}", flush=True)
+                # the whole node refuses to start: stop circusd, our parent
+                try:
+                    os.kill(os.getppid(), signal.SIGTERM)
+                except OSError:
+                    pass
+                raise DuplicateName(msg)
+            await client.put(key, value, lease=lease_id)
+
+    async def _keepalive(self, client) -> None:
+        ttl = self.settings.cluster_lease_ttl
+        while True:
+            await asyncio.sleep(max(0.3, ttl / 3.0))
+            reply = await client.refresh_lease(self.lease_id)
+            if reply is None or reply.TTL <= 0:
+                raise ConnectionError("lease expired")
+
+    async def _full_sync(self, client) -> int:
+        """Read every node, route and retained message at one revision; make the caches
+        (and this node's keys in etcd) agree with it."""
+        if not self.welcomed.is_set():
+            try:
+                await asyncio.wait_for(self.welcomed.wait(), 5.0)
+            except asyncio.TimeoutError:
+                pass
+        resp = await client.get_range(RANGE_START, RANGE_END)
+        rev = resp.header.revision
+        nodes: dict[str, bytes] = {}
+        routes: dict[str, set[str]] = {}
+        retained: dict[str, tuple[bytes, int]] = {}
+        mine: set[str] = set()
+        for item in resp:
+            k = item.key
+            if k.startswith(NODES):
+                nodes[k[len(NODES):].decode()] = item.value
+            elif k.startswith(ROUTES):
+                node, _, flt = k[len(ROUTES):].decode().partition("/")
+                if node == self.node:
+                    mine.add(flt)
+                else:
+                    routes.setdefault(node, set()).add(flt)
+            elif k.startswith(RETAINED):
+                retained[k[len(RETAINED):].decode()] = (item.value, item.mod_revision)
+        for node in [n for n in self.members if n not in nodes]:
+            self._member_del(node)
+        for node, value in nodes.items():
+            self._member_put(node, value)
+        for node in list(self.remote):
+            for flt in list(self.remote[node] - routes.get(node, set())):
+                self._remote_del(node, flt)
+        for node, flts in routes.items():
+            for flt in flts:
+                self._remote_add(node, flt)
+        for topic in [t for t in self.retained_revs if t not in retained]:
+            self._retained_del(topic)
+        for topic, (value, mrev) in retained.items():
+            if self.retained_revs.get(topic) != mrev:
+                self._retained_put(topic, value, mrev)
+        if not self.joined_once:
+            # retained messages this node kept while it was away: into etcd (the union)
+            for topic, w in self.router_retained.items():
+                if topic not in retained:
+                    self.local_retained(w)
+        self.published = mine
+        self.connected = True
+        self.joined_once = True
+        self._applied(rev)
+        self._changed()  # the writer makes etcd agree with the local routes
+        log.info("joined the cluster", extra=kv(nodes=",".join(sorted(self.members)), revision=rev,
+                                                remote_filters=len(self.union), lease=self.lease_id))
+        self.publish_sys()
+        return rev
+
+    async def _watch(self, client, start: int, keep: asyncio.Task) -> None:
+        watch = await client.watch(RANGE_START, range_end=RANGE_END, start_revision=start)
+        watch_iter = watch.__aiter__()
+        nxt = None
+        try:
+            while self.connected:
+                nxt = asyncio.ensure_future(watch_iter.__anext__())
+                done, _ = await asyncio.wait([nxt, keep], return_when=asyncio.FIRST_COMPLETED)
+                if keep in done:
+                    keep.result()  # raises why the lease is gone
+                    return
+                try:
+                    ev = nxt.result()
+                except StopAsyncIteration:
+                    raise ConnectionError("etcd watch ended") from None
+                nxt = None
+                self._event(ev)
+        finally:
+            if nxt is not None:
+                nxt.cancel()
+                nxt.add_done_callback(lambda f: f.cancelled() or f.exception())
+            try:
+                await asyncio.wait_for(watch.cancel(), 1.0)
+            except Exception:
+                pass
+
+    def _event(self, ev) -> None:
+        k = ev.kv.key
+        rev = ev.kv.mod_revision
+        put = ev.kind == "PUT"
+        if k.startswith(NODES):
+            node = k[len(NODES):].decode()
+            if put:
+                self._member_put(node, ev.kv.value)
+            else:
+                self._member_del(node)
+        elif k.startswith(ROUTES):
+            node, _, flt = k[len(ROUTES):].decode().partition("/")
+            if node != self.node:
+                if put:
+                    self._remote_add(node, flt)
+                else:
+                    self._remote_del(node, flt)
+            elif not put and flt in self.published:
+                self.published.discard(flt)  # (our lease went): the writer puts it back
+                self._changed()
+        elif k.startswith(RETAINED):
+            topic = k[len(RETAINED):].decode()
+            if put:
+                self._retained_put(topic, ev.kv.value, rev)
+            else:
+                self._retained_del(topic)
+        self._applied(rev)
+
+    async def _writer(self) -> None:
+        """This node's filters and retained changes into etcd, many per transaction."""
+        while True:
+            await self.dirty.wait()
+            self.dirty.clear()
+            if not self.connected or self.etcd.client is None:
+                continue  # the next full sync sets dirty again
+            client = self.etcd.client
+            gen = self.gen
+            desired = set(self.local_refs)
+            adds = desired - self.published
+            dels = self.published - desired
+            retained, self.retained_out = self.retained_out, {}
+            tx = client.transactions
+            prefix = ROUTES + self.node.encode() + b"/"
+            ops = [tx.put(prefix + f.encode(), b"", self.lease_id) for f in adds]
+            ops += [tx.delete(prefix + f.encode()) for f in dels]
+            for topic, value in retained.items():
+                key = RETAINED + topic.encode()
+                ops.append(tx.put(key, value) if value is not None else tx.delete(key))
+            rev = self.flushed_rev
+            try:
+                for i in range(0, len(ops), TXN_OPS):
+                    _, responses = await client.transaction(compare=[], success=ops[i:i + TXN_OPS], failure=[])
+                    for r in responses:
+                        kind = r.WhichOneof("response")
+                        if kind == "response_put":
+                            rev = max(rev, r.response_put.header.revision)
+                        elif kind == "response_delete_range":
+                            rev = max(rev, r.response_delete_range.header.revision)
+            except Exception as e:
+                log.warning("etcd write failed; written again once etcd is back", extra=kv(error=str(e)[:200], ops=len(ops)))
+                for topic, value in retained.items():
+                    self.retained_out.setdefault(topic, value)
+                self._release_flush_waiters(0)
+                continue
+            self.published = (self.published | adds) - dels
+            self.flushed_gen = gen
+            self.flushed_rev = rev
+            self._release_flush_waiters(rev)

