@@ -255,7 +255,6 @@ class Router:
             for flt in list(old.filters):
                 self.route_del(old, flt)
         m = Member(ident, ident.decode(errors="replace"), last_seen=now)
-        m.acked = self.version + 1  # WELCOME below carries the table at that version
         self.members[ident] = m
         for flt in filters:
             self.route_add(m, flt)
@@ -271,7 +270,10 @@ class Router:
         routes = [[o.name, flt] for o in self.members.values() if o.ident != ident for flt in o.filters]
         # WELCOME carries the table as of the version after this member's own deltas
         self.flush_delta_only()
-        retained = [msg_to_wire(m, now) for m in self.retained.values() if not m.expired(now)]
+        # the member has the table at this version (the WELCOME below); not one more:
+        # a SYNC must wait for it to apply the next ROUTES
+        m.acked = self.version
+        retained = [msg_to_wire(r, now) for r in self.retained.values() if not r.expired(now)]
         self.send(ident, [Op.WELCOME, self.epoch, self.version, routes, retained])
         log.info("member joined", extra=kv(member=m.name, filters=len(filters), sessions=len(client_ids)))
         self.check_settled(now)
