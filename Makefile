@@ -29,6 +29,10 @@ install: $(STAMP) $(PROTO_OUT)
 run: install
 	$(VENV)/bin/circusd circus.ini
 
+# three nodes on this host (MQTT 1883, 1884, 1885), embedded etcd members, data under data/; Ctrl-C stops
+cluster: install
+	$(PY) -m cluster.local
+
 test: install
 	$(PY) -m pytest -q tests
 

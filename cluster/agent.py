@@ -428,6 +428,7 @@ class Agent:
             except asyncio.TimeoutError:
                 pass
         await self.router_sync()
+        log.debug("route sync answered", extra=kv(peer=origin.node, revision=rev, applied=self.applied_rev))
         origin.sync_done(sid)
 
     def _check_rev_waiters(self) -> None:
@@ -459,6 +460,7 @@ class Agent:
         n = self.union.get(flt, 0)
         self.union[flt] = n + 1
         if n == 0:
+            log.debug("remote route added", extra=kv(peer=node, filter=flt))
             self.link.queue([Op.ROUTE_ADD, flt])
 
     def _remote_del(self, node: str, flt: str) -> None:
@@ -793,6 +795,7 @@ class Agent:
                     self.retained_out.setdefault(topic, value)
                 self._release_flush_waiters(0)
                 continue
+            log.debug("written to etcd", extra=kv(adds=len(adds), dels=len(dels), retained=len(retained), revision=rev))
             self.published = (self.published | adds) - dels
             self.flushed_gen = gen
             self.flushed_rev = rev

@@ -146,3 +146,29 @@ def receive(c, count: int, timeout: float = 20.0) -> list:
             raise AssertionError(f"unexpected {p!r}")
     assert c.barrier() == []
     return got
+
+
+def free_ports_for_local_cluster(n: int = 3) -> list[int]:
+    """n consecutive MQTT ports whose derived ports (+10000 agent, +20000 etcd client,
+    +30000 etcd peer) are free too, as `python -m cluster.local` uses them."""
+    import random
+    import socket
+
+    for _ in range(200):
+        base = random.randrange(20000, 25000)
+        ports = [base + i for i in range(n)]
+        ok = True
+        for p in ports:
+            for off in (0, 10000, 20000, 30000):
+                with socket.socket() as s:
+                    try:
+                        s.bind(("127.0.0.1", p + off))
+                    except OSError:
+                        ok = False
+                if not ok:
+                    break
+            if not ok:
+                break
+        if ok:
+            return ports
+    raise RuntimeError("no free port block")
