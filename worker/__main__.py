@@ -9,6 +9,7 @@ import sys
 import uvloop
 
 from common import logs
+from common.proc import die_with_parent
 from common.settings import Settings
 
 from .acl import AclError
@@ -22,6 +23,7 @@ def main() -> None:
                     help="worker id (circus passes $(circus.wid))")
     ap.add_argument("--fd", type=int, default=None, help="listening socket fd handed over by circusd")
     args = ap.parse_args()
+    die_with_parent()
     settings = Settings()
     logs.setup(settings.log_level, node=settings.node, worker=str(args.wid))
     try:

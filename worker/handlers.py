@@ -365,11 +365,15 @@ def handle_subscribe(conn, p) -> None:
     if broker.bridge.remote and len(broker._filter_refs) != routes_before:
         # SUBACK once every worker of the node forwards matching publishes to us
         conn.suspend()
+        conn.hold()
 
         def synced() -> None:
             if conn.closed:
                 return
+            held = conn.release()
             answer()
+            for d in held:
+                conn.deliver(d)
             conn.resume()
 
         broker.bridge.sync(synced)
