@@ -6,7 +6,7 @@ import asyncio
 from common import logs
 from common.settings import Settings
 
-from .pdeath import die_with_parent
+from common.proc import die_with_parent
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 from common.settings import Settings
 
-from .pdeath import die_with_parent
+from common.proc import die_with_parent
 
 
 def etcd_binary() -> str:

@@ -97,22 +97,18 @@ def test_three_embedded_nodes_route(local):
 
 
 def test_processes_end_with_circusd(local):
-    """circusd of node 3 killed with SIGKILL: its agent and etcd member die with it
-    (PR_SET_PDEATHSIG); the other two nodes go on (two of three etcd members)."""
+    """circusd of node 3 killed with SIGKILL: every process it started (router, worker,
+    agent, etcd member) dies with it (PR_SET_PDEATHSIG); the other two nodes go on
+    (two of three etcd members are a quorum)."""
     circusds = [pid for pid in _children(local["proc"].pid) if "circusd" in _cmdline(pid)]
     assert len(circusds) == 3
     victim = next(pid for pid in circusds if _environ(pid).get("SHOAL_PORT") == str(local["ports"][2]))
     kids = {pid: _cmdline(pid) for pid in _children(victim)}
-    ours = [pid for pid, cmd in kids.items() if "-m cluster" in cmd or "etcdbin/etcd" in cmd]
-    assert len(ours) == 2, kids  # the agent and the etcd member
+    assert sum("-m cluster" in cmd or "etcdbin/etcd" in cmd for cmd in kids.values()) == 2, kids  # agent, etcd member
+    assert len(kids) == 4, kids  # and the router and the worker
     os.kill(victim, signal.SIGKILL)
-    for pid in ours:
+    for pid in kids:
         wait_for(lambda: not _alive(pid), 20, 0.05, f"{kids[pid]} gone")
-    for pid in set(kids) - set(ours):  # router/worker: not ours to assert here; leave nothing behind
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     p1, p2, _ = local["ports"]
     sub = connect(p2, "emb-after")
     pub = connect(p1, "emb-after-pub")

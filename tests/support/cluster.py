@@ -155,12 +155,13 @@ def free_ports_for_local_cluster(n: int = 3) -> list[int]:
     import socket
 
     for _ in range(200):
-        base = random.randrange(20000, 25000)
+        base = random.randrange(1100, 2700)  # every derived port stays below the ephemeral range (32768)
         ports = [base + i for i in range(n)]
         ok = True
         for p in ports:
             for off in (0, 10000, 20000, 30000):
                 with socket.socket() as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (TIME_WAIT is no obstacle)
                     try:
                         s.bind(("127.0.0.1", p + off))
                     except OSError:
