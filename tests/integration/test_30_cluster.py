@@ -133,6 +133,50 @@ def test_puback_waits_for_the_remote_node(cluster, clients):
     assert [p.payload for p in receive(sub, 1)] == [b"held"]
 
 
+def test_v5_properties_across_nodes(cluster, clients):
+    """Every forwarded v5 property crosses the hop unchanged; the subscription
+    identifier is the receiving subscription's; Message Expiry counts down."""
+    from mqtt import Prop
+
+    sub = clients.connect(port(cluster, "n2"), "v5-sub", 5)
+    sub.send(Subscribe(1, [Subscription("c30/v5/#", 1)], {Prop.SUBSCRIPTION_IDENTIFIER: [7]}))
+    sub.expect(SubAck, timeout=30)
+    pub = clients.connect(port(cluster, "n1"), "v5-pub", 5)
+    props = {
+        Prop.PAYLOAD_FORMAT_INDICATOR: 1,
+        Prop.CONTENT_TYPE: "text/plain",
+        Prop.RESPONSE_TOPIC: "c30/reply",
+        Prop.CORRELATION_DATA: b"\x00\x01corr",
+        Prop.USER_PROPERTY: [("k", "v"), ("k", "v2")],
+        Prop.MESSAGE_EXPIRY_INTERVAL: 60,
+    }
+    pub.send(Publish("c30/v5/a", b"props", 1, packet_id=1, properties=props))
+    assert pub.expect(PubAck, timeout=30).packet_id == 1
+    (p,) = receive(sub, 1)
+    got = dict(p.properties)
+    assert got.pop(Prop.SUBSCRIPTION_IDENTIFIER) == [7]
+    assert 55 <= got.pop(Prop.MESSAGE_EXPIRY_INTERVAL) <= 60
+    expected = dict(props)
+    del expected[Prop.MESSAGE_EXPIRY_INTERVAL]
+    assert got == expected
+    assert (p.payload, p.retain) == (b"props", False)
+
+
+def test_retain_as_published_across_nodes(cluster, clients):
+    """A retained publish on n1 reaches live subscribers on n3 with the retain flag
+    only where the subscription asked for Retain As Published."""
+    rap = clients.connect(port(cluster, "n3"), "rap-yes", 5)
+    rap.send(Subscribe(1, [Subscription("c30/rap", 1, retain_as_published=True)]))
+    rap.expect(SubAck, timeout=30)
+    plain = clients.connect(port(cluster, "n3"), "rap-no", 5)
+    subscribe(plain, "c30/rap", 1)
+    pub = clients.connect(port(cluster, "n1"), "rap-pub", 5)
+    publish(pub, "c30/rap", b"r", 1, retain=True)
+    assert [(p.payload, p.retain) for p in receive(rap, 1)] == [(b"r", True)]
+    assert [(p.payload, p.retain) for p in receive(plain, 1)] == [(b"r", False)]
+    publish(pub, "c30/rap", b"", 1, pid=2, retain=True)  # leave no retained message behind
+
+
 # -- retained -----------------------------------------------------------------------------------
 def _retained(cluster, name: str, topic: str, cid: str) -> list[bytes]:
     """What a new subscriber on node `name` receives as retained for topic."""
@@ -295,7 +339,8 @@ def test_etcd_unreachable_at_start(clients):
 def test_node_sigkill_others_go_on(cluster, clients):
     """n3 killed with SIGKILL (every process): after its lease expires n1 and n2 drop
     it, its routes go, and a QoS 1 publish with subscribers on n2 and (formerly) n3
-    is acknowledged and delivered on n2."""
+    is acknowledged and delivered on n2. n3 started again has the retained messages
+    set meanwhile and routes both ways."""
     n2sub = clients.connect(port(cluster, "n2"), "kill-n2")
     subscribe(n2sub, "c30/kill", 1)
     n3sub = clients.connect(port(cluster, "n3"), "kill-n3")
@@ -309,3 +354,14 @@ def test_node_sigkill_others_go_on(cluster, clients):
     assert "nodes/n3" not in cluster.etcd.keys("nodes/")
     publish(pub, "c30/kill", b"again", 1, pid=2)
     assert [p.payload for p in receive(n2sub, 1)] == [b"again"]
+    # a retained message set while n3 is down is there when n3 restarts; routes work both ways
+    publish(pub, "c30/kill/ret", b"while-down", 1, pid=3, retain=True)
+    n3 = node(cluster, "n3")
+    n3.start(60)
+    wait_nodes(cluster.nodes, NAMES)
+    assert _retained(cluster, "n3", "c30/kill/ret", "kill-ret") == [b"while-down"]
+    back = clients.connect(port(cluster, "n3"), "kill-back")
+    subscribe(back, "c30/kill", 1)
+    publish(pub, "c30/kill", b"back", 1, pid=4)
+    assert [p.payload for p in receive(back, 1)] == [b"back"]
+    assert [p.payload for p in receive(n2sub, 1)] == [b"back"]
