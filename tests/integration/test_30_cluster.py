@@ -237,6 +237,58 @@ def test_shared_subscription_cluster_wide(cluster, clients):
 
 
 # -- faults ----------------------------------------------------------------------------------------------
+def test_peer_of_another_wire_version_refused(cluster):
+    import grpc
+
+    from proto import cluster_pb2 as pb
+    from proto import cluster_pb2_grpc as pbg
+
+    with grpc.insecure_channel(node(cluster, "n1").env["SHOAL_CLUSTER_ADDR"]) as ch:
+        frames = iter([pb.Frame(hello=pb.Hello(node="intruder", wire=99, instance="x"))])
+        with pytest.raises(grpc.RpcError) as e:
+            list(pbg.PeerStub(ch).Link(frames, timeout=20))
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "run the same Shoal version on every node" in e.value.details()
+
+
+def test_malformed_frames_do_not_take_the_agent_down(cluster, clients):
+    """Bytes that are no frame, and a frame whose message is garbage: the agent drops
+    them (the garbage message is acknowledged, so the sender does not resend it) and
+    goes on routing."""
+    import grpc
+
+    from proto import cluster_pb2 as pb
+
+    addr = node(cluster, "n1").env["SHOAL_CLUSTER_ADDR"]
+    with grpc.insecure_channel(addr) as ch:
+        raw = ch.stream_stream("/shoal.cluster.v1.Peer/Link", request_serializer=lambda b: b,
+                               response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError):
+            list(raw(iter([b"\xff\xfe\x00not a frame"]), timeout=20))
+    with grpc.insecure_channel(addr) as ch:
+        link = ch.stream_stream("/shoal.cluster.v1.Peer/Link", request_serializer=pb.Frame.SerializeToString,
+                                response_deserializer=pb.Frame.FromString)
+        import queue
+        out = queue.Queue()
+        out.put(pb.Frame(hello=pb.Hello(node="garbler", wire=1, instance="g")))
+        out.put(pb.Frame(pubs=[pb.Pub(seq=1, topic="c30/garbage", msg=b"\x97\x01\x02", normal=True),
+                               pb.Pub(seq=2, topic="c30/garbage", msg=b"", normal=True)]))
+        call = link(iter(out.get, None), timeout=30)
+        acks = []
+        for frame in call:
+            acks += list(frame.acks)
+            if sorted(acks) == [1, 2]:
+                break
+        out.put(None)
+        call.cancel()
+    assert "malformed message from a peer dropped" in node(cluster, "n1").log()
+    sub = clients.connect(port(cluster, "n1"), "garbage-sub")
+    subscribe(sub, "c30/garbage", 1)
+    pub = clients.connect(port(cluster, "n2"), "garbage-pub")
+    publish(pub, "c30/garbage", b"fine", 1)
+    assert [p.payload for p in receive(sub, 1)] == [b"fine"]
+
+
 def test_agent_sigkill_routes_converge(cluster, clients):
     """n2's agent killed with SIGKILL: circus restarts it, it rejoins under the same
     lease, and routes both ways work again; new subscriptions after it too."""
@@ -346,6 +398,9 @@ def test_node_sigkill_others_go_on(cluster, clients):
     n3sub = clients.connect(port(cluster, "n3"), "kill-n3")
     subscribe(n3sub, "c30/kill", 1)
     node(cluster, "n3").kill()
+    # a SUBACK made now waits for n3 at most until its lease expires
+    late = clients.connect(port(cluster, "n1"), "kill-late")
+    subscribe(late, "c30/kill/late", 1)
     pub = clients.connect(port(cluster, "n1"), "kill-pub")
     assert publish(pub, "c30/kill", b"after-kill", 1, timeout=60) == 0
     assert [p.payload for p in receive(n2sub, 1)] == [b"after-kill"]
