@@ -97,7 +97,7 @@ class Agent:
         # forwarding
         self.refs: dict[tuple, set] = {}  # (router ident, token) -> nodes that have not confirmed
         self.tokens = itertools.count(1)
-        self.remote_tokens: dict[int, tuple] = {}  # our REMOTE_PUB token -> (Origin, seq)
+        self.remote_tokens: dict[int, tuple] = {}  # our REMOTE_PUB token -> (Origin, seq, body, normal, groups)
         self.router_syncs: dict[int, asyncio.Future] = {}
         self.service = PeerService(self)
         self.server: grpc.aio.Server | None = None
@@ -202,9 +202,9 @@ class Agent:
             if code == Op.DELIVER:
                 self.deliver(op[1], op[2], op[3], op[4] if len(op) > 4 else None)
             elif code == Op.CONFIRM:
-                origin_seq = self.remote_tokens.pop(op[1], None)
-                if origin_seq is not None:
-                    origin_seq[0].owned(origin_seq[1])
+                pending = self.remote_tokens.pop(op[1], None)
+                if pending is not None:
+                    pending[0].owned(pending[1])
             elif code == Op.ROUTES:
                 self.local_routes(op[1], op[2])
             elif code == Op.RETAINED:
@@ -217,9 +217,13 @@ class Agent:
                 self.welcome(op)
             elif code == Op.PONG:
                 if self.epoch is not None and op[1] != self.epoch:
-                    log.warning("router restarted: registering again", extra=kv(epoch=op[1]))
+                    log.warning("router restarted: registering again", extra=kv(epoch=op[1], resent=len(self.remote_tokens)))
                     self.epoch = None
                     self.hello()
+                    self.refs.clear()  # the old router's publishes: its workers send them again
+                    for token, (origin, seq, body, normal, groups) in self.remote_tokens.items():
+                        # what the old router never confirmed goes to the new one
+                        self.link.queue_remote_pub(body, normal, groups, token, time.monotonic())
 
     def welcome(self, op: list) -> None:
         _, epoch, version, routes, retained = op[:5]
@@ -428,9 +432,11 @@ class Agent:
                 if st is False:
                     continue  # still on its way here: the ack follows
                 token = next(self.tokens)
-                self.remote_tokens[token] = (origin, p.seq)
+            groups = [[g.group, g.filter] for g in p.groups]
+            if token is not None:
+                self.remote_tokens[token] = (origin, p.seq, body, p.normal, groups)
             self.received_count += 1
-            link.queue_remote_pub(body, p.normal, [[g.group, g.filter] for g in p.groups], token, now)
+            link.queue_remote_pub(body, p.normal, groups, token, now)
         for s in frame.syncs:
             asyncio.get_running_loop().create_task(self._answer_sync(origin, s.id, s.revision))
 

@@ -289,6 +289,34 @@ def test_malformed_frames_do_not_take_the_agent_down(cluster, clients):
     assert [p.payload for p in receive(sub, 1)] == [b"fine"]
 
 
+def test_router_sigkill_cluster_routes_recover(cluster, clients):
+    """n1's router killed with SIGKILL: circus restarts it, its workers and its agent
+    register again (the agent with the other nodes' filters), and messages cross
+    between n1 and n2 both ways again."""
+    n1 = node(cluster, "n1")
+    sub1 = clients.connect(port(cluster, "n1"), "rk-sub1")
+    subscribe(sub1, "c30/rk/to1", 1)
+    sub2 = clients.connect(port(cluster, "n2"), "rk-sub2")
+    subscribe(sub2, "c30/rk/to2", 1)
+    mark = n1._log_size()
+    os.kill(n1.router_pid(), signal.SIGKILL)
+    wait_for(lambda: "process=agent event='registered with the router'" in n1.log(since=mark)
+             and "worker=1 event='registered with the router'" in n1.log(since=mark), 60, 0.1, "n1 registered again")
+    pub1 = clients.connect(port(cluster, "n1"), "rk-pub1")
+    pub2 = clients.connect(port(cluster, "n2"), "rk-pub2")
+    seq = iter(range(1, 1000))
+
+    def crossed(pub, sub, topic):
+        publish(pub, topic, b"probe", 1, pid=next(seq))
+        got = [p for p in sub.barrier() if isinstance(p, Publish)]
+        for p in got:
+            sub.send(PubAck(p.packet_id))
+        return got
+
+    wait_for(lambda: crossed(pub1, sub2, "c30/rk/to2"), 30, 0.2, "n1 -> n2")
+    wait_for(lambda: crossed(pub2, sub1, "c30/rk/to1"), 30, 0.2, "n2 -> n1")
+
+
 def test_agent_sigkill_routes_converge(cluster, clients):
     """n2's agent killed with SIGKILL: circus restarts it, it rejoins under the same
     lease, and routes both ways work again; new subscriptions after it too."""
