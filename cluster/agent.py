@@ -34,6 +34,7 @@ from .routerlink import RouterLink
 
 log = logging.getLogger("shoal.agent")
 
+FIRST_SYNC_WAIT = 2.0  # seconds the agent waits for etcd before it registers with its router anyway
 TXN_OPS = 100  # operations per etcd transaction (etcd's default limit is 128)
 BACKOFF_MAX = 5.0  # seconds between etcd reconnect attempts at most
 
@@ -69,6 +70,8 @@ class Agent:
         self.stopping = asyncio.Event()
         self.epoch = None
         self.welcomed = asyncio.Event()
+        self.first_sync = asyncio.Event()
+        self.retained_merged = False  # this node's retained messages that etcd lacked are in etcd
         # this node's side
         self.local_refs: dict[str, int] = {}  # filter -> local members (workers) that hold it
         self.published: set[str] = set()  # this node's filters as written in etcd
@@ -79,6 +82,7 @@ class Agent:
         self.dirty = asyncio.Event()
         self.retained_out: dict[str, bytes | None] = {}  # topic -> value to write (None: delete)
         self.router_retained: dict[str, list] = {}  # from WELCOME: pushed to etcd when etcd lacks them
+        self.etcd_retained: set[str] = set()  # topics etcd held at the first sync
         self.pending_versions: dict[int, bool] = {}  # route versions of the router -> done
         # the cluster's side
         self.lease_id = 0
@@ -130,10 +134,17 @@ class Agent:
             log.error("cannot start: cannot listen on SHOAL_CLUSTER_ADDR", extra=kv(addr=addr))
             return 3
         await self.server.start()
+        tasks = [loop.create_task(self._etcd_main()), loop.create_task(self._writer())]
+        # register with the router holding the other nodes' routes already (an agent
+        # restarted by circus then replaces its old filters without a gap), unless etcd
+        # takes long: then at once, and the routes follow
+        try:
+            await asyncio.wait_for(self.first_sync.wait(), FIRST_SYNC_WAIT)
+        except asyncio.TimeoutError:
+            pass
         self.link.connect()
         self.hello()
         ping = loop.create_task(self._ping())
-        tasks = [loop.create_task(self._etcd_main()), loop.create_task(self._writer())]
         log.info("agent serving", extra=kv(addr=addr, etcd=",".join(self.etcd.endpoints), pid=os.getpid()))
         self.write_status()
         stop = loop.create_task(self.stopping.wait())
@@ -193,7 +204,8 @@ class Agent:
             self.link.queue([Op.PING])
 
     def hello(self) -> None:
-        self.link.queue([Op.HELLO, WIRE_VERSION, list(self.union), [], []])
+        """HELLO goes before anything queued meanwhile (the router ignores a member it does not know)."""
+        self.link.queue_first([Op.HELLO, WIRE_VERSION, list(self.union), [], []])
 
     # -- the router ---------------------------------------------------------------------
     def on_router_ops(self, ops: list) -> None:
@@ -233,10 +245,12 @@ class Agent:
             if member != "agent":
                 refs[flt] = refs.get(flt, 0) + 1
         self.local_refs = refs
-        self.router_retained = {w[0]: w for w in retained if not w[0].startswith("$SYS/")}
+        if not self.retained_merged:
+            self.router_retained = {w[0]: w for w in retained if not w[0].startswith("$SYS/")}
         self.pending_versions.clear()
         self._changed()
         self.welcomed.set()
+        self._merge_retained()
         log.info("registered with the router", extra=kv(epoch=epoch, local_filters=len(refs)))
 
     def local_routes(self, version: int, delta: list) -> None:
@@ -674,11 +688,6 @@ class Agent:
     async def _full_sync(self, client) -> int:
         """Read every node, route and retained message at one revision; make the caches
         (and this node's keys in etcd) agree with it."""
-        if not self.welcomed.is_set():
-            try:
-                await asyncio.wait_for(self.welcomed.wait(), 5.0)
-            except asyncio.TimeoutError:
-                pass
         resp = await client.get_range(RANGE_START, RANGE_END)
         rev = resp.header.revision
         nodes: dict[str, bytes] = {}
@@ -712,20 +721,29 @@ class Agent:
         for topic, (value, mrev) in retained.items():
             if self.retained_revs.get(topic) != mrev:
                 self._retained_put(topic, value, mrev)
-        if not self.joined_once:
-            # retained messages this node kept while it was away: into etcd (the union)
-            for topic, w in self.router_retained.items():
-                if topic not in retained:
-                    self.local_retained(w)
         self.published = mine
         self.connected = True
         self.joined_once = True
+        self.etcd_retained = set(retained)
+        self._merge_retained()
+        self.first_sync.set()
         self._applied(rev)
         self._changed()  # the writer makes etcd agree with the local routes
         log.info("joined the cluster", extra=kv(nodes=",".join(sorted(self.members)), revision=rev,
                                                 remote_filters=len(self.union), lease=self.lease_id))
         self.publish_sys()
         return rev
+
+    def _merge_retained(self) -> None:
+        """Once, when both the router's retained set and etcd's are known: the retained
+        messages this node kept while it was away that etcd lacks go to etcd (the union)."""
+        if self.retained_merged or not self.joined_once or not self.welcomed.is_set():
+            return
+        self.retained_merged = True
+        for topic, w in self.router_retained.items():
+            if topic not in self.etcd_retained:
+                self.local_retained(w)
+        self.router_retained = {}
 
     async def _watch(self, client, start: int, keep: asyncio.Task) -> None:
         watch = await client.watch(RANGE_START, range_end=RANGE_END, start_revision=start)
