@@ -642,6 +642,7 @@ class Agent:
         """Hold nodes/<node> under a lease of this node (the one a previous agent
         of this node held, when it is still alive: the routes under it stay)."""
         lease_id = self.lease_id or self._read_lease_file()
+        ours = {lease_id} - {0}  # leases this node held: a key under one of them is this node's own
         if lease_id:
             info = await client.get_lease_info(lease_id, keys=False)
             if info.TTL <= 0:
@@ -660,7 +661,9 @@ class Agent:
         ok, _ = await client.transaction(compare=[tx.create(key) == 0], success=[tx.put(key, value, lease_id)], failure=[])
         if not ok:
             cur = await client.get(key)
-            if cur is not None and cur.lease != lease_id:
+            # (an expired lease of ours may still hold the key for a moment: etcd deletes
+            # the keys of an expired lease shortly after it reports it gone)
+            if cur is not None and cur.lease != lease_id and cur.lease not in ours:
                 try:
                     other = json.loads(cur.value)
                 except ValueError:
