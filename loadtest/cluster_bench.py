@@ -146,6 +146,37 @@ def subscribe_rate(port: int, n: int, prefix: str, conns: int = 50) -> float:
     return asyncio.run(all_of_them())
 
 
+def route_spread(port: int, n: int, prefix: str) -> list[float]:
+    """n subscriptions one after another on one connection: the SUBACK time of each
+    (a SUBACK waits until the route is applied on every node)."""
+    import socket
+
+    from mqtt import Connect, Framer, Subscribe, Subscription, SubAck, decode, encode
+
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.sendall(encode(Connect(client_id=f"{prefix}-spread", version=4, keepalive=600), 4))
+    framer = Framer()
+    pending: list = []
+
+    def recv():
+        while not pending:
+            for first, body in framer.feed(s.recv(1 << 16)):
+                pending.append(decode(first, body, 4))
+        return pending.pop(0)
+
+    recv()  # CONNACK
+    times = []
+    for i in range(n):
+        t0 = time.monotonic()
+        s.sendall(encode(Subscribe(i + 1, [Subscription(f"{prefix}/spread/{i}", 1)]), 4))
+        while not isinstance(recv(), SubAck):
+            pass
+        times.append(time.monotonic() - t0)
+    s.close()
+    return sorted(times)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loadtest.cluster_bench")
     ap.add_argument("--rates", default="1000,10000", help="total msg/s, comma separated")
@@ -180,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 sub_rows.append(("shoal, 3 nodes (SUBACK = routed on every node)", dt))
                 dt = subscribe_rate(mosq.port, args.subscribes, "cbsub")
                 sub_rows.append(("mosquitto", dt))
+                spread = route_spread(nodes[0].port, 50, "cbsub")
             for rate in rates:
                 for i, (label, pub_port, sub_port, meters) in enumerate((
                     ("shoal cross-node (n1 -> n2)", nodes[0].port, nodes[1].port, (cluster_meter, etcd_meter)),
@@ -203,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---:|---:|")
         for label, dt in sub_rows:
             print(f"| {label} | {dt:.2f} | {args.subscribes / dt:,.0f} |")
+        print()
+        print(f"time for a new route to reach every node (SUBACK of one subscription on an idle cluster, 50 in turn): "
+              f"p50 {spread[len(spread) // 2] * 1000:.1f} ms, max {spread[-1] * 1000:.1f} ms")
         print()
     print("| msg/s | broker | delivered | p50 ms | p99 ms | broker CPU-µs/msg |")
     print("|---:|---|---:|---:|---:|---:|")
