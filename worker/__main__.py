@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 import uvloop
@@ -12,6 +13,7 @@ from common import logs
 from common.settings import Settings
 
 from .acl import AclError
+from .passwd import PasswordError
 from .server import WorkerServer
 from .store import StoreError
 
@@ -22,12 +24,14 @@ def main() -> None:
                     help="worker id (circus passes $(circus.wid))")
     ap.add_argument("--fd", type=int, default=None, help="listening socket fd handed over by circusd")
     args = ap.parse_args()
+    # SIGHUP reloads the password and ACL files once serving; until then it must not end the process
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = Settings()
     logs.setup(settings.log_level, node=settings.node, worker=str(args.wid))
     try:
-        server = WorkerServer(settings, args.wid, args.fd)  # loads the ACL file
+        server = WorkerServer(settings, args.wid, args.fd)  # loads the ACL and password files
         uvloop.run(server.run())
-    except (AclError, StoreError) as e:
+    except (AclError, PasswordError, StoreError) as e:
         # never serve without the configured ACL or store: exit; circus retries
         # every check_delay, so the worker starts once the file is fixed
         logging.getLogger("shoal.worker").error("cannot start: %s", e)

@@ -49,6 +49,8 @@ class Broker:
         self._sys_retained = 0  # $SYS topics in self.retained (outside the retained limit)
         self.route_version = 0
         self.moved = SubscriptionTrie()
+        self.auth = None  # worker.auth.Authenticator (set by the server; None: no checks but allow_anonymous)
+        self.admitted = 0  # connections past CONNECT's connection-limit check (SHOAL_MAX_CONNECTIONS)
         self.writer = None  # protocol.Writer once an event loop runs  # subscriptions of sessions just handed to another worker
 
     # -- time -------------------------------------------------------------

@@ -19,6 +19,15 @@ class Metrics:
     dropped_too_large: int = 0
     protocol_errors: int = 0
     dropped_store_full: int = 0  # QoS 1/2 refused (0x97) because the store could not write
+    # -- authentication and limits (issue 12) --
+    auth_failures: int = 0  # CONNECTs refused for bad or missing credentials (0x86 / 0x87)
+    auth_delayed: int = 0  # CONNECTs held SHOAL_AUTH_FAIL_DELAY because their address failed before
+    auth_bans: int = 0  # addresses put on the refusal list
+    auth_refused_banned: int = 0  # CONNECTs refused (0x8A) because their address is on the list
+    auth_busy: int = 0  # CONNECTs refused (0x89) because the password check queue was full
+    auth_cache_hits: int = 0  # logins verified from the cache (no hash computed)
+    refused_max_connections: int = 0  # CONNECTs refused (0x97) past SHOAL_MAX_CONNECTIONS
+    publish_throttled: int = 0  # times a client's reading paused for SHOAL_MAX_PUBLISH_RATE
 
     def as_dict(self) -> dict:
         return asdict(self)

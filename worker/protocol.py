@@ -70,7 +70,7 @@ class Connection(asyncio.Protocol):
         "session", "keepalive", "last_rx", "expiry_interval", "will", "send_window",
         "client_max_packet", "aliases", "congested", "backlog", "peer", "request_problem_info",
         "normal_disconnect", "connect_timer", "incoming_max", "_connack_extra", "out", "out_alias_max",
-        "out_aliases", "__weakref__",
+        "out_aliases", "admitted", "rate", "__weakref__",
     )
 
     def __init__(self, broker):
@@ -101,6 +101,8 @@ class Connection(asyncio.Protocol):
         self.out: list | None = None  # bytes written this loop pass, flushed together
         self.out_alias_max = 0  # the client's Topic Alias Maximum (v5)
         self.out_aliases: dict[str, int] | None = None  # topic -> alias we set on this connection
+        self.admitted = False  # counted in broker.admitted (SHOAL_MAX_CONNECTIONS)
+        self.rate = None  # limits.PublishRate when SHOAL_MAX_PUBLISH_RATE is set
 
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -170,6 +172,9 @@ class Connection(asyncio.Protocol):
         prev = self.state
         self.state = State.CLOSED
         broker.connections.discard(self)
+        if self.admitted:
+            self.admitted = False
+            broker.admitted -= 1
         if self.connect_timer is not None:
             self.connect_timer.cancel()
         session = self.session
