@@ -132,8 +132,9 @@ class HashQueue:
         self.pending = 0
         self.running = 0
 
-    def submit(self, addr: str, entry, password: bytes, done) -> bool:
-        """Queue a verification; done(ok) is called on the loop. False: queue full."""
+    def submit(self, addr: str, entry, password: bytes, done, conn=None) -> bool:
+        """Queue a verification; done(ok) is called on the loop (not at all if
+        ``conn`` closed before its turn came). False: queue full."""
         if self.pending >= self.limit or self.queued.get(addr, 0) >= self.per_address:
             return False
         self.pending += 1
@@ -141,30 +142,36 @@ class HashQueue:
         q = self.waiting.get(addr)
         if q is None:
             q = self.waiting[addr] = deque()
-        q.append((entry, password, done))
+        q.append((entry, password, done, conn))
         self._dispatch()
         return True
 
     def _dispatch(self) -> None:
         while self.running < self.threads and self.waiting:
             addr, q = next(iter(self.waiting.items()))
-            entry, password, done = q.popleft()
+            entry, password, done, conn = q.popleft()
             if q:
                 self.waiting.move_to_end(addr)  # the next address goes first
             else:
                 del self.waiting[addr]
+            if conn is not None and conn.closed:  # the client gave up waiting: no hash for nobody
+                self._forget(addr)
+                continue
             self.running += 1
             fut = self.loop.run_in_executor(self.pool, verify, entry, password)
             fut.add_done_callback(lambda f, a=addr, d=done: self._finished(a, d, f))
 
-    def _finished(self, addr: str, done, fut) -> None:
-        self.running -= 1
+    def _forget(self, addr: str) -> None:
         self.pending -= 1
         n = self.queued[addr] - 1
         if n:
             self.queued[addr] = n
         else:
             del self.queued[addr]
+
+    def _finished(self, addr: str, done, fut) -> None:
+        self.running -= 1
+        self._forget(addr)
         try:
             ok = fut.result()
         except Exception:  # pragma: no cover - verify raises nothing on valid entries
@@ -202,10 +209,14 @@ class Authenticator:
             self.queue.close()
 
     # -- the CONNECT path ------------------------------------------------------
-    def start(self, conn, p, proceed, refuse) -> None:
+    def start(self, conn, p, proceed, refuse, addr: str | None = None, delayed: bool = False) -> None:
         """Let this CONNECT go on (``proceed()``) or refuse it (``refuse(conn, code, detail)``), maybe later."""
-        addr = address_of(conn.peer)
+        if conn.closed:
+            return
+        addr = addr or address_of(conn.peer)
         verdict, wait = self.throttle.check(addr, self.clock())
+        if delayed and verdict == DELAY:  # waited once already (the ban may have started meanwhile)
+            verdict = OK
         if verdict == BANNED:
             self.metrics.auth_refused_banned += 1
             log.debug("connect refused: address banned",
@@ -214,8 +225,9 @@ class Authenticator:
             return
         if verdict == DELAY:
             self.metrics.auth_delayed += 1
+            log.debug("connect delayed: address failed before", extra=kv(client=conn.client_id, address=addr))
             if self.loop is not None:
-                self.loop.call_later(wait, self._decide, conn, p, proceed, refuse, addr)
+                self.loop.call_later(wait, self.start, conn, p, proceed, refuse, addr, True)
                 return
         self._decide(conn, p, proceed, refuse, addr)
 
@@ -265,7 +277,7 @@ class Authenticator:
 
         if checked.cheap or self.queue is None:
             done(verify(checked, bytes(password)))
-        elif not self.queue.submit(addr, checked, bytes(password), done):
+        elif not self.queue.submit(addr, checked, bytes(password), done, conn):
             self.metrics.auth_busy += 1
             log.warning("connect refused: password check queue full",
                         extra=kv(client=conn.client_id, address=addr, pending=self.queue.pending))
