@@ -40,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from common.logs import kv
 from mqtt import ReasonCode
 
+from .limits import Sparse
 from .passwd import DUMMY, PasswordFile, verify
 
 log = logging.getLogger("shoal.auth")
@@ -199,6 +200,7 @@ class Authenticator:
         self.queue = HashQueue(loop, st.auth_threads, st.auth_queue) if loop is not None else None
         self.cache_size = st.auth_cache
         self.inline_iterations = st.auth_inline_iterations
+        self.busy_log = Sparse()
         self.cache: OrderedDict[bytes, str] = OrderedDict()  # key -> the user's hash text it matched
         self._key = os.urandom(32)
 
@@ -282,8 +284,11 @@ class Authenticator:
             done(verify(checked, bytes(password)))
         elif not self.queue.submit(addr, checked, bytes(password), done, conn):
             self.metrics.auth_busy += 1
-            log.warning("connect refused: password check queue full",
-                        extra=kv(client=conn.client_id, address=addr, pending=self.queue.pending))
+            held = self.busy_log.due(self.clock())
+            if held is not None:
+                log.warning("connect refused: password check queue full",
+                            extra=kv(client=conn.client_id, address=addr, pending=self.queue.pending,
+                                     not_logged_since_last=held))
             refuse(conn, ReasonCode.SERVER_BUSY, "server busy, try later")
 
     def _count_failure(self, conn, addr: str, why: str) -> None:

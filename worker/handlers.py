@@ -26,7 +26,7 @@ from mqtt import (
 )
 
 from .broker import will_from_connect
-from .limits import PublishRate, count_publish
+from .limits import PublishRate, Sparse, count_publish
 from .message import Message
 from .session import NEVER, Delivery, OutState, SubOptions
 
@@ -108,13 +108,19 @@ def admit(conn, cid: str) -> bool:
         old = broker.sessions.get(cid)
         if broker.admitted >= share and (old is None or old.conn is None):
             broker.metrics.refused_max_connections += 1
-            log.warning("connect refused: connection limit", extra=kv(
-                client=cid, peer=conn.peer, limit=st.max_connections, worker_share=share))
+            held = _LIMIT_LOG.due(broker.clock())
+            if held is not None:
+                log.warning("connect refused: connection limit", extra=kv(
+                    client=cid, peer=conn.peer, limit=st.max_connections, worker_share=share,
+                    not_logged_since_last=held))
             refuse_connect(conn, MQTTError(ReasonCode.QUOTA_EXCEEDED, "connection limit reached"))
             return False
     conn.admitted = True
     broker.admitted += 1
     return True
+
+
+_LIMIT_LOG = Sparse()  # a storm past the limit logs a line a second, not one per client
 
 
 def _refuse(conn, code: int, detail: str) -> None:

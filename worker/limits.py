@@ -17,6 +17,27 @@ from common.logs import kv
 log = logging.getLogger("shoal.conn")
 
 
+class Sparse:
+    """At most one log line a period for an event that can come by the thousand
+    (refusals in a storm); says how many it held back."""
+
+    __slots__ = ("period", "next_at", "held")
+
+    def __init__(self, period: float = 1.0) -> None:
+        self.period = period
+        self.next_at = 0.0
+        self.held = 0
+
+    def due(self, now: float) -> int | None:
+        """None: stay quiet; else the number of events not logged since the last line."""
+        if now < self.next_at:
+            self.held += 1
+            return None
+        held, self.held = self.held, 0
+        self.next_at = now + self.period
+        return held
+
+
 class PublishRate:
     __slots__ = ("rate", "burst", "tokens", "at", "pauses")
 

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -23,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from mqtt import Connack, Connect, PubAck, Publish, ReasonCode, Subscribe, SubAck, Subscription
 from tests.integration.test_20_multiworker import SysView
-from tests.support.node import VENV_BIN, Node, wait_for
+from tests.support.node import ROOT, VENV_BIN, Node, wait_for
 from tests.support.raw import Closed, RawClient
 
 BAD_CREDENTIALS = {4: 4, 5: ReasonCode.BAD_USER_NAME_OR_PASSWORD}  # 3.1.1 return code 4 / v5 0x86
@@ -371,3 +372,19 @@ def test_sighup_reloads_password_and_acl_files_without_dropping_anyone():
         assert c0.expect(SubAck).reason_codes == [0]
         for c in clients:
             c.close()
+
+
+def test_bad_password_file_stops_the_worker():
+    """A line that is not understood: the worker exits with status 3 naming file and
+    line instead of serving without the passwords it was given (as for the ACL file)."""
+    d = tmpdir()
+    path = mosquitto_passwd(os.path.join(d, "passwd"), {"alice": "secret"})
+    with open(path, "a") as f:
+        f.write("bob:plain-text-password\n")
+    env = dict(os.environ, SHOAL_PASSWORD_FILE=path, SHOAL_PORT="0", SHOAL_WORKERS="1",
+               SHOAL_DATA_DIR=os.path.join(d, "data"), SHOAL_PERSISTENCE="false")
+    proc = subprocess.run([sys.executable, "-m", "worker", "--wid", "1"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert f"{path}:2: user 'bob': hash should start with $7$" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,7 +1,9 @@
 """The failed-login throttle with a moved clock: slowed after N failures,
 refused for a while after M, forgotten after the window, bounded in size."""
 from worker.auth import BANNED, DELAY, OK, FailureThrottle, address_of
-from worker.limits import PublishRate
+from common.settings import Settings
+from worker.handlers import connection_share
+from worker.limits import PublishRate, Sparse
 
 
 def throttle(**kw):
@@ -77,3 +79,18 @@ def test_publish_rate_bucket():
     slow = PublishRate(0.5, now=0.0)
     assert slow.take(0.0) == 0.0
     assert abs(slow.take(0.0) - 2.0) < 1e-9
+
+
+def test_connection_shares_add_up():
+    for total in (0, 1, 3, 4, 10, 1001):
+        for workers in (1, 2, 3, 7):
+            st = Settings(workers=workers, max_connections=total)
+            shares = [connection_share(st, wid) for wid in range(1, workers + 1)]
+            assert sum(shares) == total and max(shares) - min(shares) <= 1
+
+
+def test_sparse_log():
+    s = Sparse(1.0)
+    assert s.due(10.0) == 0
+    assert [s.due(10.0 + i / 10) for i in range(1, 10)] == [None] * 9
+    assert s.due(11.0) == 9
