@@ -12,7 +12,7 @@ in a refusing CONNACK, maybe later:
    password file and ``allow_anonymous=true``, clients without a username
    connect, as mosquitto 2.0 does (its password check defers for them).
 4. A username with a password file: the password is checked against the
-   user's hash (an unknown user against a dummy hash of the same cost); wrong
+   user's hash (an unknown user against a dummy hash as costly as the file's); wrong
    or missing: 0x86 / 4. Without a password file any username connects, as
    before. (mosquitto 2.0 answers a wrong password with 0x87 / 5; Shoal uses
    the codes MQTT 5.0 3.2.2.2 and 3.1.1 3.2.2.3 name for bad credentials.)
@@ -41,7 +41,7 @@ from common.logs import kv
 from mqtt import ReasonCode
 
 from .limits import Sparse
-from .passwd import DUMMY, PasswordFile, verify
+from .passwd import PasswordFile, verify
 
 log = logging.getLogger("shoal.auth")
 
@@ -262,7 +262,7 @@ class Authenticator:
                 self.metrics.auth_cache_hits += 1
                 proceed()
                 return
-        checked = entry if entry is not None else DUMMY
+        checked = entry if entry is not None else self.passwords.dummy
 
         def done(ok: bool) -> None:
             now_entry = self.passwords.get(user) if self.passwords is not None else None

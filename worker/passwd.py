@@ -100,11 +100,16 @@ def verify(entry: PasswordEntry, password: bytes) -> bool:
 class PasswordFile:
     """The users of one password file."""
 
-    __slots__ = ("path", "users")
+    __slots__ = ("path", "users", "dummy")
 
     def __init__(self, users: dict[str, PasswordEntry], path: str | None = None):
         self.users = users
         self.path = path
+        # checked for a username the file does not have, at the cost of the file's own
+        # hashes, so that an unknown user answers as slowly as a known one (no user
+        # enumeration by timing)
+        rounds = max((e.iterations for e in users.values() if e.kind == 7), default=DUMMY.iterations)
+        self.dummy = PasswordEntry(7, rounds, DUMMY.salt, DUMMY.digest, "")
 
     def __len__(self) -> int:
         return len(self.users)

@@ -88,3 +88,11 @@ def test_duplicate_user_is_refused():
 def test_missing_file():
     with pytest.raises(PasswordError, match="cannot read password file"):
         PasswordFile.load("/nonexistent/shoal-passwd")
+
+
+def test_unknown_users_are_checked_at_the_cost_of_the_files_hashes():
+    text = f"a:$7$5000${S}${H}\nb:$7$101${S}${H}\nc:$6${S}${H}\n"
+    pw = PasswordFile.parse(text, "f")
+    assert pw.dummy.kind == 7 and pw.dummy.iterations == 5000
+    assert not verify(pw.dummy, b"anything")
+    assert PasswordFile.parse(f"c:$6${S}${H}\n").dummy.iterations == 101
