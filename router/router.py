@@ -579,5 +579,6 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload (circus.ini send_hup) has nothing to re-read here
     router.run()
     log.info("router stopped", extra=kv(forwarded=router.forwarded))
