@@ -10,7 +10,7 @@ import sys
 import uvloop
 
 from common import logs
-from common.settings import Settings
+from common.settings import SettingsError, load
 
 from .acl import AclError
 from .passwd import PasswordError
@@ -26,7 +26,12 @@ def main() -> None:
     args = ap.parse_args()
     # SIGHUP reloads the password and ACL files once serving; until then it must not end the process
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    settings = Settings()
+    try:
+        settings = load()  # circusd checked them already (supervisor/hooks.py); run alone, check here
+    except SettingsError as e:
+        for problem in e.problems:
+            print(f"shoal worker {args.wid}: invalid setting {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
     logs.setup(settings.log_level, node=settings.node, worker=str(args.wid))
     try:
         server = WorkerServer(settings, args.wid, args.fd)  # loads the ACL and password files
