@@ -29,7 +29,9 @@ class Settings(BaseSettings):
     router_batch_ms: float = 1.0  # how long a worker gathers messages for one send to the router
 
     # -- MQTT limits ------------------------------------------------------
-    max_packet_size: int = 1024 * 1024  # bytes, advertised to v5 clients
+    # bytes, advertised to v5 clients. A connection makes its worker hold at most this much
+    # (plus one socket read) of a packet it is still receiving.
+    max_packet_size: int = 16 * 1024 * 1024
     receive_maximum: int = 100  # QoS 1/2 publishes a client may have unacknowledged
     max_inflight: int = 100  # outgoing QoS 1/2 window per client (capped by its Receive Maximum)
     max_queued_messages: int = 1000  # offline / over-window queue per session

@@ -25,6 +25,7 @@ import zmq
 
 from common import logs
 from common.logs import kv
+from common.proc import die_with_parent
 from common.settings import Settings
 from common.wire import WIRE_VERSION, Op, pack, unpack
 from mqtt import SubscriptionTrie, topic_matches
@@ -37,6 +38,7 @@ log = logging.getLogger("shoal.router")
 
 MEMBER_TIMEOUT = 3.0  # seconds without a PING before a member counts as gone
 REPLAY_WINDOW = 0.5  # seconds of routed publishes kept for subscriptions whose route is late
+REPLAY_MARGIN = 0.005  # QoS 0 read this long before a SUBSCRIBE counts as concurrent (worker/router_link.py)
 CLAIM_TIMEOUT = 5.0  # seconds a hand-over may take before the claimant gets an empty session
 HOLDER_RESTART_WAIT = 8.0  # seconds a claim waits for the dead holder of a session to be restarted
 SETTLE_TIMEOUT = 3.0  # seconds after start that publishes wait for every worker to (re-)register
@@ -300,9 +302,12 @@ class Router:
     def replay(self, ident: bytes, flt: str, since: float) -> None:
         """Publishes routed after the subscription was made but before its route
         arrived here go to the new subscriber's worker now."""
+        early = since - REPLAY_MARGIN
         for at, sender, msg, targets in reversed(self.recent):
-            if at < since:
+            if at < early:
                 break
+            if at < since and msg[2]:
+                continue  # QoS 1/2 read before the SUBSCRIBE: maybe acknowledged before it arrived
             if sender != ident and ident not in targets and topic_matches(flt, msg[0]):
                 targets.add(ident)
                 self.send(ident, [Op.DELIVER, msg, True, [], None])
@@ -565,6 +570,7 @@ class Router:
 
 
 def main() -> None:
+    die_with_parent()
     settings = Settings()
     logs.setup(settings.log_level, node=settings.node, process="router")
     router = Router(settings)

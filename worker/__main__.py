@@ -10,6 +10,7 @@ import sys
 import uvloop
 
 from common import logs
+from common.proc import die_with_parent
 from common.settings import SettingsError, load
 
 from .acl import AclError
@@ -24,6 +25,7 @@ def main() -> None:
                     help="worker id (circus passes $(circus.wid))")
     ap.add_argument("--fd", type=int, default=None, help="listening socket fd handed over by circusd")
     args = ap.parse_args()
+    die_with_parent()
     # SIGHUP reloads the password and ACL files once serving; until then it must not end the process
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:

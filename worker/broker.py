@@ -147,6 +147,9 @@ class Broker:
             return
         session.conn = None
         now = self.now = self.clock()
+        for d in conn.release():  # held behind a SUBSCRIBE: they stay with the session
+            if d.qos:
+                self.enqueue(session, d)
         self._redistribute_shared(session)
         will = session.will if send_will else None
         if not send_will:
@@ -554,16 +557,19 @@ class Broker:
         if s.queue_stored:
             self.load_queue(s)
         if len(s.queue) >= self.settings.max_queued_messages:
-            s.dropped += 1
-            self.metrics.dropped_queue_full += 1
-            if s.dropped == 1 or s.dropped % 1000 == 0:
-                log.warning("session queue full, message dropped",
-                            extra=kv(client=s.client_id, topic=d.msg.topic, limit=self.settings.max_queued_messages, dropped=s.dropped))
+            self.drop_queue_full(s, d)
             return
         s.queue.append(d)
         store = self.store_for(s)
         if store is not None:
             store.queued(s, d, self.now)
+
+    def drop_queue_full(self, s: Session, d: Delivery) -> None:
+        s.dropped += 1
+        self.metrics.dropped_queue_full += 1
+        if s.dropped == 1 or s.dropped % 1000 == 0:
+            log.warning("session queue full, message dropped",
+                        extra=kv(client=s.client_id, topic=d.msg.topic, limit=self.settings.max_queued_messages, dropped=s.dropped))
 
     def store_for(self, s: Session):
         """The store when this session's changes must be written (it outlives its

@@ -131,6 +131,7 @@ def _refuse(conn, code: int, detail: str) -> None:
 def _authorised(conn, p) -> None:
     if conn.closed:
         return
+    conn.broker.now = conn.broker.clock()  # later than the read that brought the CONNECT
     try:
         connect_authorised(conn, p)
     except MQTTError as e:
@@ -438,11 +439,15 @@ def handle_subscribe(conn, p) -> None:
     if broker.bridge.remote and len(broker._filter_refs) != routes_before:
         # SUBACK once every worker of the node forwards matching publishes to us
         conn.suspend()
+        conn.hold()
 
         def synced() -> None:
             if conn.closed:
                 return
+            held = conn.release()
             answer()
+            for d in held:
+                conn.deliver(d)
             conn.resume()
 
         broker.bridge.sync(synced)
