@@ -33,6 +33,8 @@ from worker.metrics import node_sums
 from worker.serial import msg_from_wire, msg_to_wire
 from worker.store import Store, StoreError
 
+from .admin import OpsService
+
 log = logging.getLogger("shoal.router")
 
 MEMBER_TIMEOUT = 3.0  # seconds without a PING before a member counts as gone
@@ -150,6 +152,7 @@ class Router:
         self.bind()
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        ops = OpsService(self, poller)  # /metrics, /health, /ready, the admin API (router/admin.py)
         next_check = time.monotonic() + 0.5
         while self.running:
             backlog = bool(self.out)
@@ -163,12 +166,14 @@ class Router:
                         break
                     self.handle(ident, data)
             now = time.monotonic()
+            ops.poll(events, now)
             if now >= next_check:
                 next_check = now + 0.5
                 self.check_timeouts(now)
             if self.store is not None and self.store.batch is not None:
                 self.store.flush()
             self.flush()
+        ops.close()
         if self.store is not None:
             self.store.close()
         self.sock.close(0)
@@ -566,7 +571,7 @@ class Router:
 
 def main() -> None:
     settings = Settings()
-    logs.setup(settings.log_level, node=settings.node, process="router")
+    logs.setup(settings.log_level, settings.log_format, node=settings.node, process="router")
     router = Router(settings)
     try:
         router.open_store()

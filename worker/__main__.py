@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("--fd", type=int, default=None, help="listening socket fd handed over by circusd")
     args = ap.parse_args()
     settings = Settings()
-    logs.setup(settings.log_level, node=settings.node, worker=str(args.wid))
+    logs.setup(settings.log_level, settings.log_format, node=settings.node, worker=str(args.wid))
     try:
         server = WorkerServer(settings, args.wid, args.fd)  # loads the ACL file
         uvloop.run(server.run())

@@ -15,6 +15,7 @@ from mqtt import ReasonCode
 from .acl import Acl
 from .bridge import LocalBridge
 from .broker import Broker
+from .ops_link import OpsLink
 from .protocol import Connection, Writer
 from .router_link import RouterBridge
 from .store import Store, quiet_gc
@@ -49,6 +50,7 @@ class WorkerServer:
         self.server: asyncio.AbstractServer | None = None
         self.stopping = asyncio.Event()
         self._ticker: asyncio.Task | None = None
+        self.ops = OpsLink(self)  # health beats and admin answers to the router
 
     def open_store(self, loop) -> None:
         """Open this worker's LevelDB and restore what it holds (before serving)."""
@@ -85,6 +87,7 @@ class WorkerServer:
             loop.add_signal_handler(sig, self.stopping.set)
         addr = sock.getsockname()
         log.info("serving", extra=kv(host=addr[0], port=addr[1], pid=os.getpid()))
+        self.ops.connect()
 
     async def _tick_loop(self) -> None:
         interval = self.settings.sys_interval
@@ -119,6 +122,7 @@ class WorkerServer:
         deadline = time.monotonic() + timeout
         while self.broker.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        self.ops.close()
         self.broker.bridge.close()
         if self.broker.store is not None:
             self.broker.store.close()
