@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -219,6 +220,40 @@ def test_health_and_ready_answer_503_while_a_worker_is_frozen():
         wait_for(lambda: curl(node, "/ready")[0] == 200, 20, 0.2, "ready 200 again")
 
 
+def test_health_and_ready_answer_503_while_a_worker_cannot_start():
+    """The router serves, the worker exits on a bad ACL file (circus retries it):
+    503 until the file is fixed and the worker serves, then 200."""
+    d = tempfile.mkdtemp(prefix="shoal-ops", dir="/tmp")
+    path = os.path.join(d, "acl")
+    with open(path, "w") as f:
+        f.write("topic readwrite ok/#\nfrobnicate\n")
+    node = ops_node(1, acl_file=path)
+    seen: list = []
+
+    def fix_once_refused():
+        try:
+            wait_for(lambda: f"cannot start: {path}:2:" in node.log(), 30, what="the ACL error")
+            wait_for(lambda: os.path.exists(admin_socket(node)), 30, what="the admin socket")
+            seen.append(curl(node, "/health"))
+            seen.append(curl(node, "/ready"))
+        finally:
+            with open(path, "w") as f:
+                f.write("topic readwrite ok/#\n")
+
+    fixer = threading.Thread(target=fix_once_refused)
+    fixer.start()
+    try:
+        node.start(timeout=60)
+    finally:
+        fixer.join()
+    try:
+        assert [code for code, _ in seen] == [503, 503], seen
+        assert json.loads(seen[0][1])["workers"] == {"1": False}
+        assert curl(node, "/health")[0] == 200
+    finally:
+        node.stop()
+
+
 # -- /metrics ------------------------------------------------------------------------------
 def test_metrics_count_real_publishes_by_qos(one, clients):
     before = scrape(one)
@@ -386,6 +421,14 @@ def test_shoalctl_limit_bounds_the_rows(one, clients):
     r = shoalctl(one, "--json", "clients", "--limit", "2")
     assert len(json.loads(r.stdout)["clients"]) == 2
     assert "showing 2 of" in r.stderr
+
+
+def test_kick_a_client_id_with_slashes_and_percent_signs(one, clients):
+    odd = clients(one.port, "m13/odd%41 id?#")
+    r = shoalctl(one, "kick", "m13/odd%41 id?#")
+    assert "kicked m13/odd%41 id?#" in r.stdout
+    assert odd.disconnected.wait(20) and odd.reason == 0x98
+    odd.c.loop_stop()
 
 
 def test_admin_token_guards_the_api_over_tcp():
