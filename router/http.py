@@ -207,7 +207,7 @@ class HttpServer:
 
         def respond(status: int, body: bytes, ctype: str = "application/json", fd=fd, c=c) -> None:
             if self.conns.get(fd) is c:
-                self._respond(fd, status, body, ctype)
+                self._respond(fd, status, body, ctype, head_only=req.method == "HEAD")
 
         try:
             self.handler(req, respond)
@@ -215,12 +215,12 @@ class HttpServer:
             log.exception("error handling an HTTP request", extra=kv(path=req.path))
             respond(500, b'{"error": "internal error"}\n')
 
-    def _respond(self, fd: int, status: int, body: bytes, ctype: str) -> None:
+    def _respond(self, fd: int, status: int, body: bytes, ctype: str, head_only: bool = False) -> None:
         c = self.conns[fd]
         c.answered = True
         head = (f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\nContent-Type: {ctype}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-        c.out += head + body
+        c.out += head if head_only else head + body
         c.deadline = max(c.deadline, time.monotonic() + IDLE_TIMEOUT)  # time to take the answer
         self._write(fd)
 

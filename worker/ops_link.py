@@ -37,6 +37,7 @@ class OpsLink:
         self.sock = None
         self.loop = None
         self._timer = None
+        self._reading = False
         self.answers = {
             "stats": self.stats,
             "clients": self.clients,
@@ -79,9 +80,17 @@ class OpsLink:
             self.sock.send(pack(ops), flags=zmq.NOBLOCK)
         except zmq.Again:
             pass  # the router is not there (yet): it asks again, and beats come every second
-        self._readable()  # the zmq fd is edge-triggered
+        if not self._reading:
+            self._readable()  # the zmq fd is edge-triggered: look for input after a send
 
     def _readable(self) -> None:
+        self._reading = True
+        try:
+            self._read_all()
+        finally:
+            self._reading = False
+
+    def _read_all(self) -> None:
         sock = self.sock
         while sock is not None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             try:

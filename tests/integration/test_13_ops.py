@@ -202,6 +202,9 @@ def test_health_and_ready_answer_200_when_serving(one):
         assert json.loads(body)["workers"] == {"1": True}
     code, body = curl(one, "/nope")
     assert code == 404
+    out = subprocess.run(["curl", "-s", "-I", f"http://127.0.0.1:{one.metrics_port}/health"], capture_output=True,
+                         text=True, timeout=30).stdout
+    assert out.startswith("HTTP/1.1 200")  # HEAD, as some probes send
 
 
 def test_health_and_ready_answer_503_while_a_worker_is_frozen():
