@@ -87,6 +87,7 @@ class AdminApp:
             "retained_messages": len(r.retained),
             "cluster_joined": bool(self.ops.cluster_joined),
             "cluster_peers": len(self.ops.peers),
+            "handover_seconds": r.handover_seconds.as_wire(),
         }
 
     def metrics(self, respond, now: float) -> None:

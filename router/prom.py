@@ -142,6 +142,13 @@ class _Figures:
         fam.add_metric([node], len(self.expected))
         yield fam
 
+        h = self.router.get("handover_seconds")
+        fam = HistogramMetricFamily("shoal_router_handover_seconds",
+                                    "a session claim that another worker of the node answered: CLAIM to GRANT, "
+                                    "taking over a live connection or moving an offline session", labels=["node"])
+        if h:
+            fam.add_metric([node], _buckets(h[0], h[1]), h[2])
+        yield fam
         for key, (kind, doc) in ROUTER.items():
             fam = kind(f"shoal_router_{key}", doc, labels=["node"])
             fam.add_metric([node], self.router.get(key, 0))
