@@ -73,7 +73,7 @@ class AdminApp:
             respond(404, _json({"error": "not found"}))
 
     # -- /metrics ----------------------------------------------------------------------
-    def router_figures(self) -> dict:
+    def router_figures(self, now: float) -> dict:
         r = self.router
         return {
             "forwarded_messages": r.forwarded,
@@ -85,7 +85,8 @@ class AdminApp:
             "claims": len(r.claims),
             "backlog": sum(len(ops) for ops in r.out.values()),
             "retained_messages": len(r.retained),
-            "cluster_joined": bool(self.ops.cluster_joined),
+            "cluster_enabled": self.ops.cluster(now) is not None,
+            "cluster_joined": bool(self.ops.cluster(now)),
             "cluster_peers": len(self.ops.peers),
             "handover_seconds": r.handover_seconds.as_wire(),
         }
@@ -93,7 +94,7 @@ class AdminApp:
     def metrics(self, respond, now: float) -> None:
         def gathered(figures: dict) -> None:
             cluster = figures.pop("agent", (None, False))[0] if "agent" in figures else None
-            body = prom.render(self.node, figures, self.ops.worker_names(), self.router_figures(), cluster)
+            body = prom.render(self.node, figures, self.ops.worker_names(), self.router_figures(time.monotonic()), cluster)
             respond(200, body, "text/plain; version=0.0.4; charset=utf-8")
 
         self.ops.stats(gathered, now)
@@ -123,7 +124,7 @@ class AdminApp:
         api = f"http://{st.metrics_host or st.host}:{st.metrics_port}" if st.metrics_port else None
         ready, _ = self.ops.ready(now, self.router.settled or self.settings.workers == 1)
         return {"node": self.node, "self": True, "version": VERSION, "mqtt": f"{st.host}:{st.port}", "api": api,
-                "workers": workers, "ready": ready, "cluster": self.ops.cluster_joined}
+                "workers": workers, "ready": ready, "cluster": self.ops.cluster(now)}
 
     def rows(self, what: str, query: dict, respond, now: float) -> None:
         args = {k: query[k] for k in ("client", "limit") if k in query}

@@ -6,11 +6,14 @@ router asks them for figures and lists (ASK) and gathers their ANSWERs with a
 deadline, so that an HTTP request never waits on a stuck worker for long.
 
 Hooks for the cluster agent (not landed yet): the agent is one more ops member
-(identity ``agent``). Its BEAT's ``serving`` flag says whether the node has
-joined the cluster; once an agent has beaten, /ready also needs that flag
-(``cluster_joined``). Its answer to ``stats`` is rendered as the cluster link
-figures (``shoal_cluster_*``), and ``peers`` (set by the agent, or later from
-its answers) lists the other nodes for ``/api/v1/nodes``.
+(identity ``agent``) and speaks the same three ops:
+- its BEAT's ``serving`` flag says whether the node has joined the cluster; once
+  an agent has beaten, /ready needs it up and joined (``cluster(now)``);
+- its BEAT may carry a sixth element, the other nodes,
+  ``[{"node": name, "api": "http://host:SHOAL_METRICS_PORT"}, ...]``
+  (at most MAX_PEERS): ``/api/v1/nodes`` lists them and shoalctl asks each;
+- its answer to ASK ``stats`` (a dict of numbers) is rendered as the cluster
+  link figures ``shoal_cluster_<key>``.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ log = logging.getLogger("shoal.ops")
 
 BEAT_TIMEOUT = 3.0  # seconds without a beat before a member counts as down (the router's MEMBER_TIMEOUT)
 ASK_TIMEOUT = 2.0  # seconds an admin question waits for the members' answers
+MAX_PEERS = 1000  # nodes of a cluster the agent may list
 
 
 @dataclass(slots=True)
@@ -58,8 +62,7 @@ class Ops:
         self.members: dict[str, OpsMember] = {}
         self.pending: dict[int, Pending] = {}
         self._req = itertools.count(1)
-        self.cluster_joined: bool | None = None  # None: not clustered (the agent's beat sets it)
-        self.peers: list[dict] = []  # other nodes: [{"node": ..., "api": "http://host:port"}] (the agent's)
+        self.peers: list[dict] = []  # other nodes: [{"node": ..., "api": "http://host:port"}] (the agent's beat)
         self.sock = zmq.Context.instance().socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -103,8 +106,9 @@ class Ops:
             elif m.pid != op[2]:
                 log.info("ops member restarted", extra=kv(member=name, pid=op[2]))
             m.pid, m.serving, m.started, m.last_beat = op[2], bool(op[3]), op[4], now
-            if name == "agent":
-                self.cluster_joined = m.serving
+            if name == "agent" and len(op) > 5 and isinstance(op[5], list):
+                self.peers = [{"node": str(p.get("node")), "api": p.get("api") if isinstance(p.get("api"), str) else None}
+                              for p in op[5][:MAX_PEERS] if isinstance(p, dict)]
         elif op[0] == Op.ANSWER and len(op) >= 3:
             p = self.pending.get(op[1])
             if p is None or name not in p.waiting:
@@ -133,6 +137,13 @@ class Ops:
     def up(self, now: float) -> dict[str, OpsMember]:
         return {n: m for n, m in self.members.items() if now - m.last_beat <= BEAT_TIMEOUT}
 
+    def cluster(self, now: float) -> bool | None:
+        """None: not clustered (no agent ever beat); else whether the agent is up and joined."""
+        m = self.members.get("agent")
+        if m is None:
+            return None
+        return m.serving and now - m.last_beat <= BEAT_TIMEOUT
+
     def worker_names(self) -> list[str]:
         return [f"w{i}" for i in range(1, self.settings.workers + 1)]
 
@@ -147,8 +158,9 @@ class Ops:
         the route table complete, and joined when clustered."""
         up = self.up(now)
         workers = {n[1:]: (n in up and up[n].serving) for n in self.worker_names()}
-        ok = all(workers.values()) and router_settled and self.cluster_joined is not False
-        return ok, {"workers": workers, "routes": router_settled, "cluster": self.cluster_joined}
+        cluster = self.cluster(now)
+        ok = all(workers.values()) and router_settled and cluster is not False
+        return ok, {"workers": workers, "routes": router_settled, "cluster": cluster}
 
     # -- questions ------------------------------------------------------------------
     def ask(self, what: str, args: dict, done, now: float, names: list[str] | None = None,

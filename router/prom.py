@@ -155,7 +155,7 @@ class _Figures:
             yield fam
 
         fam = GaugeMetricFamily("shoal_cluster_enabled", "1 when a cluster agent is a member of this node", labels=["node"])
-        fam.add_metric([node], 1 if self.cluster is not None else 0)
+        fam.add_metric([node], 1 if self.router.get("cluster_enabled") else 0)
         yield fam
         fam = GaugeMetricFamily("shoal_cluster_joined", "1 when the node has joined its cluster (0 when not clustered)",
                                 labels=["node"])
@@ -165,7 +165,8 @@ class _Figures:
         fam.add_metric([node], self.router.get("cluster_peers", 0))
         yield fam
         for key, v in sorted((self.cluster or {}).items()):  # the cluster link, as the agent reports it
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and key.isidentifier():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and key.isidentifier() \
+                    and key not in ("enabled", "joined", "peers"):
                 fam = GaugeMetricFamily(f"shoal_cluster_{key}", f"cluster agent figure {key}", labels=["node"])
                 fam.add_metric([node], v)
                 yield fam

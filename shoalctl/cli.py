@@ -161,7 +161,15 @@ def run(args, target: Target) -> None:
     out = sys.stdout
     cluster = nodes(target)
     if args.command == "nodes":
-        rows = [n for n, _ in cluster]
+        rows = []
+        for n, t in cluster:
+            if t is not None and not n.get("self"):  # a peer: its own account of itself
+                try:
+                    status, answer = t.request("GET", "/api/v1/nodes")
+                    n = next((x for x in answer.get("nodes", []) if x.get("self")), n) if status == 200 else n
+                except (OSError, http.client.HTTPException) as e:
+                    print(f"shoalctl: node {n.get('node')}: {e}", file=sys.stderr)
+            rows.append(n)
         if args.json:
             json.dump({"nodes": rows}, out, indent=2)
             out.write("\n")

@@ -483,3 +483,77 @@ def test_json_logs_carry_node_worker_client_and_event():
             obj = json.loads(line)
             assert obj["node"] == node.name and "event" in obj and ("worker" in obj or obj.get("process") == "router")
         assert set(node.worker_pids()) == {1, 2}  # the test harness reads the json lines too
+
+
+# -- the cluster hook ------------------------------------------------------------------------
+class AgentStandIn:
+    """Speaks the ops protocol the cluster agent will speak (router/ops.py): beats with
+    its joined flag and the other nodes, answers `stats` with its link figures. The
+    agent has not landed; this shows the router's side of that interface works."""
+
+    def __init__(self, node: Node, peers: list[dict]):
+        import zmq
+
+        from common.wire import Op, pack, unpack
+
+        self.zmq, self.Op, self.pack, self.unpack = zmq, Op, pack, unpack
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, b"agent")
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(f"ipc://{node.tmp}/shoal-{node.port}-ops.sock")
+        self.peers = peers
+        self.joined = False
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        zmq, Op = self.zmq, self.Op
+        next_beat = 0.0
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            if now >= next_beat:
+                self.sock.send(self.pack([[Op.BEAT, "agent", os.getpid(), self.joined, time.time(), self.peers]]))
+                next_beat = now + 0.3
+            if self.sock.poll(50, zmq.POLLIN):
+                for op in self.unpack(self.sock.recv()):
+                    if op[0] == Op.ASK and op[2] == "stats":
+                        self.sock.send(self.pack([[Op.ANSWER, op[1], {"peer_links": 1, "forwarded_messages": 7}]]))
+        self.sock.close(0)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+
+
+def test_cluster_hook_ready_waits_for_join_and_shoalctl_asks_every_node(clients):
+    with ops_node(1) as b, ops_node(2) as a:
+        agent = AgentStandIn(a, [{"node": b.name, "api": f"http://127.0.0.1:{b.metrics_port}"}])
+        try:
+            wait_for(lambda: curl(a, "/ready")[0] == 503, 20, 0.1, "not ready until joined")
+            assert json.loads(curl(a, "/ready")[1])["cluster"] is False
+            assert curl(a, "/health")[0] == 200  # its processes are up
+            agent.joined = True
+            wait_for(lambda: curl(a, "/ready")[0] == 200, 20, 0.1, "ready once joined")
+
+            figs = scrape(a)
+            assert value(figs, "shoal_cluster_enabled") == 1 and value(figs, "shoal_cluster_joined") == 1
+            assert value(figs, "shoal_cluster_peers") == 1
+            assert value(figs, "shoal_cluster_peer_links") == 1
+            assert value(scrape(b), "shoal_cluster_enabled") == 0
+
+            on_a = clients(a.port, "m13-cl-a")
+            on_b = clients(b.port, "m13-cl-b")
+            out = rows(shoalctl(a, "nodes").stdout)
+            assert [(r["NODE"], r["READY"]) for r in out] == [(a.name, "yes"), (b.name, "yes")]
+            listed = {r["CLIENT"]: r["NODE"] for r in rows(shoalctl(a, "clients").stdout)}
+            assert listed["m13-cl-a"] == a.name and listed["m13-cl-b"] == b.name
+            r = shoalctl(a, "kick", "m13-cl-b")
+            assert f"on node {b.name}" in r.stdout
+            assert on_b.disconnected.wait(20) and on_b.reason == 0x98
+            assert not on_a.disconnected.is_set()
+
+            agent.stop()  # the agent is gone: the node is no longer joined
+            wait_for(lambda: curl(a, "/ready")[0] == 503, 20, 0.2, "not ready without its agent")
+        finally:
+            agent.stop()
