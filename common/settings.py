@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     admin_token: str = ""  # when set, /api/... asks for "Authorization: Bearer <token>"
     admin_max_rows: int = Field(default=10_000, ge=1)  # most rows one admin request returns per worker
     admin_max_request: int = Field(default=8192, ge=512)  # bytes of one HTTP request (line, headers, body)
+    admin_max_connections: int = Field(default=64, ge=1)  # HTTP connections open at once (more: closed at once)
     log_format: Literal["kv", "json"] = "kv"
 
     @field_validator("acl_file", "data_dir", mode="before")

@@ -179,7 +179,7 @@ class OpsService:
         self.ops = Ops(st)
         self.ops.bind()
         poller.register(self.ops.sock, zmq.POLLIN)
-        self.http = HttpServer(AdminApp(router, self.ops), st.admin_max_request)
+        self.http = HttpServer(AdminApp(router, self.ops), st.admin_max_request, st.admin_max_connections)
         self.http.listen_unix(str(st.admin_socket))
         if st.metrics_port:
             host = st.metrics_host or st.host

@@ -2,7 +2,8 @@
 
 One request per connection (``Connection: close``), bounded: a request (line,
 headers and body) of at most SHOAL_ADMIN_MAX_REQUEST bytes, at most
-MAX_CONNECTIONS open at once, IDLE_TIMEOUT seconds to send it. Listens on the
+SHOAL_ADMIN_MAX_CONNECTIONS open at once, IDLE_TIMEOUT seconds to send it (and as
+long again to take the answer). Listens on the
 node's Unix socket (always) and on SHOAL_METRICS_PORT (when set). The handler
 gets a Request and a respond(status, body, content_type) it may call later
 (an answer that waits for the workers).
@@ -23,7 +24,6 @@ from common.logs import kv
 
 log = logging.getLogger("shoal.http")
 
-MAX_CONNECTIONS = 64
 IDLE_TIMEOUT = 5.0
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
            413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
@@ -93,9 +93,10 @@ class HttpConn:
 
 
 class HttpServer:
-    def __init__(self, handler, max_request: int):
+    def __init__(self, handler, max_request: int, max_connections: int = 64):
         self.handler = handler  # handler(request, respond)
         self.max_request = max_request
+        self.max_connections = max_connections
         self.listeners: dict[int, tuple[socket.socket, bool]] = {}  # fd -> (socket, local)
         self.conns: dict[int, HttpConn] = {}
         self.poller = None
@@ -170,7 +171,7 @@ class HttpServer:
             except OSError as e:
                 log.warning("accept failed", extra=kv(error=errno.errorcode.get(e.errno, str(e))))
                 return
-            if len(self.conns) >= MAX_CONNECTIONS:
+            if len(self.conns) >= self.max_connections:
                 cs.close()  # bounded: refuse rather than queue
                 continue
             cs.setblocking(False)

@@ -364,6 +364,32 @@ def test_two_workers_sums_links_and_takeovers(two, clients):
     assert_sums(figs, 2)
 
 
+def test_http_connections_are_bounded_and_a_silent_one_is_closed():
+    with ops_node(1, admin_max_connections=2) as node:
+        held = [socket.create_connection(("127.0.0.1", node.metrics_port), timeout=30) for _ in range(2)]
+        try:
+            wait_for(lambda: curl(node, "/health")[0] == 0, 10, 0.1, "a third connection refused")
+            for s in held:  # silent: closed by the router after its idle time, without an answer
+                assert s.recv(100) == b""
+            assert curl(node, "/health")[0] == 200
+        finally:
+            for s in held:
+                s.close()
+
+
+def test_metrics_port_in_use_is_logged_and_mqtt_still_serves(clients):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with Node(workers=1, metrics_port=port) as node:
+            wait_for(lambda: "cannot listen for metrics" in node.log(), 20, 0.1, "the error in the log")
+            assert f"port={port}" in node.log()
+            c = clients(node.port, "m13-noport")
+            assert c.connected.is_set()
+            assert api(node, "/api/v1/clients")[1]["clients"][0]["client"] == "m13-noport"  # the socket still serves
+
+
 def test_bad_http_requests_get_an_answer_and_the_node_keeps_serving(one):
     with socket.create_connection(("127.0.0.1", one.metrics_port), timeout=20) as s:
         s.sendall(b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 20000)
