@@ -67,13 +67,19 @@ class OpsLink:
             self.sock = None
 
     def serving(self) -> bool:
-        """Listening, and registered with the router when there are other workers."""
+        """Listening, not shutting down, and registered with the router when there
+        are other workers."""
         bridge = self.broker.bridge
-        return self.server.server is not None and (not bridge.remote or bridge.epoch is not None)
+        return (self.server.server is not None and not self.server.stopping.is_set()
+                and (not bridge.remote or bridge.epoch is not None))
 
     def beat(self) -> None:
-        self._send([[Op.BEAT, self.name, os.getpid(), self.serving(), self.started]])
+        self.beat_once()
         self._timer = self.loop.call_later(BEAT_INTERVAL, self.beat)
+
+    def beat_once(self) -> None:
+        if self.sock is not None:
+            self._send([[Op.BEAT, self.name, os.getpid(), self.serving(), self.started]])
 
     def _send(self, ops: list) -> None:
         try:

@@ -109,6 +109,8 @@ class WorkerServer:
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Stop accepting, tell v5 clients the server is going away, flush, exit."""
         log.info("shutting down", extra=kv(clients=len(self.broker.connections)))
+        self.stopping.set()
+        self.ops.beat_once()  # not serving any more: /ready says 503 while the clients drain
         if self.server is not None:
             self.server.close()
         if self._ticker is not None:
