@@ -459,6 +459,9 @@ def test_shoalctl_limit_bounds_the_rows(one, clients):
     r = shoalctl(one, "--json", "clients", "--limit", "2")
     assert len(json.loads(r.stdout)["clients"]) == 2
     assert "showing 2 of" in r.stderr
+    r = subprocess.run([str(VENV_BIN / "python"), "-m", "shoalctl", "--json", "clients", "--limit", "3"],
+                       env=one.env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and len(json.loads(r.stdout)["clients"]) == 3  # python -m shoalctl is the same
 
 
 def test_kick_a_client_id_with_slashes_and_percent_signs(one, clients):
