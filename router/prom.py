@@ -60,6 +60,11 @@ GAUGES = [
     ("link_unconfirmed", "router_link_unconfirmed", "QoS 1/2 publishes sent to the router and not yet owned by every receiver"),
 ]
 INFLIGHT = {"out": "inflight_out", "in": "inflight_in"}
+# snapshot keys rendered in some other way (or sums of others)
+RENDERED = ({k for k, _, _ in COUNTERS} | {k for k, _, _ in GAUGES} | set(INFLIGHT.values())
+            | {k for _, _, _, values in LABELLED_COUNTERS for k in values.values()}
+            | {"publish_received", "publish_sent", "uptime", "retained", "takeover_seconds", "serving",
+               "link_route_version"})  # (a version: the router's shoal_router_route_version is the node's)
 
 
 def _value(snap: dict, key: str) -> float:
@@ -101,6 +106,13 @@ class _Figures:
         for key, name, doc in GAUGES:
             yield from pair(GaugeMetricFamily, name, doc, key)
         yield from pair(GaugeMetricFamily, "inflight_messages", "QoS 1/2 messages in flight", label="direction", values=INFLIGHT)
+        # any other figure a worker reports (added later, not named above) still shows, untyped
+        taken = {n for _, n, _ in COUNTERS + GAUGES} | {n for n, *_ in LABELLED_COUNTERS} | {"inflight_messages"}
+        others = sorted({k for snap in per.values() for k, v in snap.items()
+                         if k not in RENDERED and isinstance(v, (int, float)) and not isinstance(v, bool)})
+        for key in others:
+            if key.isidentifier() and key not in taken and not key.endswith(("_total", "_bucket", "_count", "_sum")):
+                yield from pair(GaugeMetricFamily, key, f"worker figure {key}", key)
 
         # retained messages: every worker holds the node's whole set (a copy each)
         fam = GaugeMetricFamily("shoal_retained_messages", "retained messages of the node (incl. $SYS)", labels=["node"])

@@ -92,3 +92,12 @@ def test_prometheus_text_node_figures_are_the_sums_of_the_workers():
     assert samples[("shoal_worker_up", n + (("worker", "2"),))] == 0  # stale figures
     assert samples[("shoal_router_forwarded_messages_total", n)] == 7
     assert samples[("shoal_cluster_enabled", n)] == 0
+
+
+def test_a_worker_figure_not_named_in_prom_still_shows_summed():
+    a, b = snapshot(1, [0, 0, 0], []), snapshot(1, [0, 0, 0], [])
+    a["auth_refused"], b["auth_refused"] = 2, 3
+    text = prom.render("n1", {"w1": (a, True), "w2": (b, True)}, ["w1", "w2"], {}, None).decode()
+    values = {(s.name, s.labels.get("worker")): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert values[("shoal_auth_refused", None)] == 5
+    assert values[("shoal_worker_auth_refused", "2")] == 3
