@@ -25,7 +25,7 @@ def main() -> None:
     args = ap.parse_args()
     die_with_parent()
     settings = Settings()
-    logs.setup(settings.log_level, node=settings.node, worker=str(args.wid))
+    logs.setup(settings.log_level, settings.log_format, node=settings.node, worker=str(args.wid))
     try:
         server = WorkerServer(settings, args.wid, args.fd)  # loads the ACL file
         uvloop.run(server.run())

@@ -15,6 +15,7 @@ from mqtt import ReasonCode
 from .acl import Acl
 from .bridge import LocalBridge
 from .broker import Broker
+from .ops_link import OpsLink
 from .protocol import Connection, Writer
 from .router_link import RouterBridge
 from .store import Store, quiet_gc
@@ -49,6 +50,7 @@ class WorkerServer:
         self.server: asyncio.AbstractServer | None = None
         self.stopping = asyncio.Event()
         self._ticker: asyncio.Task | None = None
+        self.ops = OpsLink(self)  # health beats and admin answers to the router
 
     def open_store(self, loop) -> None:
         """Open this worker's LevelDB and restore what it holds (before serving)."""
@@ -85,6 +87,7 @@ class WorkerServer:
             loop.add_signal_handler(sig, self.stopping.set)
         addr = sock.getsockname()
         log.info("serving", extra=kv(host=addr[0], port=addr[1], pid=os.getpid()))
+        self.ops.connect()
 
     async def _tick_loop(self) -> None:
         interval = self.settings.sys_interval
@@ -106,6 +109,8 @@ class WorkerServer:
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Stop accepting, tell v5 clients the server is going away, flush, exit."""
         log.info("shutting down", extra=kv(clients=len(self.broker.connections)))
+        self.stopping.set()
+        self.ops.beat_once()  # not serving any more: /ready says 503 while the clients drain
         if self.server is not None:
             self.server.close()
         if self._ticker is not None:
@@ -119,6 +124,7 @@ class WorkerServer:
         deadline = time.monotonic() + timeout
         while self.broker.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        self.ops.close()
         self.broker.bridge.close()
         if self.broker.store is not None:
             self.broker.store.close()
