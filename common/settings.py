@@ -52,6 +52,15 @@ class Settings(BaseSettings):
     persistence: bool = True
     sync: Literal["always", "batch", "off"] = "batch"
 
+    # -- operating a node: metrics, health, admin API, logs (issue 12) ----------
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no TCP listener (the admin socket in run_dir is always there)
+    metrics_host: str = ""  # default: SHOAL_HOST
+    admin_token: str = ""  # when set, /api/... asks for "Authorization: Bearer <token>"
+    admin_max_rows: int = Field(default=10_000, ge=1)  # most rows one admin request returns per worker
+    admin_max_request: int = Field(default=8192, ge=512)  # bytes of one HTTP request (line, headers, body)
+    admin_max_connections: int = Field(default=64, ge=1)  # HTTP connections open at once (more: closed at once)
+    log_format: Literal["kv", "json"] = "kv"
+
     # -- authentication and limits that protect the node (issue 12) ---------
     password_file: Path | None = None  # mosquitto_passwd format ($7$ PBKDF2-SHA512, $6$ SHA512)
     auth_threads: int = 2  # threads hashing passwords, beside the event loop
@@ -91,6 +100,16 @@ class Settings(BaseSettings):
     @property
     def router_endpoint(self) -> str:
         return self.ipc("router")
+
+    @property
+    def ops_endpoint(self) -> str:
+        """Workers answer the router's health and admin questions here."""
+        return self.ipc("ops")
+
+    @property
+    def admin_socket(self) -> Path:
+        """The HTTP admin/metrics API on a Unix socket, always served by the router."""
+        return self.run_dir / f"shoal-{self.port}-admin.sock"
 
 
 # -- settings checked at start (issue 12, point 8) ---------------------------

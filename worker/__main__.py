@@ -34,7 +34,7 @@ def main() -> None:
         for problem in e.problems:
             print(f"shoal worker {args.wid}: invalid setting {problem}", file=sys.stderr)
         raise SystemExit(2) from None
-    logs.setup(settings.log_level, node=settings.node, worker=str(args.wid))
+    logs.setup(settings.log_level, settings.log_format, node=settings.node, worker=str(args.wid))
     try:
         server = WorkerServer(settings, args.wid, args.fd)  # loads the ACL and password files
         uvloop.run(server.run())

@@ -258,7 +258,7 @@ def handle_publish(conn, p) -> None:
             return
         if len(s.incoming_qos2) >= conn.incoming_max:
             raise MQTTError(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
-    broker.metrics.publish_received += 1
+    broker.metrics.publish_received_qos[qos] += 1
     if qos and broker.store is not None and broker.store.failed and not broker.store.probe():
         broker.metrics.dropped_store_full += 1
         reply = _quota_refusal(conn, s, qos, pid)
@@ -270,6 +270,7 @@ def handle_publish(conn, p) -> None:
         rc = ReasonCode.PAYLOAD_FORMAT_INVALID
     elif broker.acl_active and not broker.acl.can_publish(conn.client_id, conn.username, topic):
         rc = ReasonCode.NOT_AUTHORIZED
+        broker.metrics.dropped_not_authorized += 1
         log.info("publish denied by ACL", extra=kv(client=conn.client_id, topic=topic))
     gate = None
     if rc == 0:

@@ -16,6 +16,7 @@ from .acl import Acl, AclError
 from .auth import Authenticator
 from .bridge import LocalBridge
 from .broker import Broker
+from .ops_link import OpsLink
 from .protocol import Connection, Writer
 from .router_link import RouterBridge
 from .passwd import PasswordError, PasswordFile
@@ -52,6 +53,7 @@ class WorkerServer:
         self.server: asyncio.AbstractServer | None = None
         self.stopping = asyncio.Event()
         self._ticker: asyncio.Task | None = None
+        self.ops = OpsLink(self)  # health beats and admin answers to the router
 
     def open_store(self, loop) -> None:
         """Open this worker's LevelDB and restore what it holds (before serving)."""
@@ -92,6 +94,7 @@ class WorkerServer:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         addr = sock.getsockname()
         log.info("serving", extra=kv(host=addr[0], port=addr[1], pid=os.getpid()))
+        self.ops.connect()
 
     async def reload(self) -> None:
         """SIGHUP: read the password and ACL files again. Nobody is disconnected;
@@ -138,6 +141,8 @@ class WorkerServer:
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Stop accepting, tell v5 clients the server is going away, flush, exit."""
         log.info("shutting down", extra=kv(clients=len(self.broker.connections)))
+        self.stopping.set()
+        self.ops.beat_once()  # not serving any more: /ready says 503 while the clients drain
         if self.server is not None:
             self.server.close()
         if self._ticker is not None:
@@ -151,6 +156,7 @@ class WorkerServer:
         deadline = time.monotonic() + timeout
         while self.broker.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        self.ops.close()
         self.broker.bridge.close()
         if self.broker.auth is not None:
             self.broker.auth.close()
