@@ -29,6 +29,11 @@ COUNTERS = [
     ("link_pauses", "router_link_pauses", "times the worker stopped reading its clients because the router could not take more"),
     ("link_forwarded", "router_link_forwarded_messages", "publishes the worker sent to the router for other workers"),
     ("link_delivered", "router_link_delivered_messages", "publishes the router delivered to the worker"),
+    # authentication and limits (issue 12)
+    ("auth_delayed", "auth_delayed_connects", "CONNECTs held SHOAL_AUTH_FAIL_DELAY because their address failed before"),
+    ("auth_bans", "auth_address_bans", "addresses refused for SHOAL_AUTH_BAN_TIME after failed logins"),
+    ("auth_cache_hits", "auth_cache_hits", "logins verified from the cache, no hash computed"),
+    ("publish_throttled", "publish_rate_pauses", "times a client's reading paused for SHOAL_MAX_PUBLISH_RATE"),
 ]
 # (metric name, help, label, {label value: snapshot key})
 LABELLED_COUNTERS = [
@@ -42,6 +47,12 @@ LABELLED_COUNTERS = [
         "store_full": "dropped_store_full",
         "not_authorized": "dropped_not_authorized",
         "retained_limit": "dropped_retained_limit",
+    }),
+    ("connects_refused", "CONNECTs refused by authentication and limits, by cause", "cause", {
+        "bad_credentials": "auth_failures",  # 0x86, and 0x87 for anonymous clients when not allowed
+        "address_banned": "auth_refused_banned",
+        "password_queue_full": "auth_busy",
+        "max_connections": "refused_max_connections",
     }),
     ("takeovers", "live connections displaced by a CONNECT with the same client id", "where", {
         "same_worker": "takeovers_local",

@@ -24,6 +24,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from mqtt import Connack, Connect, PubAck, Publish, ReasonCode, Subscribe, SubAck, Subscription
+from tests.integration.test_13_ops import OpsNode, scrape, value
 from tests.integration.test_20_multiworker import SysView
 from tests.support.node import ROOT, VENV_BIN, Node, wait_for
 from tests.support.raw import Closed, RawClient
@@ -173,8 +174,8 @@ def test_failing_address_is_slowed_then_refused_then_let_in(users_file, version)
     the address is refused (good credentials too) for SHOAL_AUTH_BAN_TIME; 127.0.0.1 is not
     touched throughout; $SYS counts it all."""
     delay = 1.5
-    with Node(workers=1, password_file=users_file, sys_interval=1, auth_fail_delay_after=2,
-              auth_fail_delay=delay, auth_ban_after=4, auth_ban_time=3) as n:
+    with OpsNode(workers=1, password_file=users_file, sys_interval=1, auth_fail_delay_after=2,
+                 auth_fail_delay=delay, auth_ban_after=4, auth_ban_time=3) as n:
         bad = "127.0.0.2"
         for i in range(2):
             assert attempt(n.port, version, f"a13-f{i}", "alice", b"x", source=bad) == BAD_CREDENTIALS[version]
@@ -198,6 +199,15 @@ def test_failing_address_is_slowed_then_refused_then_let_in(users_file, version)
             view.poll(lambda v: v.node("auth/failures") == 4 and v.node("auth/bans") == 1
                       and (v.node("auth/refused/banned") or 0) >= 1 and v.node("auth/delayed") >= 2,
                       15, "auth counters")
+        # and in /metrics
+        def counted():
+            figs = scrape(n)
+            return (value(figs, "shoal_connects_refused_total", cause="bad_credentials") == 4
+                    and value(figs, "shoal_auth_address_bans_total") == 1
+                    and value(figs, "shoal_connects_refused_total", cause="address_banned") >= 1
+                    and value(figs, "shoal_worker_auth_delayed_connects_total", worker="1") >= 2)
+
+        wait_for(counted, 15, 0.2, what="auth figures in /metrics")
 
 
 def storm_round(port, cid, username, password, source, width, answers, stop):
