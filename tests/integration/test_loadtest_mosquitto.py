@@ -185,3 +185,70 @@ def test_refused_connections_are_errors():
     code, c = conn.finish()
     assert code == 1, conn.log()
     assert (c["errors"], c["errors_by_kind"], c["connected_max"]) == (5, {"connect_failed": 5}, 0), conn.log()
+
+
+# -- -L: the messages of the whole run, as in emqtt-bench ---------------------------------
+
+class Counter:
+    """A paho subscriber to ``<root>/#`` and ``<root>-end`` that counts what arrives before the
+    sentinel: every message a publisher got a PUBACK for came in before it."""
+
+    def __init__(self, port: int, root: str):
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.root = root
+        self.count = 0
+        self.topics: set[str] = set()
+        self.subscribed = threading.Event()
+        self.ended = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{root}-counter", protocol=paho.MQTTv311)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(f"{root}/#", 1), (f"{root}-end", 1)])
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self.subscribed.wait(DEADLINE), "the counting subscriber did not get its SUBACK"
+
+    def _on_message(self, client, userdata, msg) -> None:
+        if msg.topic == f"{self.root}-end":
+            self.ended.set()
+        elif not self.ended.is_set():
+            self.count += 1
+            self.topics.add(msg.topic)
+
+    def total(self) -> int:
+        """Publish the sentinel and return what arrived before it."""
+        self.client.publish(f"{self.root}-end", b"", qos=1)
+        assert self.ended.wait(DEADLINE), "the sentinel did not come back"
+        self.client.loop_stop()
+        self.client.disconnect()
+        return self.count
+
+
+@pytest.fixture(params=["mosquitto", "shoal"])
+def broker_port(request):
+    return request.getfixturevalue("mosquitto" if request.param == "mosquitto" else "node").port \
+        if request.param == "shoal" else request.getfixturevalue("mosquitto")
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_limit_counts_the_whole_run_over_every_publisher(broker_port, processes):
+    """``pub -c 20 -L 2000`` sends 2,000 messages in all (emqtt-bench's one shared counter,
+    pub_limit_fun_init), not 2,000 per publisher; ``sub -c 2 -L 4000`` stops after 4,000 in all."""
+    port, root = str(broker_port), f"lim{processes}"
+    counter = Counter(broker_port, root)
+    sub = LoadRun("sub", "-h", "127.0.0.1", "-p", port, "-c", "2", "--processes", processes, "-q", "1",
+                  "-t", f"{root}/#", "-L", "4000", "--prefix", f"{root}s")
+    sub.wait_settled()
+    pub = LoadRun("pub", "-h", "127.0.0.1", "-p", port, "-c", "20", "-i", "1", "-I", "1", "--processes", processes,
+                  "-q", "1", "-t", f"{root}/%i", "-L", "2000", "--prefix", f"{root}p")
+    pub_code, p = pub.finish()
+    sub_code, s = sub.finish()
+    received = counter.total()
+    log = pub.log() + sub.log()
+    assert (pub_code, sub_code) == (0, 0), log
+    assert (p["sent"], p["acked"], p["errors"], p["connected_max"]) == (2000, 2000, 0, 20), log
+    assert received == 2000, log
+    assert (s["received"], s["errors"]) == (4000, 0), log
+    assert any(line.startswith('{"limit_reached_s"') for line in pub.err), log
