@@ -51,7 +51,7 @@ class Options:
     duration: float | None = None
     hold: float | None = None
     json: bool = False
-    inflight: int = 100
+    inflight: int = 1
     batch: int = 64
     max_connecting: int = 100
     connect_timeout: float = 30.0
@@ -129,18 +129,19 @@ def _messaging(p: argparse.ArgumentParser, *, pub: bool) -> None:
     add("-q", "--qos", type=int, choices=(0, 1, 2), default=0, help="QoS (default: 0)")
     if pub:
         add("-L", "--limit", type=_non_negative_int, default=0,
-            help="messages per publisher, then stop (default: 0, no limit)")
+            help="messages of the whole run, over all publishers (as emqtt-bench), then stop (default: 0, no limit)")
         add("-I", "--interval_of_msg", dest="publish_interval_ms", type=_non_negative_float, default=1000.0,
             help="ms between two publishes of one client; 0: as fast as the window allows (default: 1000)")
         add("-s", "--size", dest="payload_size", type=int, default=256,
             help=f"payload bytes, at least {MIN_PAYLOAD} (default: 256)")
         add("-r", "--retain", type=parse_bool, default=False, metavar="true|false", help="retain flag (default: false)")
-        add("-F", "--inflight", type=_positive_int, default=100,
-            help="unacknowledged QoS 1/2 publishes per client (default: 100)")
+        add("-F", "--inflight", type=_non_negative_int, default=1,
+            help="unacknowledged QoS 1/2 publishes per client; 0: as many as the broker's Receive Maximum "
+                 "(default: 1, as emqtt-bench)")
         add("--batch", type=_positive_int, default=64, help="QoS 0 publishes per write with -I 0 (default: 64)")
     else:
         add("-L", "--limit", type=_non_negative_int, default=0,
-            help="messages per subscriber (with --shared: for the whole group), then stop (default: 0, no limit)")
+            help="messages of the whole run, over all subscribers, then stop (default: 0, no limit)")
         add("--shared", default=None, metavar="GROUP", help="subscribe as $share/GROUP/<topic>")
 
 

@@ -11,8 +11,9 @@ from multiprocessing.connection import Connection
 
 import uvloop
 
+from loadtest.budget import Budget
 from loadtest.client import BenchClient, Phase, Wire
-from loadtest.messages import Crashed, Go, Ready, Settled, Stop
+from loadtest.messages import Crashed, Go, LimitReached, Ready, Settled, Stop
 from loadtest.naming import client_id, client_indices, expand_topic
 from loadtest.options import Options, Verb
 from loadtest.pacer import Pacer
@@ -27,12 +28,12 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def child_main(conn: Connection, opts: Options, proc: int) -> None:
-    """The target of each ``multiprocessing.Process``."""
+def child_main(conn: Connection, opts: Options, proc: int, budget: Budget | None = None) -> None:
+    """The target of each ``multiprocessing.Process``; ``budget`` is the run's -L, shared by all."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and sends Stop
     raise_fd_limit()
     try:
-        uvloop.run(LoadProcess(opts, proc, conn).run())
+        uvloop.run(LoadProcess(opts, proc, conn, budget).run())
     except BaseException:
         try:
             conn.send(Crashed(proc, traceback.format_exc()))
@@ -44,10 +45,12 @@ def child_main(conn: Connection, opts: Options, proc: int) -> None:
 
 
 class LoadProcess:
-    def __init__(self, opts: Options, proc: int, conn: Connection):
+    def __init__(self, opts: Options, proc: int, conn: Connection, budget: Budget | None = None):
         self.opts = opts
         self.proc = proc
         self.conn = conn
+        self.budget = budget  # -L: the messages of the whole run, over every process
+        self.limit_hit = False
         self.counters = Counters()
         self.wire = Wire(opts.version)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -115,6 +118,8 @@ class LoadProcess:
                     self.go.set_result(msg)
                 elif isinstance(msg, Stop):
                     self.stop()
+                elif isinstance(msg, LimitReached):
+                    self.limit_reached()
         except (EOFError, OSError):  # the parent is gone: wind down
             self.loop.remove_reader(self.conn.fileno())
             if not self.go.done():
@@ -152,7 +157,8 @@ class LoadProcess:
             if delay > 0:
                 await asyncio.sleep(delay)
             await slots.acquire()
-            if self.stopping:
+            if self.stopping or self.limit_hit:
+                slots.release()
                 return
             task = loop.create_task(self._connect(c, slots))
             self.tasks.add(task)
@@ -204,6 +210,15 @@ class LoadProcess:
         self.conn.send(Settled(self.proc, self.ready))
         if self.opts.verb is Verb.CONN and self.opts.hold is not None:
             self.loop.call_later(self.opts.hold, self.stop)
+
+    def limit_reached(self) -> None:
+        """The run's -L is spent (seen here, or told by the parent): launch no more
+        clients, let the publishers drain their acks, disconnect everyone."""
+        if self.limit_hit:
+            return
+        self.limit_hit = True
+        for c in self.clients:
+            c.limit_reached()
 
     def stop(self) -> None:
         """Finish every client: DISCONNECT the connected ones, give up the others."""

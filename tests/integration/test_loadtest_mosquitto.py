@@ -117,11 +117,11 @@ def check_latency(summary: dict, log: str) -> None:
 def test_qos1_v5_fan_in_over_two_processes(mosquitto):
     port = str(mosquitto)
     sub = LoadRun("sub", "-h", "127.0.0.1", "-p", port, "-c", "2", "--processes", "2", "-q", "1", "-V", "5",
-                  "-t", "fanin/#", "-L", "600", "--prefix", "t1")
+                  "-t", "fanin/#", "-L", "1200", "--prefix", "t1")
     ready = sub.wait_settled()
     assert ready["ready"] == 2, sub.log()
     pub = LoadRun("pub", "-h", "127.0.0.1", "-p", port, "-c", "3", "--processes", "2", "-q", "1", "-V", "5",
-                  "-t", "fanin/%i/%c", "-I", "0", "-L", "200", "-s", "64", "--inflight", "10", "--prefix", "t1")
+                  "-t", "fanin/%i/%c", "-I", "0", "-L", "600", "-s", "64", "--inflight", "10", "--prefix", "t1")
     pub_code, p = pub.finish()
     sub_code, s = sub.finish()
     log = pub.log() + sub.log()
@@ -142,7 +142,7 @@ def test_qos2_v311_shared_group_gets_each_message_once(mosquitto):
                   "-t", "work/+", "--shared", "g", "-L", "300", "--prefix", "t2")
     sub.wait_settled()
     pub = LoadRun("pub", "-h", "127.0.0.1", "-p", port, "-c", "3", "--processes", "1", "-q", "2", "-V", "4",
-                  "-t", "work/%i", "-I", "2", "-L", "100", "--prefix", "t2")
+                  "-t", "work/%i", "-I", "2", "-L", "300", "--prefix", "t2")
     pub_code, p = pub.finish()
     sub_code, s = sub.finish()
     log = pub.log() + sub.log()
@@ -155,7 +155,7 @@ def test_qos2_v311_shared_group_gets_each_message_once(mosquitto):
 def test_qos0_v31_fan_out(mosquitto):
     port = str(mosquitto)
     sub = LoadRun("sub", "-h", "127.0.0.1", "-p", port, "-c", "4", "--processes", "1", "-q", "0", "-V", "3",
-                  "-t", "fanout", "-L", "500", "--prefix", "t3")
+                  "-t", "fanout", "-L", "2000", "--prefix", "t3")
     sub.wait_settled()
     pub = LoadRun("pub", "-h", "127.0.0.1", "-p", port, "-c", "1", "--processes", "1", "-q", "0", "-V", "3",
                   "-t", "fanout", "-I", "1", "-L", "500", "-s", "8", "--prefix", "t3")
@@ -227,9 +227,11 @@ class Counter:
 
 
 @pytest.fixture(params=["mosquitto", "shoal"])
-def broker_port(request):
-    return request.getfixturevalue("mosquitto" if request.param == "mosquitto" else "node").port \
-        if request.param == "shoal" else request.getfixturevalue("mosquitto")
+def broker_port(request) -> int:
+    """mosquitto's port, or a one-worker Shoal node's (tests/conftest.py's ``node``)."""
+    if request.param == "shoal":
+        return request.getfixturevalue("node").port
+    return request.getfixturevalue("mosquitto")
 
 
 @pytest.mark.parametrize("processes", ["1", "2"])

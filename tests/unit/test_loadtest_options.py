@@ -24,8 +24,19 @@ def test_defaults_follow_emqtt_bench():
     assert (o.host, o.port, o.clients) == ("localhost", 1883, 200)
     assert (o.connect_interval_ms, o.publish_interval_ms) == (10.0, 1000.0)
     assert (o.payload_size, o.qos, o.version, o.limit, o.keepalive, o.clean) == (256, 0, 5, 0, 300, True)
-    assert (o.inflight, o.duration, o.json, o.shared) == (100, None, False, None)
+    # emqtt-bench's -F is 1, and its pub waits for each QoS 1/2 ack before the next publish
+    assert (o.inflight, o.duration, o.json, o.shared) == (1, None, False, None)
     assert o.prefix  # the host name by default
+
+
+def test_inflight_zero_is_emqtt_bench_infinity():
+    assert parse(["pub", "-t", "t", "-F", "0"]).inflight == 0  # the window is then the broker's Receive Maximum
+
+
+def test_limit_help_says_whole_run(capsys):
+    with pytest.raises(SystemExit):
+        parse(["pub", "--help"])
+    assert "messages of the whole run, over all publishers" in " ".join(capsys.readouterr().out.split())
 
 
 def test_sub_shared_group_prefixes_the_filter():
