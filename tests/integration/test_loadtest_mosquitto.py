@@ -199,7 +199,7 @@ class Counter:
 
         self.root = root
         self.count = 0
-        self.topics: set[str] = set()
+        self.topics: set[str] = set()  # the publishers heard from (one topic each)
         self.subscribed = threading.Event()
         self.ended = threading.Event()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{root}-counter", protocol=paho.MQTTv311)
@@ -254,3 +254,29 @@ def test_limit_counts_the_whole_run_over_every_publisher(broker_port, processes)
     assert received == 2000, log
     assert (s["received"], s["errors"]) == (4000, 0), log
     assert any(line.startswith('{"limit_reached_s"') for line in pub.err), log
+
+
+EMQTT_BENCH = os.environ.get("EMQTT_BENCH") or shutil.which("emqtt_bench")
+
+
+@pytest.mark.skipif(EMQTT_BENCH is None, reason="cross-check against the real emqtt-bench skipped: no emqtt_bench "
+                    "binary (set EMQTT_BENCH=/path/to/emqtt_bench or put it on PATH)")
+def test_limit_matches_the_real_emqtt_bench(broker_port):
+    """The same ``pub -c 20 -I 10 -L 2000 -q 1`` with emqtt-bench and with loadtest: a subscriber
+    gets 2,000 messages, from all 20 publishers, from each tool.  emqtt-bench may miss its total
+    by a few: its counter is read, then decremented, and its run halts as soon as one publisher
+    finds it at 0, while another may have taken one and not yet sent it."""
+    args = ["-h", "127.0.0.1", "-p", str(broker_port), "-c", "20", "-I", "10", "-L", "2000", "-q", "1"]
+    results = {}
+    for tool, argv in (("emqtt_bench", [EMQTT_BENCH, "pub"]), ("loadtest", [sys.executable, "-m", "loadtest", "pub"])):
+        root = f"xc{tool[0]}"
+        counter = Counter(broker_port, root)
+        done = subprocess.run([*argv, *args, "-t", f"{root}/%i", "--prefix", root], capture_output=True, text=True,
+                              timeout=120)
+        received = counter.total()
+        results[tool] = (done.returncode, received, len(counter.topics), done.stdout[-2000:] + done.stderr[-2000:])
+    log = "\n".join(f"{tool}: rc={r[0]} received={r[1]} publishers={r[2]}\n{r[3]}" for tool, r in results.items())
+    assert results["loadtest"][:3] == (0, 2000, 20), log
+    rc, received, publishers, _ = results["emqtt_bench"]
+    assert (rc, publishers) == (0, 20) and 2000 - 19 <= received <= 2000 + 19, log
+    assert "publish complete" in results["emqtt_bench"][3] and "publish complete" in results["loadtest"][3], log
