@@ -89,17 +89,18 @@ class Wire:
 
 
 class BenchClient(asyncio.Protocol):
-    __slots__ = ("proc", "opts", "counters", "wire", "index", "client_id", "topic", "phase", "transport", "framer",
+    __slots__ = ("proc", "opts", "counters", "wire", "index", "client_id", "username", "topic", "phase", "transport", "framer",
                  "version", "connack", "connect_started", "paused", "template", "inflight", "window", "next_pid",
                  "sent", "received", "pub_start", "interval_s", "pump_handle", "paced", "awaiting_rel", "settled")
 
-    def __init__(self, proc: LoadProcess, index: int, client_id: str, topic: str):
+    def __init__(self, proc: LoadProcess, index: int, client_id: str, topic: str, username: str | None = None):
         self.proc = proc
         self.opts: Options = proc.opts
         self.counters: Counters = proc.counters
         self.wire: Wire = proc.wire
         self.index = index
         self.client_id = client_id
+        self.username = username  # -u, with %i / %rand_N filled in
         self.topic = topic
         self.phase = Phase.IDLE
         self.transport: asyncio.Transport | None = None
@@ -127,7 +128,7 @@ class BenchClient(asyncio.Protocol):
         o = self.opts
         props = {Prop.SESSION_EXPIRY_INTERVAL: o.session_expiry} if o.session_expiry else {}
         return encode(Connect(client_id=self.client_id, clean_start=o.clean, keepalive=o.keepalive, version=o.version,
-                              username=o.username, password=None if o.password is None else o.password.encode(),
+                              username=self.username, password=None if o.password is None else o.password.encode(),
                               properties=props), o.version)
 
     def connection_made(self, transport: asyncio.Transport) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -62,6 +61,15 @@ class Options:
         return f"$share/{self.shared}/{self.topic}" if self.shared else self.topic
 
 
+def unsupported_level(template: str) -> str | None:
+    """A topic level emqtt-bench renders per message (``%s``, ``%rand_N``), which a topic
+    encoded once per client cannot follow; None if there is none."""
+    for level in template.split("/"):
+        if level == "%s" or level.startswith("%rand_"):
+            return level
+    return None
+
+
 def parse_bool(text: str) -> bool:
     low = text.strip().lower()
     if low in ("true", "1", "yes", "on"):
@@ -105,14 +113,15 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="client index offset: %%i runs from n+1 (default: 0)")
     add("-i", "--interval", dest="connect_interval_ms", type=nonneg_float, default=10.0,
         help="ms between two client connects, over all processes (default: 10)")
-    add("-u", "--username", default=None)
+    add("-u", "--username", default=None, help="user name; %%i: the client index, %%rand_N: a random number 1..N")
     add("-P", "--password", default=None)
     add("-k", "--keepalive", type=nonneg_int, default=300, help="keep alive in seconds (default: 300)")
     add("-C", "--clean", type=parse_bool, default=True, metavar="true|false",
         help="clean start / clean session (default: true)")
     add("-x", "--session-expiry", dest="session_expiry", type=nonneg_int, default=0,
         help="v5 session expiry interval in seconds (default: 0)")
-    add("--prefix", default="", help="client id prefix (default: host name); ids are <prefix>_bench_<verb>_<n>")
+    add("--prefix", default="", help="client id prefix: ids are <prefix>_bench_<verb>_<n> "
+                                     "(default: <host>_bench_<verb>_<random>_<n>, as emqtt-bench)")
     add("--processes", type=_positive_int, default=os.cpu_count() or 1,
         help="processes to spread the clients over (default: number of cores)")
     add("--duration", type=nonneg_float, default=None, help="stop after this many seconds")
@@ -125,7 +134,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _messaging(p: argparse.ArgumentParser, *, pub: bool) -> None:
     add = p.add_argument
-    add("-t", "--topic", required=True, help="topic; %%i is the client index, %%c the client id")
+    add("-t", "--topic", required=True,
+        help="topic; a level %%i is the client index, %%c the client id, %%u the -u option")
     add("-q", "--qos", type=int, choices=(0, 1, 2), default=0, help="QoS (default: 0)")
     if pub:
         add("-L", "--limit", type=_non_negative_int, default=0,
@@ -174,7 +184,8 @@ def parse(argv: list[str] | None = None) -> Options:
         parser.error("--shared: the group name must be non-empty and contain no '+', '#' or '/'")
     if values["session_expiry"] and values["version"] != 5:
         parser.error("-x/--session-expiry needs -V 5")
-    if not values["prefix"]:
-        values["prefix"] = socket.gethostname()
+    level = unsupported_level(values.get("topic") or "")
+    if level is not None:
+        parser.error(f"-t: {level} (a value per message in emqtt-bench) is not supported; %i, %c and %u are")
     values["processes"] = min(values["processes"], values["clients"])
     return Options(verb=verb, **values)

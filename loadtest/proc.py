@@ -3,6 +3,7 @@ to the parent through the pipe once a second, and a last one when it ends."""
 from __future__ import annotations
 
 import asyncio
+import random
 import resource
 import signal
 import time
@@ -14,7 +15,7 @@ import uvloop
 from loadtest.budget import Budget
 from loadtest.client import BenchClient, Phase, Wire
 from loadtest.messages import Crashed, Go, LimitReached, Ready, Settled, Stop
-from loadtest.naming import client_id, client_indices, expand_topic
+from loadtest.naming import client_id, client_indices, expand_topic, username
 from loadtest.options import Options, Verb
 from loadtest.pacer import Pacer
 from loadtest.stats import Counters, ErrorKind
@@ -80,9 +81,11 @@ class LoadProcess:
         loop.add_reader(self.conn.fileno(), self._on_pipe)
         loop.add_signal_handler(signal.SIGTERM, self.stop)  # e.g. `timeout` signals the whole group
         o = self.opts
+        rng = random.Random()
         for n in client_indices(o.clients, o.start_number, o.processes, self.proc):
-            cid = client_id(o.prefix, o.verb, n)
-            self.clients.append(BenchClient(self, n, cid, expand_topic(o.topic, n, cid)))
+            cid = client_id(o.prefix, o.verb, n, rng)
+            self.clients.append(BenchClient(self, n, cid, expand_topic(o.topic, n, cid, o.username),
+                                            username(o.username, n, rng)))
         self.unfinished = self.unsettled = len(self.clients)
         self.conn.send(Ready(self.proc))
         go: Go = await self.go
