@@ -28,6 +28,7 @@ from common.settings import Settings
 from common.wire import WIRE_VERSION, Op
 from mqtt import SubscriptionTrie
 
+from .opslink import AgentOps
 from .etcd import NODES, RANGE_END, RANGE_START, RETAINED, ROUTES, Etcd
 from .peers import CLUSTER_WIRE, PeerOut, PeerService
 from .routerlink import RouterLink
@@ -107,6 +108,7 @@ class Agent:
         self._router_sync: tuple | None = None  # (applied revision when sent, task) of the router SYNC in flight
         self._peer_syncs: dict[int, asyncio.Task] = {}  # etcd revision -> the Sync round for it
         self.service = PeerService(self)
+        self.ops = AgentOps(self)
         self.server: grpc.aio.Server | None = None
         self.dropped_qos0 = 0
         self.malformed = 0  # messages from peers that were not a message
@@ -137,6 +139,7 @@ class Agent:
             log.error("cannot start: cannot listen on SHOAL_CLUSTER_ADDR", extra=kv(addr=addr))
             return 3
         await self.server.start()
+        self.ops.connect()  # at once: /ready needs the node joined; /metrics shows stats()
         tasks = [loop.create_task(self._etcd_main()), loop.create_task(self._writer())]
         # register with the router holding the other nodes' routes already (an agent
         # restarted by circus then replaces its old filters without a gap), unless etcd
@@ -186,7 +189,25 @@ class Agent:
         if self.server is not None:
             await self.server.stop(0.5)
         await self.etcd.reset()
+        self.ops.close()
         self.link.close()
+
+    def stats(self) -> dict:
+        """The agent's figures (numbers only), for /metrics as shoal_cluster_<key>."""
+        peers = [p for n, p in self.peers.items() if n in self.members]
+        return {
+            "joined": int(self.connected),
+            "nodes": len(self.members),
+            "peers_connected": sum(1 for p in peers if p.connected),
+            "peer_queued": sum(p.size() for p in peers),
+            "remote_filters": len(self.union),
+            "local_filters": len(self.local_refs),
+            "forwarded_total": self.forwarded,
+            "received_total": self.received_count,
+            "dropped_qos0_total": self.dropped_qos0,
+            "malformed_total": self.malformed,
+            "paused": int(self.link.paused),
+        }
 
     def write_status(self) -> None:
         """$SHOAL_RUN_DIR/shoal-<port>-cluster.json: joined or not, and the nodes seen
@@ -675,7 +696,9 @@ class Agent:
                 f.write(str(lease_id))
         self.lease_id = lease_id
         key = NODES + self.node.encode()
-        value = _json({"addr": self.settings.cluster_address, "workers": self.settings.workers,
+        st = self.settings
+        api = f"http://{st.metrics_host or st.host}:{st.metrics_port}" if st.metrics_port else None
+        value = _json({"addr": self.settings.cluster_address, "workers": self.settings.workers, "api": api,
                        "wire": CLUSTER_WIRE, "instance": self.instance, "mqtt": f"{self.settings.host}:{self.settings.port}"})
         tx = client.transactions
         ok, _ = await client.transaction(compare=[tx.create(key) == 0], success=[tx.put(key, value, lease_id)], failure=[])
