@@ -14,6 +14,7 @@ from common.settings import Settings
 from .acl import AclError
 from .server import WorkerServer
 from .store import StoreError
+from .tls import TlsError
 
 
 def main() -> None:
@@ -27,7 +28,7 @@ def main() -> None:
     try:
         server = WorkerServer(settings, args.wid, args.fd)  # loads the ACL file
         uvloop.run(server.run())
-    except (AclError, StoreError) as e:
+    except (AclError, StoreError, TlsError) as e:
         # never serve without the configured ACL or store: exit; circus retries
         # every check_delay, so the worker starts once the file is fixed
         logging.getLogger("shoal.worker").error("cannot start: %s", e)

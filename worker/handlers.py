@@ -28,6 +28,7 @@ from mqtt import (
 from .broker import will_from_connect
 from .message import Message
 from .session import NEVER, Delivery, OutState, SubOptions
+from .tls import use_identity
 
 log = logging.getLogger("shoal.conn")
 
@@ -75,6 +76,8 @@ def handle_connect(conn, p) -> None:
     p.client_id = cid
     conn.client_id = cid
     conn.username = p.username
+    if st.tls_use_identity_as_username:  # on TLS: the certificate's CN is the username (worker/tls.py)
+        use_identity(conn, p)
     if not st.allow_anonymous and p.username is None:
         raise MQTTError(ReasonCode.NOT_AUTHORIZED, "anonymous clients are not allowed")
     # session expiry

@@ -19,6 +19,10 @@ class Metrics:
     dropped_too_large: int = 0
     protocol_errors: int = 0
     dropped_store_full: int = 0  # QoS 1/2 refused (0x97) because the store could not write
+    # TLS and WebSocket listeners (worker/tls.py, worker/websocket.py)
+    tls_handshake_failures: int = 0  # failed or timed-out TLS handshakes
+    ws_handshake_failures: int = 0  # refused or timed-out WebSocket upgrades
+    ws_protocol_errors: int = 0  # text frames and frames wsproto could not parse
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -15,6 +15,7 @@ from mqtt import ReasonCode
 from .acl import Acl
 from .bridge import LocalBridge
 from .broker import Broker
+from .listeners import Listeners
 from .protocol import Connection, Writer
 from .router_link import RouterBridge
 from .store import Store, quiet_gc
@@ -23,7 +24,7 @@ from .sys_topics import publish_sys, publish_version
 log = logging.getLogger("shoal.worker")
 
 
-def listen_socket(settings: Settings, fd: int | None) -> socket.socket:
+def listen_socket(settings: Settings, fd: int | None, port: int | None = None) -> socket.socket:
     """The listening socket: handed over by circusd (fd), or bound here with
     SO_REUSEPORT so that every worker of the node has its own accept queue."""
     if fd is not None:
@@ -32,7 +33,7 @@ def listen_socket(settings: Settings, fd: int | None) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((settings.host, settings.port))
+    sock.bind((settings.host, port or settings.port))
     sock.listen(1024)
     return sock
 
@@ -49,6 +50,7 @@ class WorkerServer:
         self.server: asyncio.AbstractServer | None = None
         self.stopping = asyncio.Event()
         self._ticker: asyncio.Task | None = None
+        self.listeners = Listeners()  # TLS, WebSocket, WSS (worker/listeners.py)
 
     def open_store(self, loop) -> None:
         """Open this worker's LevelDB and restore what it holds (before serving)."""
@@ -77,6 +79,7 @@ class WorkerServer:
         self.broker.writer = Writer(loop)
         sock = listen_socket(self.settings, self.fd)
         self.server = await loop.create_server(lambda: Connection(self.broker), sock=sock, backlog=1024)
+        await self.listeners.open(loop, self.settings, self.broker, listen_socket)
         self.broker.bridge.connect()
         if self.settings.sys_interval > 0:
             publish_version(self.broker)  # there from the start, not only after the first interval
@@ -108,6 +111,7 @@ class WorkerServer:
         log.info("shutting down", extra=kv(clients=len(self.broker.connections)))
         if self.server is not None:
             self.server.close()
+        self.listeners.close()
         if self._ticker is not None:
             self._ticker.cancel()
         for conn in list(self.broker.connections):

@@ -26,6 +26,9 @@ TOPICS = {
     "subscriptions/count": "subscriptions",
     "store/messages/dropped": "dropped_queue_full",
     "store/messages/refused": "dropped_store_full",  # QoS 1/2 refused (0x97): the store could not write
+    "tls/handshakes/failed": "tls_handshake_failures",
+    "websocket/handshakes/failed": "ws_handshake_failures",
+    "websocket/protocol_errors": "ws_protocol_errors",
 }
 
 
