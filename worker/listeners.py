@@ -44,7 +44,10 @@ class Listeners:
             plans.append(("wss", st.wss_port, wss))
         for kind, port, factory in plans:
             sock = listen_socket(st, None, port)
-            self.servers.append(await loop.create_server(factory, sock=sock, backlog=1024))
+            if isinstance(factory, TlsListener):
+                factory.start(loop, sock)
+            else:
+                self.servers.append(await loop.create_server(factory, sock=sock, backlog=1024))
             log.info("listening", extra=kv(listener=kind, host=st.host, port=port))
 
     def close(self) -> None:

@@ -1,10 +1,9 @@
 """MQTT over TLS: the server context, the handshake, and the certificate as username.
 
-A TLS connection starts as a plain TCP connection whose protocol is
-:class:`TlsAccept`: it runs the handshake with ``loop.start_tls`` (bounded by
-SHOAL_CONNECT_TIMEOUT) and only then hands the TLS transport to the next
-protocol (the MQTT :class:`~worker.protocol.Connection`, or the WebSocket
-layer for WSS). A handshake that fails (garbage, a certificate the CA does not
+:class:`TlsListener` accepts on the TLS port and runs each handshake
+(bounded by SHOAL_CONNECT_TIMEOUT); only then does the next protocol (the MQTT
+:class:`~worker.protocol.Connection`, or the WebSocket layer for WSS) see the
+connection. A handshake that fails (garbage, a certificate the CA does not
 sign, no certificate when one is required, a client that stays silent) costs
 no more than a bad packet: it is counted, logged with the peer, node and
 worker, and the socket is closed; the worker goes on serving.
@@ -51,60 +50,19 @@ def server_context(settings) -> ssl.SSLContext | None:
     return ctx
 
 
-class TlsAccept(asyncio.Protocol):
-    """The first protocol of an accepted TLS connection: the handshake, then the next protocol."""
-
-    __slots__ = ("listener", "transport", "peer")
-
-    def __init__(self, listener: "TlsListener"):
-        self.listener = listener
-        self.transport = None
-        self.peer = "?"
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        transport.pause_reading()  # start_tls takes the socket over before anything is read
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        lsn = self.listener
-        task = asyncio.get_running_loop().create_task(self._handshake())
-        lsn.pending.add(task)
-        task.add_done_callback(lsn.pending.discard)
-
-    async def _handshake(self) -> None:
-        lsn = self.listener
-        app = lsn.factory()
-        try:
-            tls = await asyncio.get_running_loop().start_tls(
-                self.transport, app, lsn.context, server_side=True, ssl_handshake_timeout=lsn.timeout)
-        except asyncio.CancelledError:
-            self.transport.abort()
-            raise
-        except Exception as e:  # noqa: BLE001 - any handshake failure closes this one connection
-            lsn.metrics.tls_handshake_failures += 1
-            reason = "timeout" if isinstance(e, (ConnectionAbortedError, TimeoutError)) else type(e).__name__
-            log.info("TLS handshake failed, closing",
-                     extra=kv(peer=self.peer, port=lsn.port, reason=reason, detail=str(e)[:200]))
-            if not self.transport.is_closing():
-                self.transport.abort()
-            return
-        if tls is None:  # the client went away during the handshake
-            lsn.metrics.tls_handshake_failures += 1
-            log.info("TLS handshake failed, closing", extra=kv(peer=self.peer, port=lsn.port, reason="closed"))
-            return
-        app.connection_made(tls)
-
-    def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused until start_tls
-        pass
-
-    def connection_lost(self, exc) -> None:  # before start_tls took the transport: nothing to undo
-        pass
-
-
 class TlsListener:
-    """One TLS port of a worker: what TlsAccept needs, and the handshakes under way."""
+    """One TLS port of a worker: its accept loop and the handshakes under way.
 
-    __slots__ = ("context", "factory", "timeout", "metrics", "port", "pending")
+    Each accepted socket gets ``loop.connect_accepted_socket(ssl=...)``, which
+    returns once the handshake is done (the next protocol's connection_made
+    has then been called) and raises when it fails or times out. (A plain
+    server whose first protocol calls ``start_tls`` loses the ClientHello under
+    uvloop when it arrives with the connection: uvloop starts reading right
+    after connection_made, before start_tls can take the socket.)"""
+
+    __slots__ = ("context", "factory", "timeout", "metrics", "port", "pending", "sock", "task")
+
+    ACCEPT_BATCH = 64  # connections taken from the accept queue per wakeup
 
     def __init__(self, context: ssl.SSLContext, factory, timeout: float, metrics, port: int):
         self.context = context
@@ -113,11 +71,60 @@ class TlsListener:
         self.metrics = metrics
         self.port = port
         self.pending: set[asyncio.Task] = set()
+        self.sock = None
+        self.task: asyncio.Task | None = None
 
-    def __call__(self) -> TlsAccept:
-        return TlsAccept(self)
+    def start(self, loop, sock) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.task = loop.create_task(self._accept_loop(loop, sock))
+
+    async def _accept_loop(self, loop, sock) -> None:
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(sock)
+            except OSError as e:  # EMFILE and the like: say so, let the queue wait a moment
+                log.warning("accept failed", extra=kv(port=self.port, error=str(e)))
+                await asyncio.sleep(0.1)
+                continue
+            self._handshake(loop, conn, addr)
+            for _ in range(self.ACCEPT_BATCH - 1):
+                try:
+                    conn, addr = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as e:
+                    log.warning("accept failed", extra=kv(port=self.port, error=str(e)))
+                    break
+                self._handshake(loop, conn, addr)
+
+    def _handshake(self, loop, conn, addr) -> None:
+        conn.setblocking(False)
+        task = loop.create_task(self._run_handshake(loop, conn, addr))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def _run_handshake(self, loop, conn, addr) -> None:
+        peer = f"{addr[0]}:{addr[1]}" if addr else "?"
+        try:
+            await loop.connect_accepted_socket(self.factory, conn, ssl=self.context,
+                                               ssl_handshake_timeout=self.timeout)
+        except asyncio.CancelledError:
+            conn.close()
+            raise
+        except Exception as e:  # noqa: BLE001 - any handshake failure closes this one connection
+            self.metrics.tls_handshake_failures += 1
+            reason = "timeout" if isinstance(e, (ConnectionAbortedError, TimeoutError)) else type(e).__name__
+            log.info("TLS handshake failed, closing",
+                     extra=kv(peer=peer, port=self.port, reason=reason, detail=str(e)[:200]))
+            if conn.fileno() != -1:
+                conn.close()
 
     def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.sock is not None:
+            self.sock.close()
         for task in list(self.pending):
             task.cancel()
 
