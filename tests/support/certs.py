@@ -82,6 +82,20 @@ class Certs:
         """A client certificate with this CN (signed by the untrusted CA if asked)."""
         return self._issue(f"client-{cn}{'-untrusted' if untrusted else ''}", cn, untrusted=untrusted)
 
+    @property
+    def server_spki(self) -> str:
+        """base64 SHA-256 of the server key's SubjectPublicKeyInfo (Chromium's
+        --ignore-certificate-errors-spki-list)."""
+        import base64
+
+        with open(self.server_crt, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+        spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo)
+        h = hashes.Hash(hashes.SHA256())
+        h.update(spki)
+        return base64.b64encode(h.finalize()).decode()
+
     def settings(self, **extra) -> dict:
         """Node settings for a TLS listener with these certificates."""
         return {"tls_certfile": self.server_crt, "tls_keyfile": self.server_key, "tls_cafile": self.ca, **extra}

@@ -141,7 +141,11 @@ def ws_raw(port: int, version: int = 4, ctx: ssl.SSLContext | None = None, timeo
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if ctx is not None:
         sock = ctx.wrap_socket(sock, server_hostname="localhost")
-    c.sock = WsSocket(sock, path, subprotocols)
+    try:
+        c.sock = WsSocket(sock, path, subprotocols)
+    except BaseException:
+        sock.close()
+        raise
     c.framer = Framer()
     c.pending = []
     c.eof = False
