@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from mqtt import PubAck, Publish, ReasonCode, SubAck, Subscribe, Subscription
 from tests.support.certs import Certs
 from tests.support.node import Node, free_port, wait_for
-from tests.support.raw import Closed
+from tests.support.raw import Closed, connect
 from tests.support.transports import client_context, tls_raw
 
 SYS_FAILED = "$SYS/broker/workers/1/tls/handshakes/failed"
@@ -324,3 +324,45 @@ def test_plain_tcp_listener_keeps_the_connect_username(strict, clients):
     c = clients.connect(strict.port, "tcp-alice", 5, username="carol")
     c.send(Subscribe(1, [Subscription("users/carol/#", 1), Subscription("users/alice/#", 1)]))
     assert list(c.expect(SubAck).reason_codes) == [1, ReasonCode.NOT_AUTHORIZED]
+
+
+# -- every worker serves the TLS and WebSocket ports ---------------------------------------------
+def test_every_worker_binds_the_tls_and_websocket_ports(certs):
+    """Like SHOAL_PORT, each worker binds SHOAL_TLS_PORT and SHOAL_WS_PORT with
+    SO_REUSEPORT: 24 connections on each port land on both workers, at least 2 on
+    each (fewer would happen by chance with probability about 2^-19)."""
+    from tests.support.transports import ws_raw
+
+    n = Node(workers=2, sys_interval=1, tls_port=free_port(), ws_port=free_port(),
+             tls_certfile=certs.server_crt, tls_keyfile=certs.server_key)
+    n.start()
+    opened = []
+    try:
+        ctx = client_context(certs.ca)
+        for kind, make in (("tls", lambda i: tls_raw(int(n.env["SHOAL_TLS_PORT"]), ctx)),
+                           ("ws", lambda i: ws_raw(int(n.env["SHOAL_WS_PORT"])))):
+            batch = []
+            for i in range(24):
+                c = make(i)
+                assert c.connect(f"{kind}-{i}").reason_code == 0
+                batch.append(c)
+            opened += batch
+            for wid in (1, 2):
+                topic = f"$SYS/broker/workers/{wid}/clients/connected"
+                sys_value(n.port, topic, 2)  # 2: the reader itself may be one of them
+            for c in batch:
+                c.close()
+            opened.clear()
+            for wid in (1, 2):  # back to none before the next port's batch
+                c = connect(n.port, "", 4)
+                try:
+                    c.send(Subscribe(1, [Subscription(f"$SYS/broker/workers/{wid}/clients/connected", 0)]))
+                    c.expect(SubAck)
+                    wait_for(lambda: (lambda p: isinstance(p, Publish) and int(p.payload) <= 1)(c.recv(5)),
+                             30, 0, f"worker {wid} without the batch")
+                finally:
+                    c.close()
+    finally:
+        for c in opened:
+            c.close()
+        n.stop()
