@@ -274,9 +274,11 @@ def test_subscriber_that_stops_reading_pushes_back(node):
                 pub.send(Publish("flood/ws", chunk, 0))
                 sent += 1
             pub.barrier()
-            return sent >= 256
+            return sent >= 768
 
-        wait_for(flooded, 120, 0, "256 publishes of 64 KiB")
+        # 48 MiB: more than the kernel's socket buffers on both sides can hold beside
+        # the 4 MiB the connection buffers before it pauses
+        wait_for(flooded, 120, 0, "768 publishes of 64 KiB")
         sys_value(node.port, "publish/messages/dropped", before + 1)
         other = ws_raw(node.ws_port, 4)
         try:
