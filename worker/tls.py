@@ -141,16 +141,19 @@ def certificate_cn(transport) -> str | None:
     return None
 
 
-def use_identity(conn, connect) -> None:
+def use_identity(conn, connect) -> bool:
     """SHOAL_TLS_USE_IDENTITY_AS_USERNAME, as mosquitto's use_identity_as_username:
     on a TLS connection the certificate's CN is the username (whatever CONNECT
     says, and no password is used); a TLS client without one is refused with
-    0x86 (3.1.1: 4). Plain TCP and WebSocket connections are left as they are."""
+    0x86 (3.1.1: 4). Plain TCP and WebSocket connections are left as they are.
+    True when the certificate gave the username (then no password check applies,
+    as in mosquitto)."""
     t = conn.transport
     if t is None or t.get_extra_info("sslcontext") is None:
-        return
+        return False
     cn = certificate_cn(t)
     if not cn:
         raise MQTTError(ReasonCode.BAD_USER_NAME_OR_PASSWORD, "no client certificate with a CN")
     conn.username = connect.username = cn
     connect.password = None
+    return True
