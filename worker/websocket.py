@@ -56,7 +56,7 @@ class WsTransport(asyncio.Transport):
         self._protocol = None
 
     def write(self, data) -> None:
-        if self._closing or self._raw.is_closing():
+        if self.is_closing():
             return
         self._raw.write(self._ws.send(Message(data=data)))
 
@@ -64,7 +64,8 @@ class WsTransport(asyncio.Transport):
         self.write(b"".join(chunks))
 
     def is_closing(self) -> bool:
-        return self._closing or self._raw.is_closing()
+        """True also once either side sent a Close frame: no data frame may follow it."""
+        return self._closing or self._raw.is_closing() or self._ws.state != ConnectionState.OPEN
 
     def close(self) -> None:
         """A Close frame (1000), then the socket closes once the client answers

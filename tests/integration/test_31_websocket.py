@@ -161,6 +161,35 @@ def test_text_frame_closes_with_1003(node):
         c.close()
 
 
+def test_text_frame_right_after_packets_with_answers_pending(node):
+    """The PUBACK and the PUBLISH for this PUBLISH are still waiting for the end of the
+    loop pass when the text frame in the same read closes the WebSocket: nothing may be
+    written after our Close frame, and the worker goes on without an error."""
+    mark = len(node.log())
+    c = ws_raw(node.ws_port, 4)
+    try:
+        assert c.connect("ws-text-pending").reason_code == 0
+        c.send(Subscribe(1, [Subscription("ws/pending", 1)]))
+        c.expect(SubAck)
+        from wsproto.events import Message
+
+        pub = encode(Publish("ws/pending", b"p", 1, False, False, 9), 4)
+        c.sock.send_raw(c.sock.ws.send(Message(data=pub)) + c.sock.ws.send(Message(data="text")))
+        with pytest.raises(Closed):
+            while True:
+                c.recv(20)
+        assert c.sock.close_code == 1003
+    finally:
+        c.close()
+    other = ws_raw(node.ws_port, 4)
+    try:
+        assert other.connect("ws-text-after").reason_code == 0
+        assert other.barrier() == []
+    finally:
+        other.close()
+    assert "Traceback" not in node.log()[mark:] and "Exception in callback" not in node.log()[mark:]
+
+
 def test_unmasked_frame_closes_with_1002_and_worker_serves_on(node):
     pid = node.worker_pids()[1]
     c = ws_raw(node.ws_port, 4)
