@@ -258,10 +258,11 @@ def strict(certs):
     acl = os.path.join(d, "acl")
     with open(acl, "w") as f:
         f.write(ACL)
-    n = Node(workers=1, sys_interval=1, tls_port=free_port(), acl_file=acl,
+    n = Node(workers=1, sys_interval=1, tls_port=free_port(), wss_port=free_port(), acl_file=acl,
              **certs.settings(tls_require_certificate="true", tls_use_identity_as_username="true"))
     n.start()
     n.tls_port = int(n.env["SHOAL_TLS_PORT"])
+    n.wss_port = int(n.env["SHOAL_WSS_PORT"])
     yield n
     n.stop()
 
@@ -366,3 +367,27 @@ def test_every_worker_binds_the_tls_and_websocket_ports(certs):
         for c in opened:
             c.close()
         n.stop()
+
+
+def test_certificate_cn_is_the_username_over_wss(strict, certs):
+    """The same through WebSocket over TLS: alice's certificate, bob in CONNECT."""
+    from tests.support.transports import ws_raw
+
+    ctx = client_context(certs.ca, certs.client("alice"))
+    c = ws_raw(strict.wss_port, 5, ctx=ctx)
+    try:
+        assert c.connect("alice-wss", username="bob").reason_code == 0
+        c.send(Subscribe(1, [Subscription("users/alice/wss", 1), Subscription("users/bob/wss", 1)]))
+        assert list(c.expect(SubAck).reason_codes) == [1, ReasonCode.NOT_AUTHORIZED]
+    finally:
+        c.close()
+    from tests.support.transports import WsRejected
+
+    with pytest.raises((ssl.SSLError, ConnectionError, Closed, WsRejected)) as e:
+        c = ws_raw(strict.wss_port, 5, ctx=client_context(certs.ca))  # no certificate
+        try:
+            c.connect("nocert-wss")
+        finally:
+            c.close()
+    if isinstance(e.value, WsRejected):  # TLS 1.3: the refusal is seen as a close before any answer
+        assert e.value.status == 0
