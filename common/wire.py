@@ -45,6 +45,12 @@ class Op(IntEnum):
     CONFIRM = 29  # [CONFIRM, token, ok]: every receiver of PUB token owns the message
     DELIVER_DIRECT = 30  # [DELIVER_DIRECT, msg, client_id, qos, retain, sub_ids]
     MOVED = 31  # [MOVED, client_id, filters]: to the old holder: routes moved; later DELIVERs know it
+    # the ops channel (SHOAL_RUN_DIR/shoal-<port>-ops.sock): health and admin, apart from the data path
+    BEAT = 40  # member -> router, every second: [BEAT, name, pid, serving, started (wall clock), peers?]
+    #           (serving: a worker listens and is registered; the agent has joined the cluster.
+    #            peers: the agent's list of the other nodes [{"node", "api"}], router/ops.py)
+    ASK = 41  # router -> member: [ASK, req, what, args]   (what: stats, clients, sessions, ...)
+    ANSWER = 42  # member -> router: [ANSWER, req, payload]
 
 
 def pack(ops: list) -> bytes:

@@ -25,18 +25,22 @@ import zmq
 
 from common import logs
 from common.logs import kv
+from common.proc import die_with_parent
 from common.settings import Settings
 from common.wire import WIRE_VERSION, Op, pack, unpack
 from mqtt import SubscriptionTrie, topic_matches
 from worker.message import Message
-from worker.metrics import node_sums
+from worker.metrics import Histogram, node_sums
 from worker.serial import msg_from_wire, msg_to_wire
 from worker.store import Store, StoreError
+
+from .admin import OpsService
 
 log = logging.getLogger("shoal.router")
 
 MEMBER_TIMEOUT = 3.0  # seconds without a PING before a member counts as gone
 REPLAY_WINDOW = 0.5  # seconds of routed publishes kept for subscriptions whose route is late
+REPLAY_MARGIN = 0.005  # QoS 0 read this long before a SUBSCRIBE counts as concurrent (worker/router_link.py)
 CLAIM_TIMEOUT = 5.0  # seconds a hand-over may take before the claimant gets an empty session
 HOLDER_RESTART_WAIT = 8.0  # seconds a claim waits for the dead holder of a session to be restarted
 SETTLE_TIMEOUT = 3.0  # seconds after start that publishes wait for every worker to (re-)register
@@ -64,6 +68,7 @@ class Claim:
     claimant: bytes
     clean_start: bool
     deadline: float
+    since: float = 0.0  # when the claim came (hand-over latency, /metrics)
 
 
 class Router:
@@ -87,6 +92,7 @@ class Router:
         self.recent: deque = deque()  # (at, sender, msg, targets) of the last REPLAY_WINDOW seconds
         self.by_name: dict[str, bytes] = {}  # (sender, token) -> members that have not confirmed  # [ident, token, version, deadline] waiting for members to apply routes
         self.forwarded = 0
+        self.handover_seconds = Histogram()  # CLAIM to GRANT of the claims another worker answered (HANDOFF)
         self.started = time.monotonic()
         self.settled = False  # every worker registered (or SETTLE_TIMEOUT passed)
         self.deferred: list = []  # (ident, op) routed once settled
@@ -150,6 +156,7 @@ class Router:
         self.bind()
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        ops = OpsService(self, poller)  # /metrics, /health, /ready, the admin API (router/admin.py)
         next_check = time.monotonic() + 0.5
         while self.running:
             backlog = bool(self.out)
@@ -163,12 +170,14 @@ class Router:
                         break
                     self.handle(ident, data)
             now = time.monotonic()
+            ops.poll(events, now)
             if now >= next_check:
                 next_check = now + 0.5
                 self.check_timeouts(now)
             if self.store is not None and self.store.batch is not None:
                 self.store.flush()
             self.flush()
+        ops.close()
         if self.store is not None:
             self.store.close()
         self.sock.close(0)
@@ -300,9 +309,12 @@ class Router:
     def replay(self, ident: bytes, flt: str, since: float) -> None:
         """Publishes routed after the subscription was made but before its route
         arrived here go to the new subscriber's worker now."""
+        early = since - REPLAY_MARGIN
         for at, sender, msg, targets in reversed(self.recent):
-            if at < since:
+            if at < early:
                 break
+            if at < since and msg[2]:
+                continue  # QoS 1/2 read before the SUBSCRIBE: maybe acknowledged before it arrived
             if sender != ident and ident not in targets and topic_matches(flt, msg[0]):
                 targets.add(ident)
                 self.send(ident, [Op.DELIVER, msg, True, [], None])
@@ -401,7 +413,7 @@ class Router:
     # -- sessions ------------------------------------------------------------------
     def claim(self, ident: bytes, client_id: str, req: int, clean_start: bool, now: float) -> None:
         queue = self.claims.setdefault(client_id, [])
-        queue.append(Claim(client_id, req, ident, clean_start, now + CLAIM_TIMEOUT))
+        queue.append(Claim(client_id, req, ident, clean_start, now + CLAIM_TIMEOUT, now))
         if len(queue) == 1:
             self._start_claim(queue[0])
 
@@ -443,6 +455,7 @@ class Router:
         if not queue or queue[0].req != req:
             return  # a late answer to a claim that timed out
         claimant = self.members.get(queue[0].claimant)
+        self.handover_seconds.observe(time.monotonic() - queue[0].since)
         if state is not None and claimant is not None:
             # the session's routes move with it, before its old holder withdraws them
             for sub in state[4]:
@@ -565,8 +578,9 @@ class Router:
 
 
 def main() -> None:
+    die_with_parent()
     settings = Settings()
-    logs.setup(settings.log_level, node=settings.node, process="router")
+    logs.setup(settings.log_level, settings.log_format, node=settings.node, process="router")
     router = Router(settings)
     try:
         router.open_store()
@@ -579,5 +593,6 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload (circus.ini send_hup) has nothing to re-read here
     router.run()
     log.info("router stopped", extra=kv(forwarded=router.forwarded))

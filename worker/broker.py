@@ -16,7 +16,7 @@ from mqtt import Prop, RetainedTrie, SubscriptionTrie
 from .acl import Acl
 from .bridge import LocalBridge
 from .message import Message
-from .metrics import Metrics
+from .metrics import Histogram, Metrics
 from .session import NEVER, Delivery, Session, SubOptions, Will
 from .timers import KeepaliveWheel, TimerHeap
 
@@ -40,6 +40,7 @@ class Broker:
         self.timers = TimerHeap()
         self.keepalive = KeepaliveWheel()
         self.metrics = Metrics()
+        self.takeover_seconds = Histogram()  # CONNECT to grant, when it took a session over
         self.connections: set = set()
         self.bridge = bridge or LocalBridge()
         self.bridge.start(self)
@@ -49,6 +50,8 @@ class Broker:
         self._sys_retained = 0  # $SYS topics in self.retained (outside the retained limit)
         self.route_version = 0
         self.moved = SubscriptionTrie()
+        self.auth = None  # worker.auth.Authenticator (set by the server; None: no checks but allow_anonymous)
+        self.admitted = 0  # connections past CONNECT's connection-limit check (SHOAL_MAX_CONNECTIONS)
         self.writer = None  # protocol.Writer once an event loop runs  # subscriptions of sessions just handed to another worker
 
     # -- time -------------------------------------------------------------
@@ -69,6 +72,7 @@ class Broker:
 
     def connect(self, conn, connect) -> None:
         """Start the claim of connect.client_id; ends in `claimed` (maybe later)."""
+        conn.claim_at = self.clock()
         self.bridge.claim(conn, connect)
 
     def claimed(self, conn, connect, remote_state) -> None:
@@ -86,12 +90,16 @@ class Broker:
             ending = connect.clean_start or old.expiry_interval == 0
             self.detach(old, old_conn, takeover=True, ending=ending)
             old_conn.takeover()
+            self.metrics.takeovers_local += 1
+            self.takeover_seconds.observe(self.clock() - conn.claim_at)
             if ending:
                 old = None
         adopted = False
         if remote_state is not None and old is None:
             old = remote_state
             adopted = True
+            self.metrics.sessions_moved_in += 1
+            self.takeover_seconds.observe(self.clock() - conn.claim_at)
             self.sessions[cid] = old
             self._restore_subscriptions(old)
         if old is not None and connect.clean_start:
@@ -145,6 +153,9 @@ class Broker:
             return
         session.conn = None
         now = self.now = self.clock()
+        for d in conn.release():  # held behind a SUBSCRIBE: they stay with the session
+            if d.qos:
+                self.enqueue(session, d)
         self._redistribute_shared(session)
         will = session.will if send_will else None
         if not send_will:
@@ -278,6 +289,7 @@ class Broker:
                 self._sys_retained += 1
             elif len(self.retained) - self._sys_retained >= self.settings.max_retained_messages:
                 log.warning("retained message limit reached", extra=kv(topic=topic, limit=self.settings.max_retained_messages))
+                self.metrics.dropped_retained_limit += 1
                 return False
         if self.store is not None and self.owns_retained and not sys_topic:
             self.store.set_retained(msg, self.now)
@@ -377,6 +389,7 @@ class Broker:
             return None
         conn = s.conn
         if conn is not None:
+            self.metrics.takeovers_remote += 1
             clean_start = clean_start or s.expiry_interval == 0  # it ends with its connection
             self.detach(s, conn, takeover=True, ending=clean_start)
             conn.takeover()
@@ -552,16 +565,19 @@ class Broker:
         if s.queue_stored:
             self.load_queue(s)
         if len(s.queue) >= self.settings.max_queued_messages:
-            s.dropped += 1
-            self.metrics.dropped_queue_full += 1
-            if s.dropped == 1 or s.dropped % 1000 == 0:
-                log.warning("session queue full, message dropped",
-                            extra=kv(client=s.client_id, topic=d.msg.topic, limit=self.settings.max_queued_messages, dropped=s.dropped))
+            self.drop_queue_full(s, d)
             return
         s.queue.append(d)
         store = self.store_for(s)
         if store is not None:
             store.queued(s, d, self.now)
+
+    def drop_queue_full(self, s: Session, d: Delivery) -> None:
+        s.dropped += 1
+        self.metrics.dropped_queue_full += 1
+        if s.dropped == 1 or s.dropped % 1000 == 0:
+            log.warning("session queue full, message dropped",
+                        extra=kv(client=s.client_id, topic=d.msg.topic, limit=self.settings.max_queued_messages, dropped=s.dropped))
 
     def store_for(self, s: Session):
         """The store when this session's changes must be written (it outlives its

@@ -27,7 +27,11 @@ from .sys_topics import render
 log = logging.getLogger("shoal.link")
 
 REPLAY_WINDOW = 0.5  # seconds of unrouted publishes kept for subscriptions whose route is late
-REPLAY_MARGIN = 0.005  # seconds: see filter_added
+# A QoS 0 publish another worker read up to REPLAY_MARGIN before a SUBSCRIBE counts as concurrent
+# with it (two clients' packets on two workers have no order, and no acknowledgement said otherwise).
+# A QoS 1/2 publish read before the SUBSCRIBE may have been acknowledged before it arrived: never
+# replayed (issue 8: what a publisher saw acknowledged before the SUBSCRIBE is not for it).
+REPLAY_MARGIN = 0.005
 
 CLAIM_TIMEOUT = 10.0  # the router answers within its own 5 s hand-over timeout
 
@@ -53,6 +57,7 @@ class RouterBridge:
         self._delayed = False
         self.batch_delay = settings.router_batch_ms / 1000.0
         self.blocked = False
+        self.figures = [0, 0, 0, 0]  # sends, pauses, publishes forwarded, deliveries received (ops_link.LINK_FIGURES)
         self.claims: dict[int, tuple] = {}
         self._req = itertools.count(1)
         self.node_stats: dict | None = None
@@ -146,6 +151,7 @@ class RouterBridge:
                 self._set_blocked(True)
                 self._flush_handle = self.loop.call_later(0.005, self._flush)
             return
+        self.figures[0] += 1
         if self.blocked:
             self._set_blocked(False)
         self._readable()  # the zmq fd is edge-triggered: look for input after a send
@@ -153,6 +159,8 @@ class RouterBridge:
     def _set_blocked(self, on: bool) -> None:
         """Push back on publishers while the router cannot take more."""
         self.blocked = on
+        if on:
+            self.figures[1] += 1
         for conn in list(self.broker.connections):
             t = conn.transport
             if t is None or t.is_closing():
@@ -180,6 +188,7 @@ class RouterBridge:
             token = next(self._token)
             self.confirms[token] = on_owned
             self.unconfirmed[token] = (Op.PUB, msg)
+        self.figures[2] += 1
         self.queue_data([Op.PUB, msg_to_wire(msg, self.broker.now), token, time.monotonic()])
 
     def unrouted(self, msg) -> None:
@@ -193,9 +202,12 @@ class RouterBridge:
                 recent.popleft()
 
     def _replay(self, member: str, flt: str, since: float, sent: set) -> None:
+        early = since - REPLAY_MARGIN
         for at, msg in reversed(self.recent):
-            if at < since:
+            if at < early:
                 break
+            if at < since and msg.qos:
+                continue
             key = (id(msg), member)
             if key not in sent and topic_matches(flt, msg.topic):
                 sent.add(key)
@@ -208,9 +220,9 @@ class RouterBridge:
         self.queue([Op.DIRECT, msg_to_wire(msg, self.broker.now), client_id, qos, retain, list(sub_ids)])
 
     def filter_added(self, flt: str) -> None:
-        # a publish that reached another worker up to REPLAY_MARGIN before this subscription
-        # counts as concurrent with it (two clients' packets on two workers have no order)
-        self.queue([Op.ROUTE_ADD, flt, time.monotonic() - REPLAY_MARGIN])
+        # the moment the SUBSCRIBE is handled: publishes read after it are replayed to us
+        # (QoS 0 also REPLAY_MARGIN before it); the host's monotonic clock orders two workers' reads
+        self.queue([Op.ROUTE_ADD, flt, time.monotonic()])
 
     def filter_removed(self, flt: str) -> None:
         self.queue([Op.ROUTE_DEL, flt])
@@ -287,6 +299,7 @@ class RouterBridge:
     # -- receiving --------------------------------------------------------------------
     def _readable(self) -> None:
         sock = self.sock
+        self.broker.now = self.broker.clock()  # what the router sends is handled at the time it arrives
         while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             try:
                 data = sock.recv(flags=zmq.NOBLOCK)
@@ -307,6 +320,7 @@ class RouterBridge:
         code = op[0]
         b = self.broker
         if code == Op.DELIVER:
+            self.figures[3] += 1
             msg = msg_from_wire(op[1], b.now)
             b.route_remote(msg, op[2], op[3])
             ref = op[4] if len(op) > 4 else None

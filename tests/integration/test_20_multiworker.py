@@ -617,23 +617,23 @@ def test_duplicate_connection_on_another_worker_takes_over(multinode, version, c
 
 
 def test_publish_racing_a_subscription_on_another_worker_is_delivered(multinode, clients):
-    """Two clients on two workers: B subscribes and A publishes at once, without
-    waiting for B's SUBACK (as the Paho v5 request/response test does). The
-    publish reaches A's worker before B's route does; it is replayed to B's worker
-    when the route arrives, instead of being lost."""
+    """Two clients on two workers: B subscribes and A publishes at once (QoS 0),
+    without waiting for B's SUBACK. The publish reaches A's worker before B's
+    route does; it is replayed to B's worker when the route arrives, instead of
+    being lost. (At QoS 1/2 only a publish read after the SUBSCRIBE is replayed:
+    one read before it may have been acknowledged before the SUBSCRIBE arrived,
+    see test_22_node_defects.)"""
     n = multinode
     for i in range(10):
         b = connect_on(clients, n, f"m20-race-b-{i}", 5)
         a = connect_on(clients, n, f"m20-race-a-{i}", 5, others(n, b))
         spread(a, b)
         b.send(Subscribe(1, [Subscription(f"m20/race/{i}", 1)]))
-        a.send(Publish(f"m20/race/{i}", b"racing", 1, packet_id=1))
-        a.expect(PubAck)
+        a.send(Publish(f"m20/race/{i}", b"racing", 0))
         got = []
         while not got:
             p = b.recv()
             if isinstance(p, Publish):
                 got.append(p.payload)
-                b.send(PubAck(p.packet_id))
         assert got == [b"racing"]
         assert [p for p in b.barrier() if isinstance(p, Publish)] == []

@@ -19,6 +19,7 @@ from hypothesis import strategies as hs
 from common.settings import Settings
 from mqtt import Prop
 from worker.bridge import LocalBridge
+from worker.protocol import Connection
 from worker.broker import Broker
 from worker.message import Message
 from worker.session import NEVER, Delivery, OutState, Session, SubOptions, Will
@@ -524,7 +525,7 @@ def test_sessions_ending_leave_nothing_in_the_store(tmp_path):
     persistent = Session("p", 60)
     b.sessions["p"] = persistent
     b.subscribe(persistent, "t", SubOptions(1))
-    conn = object()  # the client's connection, which goes away
+    conn = Connection(b)  # the client's connection, which goes away
     persistent.conn = conn
     b.detach(persistent, conn)
     b.publish(msg("t", b"queued"))

@@ -1,0 +1,28 @@
+"""Process-level guarantees shared by every process of a node."""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """End this process when its parent (circusd) ends, however it ends.
+
+    circusd forwards SIGTERM to its children when it is stopped, but a circusd
+    killed with SIGKILL (an OOM killer, an operator) cannot: without this, the
+    workers and the router would go on serving the MQTT port and holding their
+    LevelDB stores. The kernel sends `sig` to us when the parent thread exits.
+    If the parent is already gone (it died between fork and this call), exit now.
+    """
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: nothing to arm
+        return
+    if os.getppid() != parent:
+        os._exit(1)
