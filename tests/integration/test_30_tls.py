@@ -391,3 +391,45 @@ def test_certificate_cn_is_the_username_over_wss(strict, certs):
             c.close()
     if isinstance(e.value, WsRejected):  # TLS 1.3: the refusal is seen as a close before any answer
         assert e.value.status == 0
+
+
+def test_identity_as_username_with_a_password_file(certs):
+    """With SHOAL_PASSWORD_FILE and SHOAL_ALLOW_ANONYMOUS=false: a TLS client whose
+    certificate names it needs no password (as mosquitto's use_identity_as_username);
+    a TCP client still needs its password; a TLS client without a certificate gets
+    0x86 (the certificate is optional on this node)."""
+    from tests.integration.test_13_auth import mosquitto_passwd
+
+    d = tempfile.mkdtemp(prefix="shoal-pw", dir="/tmp")
+    pw = mosquitto_passwd(os.path.join(d, "passwd"), {"dave": "s3cret"})
+    n = Node(workers=1, tls_port=free_port(), password_file=pw, allow_anonymous="false",
+             **certs.settings(tls_use_identity_as_username="true"))
+    n.start()
+    try:
+        port = int(n.env["SHOAL_TLS_PORT"])
+        c = tls_raw(port, client_context(certs.ca, certs.client("alice")), 5)
+        try:
+            assert c.connect("cert-alice").reason_code == 0
+        finally:
+            c.close()
+        c = tls_raw(port, client_context(certs.ca), 5)
+        try:
+            assert c.connect("no-cert", username="dave", password=b"s3cret").reason_code == \
+                ReasonCode.BAD_USER_NAME_OR_PASSWORD
+        finally:
+            c.close()
+        from tests.support.raw import RawClient
+
+        t = RawClient(n.port, 5)
+        try:
+            assert t.connect("tcp-dave", username="dave", password=b"wrong").reason_code == \
+                ReasonCode.BAD_USER_NAME_OR_PASSWORD
+        finally:
+            t.close()
+        t = RawClient(n.port, 5)
+        try:
+            assert t.connect("tcp-dave", username="dave", password=b"s3cret").reason_code == 0
+        finally:
+            t.close()
+    finally:
+        n.stop()
