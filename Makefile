@@ -15,14 +15,6 @@ $(STAMP): pyproject.toml
 	     (apt-get update -qq && apt-get install -y -qq mosquitto mosquitto-clients >/dev/null)) || \
 	     echo "warning: could not install mosquitto; comparison tests and benchmarks will not run"; \
 	  fi; }
-	@for tool in node:nodejs npm:npm chromium:chromium; do \
-	  command -v $${tool%%:*} >/dev/null 2>&1 && continue; \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing $${tool#*:} (MQTT.js WebSocket tests in node and headless Chromium)"; \
-	    apt-get install -y -qq $${tool#*:} >/dev/null 2>&1 || \
-	    (apt-get update -qq && apt-get install -y -qq $${tool#*:} >/dev/null) || \
-	    echo "warning: could not install $${tool#*:}; the WebSocket tests with MQTT.js will fail"; \
-	  fi; done
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -34,11 +26,20 @@ $(PROTO_OUT): proto/cluster.proto $(STAMP)
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. proto/cluster.proto
 
 # MQTT.js and playwright-core for tests/integration/test_31_websocket.py, pinned by the lock file
+# (tests only: `make install` and `make run` need neither node nor chromium)
 $(JS_STAMP): tests/js/package.json tests/js/package-lock.json
+	@for tool in node:nodejs npm:npm chromium:chromium; do \
+	  command -v $${tool%%:*} >/dev/null 2>&1 && continue; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $${tool#*:} (MQTT.js WebSocket tests in node and headless Chromium)"; \
+	    apt-get install -y -qq $${tool#*:} >/dev/null 2>&1 || \
+	    (apt-get update -qq && apt-get install -y -qq $${tool#*:} >/dev/null) || \
+	    echo "warning: could not install $${tool#*:}; the WebSocket tests with MQTT.js will fail"; \
+	  fi; done
 	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
 	touch $(JS_STAMP)
 
-install: $(STAMP) $(PROTO_OUT) $(JS_STAMP)
+install: $(STAMP) $(PROTO_OUT)
 
 run: install
 	$(VENV)/bin/circusd circus.ini
@@ -47,13 +48,13 @@ run: install
 cluster: install
 	$(PY) -m cluster.local
 
-test: install
+test: install $(JS_STAMP)
 	$(PY) -m pytest -q tests
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit
 
-test-integration: install
+test-integration: install $(JS_STAMP)
 	$(PY) -m pytest -q tests/integration
 
 bench: install
