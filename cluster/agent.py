@@ -28,6 +28,7 @@ from common.settings import Settings
 from common.wire import WIRE_VERSION, Op
 from mqtt import SubscriptionTrie
 
+from .ownership import Ownership
 from .etcd import NODES, RANGE_END, RANGE_START, RETAINED, ROUTES, Etcd
 from .peers import CLUSTER_WIRE, PeerOut, PeerService
 from .routerlink import RouterLink
@@ -87,6 +88,7 @@ class Agent:
         self.remote_tokens: dict[int, tuple] = {}  # our REMOTE_PUB token -> (Origin, seq)
         self.router_syncs: dict[int, asyncio.Future] = {}
         self.service = PeerService(self)
+        self.ownership = Ownership(self)  # owners/<client id> (issue 11)
         self.server: grpc.aio.Server | None = None
         self.dropped_qos0 = 0
         self.forwarded = 0
@@ -155,6 +157,7 @@ class Agent:
         self.write_status()
         for p in self.peers.values():
             p.close()
+        await self.ownership.close()
         if self.server is not None:
             await self.server.stop(0.5)
         await self.etcd.reset()
@@ -201,6 +204,8 @@ class Agent:
                     fut.set_result(True)
             elif code == Op.WELCOME:
                 self.welcome(op)
+            elif code in (Op.OWN, Op.DISOWN, Op.GRANT):
+                self.ownership.on_op(op)
             elif code == Op.PONG:
                 if self.epoch is not None and op[1] != self.epoch:
                     log.warning("router restarted: registering again", extra=kv(epoch=op[1]))

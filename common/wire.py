@@ -35,6 +35,7 @@ class Op(IntEnum):
     REMOTE_PUB = 17  # [REMOTE_PUB, msg, normal, [[group, filter], ...], token | None, at]: from the cluster
     #                  agent, a message from another node: to this node's members only (never back to
     #                  the agent), plain routes if normal, one member of each listed group; CONFIRM token
+    OWNED = 18  # [OWNED, client_id, req, verdict, state | None]: the agent's answer to OWN (Own below)
     # router -> member
     WELCOME = 20  # [WELCOME, epoch, route_version, [[member, filter], ...], retained msgs]
     ROUTES = 21  # [ROUTES, version, [[+1|-1, member, filter, since], ...]]
@@ -48,6 +49,20 @@ class Op(IntEnum):
     CONFIRM = 29  # [CONFIRM, token, ok]: every receiver of PUB token owns the message
     DELIVER_DIRECT = 30  # [DELIVER_DIRECT, msg, client_id, qos, retain, sub_ids]
     MOVED = 31  # [MOVED, client_id, filters]: to the old holder: routes moved; later DELIVERs know it
+    # sessions across the cluster (issue 11): router <-> agent
+    OWN = 32  # [OWN, client_id, req, clean_start]: to the agent: make this node the owner in etcd
+    DISOWN = 33  # [DISOWN, client_id]: to the agent: no session of client_id is left on this node
+
+
+class Own(IntEnum):
+    """The agent's verdict on an OWN (OWNED), and the flag a GRANT carries to the worker."""
+    KEEP = 0  # this node was the owner already: the node decides as it does alone
+    FRESH = 1  # newly owned: a copy of the session on this node is stale (dropped, no will)
+    REMOTE = 2  # taken over from another node: the state is in the op
+    REFUSED = 3  # another connection won, or the owner is unreachable: refuse the CONNECT (0x88)
+
+
+STALE = 2  # TAKEOVER's clean_start field: drop the session without its will (another node owns it)
 
 
 def pack(ops: list) -> bytes:

@@ -124,6 +124,31 @@ class Broker:
         self.save(session)
         conn.complete_connect(session, present)
 
+    def drop_stale(self, client_id: str) -> None:
+        """Cluster: another node owned client_id since this copy of its session was made
+        (this node lost its lease meanwhile): the copy goes, its will is not published."""
+        s = self.sessions.get(client_id)
+        if s is None:
+            return
+        log.info("stale session dropped", extra=kv(client=client_id))
+        s.will = None
+        conn = s.conn
+        if conn is not None:
+            self.detach(s, conn, takeover=True, ending=True, send_will=False)
+            conn.takeover()
+        else:
+            self.end_session(s)
+
+    def claim_refused(self, conn, connect) -> None:
+        """Cluster: the client id could not be owned here (CONNACK 0x88 / 3)."""
+        from mqtt import MQTTError, ReasonCode
+
+        from .handlers import refuse_connect
+
+        log.info("connect refused: client id not owned here", extra=kv(client=connect.client_id))
+        if not conn.closed:
+            refuse_connect(conn, MQTTError(ReasonCode.SERVER_UNAVAILABLE, "client id taken by another connection"))
+
     def _store_state(self, s: Session) -> None:
         store, now = self.store, self.now
         for d in s.queue:

@@ -16,7 +16,7 @@ import zmq
 
 from common.logs import kv
 from common.settings import Settings
-from common.wire import WIRE_VERSION, Op, pack, unpack
+from common.wire import STALE, WIRE_VERSION, Op, Own, pack, unpack
 from mqtt import SubscriptionTrie, parse_shared, topic_matches
 
 from .message import Message
@@ -357,10 +357,19 @@ class RouterBridge:
             if pending is None:
                 return
             conn, connect = pending
+            flag = op[4] if len(op) > 4 else Own.KEEP
+            if flag == Own.REFUSED:  # cluster: another connection won the id, or its owner is unreachable
+                b.claim_refused(conn, connect)
+                return
+            if flag == Own.FRESH:
+                b.drop_stale(connect.client_id)  # another node owned it since this copy was made
             state = session_from_wire(op[3], b.now) if op[3] is not None else None
             b.claimed(conn, connect, state)
         elif code == Op.TAKEOVER:
             mark = len(self.out)
+            if op[3] == STALE:
+                b.drop_stale(op[1])
+                return
             state = b.hand_over(op[1], op[3])
             # HANDOFF goes before the ROUTE_DELs hand_over queued: the router moves the
             # routes to the new holder first, so the session's filters never vanish
