@@ -35,12 +35,26 @@ from .routerlink import RouterLink
 
 log = logging.getLogger("shoal.agent")
 
+FIRST_SYNC_WAIT = 2.0  # seconds the agent waits for etcd before it registers with its router anyway
 TXN_OPS = 100  # operations per etcd transaction (etcd's default limit is 128)
 BACKOFF_MAX = 5.0  # seconds between etcd reconnect attempts at most
 
 
 class DuplicateName(Exception):
     pass
+
+
+def _well_formed(body: bytes, topic: str) -> bool:
+    """A message from a peer is checked before it goes to the router (one bad
+    message must not cost the router the batch it travels in); it still goes on
+    as the bytes it came in."""
+    try:
+        w = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception:
+        return False
+    return (type(w) is list and len(w) >= 7 and w[0] == topic and type(w[1]) is bytes
+            and w[2] in (0, 1, 2) and type(w[3]) is bool and (w[4] is None or type(w[4]) is dict)
+            and (w[5] is None or type(w[5]) in (int, float)) and type(w[6]) is str)
 
 
 def _json(obj) -> bytes:
@@ -57,6 +71,8 @@ class Agent:
         self.stopping = asyncio.Event()
         self.epoch = None
         self.welcomed = asyncio.Event()
+        self.first_sync = asyncio.Event()
+        self.retained_merged = False  # this node's retained messages that etcd lacked are in etcd
         # this node's side
         self.local_refs: dict[str, int] = {}  # filter -> local members (workers) that hold it
         self.published: set[str] = set()  # this node's filters as written in etcd
@@ -67,6 +83,7 @@ class Agent:
         self.dirty = asyncio.Event()
         self.retained_out: dict[str, bytes | None] = {}  # topic -> value to write (None: delete)
         self.router_retained: dict[str, list] = {}  # from WELCOME: pushed to etcd when etcd lacks them
+        self.etcd_retained: set[str] = set()  # topics etcd held at the first sync
         self.pending_versions: dict[int, bool] = {}  # route versions of the router -> done
         # the cluster's side
         self.lease_id = 0
@@ -85,12 +102,13 @@ class Agent:
         # forwarding
         self.refs: dict[tuple, set] = {}  # (router ident, token) -> nodes that have not confirmed
         self.tokens = itertools.count(1)
-        self.remote_tokens: dict[int, tuple] = {}  # our REMOTE_PUB token -> (Origin, seq)
+        self.remote_tokens: dict[int, tuple] = {}  # our REMOTE_PUB token -> (Origin, seq, body, normal, groups)
         self.router_syncs: dict[int, asyncio.Future] = {}
         self.service = PeerService(self)
         self.ownership = Ownership(self)  # owners/<client id> (issue 11)
         self.server: grpc.aio.Server | None = None
         self.dropped_qos0 = 0
+        self.malformed = 0  # messages from peers that were not a message
         self.forwarded = 0
         self.received_count = 0
         self.lease_file = os.path.join(str(settings.data_path), "cluster-lease")
@@ -118,10 +136,17 @@ class Agent:
             log.error("cannot start: cannot listen on SHOAL_CLUSTER_ADDR", extra=kv(addr=addr))
             return 3
         await self.server.start()
+        tasks = [loop.create_task(self._etcd_main()), loop.create_task(self._writer())]
+        # register with the router holding the other nodes' routes already (an agent
+        # restarted by circus then replaces its old filters without a gap), unless etcd
+        # takes long: then at once, and the routes follow
+        try:
+            await asyncio.wait_for(self.first_sync.wait(), FIRST_SYNC_WAIT)
+        except asyncio.TimeoutError:
+            pass
         self.link.connect()
         self.hello()
         ping = loop.create_task(self._ping())
-        tasks = [loop.create_task(self._etcd_main()), loop.create_task(self._writer())]
         log.info("agent serving", extra=kv(addr=addr, etcd=",".join(self.etcd.endpoints), pid=os.getpid()))
         self.write_status()
         stop = loop.create_task(self.stopping.wait())
@@ -182,7 +207,8 @@ class Agent:
             self.link.queue([Op.PING])
 
     def hello(self) -> None:
-        self.link.queue([Op.HELLO, WIRE_VERSION, list(self.union), [], []])
+        """HELLO goes before anything queued meanwhile (the router ignores a member it does not know)."""
+        self.link.queue_first([Op.HELLO, WIRE_VERSION, list(self.union), [], []])
 
     # -- the router ---------------------------------------------------------------------
     def on_router_ops(self, ops: list) -> None:
@@ -191,9 +217,9 @@ class Agent:
             if code == Op.DELIVER:
                 self.deliver(op[1], op[2], op[3], op[4] if len(op) > 4 else None)
             elif code == Op.CONFIRM:
-                origin_seq = self.remote_tokens.pop(op[1], None)
-                if origin_seq is not None:
-                    origin_seq[0].owned(origin_seq[1])
+                pending = self.remote_tokens.pop(op[1], None)
+                if pending is not None:
+                    pending[0].owned(pending[1])
             elif code == Op.ROUTES:
                 self.local_routes(op[1], op[2])
             elif code == Op.RETAINED:
@@ -208,9 +234,13 @@ class Agent:
                 self.ownership.on_op(op)
             elif code == Op.PONG:
                 if self.epoch is not None and op[1] != self.epoch:
-                    log.warning("router restarted: registering again", extra=kv(epoch=op[1]))
+                    log.warning("router restarted: registering again", extra=kv(epoch=op[1], resent=len(self.remote_tokens)))
                     self.epoch = None
                     self.hello()
+                    self.refs.clear()  # the old router's publishes: its workers send them again
+                    for token, (origin, seq, body, normal, groups) in self.remote_tokens.items():
+                        # what the old router never confirmed goes to the new one
+                        self.link.queue_remote_pub(body, normal, groups, token, time.monotonic())
 
     def welcome(self, op: list) -> None:
         _, epoch, version, routes, retained = op[:5]
@@ -220,10 +250,12 @@ class Agent:
             if member != "agent":
                 refs[flt] = refs.get(flt, 0) + 1
         self.local_refs = refs
-        self.router_retained = {w[0]: w for w in retained if not w[0].startswith("$SYS/")}
+        if not self.retained_merged:
+            self.router_retained = {w[0]: w for w in retained if not w[0].startswith("$SYS/")}
         self.pending_versions.clear()
         self._changed()
         self.welcomed.set()
+        self._merge_retained()
         log.info("registered with the router", extra=kv(epoch=epoch, local_filters=len(refs)))
 
     def local_routes(self, version: int, delta: list) -> None:
@@ -403,8 +435,10 @@ class Agent:
         now = time.monotonic()
         for p in frame.pubs:
             body = p.msg
-            if not body or body[0] != 0x97:  # the 7-element message array of common/wire
-                log.warning("malformed message from a peer dropped", extra=kv(peer=origin.node, topic=p.topic[:100]))
+            if not _well_formed(body, p.topic):
+                self.malformed += 1
+                log.warning("malformed message from a peer dropped", extra=kv(peer=origin.node, topic=p.topic[:100],
+                                                                              size=len(body), malformed=self.malformed))
                 if p.seq:
                     origin.owned(p.seq)
                 continue
@@ -417,9 +451,11 @@ class Agent:
                 if st is False:
                     continue  # still on its way here: the ack follows
                 token = next(self.tokens)
-                self.remote_tokens[token] = (origin, p.seq)
+            groups = [[g.group, g.filter] for g in p.groups]
+            if token is not None:
+                self.remote_tokens[token] = (origin, p.seq, body, p.normal, groups)
             self.received_count += 1
-            link.queue_remote_pub(body, p.normal, [[g.group, g.filter] for g in p.groups], token, now)
+            link.queue_remote_pub(body, p.normal, groups, token, now)
         for s in frame.syncs:
             asyncio.get_running_loop().create_task(self._answer_sync(origin, s.id, s.revision))
 
@@ -657,11 +693,6 @@ class Agent:
     async def _full_sync(self, client) -> int:
         """Read every node, route and retained message at one revision; make the caches
         (and this node's keys in etcd) agree with it."""
-        if not self.welcomed.is_set():
-            try:
-                await asyncio.wait_for(self.welcomed.wait(), 5.0)
-            except asyncio.TimeoutError:
-                pass
         resp = await client.get_range(RANGE_START, RANGE_END)
         rev = resp.header.revision
         nodes: dict[str, bytes] = {}
@@ -695,20 +726,29 @@ class Agent:
         for topic, (value, mrev) in retained.items():
             if self.retained_revs.get(topic) != mrev:
                 self._retained_put(topic, value, mrev)
-        if not self.joined_once:
-            # retained messages this node kept while it was away: into etcd (the union)
-            for topic, w in self.router_retained.items():
-                if topic not in retained:
-                    self.local_retained(w)
         self.published = mine
         self.connected = True
         self.joined_once = True
+        self.etcd_retained = set(retained)
+        self._merge_retained()
+        self.first_sync.set()
         self._applied(rev)
         self._changed()  # the writer makes etcd agree with the local routes
         log.info("joined the cluster", extra=kv(nodes=",".join(sorted(self.members)), revision=rev,
                                                 remote_filters=len(self.union), lease=self.lease_id))
         self.publish_sys()
         return rev
+
+    def _merge_retained(self) -> None:
+        """Once, when both the router's retained set and etcd's are known: the retained
+        messages this node kept while it was away that etcd lacks go to etcd (the union)."""
+        if self.retained_merged or not self.joined_once or not self.welcomed.is_set():
+            return
+        self.retained_merged = True
+        for topic, w in self.router_retained.items():
+            if topic not in self.etcd_retained:
+                self.local_retained(w)
+        self.router_retained = {}
 
     async def _watch(self, client, start: int, keep: asyncio.Task) -> None:
         watch = await client.watch(RANGE_START, range_end=RANGE_END, start_revision=start)

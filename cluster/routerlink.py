@@ -66,6 +66,10 @@ class RouterLink:
         self.out.append(self.packer.pack(op))
         self._schedule()
 
+    def queue_first(self, op: list) -> None:
+        self.out.insert(0, self.packer.pack(op))
+        self._schedule()
+
     def queue_remote_pub(self, body: bytes, normal: bool, groups: list, token, at: float) -> None:
         """[REMOTE_PUB, msg, normal, groups, token, at] with msg the bytes as they came."""
         p = self.packer.pack

@@ -264,6 +264,7 @@ class Router:
         if old is not None:
             for flt in list(old.filters):
                 self.route_del(old, flt)
+            self._forget_pending(ident)  # the member restarted: what it had not confirmed it never will
         m = Member(ident, ident.decode(errors="replace"), last_seen=now)
         self.members[ident] = m
         for flt in filters:
@@ -653,6 +654,13 @@ class Router:
             c = queue[0]
             if self.registry.get(c.client_id) == ident and c.claimant != ident:
                 self._holder_gone(c, m)  # its TAKEOVER will not be answered
+        self._forget_pending(ident)
+        m.lost = list(m.filters)
+        for flt in m.lost:
+            self.route_del(m, flt)
+        self.out.pop(ident, None)
+
+    def _forget_pending(self, ident: bytes) -> None:
         for key, waiting in list(self.pending.items()):
             if key[0] == ident:
                 del self.pending[key]
@@ -661,10 +669,6 @@ class Router:
                 if not waiting:  # a receiver died before it owned the message
                     del self.pending[key]
                     self.send(key[0], [Op.CONFIRM, key[1], False])
-        m.lost = list(m.filters)
-        for flt in m.lost:
-            self.route_del(m, flt)
-        self.out.pop(ident, None)
 
     def _revive(self, m: Member) -> None:
         """A member taken for gone speaks again (it was only slow): its routes come

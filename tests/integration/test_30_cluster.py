@@ -133,6 +133,50 @@ def test_puback_waits_for_the_remote_node(cluster, clients):
     assert [p.payload for p in receive(sub, 1)] == [b"held"]
 
 
+def test_v5_properties_across_nodes(cluster, clients):
+    """Every forwarded v5 property crosses the hop unchanged; the subscription
+    identifier is the receiving subscription's; Message Expiry counts down."""
+    from mqtt import Prop
+
+    sub = clients.connect(port(cluster, "n2"), "v5-sub", 5)
+    sub.send(Subscribe(1, [Subscription("c30/v5/#", 1)], {Prop.SUBSCRIPTION_IDENTIFIER: [7]}))
+    sub.expect(SubAck, timeout=30)
+    pub = clients.connect(port(cluster, "n1"), "v5-pub", 5)
+    props = {
+        Prop.PAYLOAD_FORMAT_INDICATOR: 1,
+        Prop.CONTENT_TYPE: "text/plain",
+        Prop.RESPONSE_TOPIC: "c30/reply",
+        Prop.CORRELATION_DATA: b"\x00\x01corr",
+        Prop.USER_PROPERTY: [("k", "v"), ("k", "v2")],
+        Prop.MESSAGE_EXPIRY_INTERVAL: 60,
+    }
+    pub.send(Publish("c30/v5/a", b"props", 1, packet_id=1, properties=props))
+    assert pub.expect(PubAck, timeout=30).packet_id == 1
+    (p,) = receive(sub, 1)
+    got = dict(p.properties)
+    assert got.pop(Prop.SUBSCRIPTION_IDENTIFIER) == [7]
+    assert 55 <= got.pop(Prop.MESSAGE_EXPIRY_INTERVAL) <= 60
+    expected = dict(props)
+    del expected[Prop.MESSAGE_EXPIRY_INTERVAL]
+    assert got == expected
+    assert (p.payload, p.retain) == (b"props", False)
+
+
+def test_retain_as_published_across_nodes(cluster, clients):
+    """A retained publish on n1 reaches live subscribers on n3 with the retain flag
+    only where the subscription asked for Retain As Published."""
+    rap = clients.connect(port(cluster, "n3"), "rap-yes", 5)
+    rap.send(Subscribe(1, [Subscription("c30/rap", 1, retain_as_published=True)]))
+    rap.expect(SubAck, timeout=30)
+    plain = clients.connect(port(cluster, "n3"), "rap-no", 5)
+    subscribe(plain, "c30/rap", 1)
+    pub = clients.connect(port(cluster, "n1"), "rap-pub", 5)
+    publish(pub, "c30/rap", b"r", 1, retain=True)
+    assert [(p.payload, p.retain) for p in receive(rap, 1)] == [(b"r", True)]
+    assert [(p.payload, p.retain) for p in receive(plain, 1)] == [(b"r", False)]
+    publish(pub, "c30/rap", b"", 1, pid=2, retain=True)  # leave no retained message behind
+
+
 # -- retained -----------------------------------------------------------------------------------
 def _retained(cluster, name: str, topic: str, cid: str) -> list[bytes]:
     """What a new subscriber on node `name` receives as retained for topic."""
@@ -193,6 +237,86 @@ def test_shared_subscription_cluster_wide(cluster, clients):
 
 
 # -- faults ----------------------------------------------------------------------------------------------
+def test_peer_of_another_wire_version_refused(cluster):
+    import grpc
+
+    from proto import cluster_pb2 as pb
+    from proto import cluster_pb2_grpc as pbg
+
+    with grpc.insecure_channel(node(cluster, "n1").env["SHOAL_CLUSTER_ADDR"]) as ch:
+        frames = iter([pb.Frame(hello=pb.Hello(node="intruder", wire=99, instance="x"))])
+        with pytest.raises(grpc.RpcError) as e:
+            list(pbg.PeerStub(ch).Link(frames, timeout=20))
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "run the same Shoal version on every node" in e.value.details()
+
+
+def test_malformed_frames_do_not_take_the_agent_down(cluster, clients):
+    """Bytes that are no frame, and a frame whose message is garbage: the agent drops
+    them (the garbage message is acknowledged, so the sender does not resend it) and
+    goes on routing."""
+    import grpc
+
+    from proto import cluster_pb2 as pb
+
+    addr = node(cluster, "n1").env["SHOAL_CLUSTER_ADDR"]
+    with grpc.insecure_channel(addr) as ch:
+        raw = ch.stream_stream("/shoal.cluster.v1.Peer/Link", request_serializer=lambda b: b,
+                               response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError):
+            list(raw(iter([b"\xff\xfe\x00not a frame"]), timeout=20))
+    with grpc.insecure_channel(addr) as ch:
+        link = ch.stream_stream("/shoal.cluster.v1.Peer/Link", request_serializer=pb.Frame.SerializeToString,
+                                response_deserializer=pb.Frame.FromString)
+        import queue
+        out = queue.Queue()
+        out.put(pb.Frame(hello=pb.Hello(node="garbler", wire=1, instance="g")))
+        out.put(pb.Frame(pubs=[pb.Pub(seq=1, topic="c30/garbage", msg=b"\x97\x01\x02", normal=True),
+                               pb.Pub(seq=2, topic="c30/garbage", msg=b"", normal=True)]))
+        call = link(iter(out.get, None), timeout=30)
+        acks = []
+        for frame in call:
+            acks += list(frame.acks)
+            if sorted(acks) == [1, 2]:
+                break
+        out.put(None)
+        call.cancel()
+    assert "malformed message from a peer dropped" in node(cluster, "n1").log()
+    sub = clients.connect(port(cluster, "n1"), "garbage-sub")
+    subscribe(sub, "c30/garbage", 1)
+    pub = clients.connect(port(cluster, "n2"), "garbage-pub")
+    publish(pub, "c30/garbage", b"fine", 1)
+    assert [p.payload for p in receive(sub, 1)] == [b"fine"]
+
+
+def test_router_sigkill_cluster_routes_recover(cluster, clients):
+    """n1's router killed with SIGKILL: circus restarts it, its workers and its agent
+    register again (the agent with the other nodes' filters), and messages cross
+    between n1 and n2 both ways again."""
+    n1 = node(cluster, "n1")
+    sub1 = clients.connect(port(cluster, "n1"), "rk-sub1")
+    subscribe(sub1, "c30/rk/to1", 1)
+    sub2 = clients.connect(port(cluster, "n2"), "rk-sub2")
+    subscribe(sub2, "c30/rk/to2", 1)
+    mark = n1._log_size()
+    os.kill(n1.router_pid(), signal.SIGKILL)
+    wait_for(lambda: "process=agent event='registered with the router'" in n1.log(since=mark)
+             and "worker=1 event='registered with the router'" in n1.log(since=mark), 60, 0.1, "n1 registered again")
+    pub1 = clients.connect(port(cluster, "n1"), "rk-pub1")
+    pub2 = clients.connect(port(cluster, "n2"), "rk-pub2")
+    seq = iter(range(1, 1000))
+
+    def crossed(pub, sub, topic):
+        publish(pub, topic, b"probe", 1, pid=next(seq))
+        got = [p for p in sub.barrier() if isinstance(p, Publish)]
+        for p in got:
+            sub.send(PubAck(p.packet_id))
+        return got
+
+    wait_for(lambda: crossed(pub1, sub2, "c30/rk/to2"), 30, 0.2, "n1 -> n2")
+    wait_for(lambda: crossed(pub2, sub1, "c30/rk/to1"), 30, 0.2, "n2 -> n1")
+
+
 def test_agent_sigkill_routes_converge(cluster, clients):
     """n2's agent killed with SIGKILL: circus restarts it, it rejoins under the same
     lease, and routes both ways work again; new subscriptions after it too."""
@@ -295,12 +419,16 @@ def test_etcd_unreachable_at_start(clients):
 def test_node_sigkill_others_go_on(cluster, clients):
     """n3 killed with SIGKILL (every process): after its lease expires n1 and n2 drop
     it, its routes go, and a QoS 1 publish with subscribers on n2 and (formerly) n3
-    is acknowledged and delivered on n2."""
+    is acknowledged and delivered on n2. n3 started again has the retained messages
+    set meanwhile and routes both ways."""
     n2sub = clients.connect(port(cluster, "n2"), "kill-n2")
     subscribe(n2sub, "c30/kill", 1)
     n3sub = clients.connect(port(cluster, "n3"), "kill-n3")
     subscribe(n3sub, "c30/kill", 1)
     node(cluster, "n3").kill()
+    # a SUBACK made now waits for n3 at most until its lease expires
+    late = clients.connect(port(cluster, "n1"), "kill-late")
+    subscribe(late, "c30/kill/late", 1)
     pub = clients.connect(port(cluster, "n1"), "kill-pub")
     assert publish(pub, "c30/kill", b"after-kill", 1, timeout=60) == 0
     assert [p.payload for p in receive(n2sub, 1)] == [b"after-kill"]
@@ -309,3 +437,14 @@ def test_node_sigkill_others_go_on(cluster, clients):
     assert "nodes/n3" not in cluster.etcd.keys("nodes/")
     publish(pub, "c30/kill", b"again", 1, pid=2)
     assert [p.payload for p in receive(n2sub, 1)] == [b"again"]
+    # a retained message set while n3 is down is there when n3 restarts; routes work both ways
+    publish(pub, "c30/kill/ret", b"while-down", 1, pid=3, retain=True)
+    n3 = node(cluster, "n3")
+    n3.start(60)
+    wait_nodes(cluster.nodes, NAMES)
+    assert _retained(cluster, "n3", "c30/kill/ret", "kill-ret") == [b"while-down"]
+    back = clients.connect(port(cluster, "n3"), "kill-back")
+    subscribe(back, "c30/kill", 1)
+    publish(pub, "c30/kill", b"back", 1, pid=4)
+    assert [p.payload for p in receive(back, 1)] == [b"back"]
+    assert [p.payload for p in receive(n2sub, 1)] == [b"back"]
