@@ -52,6 +52,97 @@ OWNERS = b"owners/"
 CAS_ATTEMPTS = 5  # compare-and-swap rounds before a claim is refused (each lost round: someone else wrote)
 TAKEOVER_TIMEOUT = 4.0  # seconds the previous owner has to hand a session over
 ROUTER_TIMEOUT = 6.0  # seconds this node's router has to give a session up
+BATCH = 100  # records per etcd transaction (etcd's default limit is 128 operations)
+
+
+class Batcher:
+    """Creates and deletes of owner records gathered for one loop pass into one etcd
+    transaction each: a connect storm of new client ids costs one round trip per batch,
+    not per CONNECT. A batch whose compares do not all hold tells, from its failure
+    branch, which records existed; the others are tried again in the next batch."""
+
+    def __init__(self, own):
+        self.own = own
+        self.creates: list = []  # (key, value, future)
+        self.deletes: list = []  # (key, value, future)
+        self.scheduled = False
+
+    def create(self, key: bytes, value: bytes) -> asyncio.Future:
+        """Future of (True, revision, None) if created, else (False, 0, (value, meta) | None)."""
+        fut = asyncio.get_running_loop().create_future()
+        self.creates.append((key, value, fut))
+        self._schedule()
+        return fut
+
+    def delete(self, key: bytes, value: bytes) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self.deletes.append((key, value, fut))
+        self._schedule()
+        return fut
+
+    def _schedule(self) -> None:
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._go)
+
+    def _go(self) -> None:
+        self.scheduled = False
+        creates, self.creates = self.creates, []
+        deletes, self.deletes = self.deletes, []
+        for i in range(0, len(creates), BATCH):
+            self.own._spawn_task(self._create(creates[i:i + BATCH]))
+        for i in range(0, len(deletes), BATCH):
+            self.own._spawn_task(self._delete(deletes[i:i + BATCH]))
+
+    async def _create(self, batch: list) -> None:
+        try:
+            client = self.own.agent.etcd.client
+            if client is None:
+                raise ConnectionError("etcd not connected")
+            tx = client.transactions
+            lease = self.own.agent.lease_id
+            ok, responses = await client.transaction(
+                compare=[tx.create(k) == 0 for k, _, _ in batch],
+                success=[tx.put(k, v, lease) for k, v, _ in batch], failure=[tx.get(k) for k, _, _ in batch])
+        except Exception as e:
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+            return
+        if ok:
+            for (_, _, fut), r in zip(batch, responses):
+                if not fut.done():
+                    fut.set_result((True, r.response_put.header.revision, None))
+            return
+        for (k, v, fut), r in zip(batch, responses):
+            if fut.done():
+                continue
+            if r:
+                fut.set_result((False, 0, r[0]))
+            elif len(batch) == 1:
+                fut.set_result((False, 0, None))  # deleted between compare and read: look again
+            else:
+                self.creates.append((k, v, fut))  # absent: created in the next batch
+        if self.creates:
+            self._schedule()
+
+    async def _delete(self, batch: list) -> None:
+        client = self.own.agent.etcd.client
+        try:
+            if client is None:
+                raise ConnectionError("etcd not connected")
+            tx = client.transactions
+            ok, _ = await client.transaction(compare=[tx.value(k) == v for k, v, _ in batch],
+                                             success=[tx.delete(k) for k, _, _ in batch], failure=[])
+            if not ok:  # one of them is no longer ours: each on its own
+                for k, v, _ in batch:
+                    await client.transaction(compare=[tx.value(k) == v], success=[tx.delete(k)], failure=[])
+        except Exception as e:
+            log.warning("could not remove owner records (they go with the lease)",
+                        extra=kv(records=len(batch), error=str(e)[:200]))
+        for _, _, fut in batch:
+            if not fut.done():
+                fut.set_result(None)
 
 
 class Pending:
@@ -76,6 +167,7 @@ class Ownership:
         self.channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
         self.tasks: set[asyncio.Task] = set()
         self.chain: dict[str, asyncio.Task] = {}  # client id -> its last op's task
+        self.batcher = Batcher(self)
         # figures ($SYS/broker/cluster/sessions/..., logs)
         self.taken_in = 0
         self.taken_out = 0
@@ -102,16 +194,20 @@ class Ownership:
                 await asyncio.wait([prev])
             await fn(*args)
 
-        t = asyncio.get_running_loop().create_task(run())
+        t = self._spawn_task(run())
         self.chain[cid] = t
-        self.tasks.add(t)
 
         def done(t):
-            self.tasks.discard(t)
             if self.chain.get(cid) is t:
                 del self.chain[cid]
 
         t.add_done_callback(done)
+
+    def _spawn_task(self, coro) -> asyncio.Task:
+        t = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+        return t
 
     def _value(self) -> bytes:
         return json.dumps({"lease": self.agent.lease_id, "node": self.agent.node}, separators=(",", ":"),
@@ -155,15 +251,14 @@ class Ownership:
         for _ in range(CAS_ATTEMPTS):
             if p.superseded:
                 return Own.REFUSED, None
-            ok, responses = await client.transaction(compare=[tx.create(key) == 0],
-                                                     success=[tx.put(key, mine, ag.lease_id)], failure=[tx.get(key)])
+            ok, rev, existing = await self.batcher.create(key, mine)
             if ok:
-                p.token = self.owned[cid] = responses[0].response_put.header.revision
+                p.token = self.owned[cid] = rev
                 p.written.set()
                 return Own.FRESH, None
-            if not responses or not responses[0]:
+            if existing is None:
                 continue  # deleted meanwhile: create it
-            value, meta = responses[0][0]
+            value, meta = existing
             if value == mine:
                 p.token = self.owned[cid] = meta.mod_revision
                 p.written.set()
@@ -277,13 +372,7 @@ class Ownership:
         client = ag.etcd.client
         if not ag.connected or client is None:
             return
-        tx = client.transactions
-        key = OWNERS + cid.encode()
-        try:
-            await client.transaction(compare=[tx.value(key) == self._value()], success=[tx.delete(key)], failure=[])
-        except Exception as e:
-            log.warning("could not remove an owner record (it goes with the lease)",
-                        extra=kv(client=cid, error=str(e)[:200]))
+        await self.batcher.delete(OWNERS + cid.encode(), self._value())
 
     async def close(self) -> None:
         for t in list(self.tasks):
