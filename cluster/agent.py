@@ -28,7 +28,9 @@ from common.settings import Settings
 from common.wire import WIRE_VERSION, Op
 from mqtt import SubscriptionTrie
 
+from .leader import Leader
 from .ownership import Ownership
+from .wills import Wills
 from .etcd import NODES, RANGE_END, RANGE_START, RETAINED, ROUTES, Etcd
 from .peers import CLUSTER_WIRE, PeerOut, PeerService
 from .routerlink import RouterLink
@@ -106,6 +108,8 @@ class Agent:
         self.router_syncs: dict[int, asyncio.Future] = {}
         self.service = PeerService(self)
         self.ownership = Ownership(self)  # owners/<client id> (issue 11)
+        self.wills = Wills(self)  # wills/<client id>
+        self.leader = Leader(self)  # the leader key and its duties
         self.server: grpc.aio.Server | None = None
         self.dropped_qos0 = 0
         self.malformed = 0  # messages from peers that were not a message
@@ -137,6 +141,7 @@ class Agent:
             return 3
         await self.server.start()
         tasks = [loop.create_task(self._etcd_main()), loop.create_task(self._writer())]
+        tasks.append(loop.create_task(self.leader.run()))  # issue 11: leader and its duties
         # register with the router holding the other nodes' routes already (an agent
         # restarted by circus then replaces its old filters without a gap), unless etcd
         # takes long: then at once, and the routes follow
@@ -232,6 +237,8 @@ class Agent:
                 self.welcome(op)
             elif code in (Op.OWN, Op.DISOWN, Op.GRANT):
                 self.ownership.on_op(op)
+            elif code in (Op.WILL, Op.WILL_FIRE):
+                self.wills.on_op(op)
             elif code == Op.PONG:
                 if self.epoch is not None and op[1] != self.epoch:
                     log.warning("router restarted: registering again", extra=kv(epoch=op[1], resent=len(self.remote_tokens)))

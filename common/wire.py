@@ -52,6 +52,9 @@ class Op(IntEnum):
     # sessions across the cluster (issue 11): router <-> agent
     OWN = 32  # [OWN, client_id, req, clean_start]: to the agent: make this node the owner in etcd
     DISOWN = 33  # [DISOWN, client_id]: to the agent: no session of client_id is left on this node
+    WILL = 34  # [WILL, client_id, msg | None, delay]: worker -> agent: the will of a session (wills/<id>)
+    WILL_FIRE = 35  # [WILL_FIRE, client_id, msg]: worker -> agent: publish it unless fired or cleared already
+    WILL_GO = 36  # [WILL_GO, msg]: router -> worker: no agent: publish the will yourself
 
 
 class Own(IntEnum):

@@ -239,6 +239,12 @@ class Router:
                     self._disown(op[1])
             elif code == Op.OWNED:
                 self.owned(op[1], op[2], op[3], op[4])
+            elif code in (Op.WILL, Op.WILL_FIRE):
+                agent = self.members.get(AGENT)
+                if agent is not None and agent.alive:
+                    self.send(AGENT, op)
+                elif code == Op.WILL_FIRE:
+                    self.send(ident, [Op.WILL_GO, op[2]])  # no agent: the node decides alone
             elif code == Op.STATS:
                 m.stats = op[1]
                 self.broadcast_stats()

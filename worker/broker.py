@@ -116,6 +116,7 @@ class Broker:
         was_stored = present and not adopted and session.expiry_interval > 0
         session.expiry_interval = conn.expiry_interval
         session.will = conn.will
+        self.bridge.will_set(cid, session.will)
         if self.store is not None:
             if adopted and session.expiry_interval:
                 self._store_state(session)  # handed over: its queue and windows were only in the old worker's store
@@ -182,7 +183,7 @@ class Broker:
             # an undelayed one is published now.
             if will is not None and will.delay == 0:
                 session.will = None
-                self.publish_will(will)
+                self.publish_will(will, session.client_id)
             else:
                 session.will = None
             return
@@ -195,7 +196,7 @@ class Broker:
         if will is not None:
             if will.delay == 0:
                 session.will = None
-                self.publish_will(will)
+                self.publish_will(will, session.client_id)
             else:
                 session.will_at = now + will.delay
                 self.timers.schedule(("will", session.client_id), session.will_at, lambda s=session: self._will_due(s))
@@ -204,7 +205,7 @@ class Broker:
     def _will_due(self, session: Session) -> None:
         will, session.will, session.will_at = session.will, None, None
         if will is not None and session.conn is None:
-            self.publish_will(will)
+            self.publish_will(will, session.client_id)
 
     def _expire(self, session: Session) -> None:
         if session.conn is None and self.sessions.get(session.client_id) is session:
@@ -227,14 +228,23 @@ class Broker:
         self._redistribute_shared(session, everything=True)
         will, session.will = session.will, None
         if will is not None and session.conn is None:
-            self.publish_will(will)
+            self.publish_will(will, cid)
 
-    def publish_will(self, will: Will) -> None:
+    def publish_will(self, will: Will, client_id: str | None = None) -> None:
         m = will.message
         msg = Message(m.topic, m.payload, m.qos, m.retain, m.properties, m.expires_at, m.origin)
         if msg.expires_at is not None:  # the expiry interval counts from publication
             msg.expires_at = self.now + msg.expires_at
+        if client_id is not None and self.bridge.cluster_wills:
+            # cluster: published once cluster-wide, by whoever deletes wills/<client id> first
+            # (this node, or the leader when this node was taken for dead)
+            self.bridge.will_fire(client_id, msg)
+            return
         self.publish(msg)
+
+    def will_cleared(self, session: Session) -> None:
+        """A normal DISCONNECT discarded the will."""
+        self.bridge.will_set(session.client_id, None)
 
     # -- subscriptions ---------------------------------------------------
     def subscribe(self, session: Session, topic_filter: str, opts: SubOptions) -> bool:

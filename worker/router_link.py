@@ -21,7 +21,7 @@ from mqtt import SubscriptionTrie, parse_shared, topic_matches
 
 from .message import Message
 from .metrics import node_sums
-from .serial import msg_from_wire, msg_to_wire, session_from_wire, session_to_wire
+from .serial import msg_from_wire, msg_to_wire, props_to_wire, session_from_wire, session_to_wire
 from .sys_topics import render
 
 log = logging.getLogger("shoal.link")
@@ -253,6 +253,24 @@ class RouterBridge:
     def session_released(self, client_id: str) -> None:
         self.queue([Op.RELEASE, client_id])
 
+    # cluster (issue 11): wills live in etcd (wills/<client id>) and fire exactly once
+    @property
+    def cluster_wills(self) -> bool:
+        return self.settings.clustered
+
+    def will_set(self, client_id: str, will) -> None:
+        if not self.settings.clustered:
+            return
+        if will is None:
+            self.queue([Op.WILL, client_id, None, 0])
+        else:
+            m = will.message  # expires_at of a will holds its expiry interval
+            self.queue([Op.WILL, client_id, [m.topic, m.payload, m.qos, m.retain, props_to_wire(m.properties),
+                                             m.expires_at, m.origin], will.delay])
+
+    def will_fire(self, client_id: str, msg) -> None:
+        self.queue([Op.WILL_FIRE, client_id, msg_to_wire(msg, self.broker.now)])
+
     def session_registered(self, client_id: str) -> None:
         """The router recorded us when it granted the claim. If granting it ended
         an older session of the same id on this worker (Broker.claimed), that
@@ -377,6 +395,8 @@ class RouterBridge:
             self._schedule()
         elif code == Op.RETAINED:
             b.set_retained(msg_from_wire(op[1], b.now))
+        elif code == Op.WILL_GO:
+            b.publish(msg_from_wire(op[1], b.now))
         elif code == Op.WELCOME:
             self._welcome(op)
         elif code == Op.PONG:

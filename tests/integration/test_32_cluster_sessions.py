@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mqtt import Connack, Disconnect, Prop, PubComp, PubRec, PubRel, Publish
+from mqtt import Connack, Disconnect, Prop, PubComp, PubRec, PubRel, Publish, Will
 from tests.support.cluster import Etcd, cluster_node, publish, receive, subscribe, wait_nodes
 from tests.support.node import wait_for
 from tests.support.raw import Closed, RawClient, connect
@@ -186,19 +186,70 @@ def test_racing_connects_end_with_one_live_session(cluster, clients):
                 r[0].close()
 
 
+def leader_seen(clients, cluster, name: str) -> str:
+    c = clients.connect(port(cluster, name), f"leader-probe-{name}")
+    subscribe(c, "$SYS/broker/cluster/leader", 0)
+    p = c.expect(Publish, 20)
+    c.close()
+    return p.payload.decode()
+
+
+def test_leader_named_everywhere(cluster, clients):
+    """One leader, held in etcd under its node's lease, named by every node in $SYS."""
+    key = cluster.etcd.ctl("get", "--print-value-only", "leader").stdout.strip()
+    assert key in NAMES
+    wait_for(lambda: all(leader_seen(clients, cluster, n) == key for n in sorted(NAMES)), 20, 0.2,
+             "every node to name the leader")
+
+
+def with_will(clients, cluster, name: str, cid: str, topic: str, delay: int) -> RawClient:
+    c = clients.open(port(cluster, name), 5)
+    will = Will(topic, f"will-{cid}".encode(), 1, False, {Prop.WILL_DELAY_INTERVAL: delay} if delay else {})
+    ack = c.connect(cid, clean_start=True, will=will, properties=dict(EXPIRY))
+    assert ack.reason_code == 0, ack
+    c.barrier()
+    wait_for(lambda: cluster.etcd.keys(f"wills/{cid}") == [f"wills/{cid}"], 20, 0.05, f"wills/{cid} in etcd")
+    return c
+
+
+def test_will_record_follows_the_client(cluster, clients):
+    """A will is in etcd while its client is connected; a normal DISCONNECT removes it
+    (the will is not published); an abnormal close on a live node publishes it once."""
+    sub = clients.connect(port(cluster, "s1"), "w-sub")
+    subscribe(sub, "c32/wl/#", 1)
+    c = with_will(clients, cluster, "s2", "w-normal", "c32/wl/normal", 0)
+    c.send(Disconnect(0))
+    c.expect_closed()
+    wait_for(lambda: cluster.etcd.keys("wills/w-normal") == [], 20, 0.05, "the record to go")
+    c = with_will(clients, cluster, "s2", "w-abrupt", "c32/wl/abrupt", 0)
+    c.close()
+    assert [p.payload for p in receive(sub, 1)] == [b"will-w-abrupt"]
+    assert cluster.etcd.keys("wills/w-abrupt") == []
+
+
 def test_dead_node_ids_connect_elsewhere_fenced_copy(cluster, clients):
     """s3 is SIGKILLed holding a persistent session: once its lease expired the id
     connects on s1 afresh (session present = 0). s3 comes back with the old copy in its
     store: a CONNECT there gets the session s1 made (present = 1, its subscription), never
     the stale copy (whose subscription receives nothing)."""
     cid = "orphan"
+    leader = cluster.etcd.ctl("get", "--print-value-only", "leader").stdout.strip()
+    assert leader != "s3"  # (s3 joined last)
+    wsub = clients.connect(port(cluster, "s1"), "dead-will-sub")
+    subscribe(wsub, "c32/dw/#", 1)
     c, _ = persistent(clients, cluster, "s3", cid, clean_start=True)
     subscribe(c, "c32/stale", 1)
     c.close()
     assert owner(cluster, cid) == "s3"
+    with_will(clients, cluster, "s3", "dw-0", "c32/dw/0", 0)
+    with_will(clients, cluster, "s3", "dw-2", "c32/dw/2", 2)
     s3 = cluster.nodes[2]
     s3.kill()
     wait_for(lambda: owner(cluster, cid) is None, 30, 0.1, "the record to go with s3's lease")
+    # the wills of s3's clients: once each, published by the leader
+    assert sorted(p.payload for p in receive(wsub, 2, timeout=30)) == [b"will-dw-0", b"will-dw-2"]
+    assert cluster.etcd.keys("wills/dw-") == []
+    assert "fired by the leader" in cluster.nodes[int(leader[1:]) - 1].log()
     wait_nodes(cluster.nodes[:2], {"s1", "s2"})
     c1, ack = persistent(clients, cluster, "s1", cid)
     assert not ack.session_present
@@ -206,6 +257,12 @@ def test_dead_node_ids_connect_elsewhere_fenced_copy(cluster, clients):
     c1.close()
     s3.start(60)
     wait_nodes(cluster.nodes, NAMES)
+    # back with both sessions (and wills) in its store: it publishes neither again
+    wait_for(lambda: s3.log().count("will not published: fired or cleared elsewhere") >= 2, 30, 0.1,
+             "s3 to settle its restored wills")
+    sentinel = clients.connect(port(cluster, "s2"), "dw-sentinel")
+    assert publish(sentinel, "c32/dw/sentinel", b"sentinel", 1) == 0
+    assert [p.payload for p in receive(wsub, 1)] == [b"sentinel"]
     c3, ack = persistent(clients, cluster, "s3", cid)
     assert ack.session_present
     pub = clients.connect(port(cluster, "s2"), "orphan-pub")
@@ -213,3 +270,22 @@ def test_dead_node_ids_connect_elsewhere_fenced_copy(cluster, clients):
     assert publish(pub, "c32/fresh", b"fresh", 1, pid=2) == 0
     assert [p.payload for p in receive(c3, 1)] == [b"fresh"]
     c3.close()
+
+
+def test_leader_dies_another_takes_over_and_fires_its_wills(cluster, clients):
+    """The leader's node is SIGKILLed with a client whose will has a delay: another node
+    becomes leader (named in $SYS) once the lease expired, and publishes that will once."""
+    leader = cluster.etcd.ctl("get", "--print-value-only", "leader").stdout.strip()
+    others = sorted(NAMES - {leader})
+    wsub = clients.connect(port(cluster, others[0]), "lw-sub")
+    subscribe(wsub, "c32/lw/#", 1)
+    subscribe(wsub, "$SYS/broker/cluster/leader", 0, pid=2)
+    assert wsub.expect(Publish, 20).payload == leader.encode()
+    with_will(clients, cluster, leader, "lw-1", "c32/lw/1", 1)
+    dead = cluster.nodes[int(leader[1:]) - 1]
+    dead.kill()
+    got = receive(wsub, 2, timeout=40)
+    assert [p.topic for p in got] == ["$SYS/broker/cluster/leader", "c32/lw/1"]
+    assert got[0].payload.decode() in others and got[1].payload == b"will-lw-1"
+    dead.start(60)
+    wait_nodes(cluster.nodes, NAMES)
