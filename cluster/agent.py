@@ -28,6 +28,7 @@ from common.settings import Settings
 from common.wire import WIRE_VERSION, Op
 from mqtt import SubscriptionTrie
 
+from .drain import Drain
 from .leader import Leader
 from .ownership import Ownership
 from .wills import Wills
@@ -40,6 +41,7 @@ log = logging.getLogger("shoal.agent")
 FIRST_SYNC_WAIT = 2.0  # seconds the agent waits for etcd before it registers with its router anyway
 TXN_OPS = 100  # operations per etcd transaction (etcd's default limit is 128)
 BACKOFF_MAX = 5.0  # seconds between etcd reconnect attempts at most
+DRAIN_TIMEOUT = 7.0  # seconds a stopping agent waits for its workers' sessions (circus waits 10)
 
 
 class DuplicateName(Exception):
@@ -110,6 +112,8 @@ class Agent:
         self.ownership = Ownership(self)  # owners/<client id> (issue 11)
         self.wills = Wills(self)  # wills/<client id>
         self.leader = Leader(self)  # the leader key and its duties
+        self.drain = Drain(self)  # graceful leave: sessions to the other nodes
+        self.draining = False
         self.server: grpc.aio.Server | None = None
         self.dropped_qos0 = 0
         self.malformed = 0  # messages from peers that were not a message
@@ -156,6 +160,8 @@ class Agent:
         self.write_status()
         stop = loop.create_task(self.stopping.wait())
         done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        if stop in done and self.connected:
+            await self.drain.leaving(DRAIN_TIMEOUT)  # issue 11: the workers' sessions to other nodes first
         code = 0
         for t in tasks:
             if t in done and t.exception() is not None:
@@ -191,6 +197,7 @@ class Agent:
         if self.server is not None:
             await self.server.stop(0.5)
         await self.etcd.reset()
+        self.link.queue([Op.BYE])
         self.link.close()
 
     def write_status(self) -> None:
@@ -239,6 +246,8 @@ class Agent:
                 self.ownership.on_op(op)
             elif code in (Op.WILL, Op.WILL_FIRE):
                 self.wills.on_op(op)
+            elif code == Op.DRAINED:
+                self.drain.on_op(op)
             elif code == Op.PONG:
                 if self.epoch is not None and op[1] != self.epoch:
                     log.warning("router restarted: registering again", extra=kv(epoch=op[1], resent=len(self.remote_tokens)))

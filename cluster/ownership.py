@@ -238,6 +238,8 @@ class Ownership:
     async def _decide(self, cid: str, clean_start: bool, p: Pending):
         ag = self.agent
         client = ag.etcd.client
+        if ag.draining:
+            return Own.REFUSED, None  # leaving (SIGTERM): the client connects elsewhere
         if not ag.connected or client is None:
             # etcd unreachable: local clients are still served (issue 10), the node decides alone
             return Own.KEEP, None

@@ -55,6 +55,11 @@ class Op(IntEnum):
     WILL = 34  # [WILL, client_id, msg | None, delay]: worker -> agent: the will of a session (wills/<id>)
     WILL_FIRE = 35  # [WILL_FIRE, client_id, msg]: worker -> agent: publish it unless fired or cleared already
     WILL_GO = 36  # [WILL_GO, msg]: router -> worker: no agent: publish the will yourself
+    # graceful leave (SIGTERM of a cluster node): the persistent sessions go to other nodes
+    DRAINED = 37  # [DRAINED, member, [state, ...]]: worker -> router -> agent: my offline sessions
+    DRAIN_DONE = 38  # [DRAIN_DONE, member, [client_id, ...]]: agent -> router -> worker: adopted elsewhere
+    ADOPT = 39  # [ADOPT, client_id, state]: agent -> router -> a worker: a session from a leaving node
+    BYE = 40  # [BYE]: member -> router: this member is done (a stopping router waits for them all)
 
 
 class Own(IntEnum):

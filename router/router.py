@@ -45,6 +45,7 @@ SETTLE_TIMEOUT = 3.0  # seconds after start that publishes wait for every worker
 ROUTED = (Op.PUB, Op.SHARED_PUB, Op.DIRECT, Op.REMOTE_PUB)  # ops that need the whole route table
 RETAINED_SWEEP = 60.0  # seconds between sweeps of expired retained messages
 AGENT = b"agent"  # the cluster agent's identity (cluster/routerlink.py)
+DRAIN_WAIT = 8.0  # seconds a stopping cluster node's router waits for its members (circus waits 10)
 
 
 @dataclass(slots=True)
@@ -58,6 +59,7 @@ class Member:
     acked: int = 0  # route version this member has applied
     lost: list = field(default_factory=list)  # filters dropped when it fell silent (back if it speaks again)
     orphans: set = field(default_factory=set)  # client ids granted elsewhere while it was gone
+    bye: bool = False  # it said it is done (the node is stopping)
 
 
 @dataclass(slots=True)
@@ -82,6 +84,7 @@ class Router:
         # cluster (issue 11): client ids restored from a worker's store, not yet confirmed as
         # this node's in etcd; hand-overs the agent asked for (a session moving to another node)
         self.unverified: set[str] = set()
+        self.leaving = 0.0  # cluster: SIGTERM received, stop at this time (or once every member said BYE)
         self.retained: dict[str, Message] = {}
         self.store: Store | None = None
         self.retained_sweep = 0.0
@@ -173,6 +176,9 @@ class Router:
                         break
                     self.handle(ident, data)
             now = time.monotonic()
+            if self.leaving and (now >= self.leaving or
+                                 all(m.bye or not m.alive for m in self.members.values())):
+                self.running = False
             if now >= next_check:
                 next_check = now + 0.5
                 self.check_timeouts(now)
@@ -239,6 +245,19 @@ class Router:
                     self._disown(op[1])
             elif code == Op.OWNED:
                 self.owned(op[1], op[2], op[3], op[4])
+            elif code == Op.DRAINED:
+                agent = self.members.get(AGENT)
+                if agent is not None and agent.alive:
+                    self.send(AGENT, op)
+                else:
+                    self.send(ident, [Op.DRAIN_DONE, op[1], []])
+            elif code == Op.DRAIN_DONE:
+                if op[1].encode() in self.members:
+                    self.send(op[1].encode(), op)
+            elif code == Op.ADOPT:
+                self.adopt(op[1], op[2])
+            elif code == Op.BYE:
+                m.bye = True
             elif code in (Op.WILL, Op.WILL_FIRE):
                 agent = self.members.get(AGENT)
                 if agent is not None and agent.alive:
@@ -579,6 +598,25 @@ class Router:
             else:
                 del self.claims[cid]
 
+    def adopt(self, client_id: str, state) -> None:
+        """A session from a node that left, now owned here: to the worker holding a copy
+        (stale: replaced), else to the worker with the fewest sessions."""
+        holder = self.registry.get(client_id)
+        m = self.members.get(holder) if holder is not None else None
+        if m is None or not m.alive or holder == AGENT:
+            workers = [w for w in self.members.values() if w.alive and w.ident != AGENT and w.name.startswith("w")]
+            if not workers:
+                return
+            counts: dict[bytes, int] = {}
+            for ident in self.registry.values():
+                counts[ident] = counts.get(ident, 0) + 1
+            m = min(workers, key=lambda w: counts.get(w.ident, 0))
+        self.registry[client_id] = m.ident
+        self.unverified.discard(client_id)
+        for sub in state[4]:
+            self.route_add(m, sub[0])
+        self.send(m.ident, [Op.ADOPT, client_id, state])
+
     def _disown(self, client_id: str) -> None:
         if self.settings.clustered and client_id not in self.claims:
             agent = self.members.get(AGENT)
@@ -718,7 +756,12 @@ def main() -> None:
         raise SystemExit(3) from None
 
     def stop(*_):
-        router.running = False
+        if settings.clustered:
+            # a cluster node drains first (issue 11): the workers hand their sessions to the
+            # agent, through this router; it stops once every member said BYE, or in DRAIN_WAIT
+            router.leaving = time.monotonic() + DRAIN_WAIT
+        else:
+            router.running = False
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

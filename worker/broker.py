@@ -140,6 +140,40 @@ class Broker:
         else:
             self.end_session(s)
 
+    def adopt(self, s: Session) -> None:
+        """Cluster: an offline session from a node that left (SIGTERM), now owned here."""
+        cid = s.client_id
+        if cid in self.sessions:
+            self.drop_stale(cid)
+        self.sessions[cid] = s
+        self._restore_subscriptions(s)
+        now = self.now
+        if s.expires_at is None and s.expiry_interval != NEVER:
+            s.expires_at = now + s.expiry_interval
+        if s.expires_at is not None:
+            self.timers.schedule(("expire", cid), s.expires_at, lambda s=s: self._expire(s))
+        if s.will is not None:
+            if s.will_at is None:
+                s.will_at = now + s.will.delay
+            self.timers.schedule(("will", cid), s.will_at, lambda s=s: self._will_due(s))
+        if self.store is not None and s.expiry_interval:
+            self._store_state(s)
+        self.save(s)
+        log.info("session adopted from a leaving node", extra=kv(client=cid))
+
+    def gone_elsewhere(self, s: Session) -> None:
+        """Cluster: this session now lives on another node (graceful leave): it goes from
+        here without its will (the other node has it)."""
+        cid = s.client_id
+        self.timers.cancel(("expire", cid))
+        self.timers.cancel(("will", cid))
+        del self.sessions[cid]
+        for flt in s.subscriptions:
+            self.subs.remove(flt, cid)
+            self._ref_filter(flt, -1)
+        if self.store is not None:
+            self.store.delete_session(cid, s)
+
     def claim_refused(self, conn, connect) -> None:
         """Cluster: the client id could not be owned here (CONNACK 0x88 / 3)."""
         from mqtt import MQTTError, ReasonCode

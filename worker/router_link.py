@@ -82,7 +82,27 @@ class RouterBridge:
         self.hello()
         self._timer = self.loop.call_later(1.0, self._ping)
 
+    async def drain(self, timeout: float) -> int:
+        """Cluster, SIGTERM: hand this worker's offline persistent sessions to other nodes
+        (through the agent); returns how many went. The others stay in the store."""
+        b = self.broker
+        held = {cid: s for cid, s in b.sessions.items() if s.conn is None and s.expiry_interval}
+        self._drain = self.loop.create_future()
+        self.queue([Op.DRAINED, self.name, [session_to_wire(s, b.now) for s in held.values()]])
+        try:
+            adopted = await asyncio.wait_for(self._drain, timeout)
+        except asyncio.TimeoutError:
+            adopted = []
+        for cid in adopted:
+            s = held.get(cid)
+            if s is not None and b.sessions.get(cid) is s:
+                b.gone_elsewhere(s)
+        return len(adopted)
+
+    _drain = None
+
     def close(self) -> None:
+        self.out.append([Op.BYE])
         if self.loop is not None:
             self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
         if self._timer is not None:
@@ -397,6 +417,11 @@ class RouterBridge:
             b.set_retained(msg_from_wire(op[1], b.now))
         elif code == Op.WILL_GO:
             b.publish(msg_from_wire(op[1], b.now))
+        elif code == Op.ADOPT:
+            b.adopt(session_from_wire(op[2], b.now))
+        elif code == Op.DRAIN_DONE:
+            if self._drain is not None and not self._drain.done():
+                self._drain.set_result(op[2])
         elif code == Op.WELCOME:
             self._welcome(op)
         elif code == Op.PONG:

@@ -9,6 +9,7 @@ test that kills a node comes last.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from types import SimpleNamespace
 
@@ -225,6 +226,36 @@ def test_will_record_follows_the_client(cluster, clients):
     c.close()
     assert [p.payload for p in receive(sub, 1)] == [b"will-w-abrupt"]
     assert cluster.etcd.keys("wills/w-abrupt") == []
+
+
+def test_sigterm_drains_sessions_to_other_nodes(cluster, clients):
+    """SIGTERM to s2: its clients get DISCONNECT 0x8B, its persistent session (with a QoS 1
+    message unacknowledged) goes to another node, which owns the id in etcd and queues
+    what is published meanwhile; the client reconnecting on s3 finds it all."""
+    c, _ = persistent(clients, cluster, "s2", "drainee", clean_start=True)
+    subscribe(c, "c32/dr/#", 1)
+    pub = clients.connect(port(cluster, "s1"), "dr-pub")
+    assert publish(pub, "c32/dr/0", b"m0", 1) == 0
+    assert c.expect(Publish, 20).payload == b"m0"  # not acknowledged
+    s2 = cluster.nodes[1]
+    mark = s2._log_size()
+    s2.stop()
+    got = c.expect_closed(20)
+    assert any(isinstance(p, Disconnect) and p.reason_code == 0x8B for p in got), got
+    handed = re.findall(r"process=agent event='sessions handed to other nodes' member=w1 sessions=(\d+) adopted=(\d+)",
+                        s2.log(since=mark))
+    assert handed and handed[0][0] == handed[0][1] != "0", handed  # every one of them adopted
+    wait_nodes([cluster.nodes[0], cluster.nodes[2]], {"s1", "s3"})
+    assert owner(cluster, "drainee") in ("s1", "s3")
+    for i in (1, 2):
+        assert publish(pub, f"c32/dr/{i}", f"m{i}".encode(), 1, pid=1 + i) == 0
+    c3, ack = persistent(clients, cluster, "s3", "drainee")
+    assert ack.session_present
+    got = receive(c3, 3)
+    assert [p.payload for p in got] == [b"m0", b"m1", b"m2"] and got[0].dup
+    c3.close()
+    s2.start(60)
+    wait_nodes(cluster.nodes, NAMES)
 
 
 def test_dead_node_ids_connect_elsewhere_fenced_copy(cluster, clients):
