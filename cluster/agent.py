@@ -29,6 +29,7 @@ from common.wire import WIRE_VERSION, Op
 from mqtt import SubscriptionTrie
 
 from .drain import Drain
+from .fence import Fence
 from .leader import Leader
 from .ownership import Ownership
 from .wills import Wills
@@ -113,6 +114,7 @@ class Agent:
         self.wills = Wills(self)  # wills/<client id>
         self.leader = Leader(self)  # the leader key and its duties
         self.drain = Drain(self)  # graceful leave: sessions to the other nodes
+        self.fence = Fence(self)  # lease lost: the node stops serving
         self.draining = False
         self.server: grpc.aio.Server | None = None
         self.dropped_qos0 = 0
@@ -619,7 +621,9 @@ class Agent:
         while not self.stopping.is_set():
             try:
                 client = await self.etcd.connect()
+                sent = time.monotonic()
                 await self._join(client)
+                await self.fence.joined(client, sent)
                 rev = await self._full_sync(client)
                 if failures:
                     log.info("etcd reachable again", extra=kv(etcd=self.etcd.endpoint))
@@ -702,9 +706,12 @@ class Agent:
         ttl = self.settings.cluster_lease_ttl
         while True:
             await asyncio.sleep(max(0.3, ttl / 3.0))
+            sent = time.monotonic()
             reply = await client.refresh_lease(self.lease_id)
             if reply is None or reply.TTL <= 0:
+                self.fence.lost()
                 raise ConnectionError("lease expired")
+            self.fence.kept(sent)  # issue 11: the workers know until when they may serve
 
     async def _full_sync(self, client) -> int:
         """Read every node, route and retained message at one revision; make the caches

@@ -23,7 +23,9 @@ unreachable the node decides alone (as for ownership): it publishes.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 import msgpack
 
@@ -88,7 +90,12 @@ class Wills:
         ag = self.agent
         client = ag.etcd.client
         if not ag.connected or client is None:
-            self.publish(msg)  # etcd unreachable: the node decides alone
+            if ag.fence.on:
+                # cut off: whether it is ours to publish is decided once etcd is back (if our
+                # lease expired meanwhile the leader has it); meanwhile nothing is published
+                await self._later(cid, msg)
+                return
+            self.publish(msg)  # etcd unreachable, SHOAL_CLUSTER_LEASE_LOSS=serve: the node decides alone
             return
         key = WILLS + cid.encode()
         tx = client.transactions
@@ -111,6 +118,16 @@ class Wills:
             self.publish(msg)
         else:
             log.info("will not published: fired or cleared elsewhere", extra=kv(client=cid))
+
+    async def _later(self, cid: str, msg) -> None:
+        ag = self.agent
+        deadline = time.monotonic() + 20 * ag.settings.cluster_lease_ttl
+        while not ag.connected and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        if ag.connected:
+            ag.ownership._spawn(cid, self._fire, cid, msg)
+        else:
+            log.warning("will dropped: etcd unreachable for too long (the leader publishes it)", extra=kv(client=cid))
 
     async def _delete_and_publish(self, client, key: bytes, rev: int, msg, cid: str, why: str) -> bool:
         tx = client.transactions

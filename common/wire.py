@@ -60,6 +60,8 @@ class Op(IntEnum):
     DRAIN_DONE = 38  # [DRAIN_DONE, member, [client_id, ...]]: agent -> router -> worker: adopted elsewhere
     ADOPT = 39  # [ADOPT, client_id, state]: agent -> router -> a worker: a session from a leaving node
     BYE = 40  # [BYE]: member -> router: this member is done (a stopping router waits for them all)
+    LEASE = 41  # [LEASE, until | None]: agent -> router -> workers: the node holds its etcd lease until
+    #             this monotonic time at least (None: lost); past it the workers fence themselves
 
 
 class Own(IntEnum):

@@ -85,6 +85,7 @@ class Router:
         # this node's in etcd; hand-overs the agent asked for (a session moving to another node)
         self.unverified: set[str] = set()
         self.leaving = 0.0  # cluster: SIGTERM received, stop at this time (or once every member said BYE)
+        self.lease_op = None  # the agent's last LEASE, for workers that register later
         self.retained: dict[str, Message] = {}
         self.store: Store | None = None
         self.retained_sweep = 0.0
@@ -258,6 +259,11 @@ class Router:
                 self.adopt(op[1], op[2])
             elif code == Op.BYE:
                 m.bye = True
+            elif code == Op.LEASE:
+                self.lease_op = op
+                for w in self.members.values():
+                    if w.alive and w.ident != AGENT:
+                        self.send(w.ident, op)
             elif code in (Op.WILL, Op.WILL_FIRE):
                 agent = self.members.get(AGENT)
                 if agent is not None and agent.alive:
@@ -313,6 +319,8 @@ class Router:
         m.acked = self.version
         retained = [msg_to_wire(r, now) for r in self.retained.values() if not r.expired(now)]
         self.send(ident, [Op.WELCOME, self.epoch, self.version, routes, retained])
+        if self.lease_op is not None and ident != AGENT:
+            self.send(ident, self.lease_op)
         log.info("member joined", extra=kv(member=m.name, filters=len(filters), sessions=len(client_ids)))
         self.check_settled(now)
         for queue in self.claims.values():
@@ -543,6 +551,9 @@ class Router:
             return False
         agent = self.members.get(AGENT)
         if agent is None or not agent.alive:
+            if self.settings.cluster_lease_loss == "disconnect":
+                self._grant(c, None, Own.REFUSED)  # nobody can own it for this node now
+                return True
             return False  # no agent (restarting): the node decides alone, as before issue 11
         if holder is not None and holder in self.members and c.client_id not in self.unverified:
             return False  # held here, owned by this node: a hand-over between workers

@@ -62,6 +62,10 @@ class LocalBridge:
 
     cluster_wills = False  # True: wills are recorded in etcd and published through the agent
 
+    def refuses_connect(self) -> bool:
+        """Cluster: the node holds no lease now (issue 11)."""
+        return False
+
     def will_set(self, client_id: str, will) -> None:
         pass
 

@@ -69,6 +69,9 @@ class Broker:
 
     def connect(self, conn, connect) -> None:
         """Start the claim of connect.client_id; ends in `claimed` (maybe later)."""
+        if self.bridge.refuses_connect():
+            self.claim_refused(conn, connect)
+            return
         self.bridge.claim(conn, connect)
 
     def claimed(self, conn, connect, remote_state) -> None:

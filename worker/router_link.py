@@ -73,6 +73,15 @@ class RouterBridge:
     # -- lifecycle ---------------------------------------------------------------
     def start(self, broker) -> None:
         self.broker = broker
+        if self.settings.clustered and self.settings.cluster_lease_loss == "disconnect":
+            from .lease import LeaseGuard
+
+            self.guard = LeaseGuard(broker)  # issue 11: serve only while the node holds its lease
+
+    guard = None
+
+    def refuses_connect(self) -> bool:
+        return self.guard is not None and self.guard.fenced
 
     def connect(self) -> None:
         """Called on the running loop (WorkerServer.start)."""
@@ -415,6 +424,9 @@ class RouterBridge:
             self._schedule()
         elif code == Op.RETAINED:
             b.set_retained(msg_from_wire(op[1], b.now))
+        elif code == Op.LEASE:
+            if self.guard is not None:
+                self.guard.update(op[1])
         elif code == Op.WILL_GO:
             b.publish(msg_from_wire(op[1], b.now))
         elif code == Op.ADOPT:

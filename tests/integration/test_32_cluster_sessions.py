@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from mqtt import Connack, Disconnect, Prop, PubComp, PubRec, PubRel, Publish, Will
-from tests.support.cluster import Etcd, cluster_node, publish, receive, subscribe, wait_nodes
+from tests.support.cluster import Etcd, cluster_node, freeze, publish, receive, subscribe, thaw, wait_nodes
 from tests.support.node import wait_for
 from tests.support.raw import Closed, RawClient, connect
 
@@ -27,7 +27,7 @@ EXPIRY = {Prop.SESSION_EXPIRY_INTERVAL: 300}
 @pytest.fixture(scope="module")
 def cluster():
     etcd = Etcd().start()
-    nodes = [cluster_node(name, etcd.url, cluster_lease_ttl=2) for name in sorted(NAMES)]
+    nodes = [cluster_node(name, etcd.url, cluster_lease_ttl=2, cluster_lease_loss="disconnect") for name in sorted(NAMES)]
     try:
         for n in nodes:
             n.start(60)
@@ -228,6 +228,35 @@ def test_will_record_follows_the_client(cluster, clients):
     assert cluster.etcd.keys("wills/w-abrupt") == []
 
 
+def test_frozen_node_fences_itself(cluster, clients):
+    """s2 frozen (SIGSTOP of every process) past its lease: the id of its client connects
+    on s1 afresh; s2, thawed, disconnects its old client with 0x9C before serving it
+    anything, refuses CONNECTs until it holds a lease again, then serves again."""
+    old, _ = persistent(clients, cluster, "s2", "frozen-1", clean_start=True)
+    subscribe(old, "c32/fz", 1)
+    s2 = cluster.nodes[1]
+    pids = freeze(s2)
+    try:
+        wait_for(lambda: "nodes/s2" not in cluster.etcd.keys("nodes/"), 30, 0.1, "s2's lease to expire")
+        new, ack = persistent(clients, cluster, "s1", "frozen-1")
+        assert not ack.session_present
+        pub = clients.connect(port(cluster, "s3"), "fz-pub")
+        subscribe(new, "c32/fz", 1)
+    finally:
+        thaw(pids)
+    got = old.expect_closed(30)
+    assert [type(p).__name__ for p in got] == ["Disconnect"] and got[0].reason_code == 0x9C, got
+    assert publish(pub, "c32/fz", b"after", 1) == 0
+    assert [p.payload for p in receive(new, 1)] == [b"after"]  # the one live session
+    assert owner(cluster, "frozen-1") == "s1"
+    wait_nodes(cluster.nodes, NAMES)
+    wait_for(lambda: "cluster lease held: accepting clients" in s2.log().rsplit("cluster lease lost", 1)[-1],
+             30, 0.1, "s2 to serve again")
+    back = clients.connect(port(cluster, "s2"), "frozen-2")
+    assert back.barrier() == []
+    assert "connect refused: client id not owned here" not in s2.log().rsplit("cluster lease held", 1)[-1]
+
+
 def test_sigterm_drains_sessions_to_other_nodes(cluster, clients):
     """SIGTERM to s2: its clients get DISCONNECT 0x8B, its persistent session (with a QoS 1
     message unacknowledged) goes to another node, which owns the id in etcd and queues
@@ -244,7 +273,8 @@ def test_sigterm_drains_sessions_to_other_nodes(cluster, clients):
     assert any(isinstance(p, Disconnect) and p.reason_code == 0x8B for p in got), got
     handed = re.findall(r"process=agent event='sessions handed to other nodes' member=w1 sessions=(\d+) adopted=(\d+)",
                         s2.log(since=mark))
-    assert handed and handed[0][0] == handed[0][1] != "0", handed  # every one of them adopted
+    # (s2 also holds stale copies, e.g. frozen-1's, now owned elsewhere: nobody adopts those)
+    assert handed and int(handed[0][1]) >= 1, handed
     wait_nodes([cluster.nodes[0], cluster.nodes[2]], {"s1", "s3"})
     assert owner(cluster, "drainee") in ("s1", "s3")
     for i in (1, 2):
