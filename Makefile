@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run cluster test test-unit test-integration bench clean
+.PHONY: install run cluster test test-unit test-integration bench chaos clean
 
 $(STAMP): pyproject.toml
 	@command -v mosquitto >/dev/null 2>&1 || { \
@@ -41,6 +41,10 @@ test-unit: install
 
 test-integration: install
 	$(PY) -m pytest -q tests/integration
+
+# faults (SIGKILL/SIGSTOP of nodes, agents, etcd members) under checker clients; stops by itself
+chaos: install
+	$(PY) -m loadtest.chaos $(CHAOS_ARGS)
 
 bench: install
 	$(PY) -m pip install -q -e '.[bench]'
