@@ -273,6 +273,9 @@ class Agent:
         self.pending_versions.clear()
         self._changed()
         self.welcomed.set()
+        self.fence.resend()  # issue 11: the workers learn the lease at once (a LEASE before HELLO is dropped)
+        if self.leader.name:
+            self.leader.publish_sys()
         self._merge_retained()
         log.info("registered with the router", extra=kv(epoch=epoch, local_filters=len(refs)))
 

@@ -51,6 +51,10 @@ class Fence:
             if not was:
                 log.info("lease held: serving", extra=kv(lease=self.agent.lease_id))
 
+    def resend(self) -> None:
+        if self.on and self.until > time.monotonic():
+            self.agent.link.queue([Op.LEASE, self.until])
+
     def lost(self) -> None:
         self.until = 0.0
         if self.on:

@@ -104,6 +104,59 @@ async def takeovers(ports: list[int], count: int, cid: str) -> list[float]:
     return out
 
 
+def leader_failover(nodes: list, ttl: int) -> tuple[str, str, float]:
+    """SIGKILL the leader's node; seconds until a surviving node names another leader."""
+    import os
+    import signal
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from loadtest.chaos import children
+
+    seen: list[tuple[float, str]] = []
+    got = threading.Event()
+
+    def on_msg(client, userdata, msg):
+        seen.append((time.monotonic(), msg.payload.decode()))
+        got.set()
+
+    def watch(port: int):
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"failover-{port}")
+        c.on_message = on_msg
+        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("$SYS/broker/cluster/leader")
+        c.connect(HOST, port)
+        c.loop_start()
+        return c
+
+    first = watch(nodes[0].port)
+    if not got.wait(20):
+        raise RuntimeError("no $SYS/broker/cluster/leader")
+    first.loop_stop()
+    first.disconnect()
+    old = seen[-1][1]
+    dead = next(n for n in nodes if n.name == old)
+    survivor = next(n for n in nodes if n is not dead)
+    seen.clear()
+    got.clear()
+    c = watch(survivor.port)
+    got.wait(20)  # the retained name
+    got.clear()
+    t0 = time.monotonic()
+    for pid in [dead.proc.pid, *children(dead.proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    dead.proc.wait(5)
+    if not got.wait(10 * ttl + 30):
+        raise RuntimeError("no new leader")
+    c.loop_stop()
+    c.disconnect()
+    return old, seen[-1][1], time.monotonic() - t0
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
@@ -150,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             same = asyncio.run(takeovers([alone.port], args.takeovers, "tk-alone"))
             same_cluster = asyncio.run(takeovers([nodes[2].port], args.takeovers, "tk-same"))
             mqt = asyncio.run(takeovers([mosq.port], args.takeovers, "tk-mq"))
+            print("leader failover ...", file=sys.stderr, flush=True)
+            failover = leader_failover(nodes, 5)
         finally:
             for b in (*nodes, alone, mosq):
                 b.stop()
@@ -167,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     for label, xs in (("shoal across nodes (n1 <-> n2)", cross), ("shoal cluster, same node", same_cluster),
                       ("shoal, one node alone", same), ("mosquitto", mqt)):
         print(f"| {label} | {pct(xs, 0.5):.2f} | {pct(xs, 0.99):.2f} |")
+    print()
+    print(f"leader failover: {failover[0]} SIGKILLed, {failover[1]} named leader {failover[2]:.2f} s later "
+          "(SHOAL_CLUSTER_LEASE_TTL=5: the dead lease expires after 5 s, then the next try takes the key)")
     rows.append((single, per_node))
     return 0
 
