@@ -40,6 +40,7 @@ from .routerlink import RouterLink
 log = logging.getLogger("shoal.agent")
 
 FIRST_SYNC_WAIT = 2.0  # seconds the agent waits for etcd before it registers with its router anyway
+WRITE_RETRY = 0.5  # seconds before a failed etcd write is tried again
 TXN_OPS = 100  # operations per etcd transaction (etcd's default limit is 128)
 BACKOFF_MAX = 5.0  # seconds between etcd reconnect attempts at most
 DRAIN_TIMEOUT = 7.0  # seconds a stopping agent waits for its workers' sessions (circus waits 10)
@@ -109,6 +110,8 @@ class Agent:
         self.tokens = itertools.count(1)
         self.remote_tokens: dict[int, tuple] = {}  # our REMOTE_PUB token -> (Origin, seq, body, normal, groups)
         self.router_syncs: dict[int, asyncio.Future] = {}
+        self._router_sync: tuple | None = None  # (applied revision when sent, task) of the router SYNC in flight
+        self._peer_syncs: dict[int, asyncio.Task] = {}  # etcd revision -> the Sync round for it
         self.service = PeerService(self)
         self.ownership = Ownership(self)  # owners/<client id> (issue 11)
         self.wills = Wills(self)  # wills/<client id>
@@ -353,6 +356,15 @@ class Agent:
         self.flush_waiters = keep
 
     async def _peers_synced(self, rev: int) -> None:
+        """Every live node applied the routes up to etcd revision rev (one round of
+        Sync requests per revision, shared by every route version waiting for it)."""
+        t = self._peer_syncs.get(rev)
+        if t is None:
+            t = self._peer_syncs[rev] = asyncio.get_running_loop().create_task(self._peers_synced_once(rev))
+            t.add_done_callback(lambda _t, rev=rev: self._peer_syncs.pop(rev, None))
+        await asyncio.shield(t)
+
+    async def _peers_synced_once(self, rev: int) -> None:
         futs = [p.request_sync(rev) for n, p in self.peers.items() if n in self.members]
         if futs:
             await asyncio.wait(futs, timeout=self.settings.cluster_lease_ttl + 1.0)
@@ -489,9 +501,17 @@ class Agent:
                 await asyncio.wait_for(fut, self.settings.cluster_lease_ttl + 1.0)
             except asyncio.TimeoutError:
                 pass
-        await self.router_sync()
+        await self._router_synced_covering(rev)
         log.debug("route sync answered", extra=kv(peer=origin.node, revision=rev, applied=self.applied_rev))
         origin.sync_done(sid)
+
+    async def _router_synced_covering(self, rev: int) -> None:
+        """A router SYNC sent after the routes up to rev went to the router: one in
+        flight that was sent late enough serves every request it covers."""
+        cur = self._router_sync
+        if cur is None or cur[0] < rev or cur[1].done():
+            cur = self._router_sync = (self.applied_rev, asyncio.get_running_loop().create_task(self.router_sync()))
+        await asyncio.shield(cur[1])
 
     def _check_rev_waiters(self) -> None:
         self._rev_check = None
@@ -670,6 +690,7 @@ class Agent:
         """Hold nodes/<node> under a lease of this node (the one a previous agent
         of this node held, when it is still alive: the routes under it stay)."""
         lease_id = self.lease_id or self._read_lease_file()
+        ours = {lease_id} - {0}  # leases this node held: a key under one of them is this node's own
         if lease_id:
             info = await client.get_lease_info(lease_id, keys=False)
             if info.TTL <= 0:
@@ -688,7 +709,9 @@ class Agent:
         ok, _ = await client.transaction(compare=[tx.create(key) == 0], success=[tx.put(key, value, lease_id)], failure=[])
         if not ok:
             cur = await client.get(key)
-            if cur is not None and cur.lease != lease_id:
+            # (an expired lease of ours may still hold the key for a moment: etcd deletes
+            # the keys of an expired lease shortly after it reports it gone)
+            if cur is not None and cur.lease != lease_id and cur.lease not in ours:
                 try:
                     other = json.loads(cur.value)
                 except ValueError:
@@ -861,10 +884,17 @@ class Agent:
                         elif kind == "response_delete_range":
                             rev = max(rev, r.response_delete_range.header.revision)
             except Exception as e:
-                log.warning("etcd write failed; written again once etcd is back", extra=kv(error=str(e)[:200], ops=len(ops)))
+                # (etcd electing a leader, or gone: the SUBACKs waiting for this write wait
+                # on; the router's SYNC deadline bounds them, and a lost connection releases
+                # them in _etcd_main)
+                log.warning("etcd write failed; trying again", extra=kv(error=str(e)[:200], ops=len(ops)))
                 for topic, value in retained.items():
                     self.retained_out.setdefault(topic, value)
-                self._release_flush_waiters(0)
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), WRITE_RETRY)
+                except asyncio.TimeoutError:
+                    pass
+                self.dirty.set()
                 continue
             log.debug("written to etcd", extra=kv(adds=len(adds), dels=len(dels), retained=len(retained), revision=rev))
             self.published = (self.published | adds) - dels

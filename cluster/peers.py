@@ -56,6 +56,7 @@ class PeerOut:
         self.connected = False
         self.closed = False
         self.failures = 0
+        self.acked_hook = None  # called after acknowledgements came (the agent's push back check)
         self.task = asyncio.get_running_loop().create_task(self.run())
 
     def size(self) -> int:
@@ -112,11 +113,19 @@ class PeerOut:
                 # what the peer did not confirm goes again, in order, before anything new
                 resend = [e.pub for e in self.unacked.values()]
                 self.new_syncs = list(self.syncs)
-                reader = asyncio.get_running_loop().create_task(self._read(call))
+                loop = asyncio.get_running_loop()
+                reader = loop.create_task(self._read(call))
+                writer = loop.create_task(self._write(call, resend))
                 try:
-                    await self._write(call, resend)
+                    # whichever ends first (the stream broke) ends the other
+                    done, _ = await asyncio.wait([reader, writer], return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     reader.cancel()
+                    writer.cancel()
+                for t in done:
+                    if not t.cancelled() and t.exception() is not None:
+                        raise t.exception()
+                raise ConnectionError("stream ended")
             except asyncio.CancelledError:
                 await channel.close(None)
                 raise
@@ -179,10 +188,7 @@ class PeerOut:
             raise
         except Exception:
             pass
-        # the stream ended: make the writer notice
         call.cancel()
-
-    acked_hook = None
 
 
 class Origin:

@@ -110,11 +110,79 @@ def load(pub_port: int, sub_port: int, rate: int, duration: float, topic: str) -
     return s
 
 
+def subscribe_rate(port: int, n: int, prefix: str, conns: int = 50) -> float:
+    """n SUBSCRIBEs of new unique filters over `conns` connections, pipelined on each;
+    seconds until the last SUBACK (a SUBACK means the route is applied on every node)."""
+    import asyncio
+
+    from mqtt import Connect, Framer, Subscribe, Subscription, SubAck, decode, encode
+
+    async def one(c: int, count: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(encode(Connect(client_id=f"{prefix}-{c}", version=4, keepalive=600), 4))
+        framer = Framer()
+        got, connack = 0, False
+        out = bytearray()
+        for i in range(count):
+            out += encode(Subscribe(i % 65535 + 1, [Subscription(f"{prefix}/{c}/{i}", 1)]), 4)
+        while got < count:
+            data = await reader.read(1 << 16)
+            if not data:
+                raise ConnectionError("closed")
+            for first, body in framer.feed(data):
+                p = decode(first, body, 4)
+                if not connack:
+                    connack = True
+                    writer.write(bytes(out))
+                elif isinstance(p, SubAck):
+                    got += 1
+        writer.close()
+
+    async def all_of_them() -> float:
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(c, n // conns) for c in range(conns)))
+        return time.monotonic() - t0
+
+    return asyncio.run(all_of_them())
+
+
+def route_spread(port: int, n: int, prefix: str) -> list[float]:
+    """n subscriptions one after another on one connection: the SUBACK time of each
+    (a SUBACK waits until the route is applied on every node)."""
+    import socket
+
+    from mqtt import Connect, Framer, Subscribe, Subscription, SubAck, decode, encode
+
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.sendall(encode(Connect(client_id=f"{prefix}-spread", version=4, keepalive=600), 4))
+    framer = Framer()
+    pending: list = []
+
+    def recv():
+        while not pending:
+            for first, body in framer.feed(s.recv(1 << 16)):
+                pending.append(decode(first, body, 4))
+        return pending.pop(0)
+
+    recv()  # CONNACK
+    times = []
+    for i in range(n):
+        t0 = time.monotonic()
+        s.sendall(encode(Subscribe(i + 1, [Subscription(f"{prefix}/spread/{i}", 1)]), 4))
+        while not isinstance(recv(), SubAck):
+            pass
+        times.append(time.monotonic() - t0)
+    s.close()
+    return sorted(times)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loadtest.cluster_bench")
     ap.add_argument("--rates", default="1000,10000", help="total msg/s, comma separated")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     ap.add_argument("--workers", type=int, default=1, help="workers per node")
+    ap.add_argument("--subscribes", type=int, default=5000, help="new unique filters for the subscribe rate (0: skip)")
     args = ap.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",")]
     rows = []
@@ -136,6 +204,14 @@ def main(argv: list[str] | None = None) -> int:
             mosq.start()
             cluster_meter = CpuMeter([n.proc.pid for n in nodes], include_roots=False)
             etcd_meter = CpuMeter([etcd.proc.pid], include_roots=True)
+            sub_rows = []
+            if args.subscribes:
+                print(f"subscribing {args.subscribes} new filters ...", file=sys.stderr, flush=True)
+                dt = subscribe_rate(nodes[0].port, args.subscribes, "cbsub")
+                sub_rows.append(("shoal, 3 nodes (SUBACK = routed on every node)", dt))
+                dt = subscribe_rate(mosq.port, args.subscribes, "cbsub")
+                sub_rows.append(("mosquitto", dt))
+                spread = route_spread(nodes[0].port, 50, "cbsub")
             for rate in rates:
                 for i, (label, pub_port, sub_port, meters) in enumerate((
                     ("shoal cross-node (n1 -> n2)", nodes[0].port, nodes[1].port, (cluster_meter, etcd_meter)),
@@ -154,6 +230,15 @@ def main(argv: list[str] | None = None) -> int:
                 n.stop()
             mosq.stop()
             etcd.stop()
+    if sub_rows:
+        print(f"| subscribe {args.subscribes} new filters, 50 connections, pipelined | seconds | subscribes/s |")
+        print("|---|---:|---:|")
+        for label, dt in sub_rows:
+            print(f"| {label} | {dt:.2f} | {args.subscribes / dt:,.0f} |")
+        print()
+        print(f"time for a new route to reach every node (SUBACK of one subscription on an idle cluster, 50 in turn): "
+              f"p50 {spread[len(spread) // 2] * 1000:.1f} ms, max {spread[-1] * 1000:.1f} ms")
+        print()
     print("| msg/s | broker | delivered | p50 ms | p99 ms | broker CPU-µs/msg |")
     print("|---:|---|---:|---:|---:|---:|")
     for rate, label, got, cpu, lat in rows:

@@ -177,6 +177,27 @@ def test_retain_as_published_across_nodes(cluster, clients):
     publish(pub, "c30/rap", b"", 1, pid=2, retain=True)  # leave no retained message behind
 
 
+def test_link_resends_after_reconnect(cluster, clients):
+    """n2's agent stopped with a QoS 1 message on its way, then killed: circus starts
+    a new agent (same lease, so n2 never left), n1's link reconnects to it and sends
+    again what n2 never acknowledged; the subscriber gets it and the publisher its PUBACK."""
+    n2 = node(cluster, "n2")
+    sub = clients.connect(port(cluster, "n2"), "resend-sub")
+    subscribe(sub, "c30/resend", 1)
+    pub = clients.connect(port(cluster, "n1"), "resend-pub")
+    agent = n2.agent_pid()
+    mark = n2._log_size()
+    os.kill(agent, signal.SIGSTOP)
+    pub.send(Publish("c30/resend", b"again", 1, packet_id=3))
+    assert pub.barrier() == []  # not acknowledged while n2's agent is stopped
+    os.kill(agent, signal.SIGKILL)
+    wait_for(lambda: "process=agent event='joined the cluster'" in n2.log(since=mark), 60, 0.1, "n2's new agent")
+    assert pub.expect(PubAck, timeout=30).packet_id == 3
+    assert [p.payload for p in receive(sub, 1)] == [b"again"]
+    assert "peer link up again" in node(cluster, "n1").log()
+    wait_nodes(cluster.nodes, NAMES)
+
+
 # -- retained -----------------------------------------------------------------------------------
 def _retained(cluster, name: str, topic: str, cid: str) -> list[bytes]:
     """What a new subscriber on node `name` receives as retained for topic."""
@@ -234,6 +255,32 @@ def test_shared_subscription_cluster_wide(cluster, clients):
     everything = sorted(x for v in got.values() for x in v)
     assert everything == sorted([b"a%02d" % i for i in range(30)] + [b"b%02d" % i for i in range(30)]), got
     assert all(got.values()), {k: len(v) for k, v in got.items()}
+
+
+def test_shared_leaving_member_messages_go_to_another_node(cluster, clients):
+    """A shared member on n2 that leaves with QoS 1 messages it never acknowledged:
+    they go to the group's member on n1."""
+    keep = clients.connect(port(cluster, "n1"), "shl-keep")
+    subscribe(keep, "$share/gl30/c30/shl", 1)
+    leaver = clients.connect(port(cluster, "n2"), "shl-leave")
+    subscribe(leaver, "$share/gl30/c30/shl", 1)
+    pub = clients.connect(port(cluster, "n3"), "shl-pub")
+    sent = [b"m%02d" % i for i in range(12)]
+    for i, payload in enumerate(sent):
+        publish(pub, "c30/shl", payload, 1, pid=i + 1)
+    held = [p.payload for p in leaver.barrier() if isinstance(p, Publish)]  # never acknowledged
+    assert held, "the member on n2 got none of them"
+    leaver.close()  # clean session: it ends, its unacknowledged messages move
+    got = []
+
+    def all_there():
+        for p in keep.barrier():
+            assert isinstance(p, Publish), p
+            keep.send(PubAck(p.packet_id))
+            got.append(p.payload)
+        return sorted(got) == sent
+
+    wait_for(all_there, 30, 0.1, "every message at the member on n1")
 
 
 # -- faults ----------------------------------------------------------------------------------------------

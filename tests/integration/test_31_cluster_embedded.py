@@ -132,3 +132,21 @@ def test_ctrl_c_stops_everything(local):
     for pid in everything:
         wait_for(lambda: not _alive(pid), 20, 0.05, f"pid {pid} gone")
     assert "shoal cluster: stopped" in local["text"]()
+
+
+def test_wrong_initial_cluster_says_what_to_fix(clients):
+    """A node missing from SHOAL_ETCD_INITIAL_CLUSTER: its etcd member refuses with a
+    message naming the fix; the node still serves its local clients."""
+    from tests.support.node import Node
+
+    n = Node(workers=1, node_name="lost", etcd_initial_cluster="other=http://127.0.0.1:9", wait_join=False)
+    try:
+        n.start(60)
+        wait_for(lambda: "cannot start: SHOAL_ETCD_INITIAL_CLUSTER names ['other'] but this node is "
+                         "SHOAL_NODE_NAME='lost'" in n.log(), 30, 0.1, "the etcd member's refusal")
+        c = clients.connect(n.port, "lost-c")
+        subscribe(c, "c31/lost", 1)
+        publish(clients.connect(n.port, "lost-p"), "c31/lost", b"local", 1)
+        assert [p.payload for p in receive(c, 1)] == [b"local"]
+    finally:
+        n.stop()
