@@ -350,6 +350,7 @@ class Ownership:
             return pb.TakeoverReply(result=pb.TakeoverReply.NEWER)
         self.owned.pop(cid, None)
         state = await self.take_from_router(cid, request.clean_start)
+        self._spawn(cid, self.agent.wills.forget, cid)  # its will record is not ours any more
         if state is None:
             return pb.TakeoverReply(result=pb.TakeoverReply.NONE)
         self.taken_out += 1

@@ -56,6 +56,8 @@ class Wills:
     def on_op(self, op: list) -> None:
         own = self.agent.ownership
         if op[0] == Op.WILL:
+            if op[2] is None and op[1] not in self.written:
+                return  # no will, and none of ours in etcd (a handed-over one went with takeover_asked)
             own._spawn(op[1], self._set, op[1], op[2], op[3])
         elif op[0] == Op.WILL_FIRE:
             own._spawn(op[1], self._fire, op[1], op[2])
@@ -118,6 +120,20 @@ class Wills:
             self.publish(msg)
         else:
             log.info("will not published: fired or cleared elsewhere", extra=kv(client=cid))
+
+    async def forget(self, cid: str) -> None:
+        """The session went to another node (takeover): our will record goes (the new
+        connection has its own will, or none)."""
+        mine = self.written.pop(cid, None)
+        client = self.agent.etcd.client
+        if mine is None or client is None:
+            return
+        tx = client.transactions
+        key = WILLS + cid.encode()
+        try:
+            await client.transaction(compare=[tx.value(key) == mine], success=[tx.delete(key)], failure=[])
+        except Exception as e:
+            log.warning("could not remove a will record", extra=kv(client=cid, error=str(e)[:200]))
 
     async def _later(self, cid: str, msg) -> None:
         ag = self.agent

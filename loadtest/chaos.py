@@ -198,6 +198,10 @@ class Checker:
     def _on_subscribe(self, client, userdata, mid, rcs, props):
         if self.ready is None:
             self.ready = time.monotonic()
+        elif self.losses:
+            # a lost session counts until its subscription is back (SUBACK): what was
+            # published before that was not promised to this subscriber
+            self.losses[-1] = time.monotonic()
 
     def _on_disconnect(self, client, userdata, flags, rc, props):
         self.i = (self.i + 1) % len(self.ports)
@@ -296,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     rnd = random.Random(args.seed)
     random.seed(args.seed)
     t_end = time.monotonic() + args.minutes * 60
+    t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="chaos") as tmpdir:
         tmp = Path(tmpdir)
         etcd = EtcdMembers(tmp)
@@ -368,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         twins = Counter()
         k = 0
         next_fault = time.monotonic() + args.every
+        code = 1
         try:
             while time.monotonic() < t_end:
                 twins[twin_probe(ports)] += 1
@@ -384,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
                         time.sleep(1.0)  # (its will reaches etcd)
                         expected_wills.append(f"chaos-will/{k}")
                         will_clients.append(wc)
-                print(f"[{time.strftime('%H:%M:%S')}] fault {k}: {kind} {node.name if kind != 'kill-etcd' else ''}",
-                      file=sys.stderr, flush=True)
+                print(f"[{time.strftime('%H:%M:%S')}] t={time.monotonic() - t0:.1f} fault {k}: {kind} "
+                      f"{node.name if kind != 'kill-etcd' else ''}", file=sys.stderr, flush=True)
                 faults[kind] += 1
                 if kind == "kill-node":
                     node.kill()
@@ -409,22 +415,28 @@ def main(argv: list[str] | None = None) -> int:
                     etcd.start(nm)
             stop.set()
             time.sleep(20)  # settle: redeliveries after the last fault
+            code = report(args, t0, lock, acked, qos_of, delivered, subs, will_subs, wills_seen, expected_wills,
+                          faults, twins)
         finally:
             stop.set()
             for wc in will_clients:
                 wc.close()
-            for c in subs + will_subs + pubs:
-                try:
-                    c.stop()
-                except Exception:
-                    pass
+            closers = [threading.Thread(target=c.stop, daemon=True) for c in subs + will_subs + pubs]
+            for t in closers:
+                t.start()
+            for t in closers:
+                t.join(5)  # (paho's threads end by themselves; never wait on them long)
             for n in nodes:
                 n.stop()
             etcd.stop()
-    # -- report --------------------------------------------------------------------------
+    return code
+
+
+def report(args, t0, lock, acked, qos_of, delivered, subs, will_subs, wills_seen, expected_wills, faults, twins) -> int:
     with lock:
         total_acked = len(acked)
         lost = 0
+        lost_at: list = []
         counted = 0
         dup2 = 0
         survivors = 0
@@ -437,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                 counted += 1
                 if got.get(key, 0) == 0:
                     lost += 1
+                    lost_at.append((round(at - t0, 2), s.cid, key, qos_of.get(key)))
             survivors += 1
         delivered_total = sum(sum(c.values()) for c in delivered.values())
         wills = Counter()
@@ -447,10 +460,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"messages acknowledged: {total_acked}")
     print(f"deliveries: {delivered_total} (3 subscribers)")
     print(f"lost (acknowledged, subscriber session survived, never delivered): {lost} of {counted} checked")
+    if lost_at:
+        print(f"  lost (t, subscriber, message, qos), first 20: {sorted(lost_at)[:20]}")
     print(f"QoS 2 duplicates: {dup2}")
     print(f"subscriber sessions lost (reconnect with session present = 0): {sum(len(s.losses) for s in subs)}")
     print(f"twin probes: {dict(twins)} (key = connections alive of the two; 2 = owned twice)")
     print(f"wills: expected {len(expected_wills)}, seen at most n times by one subscriber: {dict(wills)}")
+    sys.stdout.flush()
     return 0 if lost == 0 and dup2 == 0 and twins.get(2, 0) == 0 else 1
 
 
