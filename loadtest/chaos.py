@@ -343,12 +343,16 @@ def main(argv: list[str] | None = None) -> int:
             ch = Checker(f"chaos-pub-{i}", ports, i, None)
             pubs.append(ch)
             pending: dict[int, tuple] = {}
+            early: set[int] = set()  # acknowledged before publish() returned
 
             def on_pub(client, userdata, mid, rc, props):
+                # (paho calls this holding its own lock: never call paho while holding ours)
                 with lock:
                     key = pending.pop(mid, None)
                     if key is not None:
                         acked[key] = key_time[key]
+                    else:
+                        early.add(mid)
 
             key_time: dict[tuple, float] = {}
             ch.c.on_publish = on_pub
@@ -360,8 +364,13 @@ def main(argv: list[str] | None = None) -> int:
                 with lock:
                     key_time[key] = time.monotonic()
                     qos_of[key] = qos
-                    info = ch.c.publish(f"chaos/q{qos}/{name}", f"{name}:{seq}".encode(), qos=qos)
-                    pending[info.mid] = key
+                info = ch.c.publish(f"chaos/q{qos}/{name}", f"{name}:{seq}".encode(), qos=qos)
+                with lock:
+                    if info.mid in early:
+                        early.discard(info.mid)
+                        acked[key] = key_time[key]
+                    else:
+                        pending[info.mid] = key
                 stop.wait(1.0 / args.rate)
 
         pthreads = [threading.Thread(target=publisher, args=(i,), daemon=True) for i in range(3)]
