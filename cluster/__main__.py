@@ -12,7 +12,7 @@ from common.proc import die_with_parent
 def main() -> None:
     die_with_parent()
     settings = Settings()
-    logs.setup(settings.log_level, node=settings.node, process="agent")
+    logs.setup(settings.log_level, settings.log_format, node=settings.node, process="agent")
     from .agent import Agent  # (after logging is set up: grpc logs at import)
 
     async def run() -> int:

@@ -33,6 +33,7 @@ from .fence import Fence
 from .leader import Leader
 from .ownership import Ownership
 from .wills import Wills
+from .opslink import AgentOps
 from .etcd import NODES, RANGE_END, RANGE_START, RETAINED, ROUTES, Etcd
 from .peers import CLUSTER_WIRE, PeerOut, PeerService
 from .routerlink import RouterLink
@@ -119,6 +120,7 @@ class Agent:
         self.drain = Drain(self)  # graceful leave: sessions to the other nodes
         self.fence = Fence(self)  # lease lost: the node stops serving
         self.draining = False
+        self.ops = AgentOps(self)
         self.server: grpc.aio.Server | None = None
         self.dropped_qos0 = 0
         self.malformed = 0  # messages from peers that were not a message
@@ -149,6 +151,7 @@ class Agent:
             log.error("cannot start: cannot listen on SHOAL_CLUSTER_ADDR", extra=kv(addr=addr))
             return 3
         await self.server.start()
+        self.ops.connect()  # at once: /ready needs the node joined; /metrics shows stats()
         tasks = [loop.create_task(self._etcd_main()), loop.create_task(self._writer())]
         tasks.append(loop.create_task(self.leader.run()))  # issue 11: leader and its duties
         # register with the router holding the other nodes' routes already (an agent
@@ -203,7 +206,25 @@ class Agent:
             await self.server.stop(0.5)
         await self.etcd.reset()
         self.link.queue([Op.BYE])
+        self.ops.close()
         self.link.close()
+
+    def stats(self) -> dict:
+        """The agent's figures (numbers only), for /metrics as shoal_cluster_<key>."""
+        peers = [p for n, p in self.peers.items() if n in self.members]
+        return {
+            "joined": int(self.connected),
+            "nodes": len(self.members),
+            "peers_connected": sum(1 for p in peers if p.connected),
+            "peer_queued": sum(p.size() for p in peers),
+            "remote_filters": len(self.union),
+            "local_filters": len(self.local_refs),
+            "forwarded_total": self.forwarded,
+            "received_total": self.received_count,
+            "dropped_qos0_total": self.dropped_qos0,
+            "malformed_total": self.malformed,
+            "paused": int(self.link.paused),
+        }
 
     def write_status(self) -> None:
         """$SHOAL_RUN_DIR/shoal-<port>-cluster.json: joined or not, and the nodes seen
@@ -703,7 +724,9 @@ class Agent:
                 f.write(str(lease_id))
         self.lease_id = lease_id
         key = NODES + self.node.encode()
-        value = _json({"addr": self.settings.cluster_address, "workers": self.settings.workers,
+        st = self.settings
+        api = f"http://{st.metrics_host or st.host}:{st.metrics_port}" if st.metrics_port else None
+        value = _json({"addr": self.settings.cluster_address, "workers": self.settings.workers, "api": api,
                        "wire": CLUSTER_WIRE, "instance": self.instance, "mqtt": f"{self.settings.host}:{self.settings.port}"})
         tx = client.transactions
         ok, _ = await client.transaction(compare=[tx.create(key) == 0], success=[tx.put(key, value, lease_id)], failure=[])

@@ -1,6 +1,13 @@
-"""Structured logging: one line of key=value pairs per event, naming node and worker."""
+"""Structured logging: one line per event, naming node and worker.
+
+Two formats (SHOAL_LOG_FORMAT): ``kv`` (default) writes key=value pairs,
+``json`` one JSON object per line with the same fields (``ts``, ``level``,
+``node``, ``worker`` or ``process``, ``event``, then the event's own fields
+such as ``client``).
+"""
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -22,9 +29,27 @@ class KVFormatter(logging.Formatter):
         return line
 
 
-def setup(level: str, **static: str) -> None:
+class JSONFormatter(logging.Formatter):
+    def __init__(self, static: dict[str, str]):
+        super().__init__()
+        self.static = dict(static)
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower()}
+        obj.update(self.static)
+        obj["event"] = record.getMessage()
+        extra = getattr(record, "kv", None)
+        if extra:
+            for k, v in extra.items():
+                obj.setdefault(k, v)
+        if record.exc_info:
+            obj["exception"] = self.formatException(record.exc_info)
+        return json.dumps(obj, default=str, ensure_ascii=False)
+
+
+def setup(level: str, fmt: str = "kv", **static: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KVFormatter(static))
+    handler.setFormatter(JSONFormatter(static) if fmt == "json" else KVFormatter(static))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

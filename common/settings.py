@@ -6,11 +6,12 @@ through unchanged, so this class is the single place where defaults live.
 """
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,6 +52,30 @@ class Settings(BaseSettings):
     persistence: bool = True
     sync: Literal["always", "batch", "off"] = "batch"
 
+    # -- operating a node: metrics, health, admin API, logs (issue 12) ----------
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no TCP listener (the admin socket in run_dir is always there)
+    metrics_host: str = ""  # default: SHOAL_HOST
+    admin_token: str = ""  # when set, /api/... asks for "Authorization: Bearer <token>"
+    admin_max_rows: int = Field(default=10_000, ge=1)  # most rows one admin request returns per worker
+    admin_max_request: int = Field(default=8192, ge=512)  # bytes of one HTTP request (line, headers, body)
+    admin_max_connections: int = Field(default=64, ge=1)  # HTTP connections open at once (more: closed at once)
+    log_format: Literal["kv", "json"] = "kv"
+
+    # -- authentication and limits that protect the node (issue 12) ---------
+    password_file: Path | None = None  # mosquitto_passwd format ($7$ PBKDF2-SHA512, $6$ SHA512)
+    auth_threads: int = 2  # threads hashing passwords, beside the event loop
+    auth_inline_iterations: int = 200  # a $7$ hash of at most this many rounds (~0.1 ms) is computed in place; 0: never
+    auth_queue: int = 1000  # CONNECTs waiting for a hash per worker; more: 0x89 server busy
+    auth_cache: int = 10_000  # successful verifications remembered (reconnects skip the hash); 0: off
+    auth_fail_window: float = 60.0  # seconds a failed login from an address is remembered
+    auth_fail_delay_after: int = 3  # failures in the window after which the address is slowed; 0: never
+    auth_fail_delay: float = 1.0  # seconds each CONNECT of a slowed address waits
+    auth_ban_after: int = 10  # failures in the window after which the address is refused; 0: never
+    auth_ban_time: float = 60.0  # seconds a refused address stays refused
+    auth_fail_addresses: int = 10_000  # addresses whose failures are tracked per worker (oldest forgotten)
+    max_connections: int = 0  # clients per node, shared out between the workers; 0: no limit
+    max_publish_rate: float = 0.0  # PUBLISH packets per second per client (reading pauses past it); 0: off
+
     # -- cluster (issue 10): on when SHOAL_ETCD_ENDPOINTS or SHOAL_ETCD_INITIAL_CLUSTER is set
     etcd_endpoints: str = ""  # external etcd: "http://host:port,..."
     etcd_initial_cluster: str = ""  # embedded etcd member: etcd's "name=peerURL,..." form
@@ -90,7 +115,7 @@ class Settings(BaseSettings):
             return [e.strip() for e in self.etcd_endpoints.split(",") if e.strip()]
         return [self.etcd_member_client_url]
 
-    @field_validator("acl_file", "data_dir", mode="before")
+    @field_validator("acl_file", "data_dir", "password_file", mode="before")
     @classmethod
     def _empty_is_none(cls, v):
         return None if v in ("", None) else v
@@ -114,3 +139,116 @@ class Settings(BaseSettings):
     @property
     def router_endpoint(self) -> str:
         return self.ipc("router")
+
+    @property
+    def ops_endpoint(self) -> str:
+        """Workers answer the router's health and admin questions here."""
+        return self.ipc("ops")
+
+    @property
+    def admin_socket(self) -> Path:
+        """The HTTP admin/metrics API on a Unix socket, always served by the router."""
+        return self.run_dir / f"shoal-{self.port}-admin.sock"
+
+
+# -- settings checked at start (issue 12, point 8) ---------------------------
+# Ranges of the numeric settings; a field missing here only gets its type checked.
+BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "port": (0, 65535),
+    "workers": (1, 1024),
+    "router_batch_ms": (0, 1000),
+    "max_packet_size": (16, 268_435_455),
+    "receive_maximum": (1, 65535),
+    "max_inflight": (1, 65535),
+    "max_queued_messages": (0, None),
+    "max_keepalive": (0, 65535),
+    "topic_alias_maximum": (0, 65535),
+    "max_session_expiry": (0, 4_294_967_295),
+    "persistent_session_expiry": (0, 4_294_967_295),
+    "max_retained_messages": (0, None),
+    "connect_timeout": (0.001, None),
+    "sys_interval": (0, None),
+    "auth_threads": (1, 64),
+    "auth_inline_iterations": (0, None),
+    "auth_queue": (1, None),
+    "auth_cache": (0, None),
+    "auth_fail_window": (0.001, None),
+    "auth_fail_delay_after": (0, None),
+    "auth_fail_delay": (0, 60),
+    "auth_ban_after": (0, None),
+    "auth_ban_time": (0, None),
+    "auth_fail_addresses": (1, None),
+    "max_connections": (0, None),
+    "max_publish_rate": (0, None),
+}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# SHOAL_ variables that are not settings but are read elsewhere
+OTHER_VARIABLES = frozenset({"SHOAL_WORKER_ID"})
+
+
+class SettingsError(ValueError):
+    """One or more bad SHOAL_* values; each line names the variable, its value and what is allowed."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def _var(field: str) -> str:
+    return f"SHOAL_{field.upper()}"
+
+
+def known_variables() -> set[str]:
+    """Every SHOAL_ name Shoal reads, derived from the Settings fields (so new settings are known at once)."""
+    return {_var(f) for f in Settings.model_fields} | set(OTHER_VARIABLES)
+
+
+def unknown_variables(environ=None) -> list[tuple[str, str | None]]:
+    """SHOAL_ variables in the environment that no setting reads, each with the closest known name (or None)."""
+    env = os.environ if environ is None else environ
+    known = known_variables()
+    suffixes = sorted(k[6:] for k in known)  # compare without the common prefix
+    out = []
+    for name in sorted(env):
+        if name.upper().startswith("SHOAL_") and name.upper() not in known:
+            close = difflib.get_close_matches(name.upper()[6:], suffixes, n=1, cutoff=0.6)
+            out.append((name, f"SHOAL_{close[0]}" if close else None))
+    return out
+
+
+def _allowed(lo, hi) -> str:
+    if hi is None:
+        return f"a number >= {lo}"
+    return f"a number from {lo} to {hi}"
+
+
+def load(environ=None) -> Settings:
+    """The Settings, with every value checked: SettingsError lists each bad
+    variable with its value and what it allows (values of the wrong type
+    first; ranges once every type is right)."""
+    env = os.environ if environ is None else environ
+    problems: list[str] = []
+    try:
+        if environ is None:
+            settings = Settings()
+        else:  # an explicit environment (tests, hooks): read only that
+            values = {k[6:].lower(): v for k, v in env.items() if k.upper().startswith("SHOAL_")
+                      and k[6:].lower() in Settings.model_fields}
+            settings = Settings(**values)
+    except ValidationError as e:
+        for err in e.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            name = _var(field)
+            raw = next((v for k, v in env.items() if k.upper() == name), err.get("input"))
+            problems.append(f"{name}={raw!r}: {err['msg'].replace('Input should', 'should')}")
+        raise SettingsError(problems) from None
+    for field, (lo, hi) in BOUNDS.items():
+        v = getattr(settings, field)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raw = next((val for k, val in env.items() if k.upper() == _var(field)), v)
+            problems.append(f"{_var(field)}={raw!r}: should be {_allowed(lo, hi)}")
+    if settings.log_level.upper() not in LOG_LEVELS:
+        problems.append(f"SHOAL_LOG_LEVEL={settings.log_level!r}: should be one of {', '.join(LOG_LEVELS)}")
+    if problems:
+        raise SettingsError(problems)
+    return settings

@@ -59,9 +59,15 @@ class Op(IntEnum):
     DRAINED = 37  # [DRAINED, member, [state, ...]]: worker -> router -> agent: my offline sessions
     DRAIN_DONE = 38  # [DRAIN_DONE, member, [client_id, ...]]: agent -> router -> worker: adopted elsewhere
     ADOPT = 39  # [ADOPT, client_id, state]: agent -> router -> a worker: a session from a leaving node
-    BYE = 40  # [BYE]: member -> router: this member is done (a stopping router waits for them all)
-    LEASE = 41  # [LEASE, until | None]: agent -> router -> workers: the node holds its etcd lease until
+    BYE = 50  # [BYE]: member -> router: this member is done (a stopping router waits for them all)
+    LEASE = 51  # [LEASE, until | None]: agent -> router -> workers: the node holds its etcd lease until
     #             this monotonic time at least (None: lost); past it the workers fence themselves
+    # the ops channel (SHOAL_RUN_DIR/shoal-<port>-ops.sock): health and admin, apart from the data path
+    BEAT = 40  # member -> router, every second: [BEAT, name, pid, serving, started (wall clock), peers?]
+    #           (serving: a worker listens and is registered; the agent has joined the cluster.
+    #            peers: the agent's list of the other nodes [{"node", "api"}], router/ops.py)
+    ASK = 41  # router -> member: [ASK, req, what, args]   (what: stats, clients, sessions, ...)
+    ANSWER = 42  # member -> router: [ANSWER, req, payload]
 
 
 class Own(IntEnum):

@@ -28,6 +28,7 @@ _U64 = struct.Struct(">Q")
 _U16 = struct.Struct(">H")
 PINGREQ = b"\xc0\x00"
 TIMER_SLACK = 0.001  # seconds
+MAX_WINDOW = 0xFFFF  # -F 0: no window of our own, only the broker's Receive Maximum and the packet ids
 
 # packet types (first byte >> 4) seen by a client
 _CONNACK, _PUBLISH, _PUBACK, _PUBREC, _PUBREL, _PUBCOMP, _SUBACK, _PINGRESP, _DISCONNECT = 2, 3, 4, 5, 6, 7, 9, 13, 14
@@ -88,18 +89,18 @@ class Wire:
 
 
 class BenchClient(asyncio.Protocol):
-    __slots__ = ("proc", "opts", "counters", "wire", "index", "client_id", "topic", "phase", "transport", "framer",
+    __slots__ = ("proc", "opts", "counters", "wire", "index", "client_id", "username", "topic", "phase", "transport", "framer",
                  "version", "connack", "connect_started", "paused", "template", "inflight", "window", "next_pid",
-                 "sent", "received", "pub_start", "interval_s", "pump_handle", "paced", "awaiting_rel", "limit",
-                 "settled")
+                 "sent", "received", "pub_start", "interval_s", "pump_handle", "paced", "awaiting_rel", "settled")
 
-    def __init__(self, proc: LoadProcess, index: int, client_id: str, topic: str):
+    def __init__(self, proc: LoadProcess, index: int, client_id: str, topic: str, username: str | None = None):
         self.proc = proc
         self.opts: Options = proc.opts
         self.counters: Counters = proc.counters
         self.wire: Wire = proc.wire
         self.index = index
         self.client_id = client_id
+        self.username = username  # -u, with %i / %rand_N filled in
         self.topic = topic
         self.phase = Phase.IDLE
         self.transport: asyncio.Transport | None = None
@@ -110,7 +111,7 @@ class BenchClient(asyncio.Protocol):
         self.paused = False
         self.template: PublishTemplate | None = None
         self.inflight: set[int] = set()
-        self.window = self.opts.inflight
+        self.window = self.opts.inflight or MAX_WINDOW
         self.next_pid = 1
         self.sent = 0
         self.received = 0
@@ -119,8 +120,6 @@ class BenchClient(asyncio.Protocol):
         self.pump_handle: asyncio.Handle | None = None  # -I 0 at QoS 0: the next loop pass
         self.paced = False  # -I: waiting in the process's pacer
         self.awaiting_rel: set[bytes] = set()
-        # a shared group's limit is for the whole group: the parent stops it
-        self.limit = 0 if self.opts.shared else self.opts.limit
         self.settled = False  # ready or finished: counted once by the process
 
     # -- connection ---------------------------------------------------------
@@ -129,7 +128,7 @@ class BenchClient(asyncio.Protocol):
         o = self.opts
         props = {Prop.SESSION_EXPIRY_INTERVAL: o.session_expiry} if o.session_expiry else {}
         return encode(Connect(client_id=self.client_id, clean_start=o.clean, keepalive=o.keepalive, version=o.version,
-                              username=o.username, password=None if o.password is None else o.password.encode(),
+                              username=self.username, password=None if o.password is None else o.password.encode(),
                               properties=props), o.version)
 
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -173,6 +172,15 @@ class BenchClient(asyncio.Protocol):
         if self.phase < Phase.CLOSING:
             self._close(graceful=Phase.SUBSCRIBING <= self.phase)
 
+    def limit_reached(self) -> None:
+        """The run's -L is spent: a publisher waits for the acks of what it sent, then
+        every client sends DISCONNECT; a client not yet connected gives up."""
+        if self.phase is Phase.ACTIVE and self.inflight:
+            self._cancel_pump()
+            self.phase = Phase.DRAINING
+        elif self.phase < Phase.CLOSING and self.phase is not Phase.DRAINING:
+            self.finish()
+
     def _close(self, graceful: bool) -> None:
         was = self.phase
         self.phase = Phase.CLOSING
@@ -215,11 +223,11 @@ class BenchClient(asyncio.Protocol):
     def _receive_as_subscriber(self, data: bytes) -> None:
         """Count each PUBLISH and read its send timestamp where the payload starts
         (topic, packet id, and v5 properties skipped; only a PUBLISH with v5
-        properties goes through ``decode``); answer QoS 1/2 in one write."""
+        properties goes through ``decode``); answer QoS 1/2 in one write.  With -L
+        what arrived is taken from the run's budget: what is beyond it is acked but
+        not counted, and the run ends."""
         out = bytearray()
-        stamps: list[int] = []
-        received = 0
-        left = self.limit - self.received if self.limit else -1
+        stamps: list[int] = []  # one per PUBLISH; -1 for a payload too short for a timestamp
         v5 = self.version == 5
         wire = self.wire
         for first, body in self.framer.feed(data):
@@ -244,11 +252,7 @@ class BenchClient(asyncio.Protocol):
                         at = len(body) - len(decode(first, body, 5).payload)
                     else:
                         at += 1
-                if len(body) - at >= 8:
-                    stamps.append(_U64.unpack_from(body, at)[0])
-                received += 1
-                if received == left:
-                    break
+                stamps.append(_U64.unpack_from(body, at)[0] if len(body) - at >= 8 else -1)
             elif kind == _PUBREL:
                 pid = body[:2]
                 self.awaiting_rel.discard(pid)
@@ -257,18 +261,21 @@ class BenchClient(asyncio.Protocol):
                 self._control(first, body)
         if out and self.phase < Phase.CLOSING:
             self.transport.write(out)
+        if not stamps:
+            return
+        budget = self.proc.budget
+        received = len(stamps) if budget is None else budget.take(len(stamps))
         if received:
             now = time.time_ns()
             c = self.counters
-            if stamps:
-                c.latency.record_many([now - t for t in stamps])
+            c.latency.record_many([now - t for t in stamps[:received] if t >= 0])
             c.received += received
             self.received += received
             if not c.first_recv_ns:
                 c.first_recv_ns = now
             c.last_recv_ns = now
-            if received == left:
-                self.finish()
+        if budget is not None and budget.spent:
+            self.proc.limit_reached()
 
     def _receive_as_publisher(self, data: bytes) -> None:
         out = bytearray()
@@ -391,12 +398,14 @@ class BenchClient(asyncio.Protocol):
     def pump(self) -> None:
         """Write every PUBLISH that is due and fits the window, in one write, and
         arrange the next call unless one is pending: a timer with -I, the next loop
-        pass at QoS 0 with -I 0; at QoS 1/2 the acks call it too."""
+        pass at QoS 0 with -I 0; at QoS 1/2 the acks call it too.  With -L what is
+        written is first taken from the run's budget; once that is spent, the run ends."""
         if self.phase is not Phase.ACTIVE or self.paused:
             return
         o = self.opts
         loop = self.proc.loop
-        n = o.limit - self.sent if o.limit else 1 << 30
+        budget = self.proc.budget
+        n = 1 << 30
         next_at = 0.0
         if self.interval_s:
             # libuv timers tick in whole ms and may fire up to 1 ms early: count what is
@@ -408,14 +417,16 @@ class BenchClient(asyncio.Protocol):
             n = min(n, o.batch)
         if o.qos:
             n = min(n, self.window - len(self.inflight))
+        if budget is not None:
+            if n > 0:
+                n = budget.take(n)
+            if budget.spent:
+                if n > 0:
+                    self._write_publishes(n)
+                self.proc.limit_reached()  # this client too: it drains its acks, then disconnects
+                return
         if n > 0:
             self._write_publishes(n)
-        if o.limit and self.sent >= o.limit:
-            if self.inflight:
-                self.phase = Phase.DRAINING
-            else:
-                self.finish()
-            return
         if next_at:
             if not self.paced:
                 self.paced = True

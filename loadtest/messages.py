@@ -25,6 +25,12 @@ class Stop:
 
 
 @dataclass(slots=True, frozen=True)
+class LimitReached:
+    """Parent to children: the run's -L is spent; finish every client (publishers
+    once their last acks are in)."""
+
+
+@dataclass(slots=True, frozen=True)
 class Settled:
     """Child to parent: every client of the process is connected (and subscribed)
     or has failed; sent once, as soon as it happens."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -51,7 +50,7 @@ class Options:
     duration: float | None = None
     hold: float | None = None
     json: bool = False
-    inflight: int = 100
+    inflight: int = 1
     batch: int = 64
     max_connecting: int = 100
     connect_timeout: float = 30.0
@@ -60,6 +59,15 @@ class Options:
     def subscribe_filter(self) -> str:
         """The filter a subscriber sends, before %i/%c substitution."""
         return f"$share/{self.shared}/{self.topic}" if self.shared else self.topic
+
+
+def unsupported_level(template: str) -> str | None:
+    """A topic level emqtt-bench renders per message (``%s``, ``%rand_N``), which a topic
+    encoded once per client cannot follow; None if there is none."""
+    for level in template.split("/"):
+        if level == "%s" or level.startswith("%rand_"):
+            return level
+    return None
 
 
 def parse_bool(text: str) -> bool:
@@ -105,14 +113,15 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="client index offset: %%i runs from n+1 (default: 0)")
     add("-i", "--interval", dest="connect_interval_ms", type=nonneg_float, default=10.0,
         help="ms between two client connects, over all processes (default: 10)")
-    add("-u", "--username", default=None)
+    add("-u", "--username", default=None, help="user name; %%i: the client index, %%rand_N: a random number 1..N")
     add("-P", "--password", default=None)
     add("-k", "--keepalive", type=nonneg_int, default=300, help="keep alive in seconds (default: 300)")
     add("-C", "--clean", type=parse_bool, default=True, metavar="true|false",
         help="clean start / clean session (default: true)")
     add("-x", "--session-expiry", dest="session_expiry", type=nonneg_int, default=0,
         help="v5 session expiry interval in seconds (default: 0)")
-    add("--prefix", default="", help="client id prefix (default: host name); ids are <prefix>_bench_<verb>_<n>")
+    add("--prefix", default="", help="client id prefix: ids are <prefix>_bench_<verb>_<n> "
+                                     "(default: <host>_bench_<verb>_<random>_<n>, as emqtt-bench)")
     add("--processes", type=_positive_int, default=os.cpu_count() or 1,
         help="processes to spread the clients over (default: number of cores)")
     add("--duration", type=nonneg_float, default=None, help="stop after this many seconds")
@@ -125,22 +134,24 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _messaging(p: argparse.ArgumentParser, *, pub: bool) -> None:
     add = p.add_argument
-    add("-t", "--topic", required=True, help="topic; %%i is the client index, %%c the client id")
+    add("-t", "--topic", required=True,
+        help="topic; a level %%i is the client index, %%c the client id, %%u the -u option")
     add("-q", "--qos", type=int, choices=(0, 1, 2), default=0, help="QoS (default: 0)")
     if pub:
         add("-L", "--limit", type=_non_negative_int, default=0,
-            help="messages per publisher, then stop (default: 0, no limit)")
+            help="messages of the whole run, over all publishers (as emqtt-bench), then stop (default: 0, no limit)")
         add("-I", "--interval_of_msg", dest="publish_interval_ms", type=_non_negative_float, default=1000.0,
             help="ms between two publishes of one client; 0: as fast as the window allows (default: 1000)")
         add("-s", "--size", dest="payload_size", type=int, default=256,
             help=f"payload bytes, at least {MIN_PAYLOAD} (default: 256)")
         add("-r", "--retain", type=parse_bool, default=False, metavar="true|false", help="retain flag (default: false)")
-        add("-F", "--inflight", type=_positive_int, default=100,
-            help="unacknowledged QoS 1/2 publishes per client (default: 100)")
+        add("-F", "--inflight", type=_non_negative_int, default=1,
+            help="unacknowledged QoS 1/2 publishes per client; 0: as many as the broker's Receive Maximum "
+                 "(default: 1, as emqtt-bench)")
         add("--batch", type=_positive_int, default=64, help="QoS 0 publishes per write with -I 0 (default: 64)")
     else:
         add("-L", "--limit", type=_non_negative_int, default=0,
-            help="messages per subscriber (with --shared: for the whole group), then stop (default: 0, no limit)")
+            help="messages of the whole run, over all subscribers, then stop (default: 0, no limit)")
         add("--shared", default=None, metavar="GROUP", help="subscribe as $share/GROUP/<topic>")
 
 
@@ -173,7 +184,8 @@ def parse(argv: list[str] | None = None) -> Options:
         parser.error("--shared: the group name must be non-empty and contain no '+', '#' or '/'")
     if values["session_expiry"] and values["version"] != 5:
         parser.error("-x/--session-expiry needs -V 5")
-    if not values["prefix"]:
-        values["prefix"] = socket.gethostname()
+    level = unsupported_level(values.get("topic") or "")
+    if level is not None:
+        parser.error(f"-t: {level} (a value per message in emqtt-bench) is not supported; %i, %c and %u are")
     values["processes"] = min(values["processes"], values["clients"])
     return Options(verb=verb, **values)

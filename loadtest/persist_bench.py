@@ -65,9 +65,10 @@ class MosquittoWith(Mosquitto):
 def load(port: int, pairs: int, messages: int, duration: float) -> dict:
     py = sys.executable
     common = ["-p", str(port), "-q", "1", "--json"]
+    total = str(pairs * messages)  # -L counts the whole run, over every client
     sub = subprocess.Popen(
         [py, "-m", "loadtest", "sub", *common, "-c", str(pairs), "-t", "pb/%i", "-C", "false", "-x", "3600",
-         "-L", str(messages), "--duration", str(duration + 10)],
+         "-L", total, "--duration", str(duration + 10)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # the subscribers say when they are all subscribed
     for line in sub.stderr:
@@ -76,7 +77,7 @@ def load(port: int, pairs: int, messages: int, duration: float) -> dict:
     t0 = time.monotonic()
     pub = subprocess.run(
         [py, "-m", "loadtest", "pub", *common, "-c", str(pairs), "-t", "pb/%i", "-I", "0", "-s", "64",
-         "-L", str(messages), "--duration", str(duration)],
+         "--inflight", "100", "-L", total, "--duration", str(duration)],
         cwd=ROOT, capture_output=True, text=True)
     out, _ = sub.communicate(timeout=duration + 30)
     wall = time.monotonic() - t0

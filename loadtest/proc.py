@@ -3,6 +3,7 @@ to the parent through the pipe once a second, and a last one when it ends."""
 from __future__ import annotations
 
 import asyncio
+import random
 import resource
 import signal
 import time
@@ -11,9 +12,10 @@ from multiprocessing.connection import Connection
 
 import uvloop
 
+from loadtest.budget import Budget
 from loadtest.client import BenchClient, Phase, Wire
-from loadtest.messages import Crashed, Go, Ready, Settled, Stop
-from loadtest.naming import client_id, client_indices, expand_topic
+from loadtest.messages import Crashed, Go, LimitReached, Ready, Settled, Stop
+from loadtest.naming import client_id, client_indices, expand_topic, username
 from loadtest.options import Options, Verb
 from loadtest.pacer import Pacer
 from loadtest.stats import Counters, ErrorKind
@@ -27,12 +29,12 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def child_main(conn: Connection, opts: Options, proc: int) -> None:
-    """The target of each ``multiprocessing.Process``."""
+def child_main(conn: Connection, opts: Options, proc: int, budget: Budget | None = None) -> None:
+    """The target of each ``multiprocessing.Process``; ``budget`` is the run's -L, shared by all."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and sends Stop
     raise_fd_limit()
     try:
-        uvloop.run(LoadProcess(opts, proc, conn).run())
+        uvloop.run(LoadProcess(opts, proc, conn, budget).run())
     except BaseException:
         try:
             conn.send(Crashed(proc, traceback.format_exc()))
@@ -44,10 +46,12 @@ def child_main(conn: Connection, opts: Options, proc: int) -> None:
 
 
 class LoadProcess:
-    def __init__(self, opts: Options, proc: int, conn: Connection):
+    def __init__(self, opts: Options, proc: int, conn: Connection, budget: Budget | None = None):
         self.opts = opts
         self.proc = proc
         self.conn = conn
+        self.budget = budget  # -L: the messages of the whole run, over every process
+        self.limit_hit = False
         self.counters = Counters()
         self.wire = Wire(opts.version)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -77,9 +81,11 @@ class LoadProcess:
         loop.add_reader(self.conn.fileno(), self._on_pipe)
         loop.add_signal_handler(signal.SIGTERM, self.stop)  # e.g. `timeout` signals the whole group
         o = self.opts
+        rng = random.Random()
         for n in client_indices(o.clients, o.start_number, o.processes, self.proc):
-            cid = client_id(o.prefix, o.verb, n)
-            self.clients.append(BenchClient(self, n, cid, expand_topic(o.topic, n, cid)))
+            cid = client_id(o.prefix, o.verb, n, rng)
+            self.clients.append(BenchClient(self, n, cid, expand_topic(o.topic, n, cid, o.username),
+                                            username(o.username, n, rng)))
         self.unfinished = self.unsettled = len(self.clients)
         self.conn.send(Ready(self.proc))
         go: Go = await self.go
@@ -115,6 +121,8 @@ class LoadProcess:
                     self.go.set_result(msg)
                 elif isinstance(msg, Stop):
                     self.stop()
+                elif isinstance(msg, LimitReached):
+                    self.limit_reached()
         except (EOFError, OSError):  # the parent is gone: wind down
             self.loop.remove_reader(self.conn.fileno())
             if not self.go.done():
@@ -152,7 +160,8 @@ class LoadProcess:
             if delay > 0:
                 await asyncio.sleep(delay)
             await slots.acquire()
-            if self.stopping:
+            if self.stopping or self.limit_hit:
+                slots.release()
                 return
             task = loop.create_task(self._connect(c, slots))
             self.tasks.add(task)
@@ -204,6 +213,15 @@ class LoadProcess:
         self.conn.send(Settled(self.proc, self.ready))
         if self.opts.verb is Verb.CONN and self.opts.hold is not None:
             self.loop.call_later(self.opts.hold, self.stop)
+
+    def limit_reached(self) -> None:
+        """The run's -L is spent (seen here, or told by the parent): launch no more
+        clients, let the publishers drain their acks, disconnect everyone."""
+        if self.limit_hit:
+            return
+        self.limit_hit = True
+        for c in self.clients:
+            c.limit_reached()
 
     def stop(self) -> None:
         """Finish every client: DISCONNECT the connected ones, give up the others."""

@@ -1,6 +1,6 @@
 """The parent of a run: spreads the clients over processes, gives them a common
 start, adds up their once-a-second reports, prints the live line and the summary,
-and tells them to stop (duration, a shared group's limit, Ctrl-C or SIGTERM)."""
+tells them when the run's -L is spent, and to stop (duration, Ctrl-C or SIGTERM)."""
 from __future__ import annotations
 
 import multiprocessing
@@ -12,16 +12,18 @@ from enum import IntEnum
 from multiprocessing.connection import Connection, wait
 from typing import TextIO
 
-from loadtest.messages import Crashed, Go, Ready, Settled, Stop
+from loadtest.budget import Budget
+from loadtest.messages import Crashed, Go, LimitReached, Ready, Settled, Stop
 from loadtest.options import Options, Verb
 from loadtest.proc import CLOSE_GRACE, child_main
 from loadtest.stats import Report, Totals
-from loadtest.summary import live_line, second_record, settled_line, summarize
+from loadtest.summary import limit_line, live_line, second_record, settled_line, summarize
 
 READY_TIMEOUT = 60.0  # seconds for the processes to start
 START_DELAY_NS = 20_000_000  # the common start lies this far after Go is sent
 LATE_REPORT = 0.5  # a second's line is printed once every process reported it, or this late
-POLL = 0.2  # longest wait, so that a signal is noticed soon
+POLL = 0.2  # longest wait, so that a signal (or a spent -L) is noticed soon
+DRAIN_GRACE = 10.0  # seconds the publishers get for their last acks once -L is spent, then Stop
 
 
 class ChildState(IntEnum):
@@ -56,6 +58,8 @@ class Run:
     start_ns: int = 0  # the same, wall clock (time.time_ns())
     printed: int = 0  # last second printed
     settled_s: float | None = None  # seconds from the start until every client was ready or failed
+    budget: Budget | None = None  # -L: the messages of the whole run, shared by every process
+    limit_at: float = 0.0  # time.monotonic() when the parent saw -L spent
 
     def __post_init__(self) -> None:
         self.totals = Totals(self.opts.processes)
@@ -64,12 +68,14 @@ class Run:
 
     def execute(self) -> dict:
         ctx = multiprocessing.get_context("spawn")
+        if self.opts.limit and self.opts.verb is not Verb.CONN:
+            self.budget = Budget(ctx, self.opts.limit)
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             for p in range(self.opts.processes):
                 parent_end, child_end = ctx.Pipe()
-                process = ctx.Process(target=child_main, args=(child_end, self.opts, p), name=f"loadtest-{p}",
-                                      daemon=True)
+                process = ctx.Process(target=child_main, args=(child_end, self.opts, p, self.budget),
+                                      name=f"loadtest-{p}", daemon=True)
                 process.start()
                 child_end.close()
                 self.children.append(Child(p, process, parent_end))
@@ -114,13 +120,26 @@ class Run:
             now = time.monotonic()
             if self.signals > 1 or (self.stop_sent_at and now > self.stop_sent_at + CLOSE_GRACE + 5):
                 break  # _reap terminates what is left
+            if self.budget is not None and not self.limit_at and self.budget.spent:
+                self._limit_reached(now)
             if not self.stop_sent_at and (
                     self.signals
                     or (o.duration is not None and now >= self.start + o.duration)
-                    or (o.verb is Verb.SUB and o.shared and o.limit and self.totals.received >= o.limit)
+                    or (self.limit_at and now > self.limit_at + DRAIN_GRACE)
                     or any(c.state is ChildState.DEAD for c in self.children)):
                 self._stop()
         self._print_seconds(final=True)
+
+    def _limit_reached(self, now: float) -> None:
+        """Every process hears that -L is spent (the one whose client spent it knows already)."""
+        self.limit_at = now
+        print(limit_line(self.opts, now - self.start), file=self.err, flush=True)
+        for c in self.children:
+            if c.state < ChildState.DONE:
+                try:
+                    c.conn.send(LimitReached())
+                except OSError:
+                    pass
 
     def _stop(self) -> None:
         self.stop_sent_at = time.monotonic()

@@ -66,6 +66,16 @@ def settled_line(ready: int, after_s: float, opts: Options) -> str:
     return f"{ready} of {opts.clients} clients {what} after {after_s:.3f} s"
 
 
+def limit_line(opts: Options, after_s: float) -> str:
+    """Printed once, when the run's -L is spent (emqtt-bench prints "publish complete"
+    and ends the run); the clients then finish and the summary follows."""
+    if opts.json:
+        return json.dumps({"limit_reached_s": round(after_s, 6), "limit": opts.limit}, separators=(",", ":"))
+    if opts.verb is Verb.PUB:
+        return f"publish complete: -L {opts.limit} messages sent after {after_s:.3f} s"
+    return f"receive complete: -L {opts.limit} messages received after {after_s:.3f} s"
+
+
 def summarize(opts: Options, totals: Totals, start_ns: int, elapsed_s: float, settled_s: float | None,
               series: list[dict], crashed: list[str]) -> dict:
     return {

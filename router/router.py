@@ -30,9 +30,11 @@ from common.settings import Settings
 from common.wire import STALE, WIRE_VERSION, Op, Own, pack, unpack
 from mqtt import SubscriptionTrie, topic_matches
 from worker.message import Message
-from worker.metrics import node_sums
+from worker.metrics import Histogram, node_sums
 from worker.serial import msg_from_wire, msg_to_wire
 from worker.store import Store, StoreError
+
+from .admin import OpsService
 
 log = logging.getLogger("shoal.router")
 
@@ -69,6 +71,7 @@ class Claim:
     claimant: bytes
     clean_start: bool
     deadline: float
+    since: float = 0.0  # when the claim came (hand-over latency, /metrics)
     owning: int = 0  # cluster: 1 while the agent makes this node the owner (OWN), 2 once it answered
 
 
@@ -98,6 +101,7 @@ class Router:
         self.recent: deque = deque()  # (at, sender, msg, targets) of the last REPLAY_WINDOW seconds
         self.by_name: dict[str, bytes] = {}  # (sender, token) -> members that have not confirmed  # [ident, token, version, deadline] waiting for members to apply routes
         self.forwarded = 0
+        self.handover_seconds = Histogram()  # CLAIM to GRANT of the claims another worker answered (HANDOFF)
         self.started = time.monotonic()
         self.settled = False  # every worker registered (or SETTLE_TIMEOUT passed)
         self.deferred: list = []  # (ident, op) routed once settled
@@ -164,6 +168,7 @@ class Router:
         self.bind()
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        ops = OpsService(self, poller)  # /metrics, /health, /ready, the admin API (router/admin.py)
         next_check = time.monotonic() + 0.5
         while self.running:
             backlog = bool(self.out)
@@ -180,12 +185,14 @@ class Router:
             if self.leaving and (now >= self.leaving or
                                  all(m.bye or not m.alive for m in self.members.values())):
                 self.running = False
+            ops.poll(events, now)
             if now >= next_check:
                 next_check = now + 0.5
                 self.check_timeouts(now)
             if self.store is not None and self.store.batch is not None:
                 self.store.flush()
             self.flush()
+        ops.close()
         if self.store is not None:
             self.store.close()
         self.sock.close(0)
@@ -477,7 +484,7 @@ class Router:
     # -- sessions ------------------------------------------------------------------
     def claim(self, ident: bytes, client_id: str, req: int, clean_start: bool, now: float) -> None:
         queue = self.claims.setdefault(client_id, [])
-        queue.append(Claim(client_id, req, ident, clean_start, now + CLAIM_TIMEOUT))
+        queue.append(Claim(client_id, req, ident, clean_start, now + CLAIM_TIMEOUT, now))
         if len(queue) == 1:
             self._start_claim(queue[0])
 
@@ -533,6 +540,7 @@ class Router:
             self._agent_handoff(ident, queue[0], state)
             return
         claimant = self.members.get(queue[0].claimant)
+        self.handover_seconds.observe(time.monotonic() - queue[0].since)
         if state is not None and claimant is not None:
             # the session's routes move with it, before its old holder withdraws them
             for sub in state[4]:
@@ -758,7 +766,7 @@ class Router:
 def main() -> None:
     die_with_parent()
     settings = Settings()
-    logs.setup(settings.log_level, node=settings.node, process="router")
+    logs.setup(settings.log_level, settings.log_format, node=settings.node, process="router")
     router = Router(settings)
     try:
         router.open_store()
@@ -776,5 +784,6 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload (circus.ini send_hup) has nothing to re-read here
     router.run()
     log.info("router stopped", extra=kv(forwarded=router.forwarded))

@@ -4,15 +4,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 import uvloop
 
 from common import logs
 from common.proc import die_with_parent
-from common.settings import Settings
+from common.settings import SettingsError, load
 
 from .acl import AclError
+from .passwd import PasswordError
 from .server import WorkerServer
 from .store import StoreError
 
@@ -24,12 +26,19 @@ def main() -> None:
     ap.add_argument("--fd", type=int, default=None, help="listening socket fd handed over by circusd")
     args = ap.parse_args()
     die_with_parent()
-    settings = Settings()
-    logs.setup(settings.log_level, node=settings.node, worker=str(args.wid))
+    # SIGHUP reloads the password and ACL files once serving; until then it must not end the process
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        server = WorkerServer(settings, args.wid, args.fd)  # loads the ACL file
+        settings = load()  # circusd checked them already (supervisor/hooks.py); run alone, check here
+    except SettingsError as e:
+        for problem in e.problems:
+            print(f"shoal worker {args.wid}: invalid setting {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logs.setup(settings.log_level, settings.log_format, node=settings.node, worker=str(args.wid))
+    try:
+        server = WorkerServer(settings, args.wid, args.fd)  # loads the ACL and password files
         uvloop.run(server.run())
-    except (AclError, StoreError) as e:
+    except (AclError, PasswordError, StoreError) as e:
         # never serve without the configured ACL or store: exit; circus retries
         # every check_delay, so the worker starts once the file is fixed
         logging.getLogger("shoal.worker").error("cannot start: %s", e)

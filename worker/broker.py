@@ -16,7 +16,7 @@ from mqtt import Prop, RetainedTrie, SubscriptionTrie
 from .acl import Acl
 from .bridge import LocalBridge
 from .message import Message
-from .metrics import Metrics
+from .metrics import Histogram, Metrics
 from .session import NEVER, Delivery, Session, SubOptions, Will
 from .timers import KeepaliveWheel, TimerHeap
 
@@ -40,6 +40,7 @@ class Broker:
         self.timers = TimerHeap()
         self.keepalive = KeepaliveWheel()
         self.metrics = Metrics()
+        self.takeover_seconds = Histogram()  # CONNECT to grant, when it took a session over
         self.connections: set = set()
         self.bridge = bridge or LocalBridge()
         self.bridge.start(self)
@@ -49,6 +50,8 @@ class Broker:
         self._sys_retained = 0  # $SYS topics in self.retained (outside the retained limit)
         self.route_version = 0
         self.moved = SubscriptionTrie()
+        self.auth = None  # worker.auth.Authenticator (set by the server; None: no checks but allow_anonymous)
+        self.admitted = 0  # connections past CONNECT's connection-limit check (SHOAL_MAX_CONNECTIONS)
         self.writer = None  # protocol.Writer once an event loop runs  # subscriptions of sessions just handed to another worker
 
     # -- time -------------------------------------------------------------
@@ -69,6 +72,7 @@ class Broker:
 
     def connect(self, conn, connect) -> None:
         """Start the claim of connect.client_id; ends in `claimed` (maybe later)."""
+        conn.claim_at = self.clock()
         if self.bridge.refuses_connect():
             self.claim_refused(conn, connect)
             return
@@ -89,12 +93,16 @@ class Broker:
             ending = connect.clean_start or old.expiry_interval == 0
             self.detach(old, old_conn, takeover=True, ending=ending)
             old_conn.takeover()
+            self.metrics.takeovers_local += 1
+            self.takeover_seconds.observe(self.clock() - conn.claim_at)
             if ending:
                 old = None
         adopted = False
         if remote_state is not None and old is None:
             old = remote_state
             adopted = True
+            self.metrics.sessions_moved_in += 1
+            self.takeover_seconds.observe(self.clock() - conn.claim_at)
             self.sessions[cid] = old
             self._restore_subscriptions(old)
         if old is not None and connect.clean_start:
@@ -353,6 +361,7 @@ class Broker:
                 self._sys_retained += 1
             elif len(self.retained) - self._sys_retained >= self.settings.max_retained_messages:
                 log.warning("retained message limit reached", extra=kv(topic=topic, limit=self.settings.max_retained_messages))
+                self.metrics.dropped_retained_limit += 1
                 return False
         if self.store is not None and self.owns_retained and not sys_topic:
             self.store.set_retained(msg, self.now)
@@ -452,6 +461,7 @@ class Broker:
             return None
         conn = s.conn
         if conn is not None:
+            self.metrics.takeovers_remote += 1
             clean_start = clean_start or s.expiry_interval == 0  # it ends with its connection
             self.detach(s, conn, takeover=True, ending=clean_start)
             conn.takeover()

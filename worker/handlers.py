@@ -26,6 +26,7 @@ from mqtt import (
 )
 
 from .broker import will_from_connect
+from .limits import PublishRate, Sparse, count_publish
 from .message import Message
 from .session import NEVER, Delivery, OutState, SubOptions
 
@@ -46,7 +47,7 @@ def refuse_connect(conn, e: MQTTError) -> None:
         conn.send(Connack(False, code, props))
     elif code in (ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, ReasonCode.BAD_USER_NAME_OR_PASSWORD,
                   ReasonCode.NOT_AUTHORIZED, ReasonCode.SERVER_UNAVAILABLE, ReasonCode.BANNED,
-                  ReasonCode.SERVER_BUSY, ReasonCode.UNSUPPORTED_PROTOCOL_VERSION):
+                  ReasonCode.SERVER_BUSY, ReasonCode.UNSUPPORTED_PROTOCOL_VERSION, ReasonCode.QUOTA_EXCEEDED):
         conn.send(Connack(False, connack_code_311(code)))
     conn.close()
 
@@ -75,8 +76,79 @@ def handle_connect(conn, p) -> None:
     p.client_id = cid
     conn.client_id = cid
     conn.username = p.username
-    if not st.allow_anonymous and p.username is None:
-        raise MQTTError(ReasonCode.NOT_AUTHORIZED, "anonymous clients are not allowed")
+    conn._connack_extra = (assigned, None, False)
+    if not admit(conn, cid):
+        return
+    conn.state = 1  # State.CONNECTING: the answer may come later (password check)
+    conn.suspend()
+    auth = broker.auth
+    if auth is None:
+        if not st.allow_anonymous and p.username is None:
+            raise MQTTError(ReasonCode.NOT_AUTHORIZED, "anonymous clients are not allowed")
+        connect_authorised(conn, p)
+    else:
+        auth.start(conn, p, lambda: _authorised(conn, p), _refuse)
+
+
+# -- limits that protect the node (issue 12, point 5) ------------------------------
+def connection_share(settings, worker_id: int) -> int:
+    """This worker's part of SHOAL_MAX_CONNECTIONS (the parts add up to it exactly)."""
+    n = max(1, settings.workers)
+    total = settings.max_connections
+    return total // n + (1 if worker_id <= total % n else 0)
+
+
+def admit(conn, cid: str) -> bool:
+    """Past this worker's share of SHOAL_MAX_CONNECTIONS: v5 0x97 Quota exceeded /
+    3.1.1 3 Server unavailable. A client taking over its own session here is let in."""
+    broker = conn.broker
+    st = broker.settings
+    if st.max_connections:
+        share = connection_share(st, broker.worker_id)
+        old = broker.sessions.get(cid)
+        if broker.admitted >= share and (old is None or old.conn is None):
+            broker.metrics.refused_max_connections += 1
+            held = _LIMIT_LOG.due(broker.clock())
+            if held is not None:
+                log.warning("connect refused: connection limit", extra=kv(
+                    client=cid, peer=conn.peer, limit=st.max_connections, worker_share=share,
+                    not_logged_since_last=held))
+            refuse_connect(conn, MQTTError(ReasonCode.QUOTA_EXCEEDED, "connection limit reached"))
+            return False
+    conn.admitted = True
+    broker.admitted += 1
+    return True
+
+
+_LIMIT_LOG = Sparse()  # a storm past the limit logs a line a second, not one per client
+
+
+def _refuse(conn, code: int, detail: str) -> None:
+    if not conn.closed:
+        refuse_connect(conn, MQTTError(code, detail))
+
+
+def _authorised(conn, p) -> None:
+    if conn.closed:
+        return
+    conn.broker.now = conn.broker.clock()  # later than the read that brought the CONNECT
+    try:
+        connect_authorised(conn, p)
+    except MQTTError as e:
+        conn.protocol_error(e)
+    except Exception:
+        log.exception("internal error in CONNECT", extra=kv(client=conn.client_id, peer=conn.peer))
+        conn.protocol_error(MQTTError(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, "internal error"))
+
+
+def connect_authorised(conn, p) -> None:
+    """The rest of CONNECT, once the client may connect."""
+    broker = conn.broker
+    st = broker.settings
+    v5 = conn.v5
+    props = p.properties
+    cid = p.client_id
+    assigned = conn._connack_extra[0]
     # session expiry
     if v5:
         expiry = props.get(Prop.SESSION_EXPIRY_INTERVAL, 0)
@@ -112,8 +184,8 @@ def handle_connect(conn, p) -> None:
     conn.keepalive = ka
     conn.framer.max_packet_size = st.max_packet_size
     conn._connack_extra = (assigned, server_ka, capped)
-    conn.state = 1  # State.CONNECTING
-    conn.suspend()
+    if st.max_publish_rate:
+        conn.rate = PublishRate(st.max_publish_rate, broker.clock())
     broker.connect(conn, p)
 
 
@@ -176,6 +248,8 @@ def handle_publish(conn, p) -> None:
         raise ProtocolError(ReasonCode.PROTOCOL_ERROR, "wildcard in topic name")
     if p.retain and not st.retain_available:
         raise MQTTError(ReasonCode.RETAIN_NOT_SUPPORTED, "retain not available")
+    if conn.rate is not None:
+        count_publish(conn)  # this one goes on; reading pauses if the client is over its rate
     s = conn.session
     pid = p.packet_id
     if qos == 2:
@@ -184,7 +258,7 @@ def handle_publish(conn, p) -> None:
             return
         if len(s.incoming_qos2) >= conn.incoming_max:
             raise MQTTError(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
-    broker.metrics.publish_received += 1
+    broker.metrics.publish_received_qos[qos] += 1
     if qos and broker.store is not None and broker.store.failed and not broker.store.probe():
         broker.metrics.dropped_store_full += 1
         reply = _quota_refusal(conn, s, qos, pid)
@@ -196,6 +270,7 @@ def handle_publish(conn, p) -> None:
         rc = ReasonCode.PAYLOAD_FORMAT_INVALID
     elif broker.acl_active and not broker.acl.can_publish(conn.client_id, conn.username, topic):
         rc = ReasonCode.NOT_AUTHORIZED
+        broker.metrics.dropped_not_authorized += 1
         log.info("publish denied by ACL", extra=kv(client=conn.client_id, topic=topic))
     gate = None
     if rc == 0:

@@ -39,14 +39,14 @@ class Message:
     def remaining_expiry(self, now: float) -> int | None:
         if self.expires_at is None:
             return None
-        return max(0, math.ceil(self.expires_at - now))
+        return _seconds_left(self.expires_at, now)
 
     def encode(self, v5: bool, qos: int, retain: bool, sub_ids: tuple, now: float) -> tuple[bytes, bytes]:
         """(head, tail) of the PUBLISH for one variant; cached on the message
         (one variant inline, more in a small dict)."""
         remaining = None
         if v5 and self.expires_at is not None:
-            remaining = max(0, math.ceil(self.expires_at - now))
+            remaining = _seconds_left(self.expires_at, now)
         key = (v5, qos, retain, sub_ids, remaining)
         cache = self._cache
         if cache is not None:
@@ -80,8 +80,14 @@ class Message:
         aliases belong to one connection."""
         props = dict(self.properties)
         if self.expires_at is not None:
-            props[Prop.MESSAGE_EXPIRY_INTERVAL] = max(0, math.ceil(self.expires_at - now))
+            props[Prop.MESSAGE_EXPIRY_INTERVAL] = _seconds_left(self.expires_at, now)
         if sub_ids:
             props[Prop.SUBSCRIPTION_IDENTIFIER] = list(sub_ids)
         props[Prop.TOPIC_ALIAS] = alias
         return encode_publish_split(self.topic if with_topic else "", self.payload, qos, retain, props, 5)
+
+
+def _seconds_left(expires_at: float, now: float) -> int:
+    """Whole seconds left, rounded up; (now + 300) - now may come out a hair over
+    300 in floating point, which must not round up to 301."""
+    return max(0, math.ceil(expires_at - now - 1e-6))

@@ -70,7 +70,7 @@ class Connection(asyncio.Protocol):
         "session", "keepalive", "last_rx", "expiry_interval", "will", "send_window",
         "client_max_packet", "aliases", "congested", "backlog", "peer", "request_problem_info",
         "normal_disconnect", "connect_timer", "incoming_max", "_connack_extra", "out", "out_alias_max",
-        "out_aliases", "held", "__weakref__",
+        "out_aliases", "held", "claim_at", "admitted", "rate", "__weakref__",
     )
 
     def __init__(self, broker):
@@ -102,6 +102,9 @@ class Connection(asyncio.Protocol):
         self.out_alias_max = 0  # the client's Topic Alias Maximum (v5)
         self.out_aliases: dict[str, int] | None = None  # topic -> alias we set on this connection
         self.held: list | None = None  # deliveries held while a SUBSCRIBE waits (see hold)
+        self.claim_at = 0.0  # when the CONNECT asked the node for its client id (takeover latency)
+        self.admitted = False  # counted in broker.admitted (SHOAL_MAX_CONNECTIONS)
+        self.rate = None  # limits.PublishRate when SHOAL_MAX_PUBLISH_RATE is set
 
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -173,6 +176,9 @@ class Connection(asyncio.Protocol):
         prev = self.state
         self.state = State.CLOSED
         broker.connections.discard(self)
+        if self.admitted:
+            self.admitted = False
+            broker.admitted -= 1
         if self.connect_timer is not None:
             self.connect_timer.cancel()
         session = self.session
@@ -394,7 +400,7 @@ class Connection(asyncio.Protocol):
             return False
         if new_alias:  # only once the client is sure to see the topic with it
             aliases[msg.topic] = new_alias
-        broker.metrics.publish_sent += 1
+        broker.metrics.publish_sent_qos[d.qos] += 1
         self.write(data)
         return True
 

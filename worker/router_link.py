@@ -57,6 +57,7 @@ class RouterBridge:
         self._delayed = False
         self.batch_delay = settings.router_batch_ms / 1000.0
         self.blocked = False
+        self.figures = [0, 0, 0, 0]  # sends, pauses, publishes forwarded, deliveries received (ops_link.LINK_FIGURES)
         self.claims: dict[int, tuple] = {}
         self._req = itertools.count(1)
         self.node_stats: dict | None = None
@@ -179,6 +180,7 @@ class RouterBridge:
                 self._set_blocked(True)
                 self._flush_handle = self.loop.call_later(0.005, self._flush)
             return
+        self.figures[0] += 1
         if self.blocked:
             self._set_blocked(False)
         self._readable()  # the zmq fd is edge-triggered: look for input after a send
@@ -186,6 +188,8 @@ class RouterBridge:
     def _set_blocked(self, on: bool) -> None:
         """Push back on publishers while the router cannot take more."""
         self.blocked = on
+        if on:
+            self.figures[1] += 1
         for conn in list(self.broker.connections):
             t = conn.transport
             if t is None or t.is_closing():
@@ -213,6 +217,7 @@ class RouterBridge:
             token = next(self._token)
             self.confirms[token] = on_owned
             self.unconfirmed[token] = (Op.PUB, msg)
+        self.figures[2] += 1
         self.queue_data([Op.PUB, msg_to_wire(msg, self.broker.now), token, time.monotonic()])
 
     def unrouted(self, msg) -> None:
@@ -362,6 +367,7 @@ class RouterBridge:
         code = op[0]
         b = self.broker
         if code == Op.DELIVER:
+            self.figures[3] += 1
             msg = msg_from_wire(op[1], b.now)
             b.route_remote(msg, op[2], op[3])
             ref = op[4] if len(op) > 4 else None

@@ -12,11 +12,14 @@ from common.logs import kv
 from common.settings import Settings
 from mqtt import ReasonCode
 
-from .acl import Acl
+from .acl import Acl, AclError
+from .auth import Authenticator
 from .bridge import LocalBridge
 from .broker import Broker
+from .ops_link import OpsLink
 from .protocol import Connection, Writer
 from .router_link import RouterBridge
+from .passwd import PasswordError, PasswordFile
 from .store import Store, quiet_gc
 from .sys_topics import publish_sys, publish_version
 
@@ -47,9 +50,11 @@ class WorkerServer:
             # a cluster node always has a router (its agent is a member of it)
             bridge = RouterBridge(settings, worker_id) if settings.workers > 1 or settings.clustered else LocalBridge()
         self.broker = Broker(settings, time.monotonic, acl, bridge, worker_id)
+        self.passwords = PasswordFile.load(settings.password_file) if settings.password_file else None
         self.server: asyncio.AbstractServer | None = None
         self.stopping = asyncio.Event()
         self._ticker: asyncio.Task | None = None
+        self.ops = OpsLink(self)  # health beats and admin answers to the router
 
     def open_store(self, loop) -> None:
         """Open this worker's LevelDB and restore what it holds (before serving)."""
@@ -76,6 +81,9 @@ class WorkerServer:
         loop = asyncio.get_running_loop()
         self.open_store(loop)
         self.broker.writer = Writer(loop)
+        self.broker.auth = Authenticator(self.settings, self.broker.metrics, time.monotonic, loop, self.passwords)
+        if self.passwords is not None:
+            log.info("password file loaded", extra=kv(path=str(self.settings.password_file), users=len(self.passwords)))
         sock = listen_socket(self.settings, self.fd)
         self.server = await loop.create_server(lambda: Connection(self.broker), sock=sock, backlog=1024)
         self.broker.bridge.connect()
@@ -84,8 +92,35 @@ class WorkerServer:
         self._ticker = asyncio.create_task(self._tick_loop())
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         addr = sock.getsockname()
         log.info("serving", extra=kv(host=addr[0], port=addr[1], pid=os.getpid()))
+        self.ops.connect()
+
+    async def reload(self) -> None:
+        """SIGHUP: read the password and ACL files again. Nobody is disconnected;
+        the new files decide every later CONNECT, SUBSCRIBE, PUBLISH and delivery.
+        A file that does not parse is not taken: the previous one stays, and the
+        log says file:line."""
+        st = self.settings
+        loop = asyncio.get_running_loop()
+        if st.password_file:
+            try:
+                pw = await loop.run_in_executor(None, PasswordFile.load, st.password_file)
+            except PasswordError as e:
+                log.error("password file not reloaded, the previous one stays", extra=kv(error=str(e)))
+            else:
+                self.passwords = pw
+                self.broker.auth.replace(pw)
+                log.info("password file reloaded", extra=kv(path=str(st.password_file), users=len(pw)))
+        if st.acl_file:
+            try:
+                acl = await loop.run_in_executor(None, Acl.load, st.acl_file)
+            except AclError as e:
+                log.error("ACL file not reloaded, the previous one stays", extra=kv(error=str(e)))
+            else:
+                self.broker.acl = acl
+                log.info("ACL file reloaded", extra=kv(path=str(st.acl_file)))
 
     async def _tick_loop(self) -> None:
         interval = self.settings.sys_interval
@@ -107,6 +142,8 @@ class WorkerServer:
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Stop accepting, tell v5 clients the server is going away, flush, exit."""
         log.info("shutting down", extra=kv(clients=len(self.broker.connections)))
+        self.stopping.set()
+        self.ops.beat_once()  # not serving any more: /ready says 503 while the clients drain
         if self.server is not None:
             self.server.close()
         if self._ticker is not None:
@@ -123,7 +160,10 @@ class WorkerServer:
         if self.settings.clustered and hasattr(self.broker.bridge, "drain"):
             moved = await self.broker.bridge.drain(4.0)  # issue 11: graceful leave
             log.info("sessions handed to other nodes", extra=kv(sessions=moved))
+        self.ops.close()
         self.broker.bridge.close()
+        if self.broker.auth is not None:
+            self.broker.auth.close()
         if self.broker.store is not None:
             self.broker.store.close()
         log.info("stopped")

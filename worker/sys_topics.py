@@ -26,6 +26,15 @@ TOPICS = {
     "subscriptions/count": "subscriptions",
     "store/messages/dropped": "dropped_queue_full",
     "store/messages/refused": "dropped_store_full",  # QoS 1/2 refused (0x97): the store could not write
+    # authentication and limits (issue 12)
+    "auth/failures": "auth_failures",
+    "auth/delayed": "auth_delayed",
+    "auth/bans": "auth_bans",
+    "auth/refused/banned": "auth_refused_banned",
+    "auth/refused/busy": "auth_busy",
+    "auth/cache hits": "auth_cache_hits",
+    "clients/refused/max connections": "refused_max_connections",
+    "publish/throttled": "publish_throttled",
 }
 
 

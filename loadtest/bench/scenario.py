@@ -11,7 +11,7 @@ A scenario is a list of client groups, each one ``python -m loadtest`` run::
     verb = "sub"       # conn | sub | pub
     clients = 1
     topic = "bench/fanin/#"
-    limit = 100000     # -L
+    limit = 100000     # -L: messages of the whole group, over all its clients
 
 The keys of a group are the fields of :class:`Group`.
 """
@@ -34,7 +34,7 @@ class Group:
     topic: str = ""
     qos: int = 0
     version: int = 4
-    limit: int = 0  # -L: per publisher / per subscriber / per shared group
+    limit: int = 0  # -L: messages of the whole group, over all its clients (emqtt-bench's pub -L)
     interval_ms: float = 1000.0  # -I, publishers
     connect_interval_ms: float = 0.0  # -i
     size: int = 64  # -s, publishers

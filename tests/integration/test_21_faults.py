@@ -210,7 +210,8 @@ def test_stalled_worker_comes_back_with_its_routes(multinode, clients):
         # the node goes on: a client id held by the stalled worker is granted elsewhere
         t0 = time.monotonic()
         again = connect_on(clients, n, "f21-stall-held", 5, others(n, sub), clean_start=True)
-        assert time.monotonic() - t0 < 2 and again.ack.session_present is False
+        # granted without waiting for the stalled holder (that would be the router's 5 s claim timeout)
+        assert time.monotonic() - t0 < 4 and again.ack.session_present is False
         # and a route appears that the stalled worker has not heard of
         newcomer = connect_on(clients, n, "f21-stall-newcomer", 5, others(n, sub))
         subscribe(newcomer, "f21/stall/back", 1)

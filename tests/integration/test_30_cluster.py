@@ -24,7 +24,7 @@ NAMES = {"n1", "n2", "n3"}
 @pytest.fixture(scope="module")
 def cluster():
     etcd = Etcd().start()
-    nodes = [cluster_node(name, etcd.url, sys_interval=1) for name in sorted(NAMES)]
+    nodes = [cluster_node(name, etcd.url, sys_interval=1, metrics_port=free_port()) for name in sorted(NAMES)]
     try:
         for n in nodes:
             n.start(60)
@@ -34,6 +34,18 @@ def cluster():
         for n in nodes:
             n.stop()
         etcd.stop()
+
+
+def http(n, path: str) -> tuple[int, str]:
+    """GET path on a node's metrics port: (status, body)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{n.env['SHOAL_METRICS_PORT']}{path}", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 
 def port(cluster, name: str) -> int:
@@ -65,6 +77,19 @@ def test_formation(cluster, clients):
         assert json.loads(got["$SYS/broker/cluster/nodes"]) == sorted(NAMES)
         assert got["$SYS/broker/cluster/nodes/count"] == b"3"
         assert got["$SYS/broker/cluster/joined"] == b"1"
+
+
+def test_ready_and_metrics_know_the_cluster(cluster):
+    """/ready needs the node joined (the agent's beat); /metrics carries the agent's figures."""
+    for n in cluster.nodes:
+        status, body = wait_for(lambda: (r := http(n, "/ready"))[0] == 200 and r, 30, 0.1, "/ready 200")
+        assert '"cluster": true' in body.replace("'", '"') or '"cluster":true' in body, body
+        status, text = http(n, "/metrics")
+        assert status == 200
+        assert f'shoal_cluster_joined{{node="{n.env["SHOAL_NODE_NAME"]}"}} 1' in text, text[-2000:]
+        assert "shoal_cluster_forwarded_total" in text and "shoal_cluster_peers_connected" in text
+    status, body = http(cluster.nodes[0], "/api/v1/nodes")
+    assert status == 200 and "n2" in body and "n3" in body, body
 
 
 # -- pub/sub across nodes ---------------------------------------------------------------------------
@@ -447,7 +472,7 @@ def test_etcd_unreachable_at_start(clients):
     """No etcd where the node looks: it serves local clients, says which endpoints it
     tries, and joins by itself once etcd is there."""
     etcd = Etcd()
-    n = cluster_node("lonely", etcd.url, wait_join=False)
+    n = cluster_node("lonely", etcd.url, wait_join=False, metrics_port=free_port())
     try:
         n.start(60)
         wait_for(lambda: "etcd unreachable" in n.log() and etcd.url in n.log(), 30, 0.1, "the warning")
@@ -456,7 +481,9 @@ def test_etcd_unreachable_at_start(clients):
         publish(clients.connect(n.port, "lonely-p"), "c30/lonely", b"here", 1)
         assert [p.payload for p in receive(c, 1)] == [b"here"]
         etcd.start()
+        assert http(n, "/ready")[0] == 503  # not joined: a load balancer's probe keeps clients away
         wait_for(lambda: status(n).get("joined"), 60, 0.1, "joined once etcd is up")
+        wait_for(lambda: http(n, "/ready")[0] == 200, 30, 0.1, "/ready 200 once joined")
         assert etcd.keys("routes/lonely/") == ["routes/lonely/c30/lonely"]
     finally:
         n.stop()

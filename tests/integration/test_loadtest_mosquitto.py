@@ -117,11 +117,11 @@ def check_latency(summary: dict, log: str) -> None:
 def test_qos1_v5_fan_in_over_two_processes(mosquitto):
     port = str(mosquitto)
     sub = LoadRun("sub", "-h", "127.0.0.1", "-p", port, "-c", "2", "--processes", "2", "-q", "1", "-V", "5",
-                  "-t", "fanin/#", "-L", "600", "--prefix", "t1")
+                  "-t", "fanin/#", "-L", "1200", "--prefix", "t1")
     ready = sub.wait_settled()
     assert ready["ready"] == 2, sub.log()
     pub = LoadRun("pub", "-h", "127.0.0.1", "-p", port, "-c", "3", "--processes", "2", "-q", "1", "-V", "5",
-                  "-t", "fanin/%i/%c", "-I", "0", "-L", "200", "-s", "64", "--inflight", "10", "--prefix", "t1")
+                  "-t", "fanin/%i/%c", "-I", "0", "-L", "600", "-s", "64", "--inflight", "10", "--prefix", "t1")
     pub_code, p = pub.finish()
     sub_code, s = sub.finish()
     log = pub.log() + sub.log()
@@ -142,7 +142,7 @@ def test_qos2_v311_shared_group_gets_each_message_once(mosquitto):
                   "-t", "work/+", "--shared", "g", "-L", "300", "--prefix", "t2")
     sub.wait_settled()
     pub = LoadRun("pub", "-h", "127.0.0.1", "-p", port, "-c", "3", "--processes", "1", "-q", "2", "-V", "4",
-                  "-t", "work/%i", "-I", "2", "-L", "100", "--prefix", "t2")
+                  "-t", "work/%i", "-I", "2", "-L", "300", "--prefix", "t2")
     pub_code, p = pub.finish()
     sub_code, s = sub.finish()
     log = pub.log() + sub.log()
@@ -155,7 +155,7 @@ def test_qos2_v311_shared_group_gets_each_message_once(mosquitto):
 def test_qos0_v31_fan_out(mosquitto):
     port = str(mosquitto)
     sub = LoadRun("sub", "-h", "127.0.0.1", "-p", port, "-c", "4", "--processes", "1", "-q", "0", "-V", "3",
-                  "-t", "fanout", "-L", "500", "--prefix", "t3")
+                  "-t", "fanout", "-L", "2000", "--prefix", "t3")
     sub.wait_settled()
     pub = LoadRun("pub", "-h", "127.0.0.1", "-p", port, "-c", "1", "--processes", "1", "-q", "0", "-V", "3",
                   "-t", "fanout", "-I", "1", "-L", "500", "-s", "8", "--prefix", "t3")
@@ -185,3 +185,98 @@ def test_refused_connections_are_errors():
     code, c = conn.finish()
     assert code == 1, conn.log()
     assert (c["errors"], c["errors_by_kind"], c["connected_max"]) == (5, {"connect_failed": 5}, 0), conn.log()
+
+
+# -- -L: the messages of the whole run, as in emqtt-bench ---------------------------------
+
+class Counter:
+    """A paho subscriber to ``<root>/#`` and ``<root>-end`` that counts what arrives before the
+    sentinel: every message a publisher got a PUBACK for came in before it."""
+
+    def __init__(self, port: int, root: str):
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.root = root
+        self.count = 0
+        self.topics: set[str] = set()  # the publishers heard from (one topic each)
+        self.subscribed = threading.Event()
+        self.ended = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{root}-counter", protocol=paho.MQTTv311)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(f"{root}/#", 1), (f"{root}-end", 1)])
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self.subscribed.wait(DEADLINE), "the counting subscriber did not get its SUBACK"
+
+    def _on_message(self, client, userdata, msg) -> None:
+        if msg.topic == f"{self.root}-end":
+            self.ended.set()
+        elif not self.ended.is_set():
+            self.count += 1
+            self.topics.add(msg.topic)
+
+    def total(self) -> int:
+        """Publish the sentinel and return what arrived before it."""
+        self.client.publish(f"{self.root}-end", b"", qos=1)
+        assert self.ended.wait(DEADLINE), "the sentinel did not come back"
+        self.client.loop_stop()
+        self.client.disconnect()
+        return self.count
+
+
+@pytest.fixture(params=["mosquitto", "shoal"])
+def broker_port(request) -> int:
+    """mosquitto's port, or a one-worker Shoal node's (tests/conftest.py's ``node``)."""
+    if request.param == "shoal":
+        return request.getfixturevalue("node").port
+    return request.getfixturevalue("mosquitto")
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_limit_counts_the_whole_run_over_every_publisher(broker_port, processes):
+    """``pub -c 20 -L 2000`` sends 2,000 messages in all (emqtt-bench's one shared counter,
+    pub_limit_fun_init), not 2,000 per publisher; ``sub -c 2 -L 4000`` stops after 4,000 in all."""
+    port, root = str(broker_port), f"lim{processes}"
+    counter = Counter(broker_port, root)
+    sub = LoadRun("sub", "-h", "127.0.0.1", "-p", port, "-c", "2", "--processes", processes, "-q", "1",
+                  "-t", f"{root}/#", "-L", "4000", "--prefix", f"{root}s")
+    sub.wait_settled()
+    pub = LoadRun("pub", "-h", "127.0.0.1", "-p", port, "-c", "20", "-i", "1", "-I", "1", "--processes", processes,
+                  "-q", "1", "-t", f"{root}/%i", "-L", "2000", "--prefix", f"{root}p")
+    pub_code, p = pub.finish()
+    sub_code, s = sub.finish()
+    received = counter.total()
+    log = pub.log() + sub.log()
+    assert (pub_code, sub_code) == (0, 0), log
+    assert (p["sent"], p["acked"], p["errors"], p["connected_max"]) == (2000, 2000, 0, 20), log
+    assert received == 2000, log
+    assert (s["received"], s["errors"]) == (4000, 0), log
+    assert any(line.startswith('{"limit_reached_s"') for line in pub.err), log
+
+
+EMQTT_BENCH = os.environ.get("EMQTT_BENCH") or shutil.which("emqtt_bench")
+
+
+@pytest.mark.skipif(EMQTT_BENCH is None, reason="cross-check against the real emqtt-bench skipped: no emqtt_bench "
+                    "binary (set EMQTT_BENCH=/path/to/emqtt_bench or put it on PATH)")
+def test_limit_matches_the_real_emqtt_bench(broker_port):
+    """The same ``pub -c 20 -I 10 -L 2000 -q 1`` with emqtt-bench and with loadtest: a subscriber
+    gets 2,000 messages, from all 20 publishers, from each tool.  emqtt-bench may miss its total
+    by a few: its counter is read, then decremented, and its run halts as soon as one publisher
+    finds it at 0, while another may have taken one and not yet sent it."""
+    args = ["-h", "127.0.0.1", "-p", str(broker_port), "-c", "20", "-I", "10", "-L", "2000", "-q", "1"]
+    results = {}
+    for tool, argv in (("emqtt_bench", [EMQTT_BENCH, "pub"]), ("loadtest", [sys.executable, "-m", "loadtest", "pub"])):
+        root = f"xc{tool[0]}"
+        counter = Counter(broker_port, root)
+        done = subprocess.run([*argv, *args, "-t", f"{root}/%i", "--prefix", root], capture_output=True, text=True,
+                              timeout=120)
+        received = counter.total()
+        results[tool] = (done.returncode, received, len(counter.topics), done.stdout[-2000:] + done.stderr[-2000:])
+    log = "\n".join(f"{tool}: rc={r[0]} received={r[1]} publishers={r[2]}\n{r[3]}" for tool, r in results.items())
+    assert results["loadtest"][:3] == (0, 2000, 20), log
+    rc, received, publishers, _ = results["emqtt_bench"]
+    assert (rc, publishers) == (0, 20) and 2000 - 19 <= received <= 2000 + 19, log
+    assert "publish complete" in results["emqtt_bench"][3] and "publish complete" in results["loadtest"][3], log

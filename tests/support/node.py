@@ -81,18 +81,21 @@ class Node:
         """Every worker serving (and registered with the router when there are several)."""
         mark = self._log_mark
         clustered = bool(self.env.get("SHOAL_ETCD_ENDPOINTS") or self.env.get("SHOAL_ETCD_INITIAL_CLUSTER"))
+        # key=value lines (the default) or SHOAL_LOG_FORMAT=json lines (same fields, same order)
         if self.workers > 1 or clustered:  # a cluster node always has its router
-            pattern = re.compile(r"worker=(\d+) event='registered with the router'")
+            pattern = re.compile(r"worker=(\d+) event='registered with the router'"
+                                 r'|"worker": "(\d+)", "event": "registered with the router"')
         else:
-            pattern = re.compile(r"worker=(\d+) event=serving")
+            pattern = re.compile(r'worker=(\d+) event=serving|"worker": "(\d+)", "event": "serving"')
 
         def ready():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"circusd exited with {self.proc.returncode}\n{self.log()}")
             text = self.log(since=mark)
-            if clustered and self.wait_join and "process=agent event='joined the cluster'" not in text:
+            if clustered and self.wait_join and "process=agent event='joined the cluster'" not in text \
+                    and '"process": "agent", "event": "joined the cluster"' not in text:
                 return False
-            return len(set(pattern.findall(text))) >= self.workers
+            return len({a or b for a, b in pattern.findall(text)}) >= self.workers
 
         try:
             wait_for(ready, timeout, 0.05, "node ready")
@@ -168,7 +171,9 @@ class Node:
         """worker id -> pid of the live worker process."""
         live = set(self.children())
         out = {}
-        for wid, pid in re.findall(r"worker=(\d+) event=serving .*?pid=(\d+)", self.log()):
+        found = re.findall(r"""worker=(\d+) event=serving .*?pid=(\d+)|"worker": "(\d+)", "event": "serving".*?"pid": (\d+)""", self.log())
+        for w1, p1, w2, p2 in found:
+            wid, pid = w1 or w2, p1 or p2
             if int(pid) in live:
                 out[int(wid)] = int(pid)
         return out
@@ -180,5 +185,6 @@ class Node:
 
     def router_pid(self) -> int | None:
         live = set(self.children())
-        pids = [int(p) for p in re.findall(r"event='router serving' .*?pid=(\d+)", self.log()) if int(p) in live]
+        found = re.findall(r"""event='router serving' .*?pid=(\d+)|"event": "router serving".*?"pid": (\d+)""", self.log())
+        pids = [int(a or b) for a, b in found if int(a or b) in live]
         return pids[-1] if pids else None

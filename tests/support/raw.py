@@ -20,10 +20,13 @@ class Closed(Exception):
 
 
 class RawClient:
-    def __init__(self, port: int, version: int = 4, host: str = "127.0.0.1", timeout: float = 5.0):
+    def __init__(self, port: int, version: int = 4, host: str = "127.0.0.1", timeout: float = 5.0,
+                 source: str | None = None):
         self.version = version
         self.timeout = timeout
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        # source: a local address to connect from (127.0.0.0/8 is all loopback), e.g. "127.0.0.2"
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.framer = Framer()
         self.pending: list = []

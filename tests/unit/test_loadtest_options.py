@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.naming import client_id, client_indices, expand_topic
+import random
+import socket
+
+from loadtest.naming import client_id, client_indices, expand_topic, username
 from loadtest.options import Options, Verb, parse
 
 
@@ -24,8 +27,19 @@ def test_defaults_follow_emqtt_bench():
     assert (o.host, o.port, o.clients) == ("localhost", 1883, 200)
     assert (o.connect_interval_ms, o.publish_interval_ms) == (10.0, 1000.0)
     assert (o.payload_size, o.qos, o.version, o.limit, o.keepalive, o.clean) == (256, 0, 5, 0, 300, True)
-    assert (o.inflight, o.duration, o.json, o.shared) == (100, None, False, None)
-    assert o.prefix  # the host name by default
+    # emqtt-bench's -F is 1, and its pub waits for each QoS 1/2 ack before the next publish
+    assert (o.inflight, o.duration, o.json, o.shared) == (1, None, False, None)
+    assert o.prefix == ""  # client ids then carry the host name and a random number
+
+
+def test_inflight_zero_is_emqtt_bench_infinity():
+    assert parse(["pub", "-t", "t", "-F", "0"]).inflight == 0  # the window is then the broker's Receive Maximum
+
+
+def test_limit_help_says_whole_run(capsys):
+    with pytest.raises(SystemExit):
+        parse(["pub", "--help"])
+    assert "messages of the whole run, over all publishers" in " ".join(capsys.readouterr().out.split())
 
 
 def test_sub_shared_group_prefixes_the_filter():
@@ -86,20 +100,48 @@ def test_client_id_like_emqtt_bench():
     assert client_id("x", Verb.SUB, 1) == "x_bench_sub_1"
 
 
+def test_client_id_without_prefix_is_host_random_index():
+    # emqtt-bench: <host>_bench_<verb>_<rand:uniform(16#FFFFFFFF)>_<n>, a random number per client
+    rng = random.Random(7)
+    ids = [client_id("", Verb.PUB, n, rng) for n in (1, 2)]
+    host, rest = socket.gethostname(), [i.rsplit("_", 2) for i in ids]
+    assert [r[0] for r in rest] == [f"{host}_bench_pub"] * 2 and [r[2] for r in rest] == ["1", "2"]
+    assert all(1 <= int(r[1]) <= 0xFFFFFFFF for r in rest) and rest[0][1] != rest[1][1]
+
+
 @pytest.mark.parametrize("template, expected", [
     ("t/%i", "t/12"),
     ("t/%c/x", "t/h_bench_pub_12/x"),
     ("%i/%c/%i", "12/h_bench_pub_12/12"),
     ("plain/topic", "plain/topic"),
-    ("100%/%x/%", "100%/%x/%"),  # only %i and %c are placeholders
+    ("100%/%x/%", "100%/%x/%"),  # only %i, %c and %u are placeholders
+    ("t/dev%i/%i-x", "t/dev%i/%i-x"),  # emqtt-bench replaces whole levels only
+    ("t/%u", "t/undefined"),  # %u without -u, as emqtt-bench renders it
 ])
 def test_topic_substitution(template, expected):
     assert expand_topic(template, 12, "h_bench_pub_12") == expected
 
 
+def test_topic_user_is_the_option_as_given():
+    assert expand_topic("u/%u/%i", 3, "c", "bob") == "u/bob/3"
+
+
+def test_username_placeholders_like_emqtt_bench():
+    assert username("%i", 42) == "42"
+    assert 1 <= int(username("%rand_5", 1, random.Random(1))) <= 5
+    assert (username("bob", 3), username(None, 3), username("a%i", 3)) == ("bob", None, "a%i")
+
+
+@pytest.mark.parametrize("topic", ["t/%s", "t/%rand_10/x"])
+def test_per_message_topic_levels_are_refused(topic, capsys):
+    with pytest.raises(SystemExit):
+        parse(["pub", "-t", topic])
+    assert "not supported" in capsys.readouterr().err
+
+
 def test_substitution_is_one_pass():
     # a client id that itself contains %i is not expanded again
-    assert expand_topic("a/%c", 3, "id%i") == "a/id%i"
+    assert expand_topic("a/%c", 3, "id/%i") == "a/id/%i"
 
 
 @pytest.mark.parametrize("clients, start, processes", [(10, 0, 3), (1, 0, 1), (7, 100, 2), (5, 0, 5)])

@@ -1,0 +1,1 @@
+"""shoalctl: the admin command of a Shoal node (see cli.py)."""
