@@ -37,6 +37,10 @@ class Fence:
     def holding(self) -> bool:
         return not self.on or time.monotonic() < self.until
 
+    # A node that never held a lease (etcd unreachable since it started, or a wrong
+    # SHOAL_ETCD_INITIAL_CLUSTER) serves its local clients alone, as issue 10 asks; it owns
+    # nothing in etcd then, so such a node must not share client ids with a running cluster.
+
     async def joined(self, client, sent: float) -> None:
         """Right after (re)joining: one keep-alive, so that the deadline is known."""
         reply = await client.refresh_lease(self.agent.lease_id)

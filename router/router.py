@@ -559,8 +559,8 @@ class Router:
             return False
         agent = self.members.get(AGENT)
         if agent is None or not agent.alive:
-            if self.settings.cluster_lease_loss == "disconnect":
-                self._grant(c, None, Own.REFUSED)  # nobody can own it for this node now
+            if self.settings.cluster_lease_loss == "disconnect" and self.lease_op is not None:
+                self._grant(c, None, Own.REFUSED)  # the node held a lease: nobody can own it for us now
                 return True
             return False  # no agent (restarting): the node decides alone, as before issue 11
         if holder is not None and holder in self.members and c.client_id not in self.unverified:

@@ -15,7 +15,9 @@ class LeaseGuard:
     def __init__(self, broker):
         self.broker = broker
         self.until: float | None = None
-        self.fenced = True  # until the first LEASE: the node holds no lease yet
+        # a node that never held a lease (etcd unreachable since it started, or misconfigured)
+        # serves its local clients as issue 10 says; once it held one, it never serves without
+        self.fenced = False
         self.timer = None
 
     def update(self, until: float | None) -> None:

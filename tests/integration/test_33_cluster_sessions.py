@@ -152,11 +152,14 @@ def test_racing_connects_end_with_one_live_session(cluster, clients):
         results: dict[str, object] = {}
 
         def go(name):
+            c = None
             try:
                 c = RawClient(port(cluster, name), 5, timeout=20)
                 ack = c.connect(cid, clean_start=False, properties=dict(EXPIRY))
                 results[name] = (c, ack)
             except Exception as e:  # noqa: BLE001 (recorded and asserted on below)
+                if c is not None:
+                    c.close()
                 results[name] = e
 
         threads = [threading.Thread(target=go, args=(n,)) for n in sorted(NAMES)]
@@ -184,7 +187,8 @@ def test_racing_connects_end_with_one_live_session(cluster, clients):
             wait_for(lambda: owner(cluster, cid) == live[0], 20, 0.05, f"etcd to name {live[0]}")
         finally:
             for r in results.values():
-                r[0].close()
+                if not isinstance(r, Exception):
+                    r[0].close()
 
 
 def leader_seen(clients, cluster, name: str) -> str:
