@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+JS_STAMP := tests/js/node_modules/.installed
 
 .PHONY: install run cluster test test-unit test-integration bench chaos clean
 
@@ -14,6 +15,14 @@ $(STAMP): pyproject.toml
 	     (apt-get update -qq && apt-get install -y -qq mosquitto mosquitto-clients >/dev/null)) || \
 	     echo "warning: could not install mosquitto; comparison tests and benchmarks will not run"; \
 	  fi; }
+	@for tool in node:nodejs npm:npm chromium:chromium; do \
+	  command -v $${tool%%:*} >/dev/null 2>&1 && continue; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $${tool#*:} (MQTT.js WebSocket tests in node and headless Chromium)"; \
+	    apt-get install -y -qq $${tool#*:} >/dev/null 2>&1 || \
+	    (apt-get update -qq && apt-get install -y -qq $${tool#*:} >/dev/null) || \
+	    echo "warning: could not install $${tool#*:}; the WebSocket tests with MQTT.js will fail"; \
+	  fi; done
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -24,7 +33,12 @@ PROTO_OUT := proto/cluster_pb2.py proto/cluster_pb2_grpc.py
 $(PROTO_OUT): proto/cluster.proto $(STAMP)
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. proto/cluster.proto
 
-install: $(STAMP) $(PROTO_OUT)
+# MQTT.js and playwright-core for tests/integration/test_31_websocket.py, pinned by the lock file
+$(JS_STAMP): tests/js/package.json tests/js/package-lock.json
+	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $(JS_STAMP)
+
+install: $(STAMP) $(PROTO_OUT) $(JS_STAMP)
 
 run: install
 	$(VENV)/bin/circusd circus.ini
@@ -51,4 +65,4 @@ bench: install
 	$(PY) -m loadtest.bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache tests/js/node_modules

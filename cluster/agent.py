@@ -209,11 +209,16 @@ class Agent:
         self.ops.close()
         self.link.close()
 
+    @property
+    def joined(self) -> bool:
+        """In etcd (membership, routes) and registered with this node's router."""
+        return self.connected and self.welcomed.is_set()
+
     def stats(self) -> dict:
         """The agent's figures (numbers only), for /metrics as shoal_cluster_<key>."""
         peers = [p for n, p in self.peers.items() if n in self.members]
         return {
-            "joined": int(self.connected),
+            "joined": int(self.joined),
             "nodes": len(self.members),
             "peers_connected": sum(1 for p in peers if p.connected),
             "peer_queued": sum(p.size() for p in peers),
@@ -229,7 +234,7 @@ class Agent:
     def write_status(self) -> None:
         """$SHOAL_RUN_DIR/shoal-<port>-cluster.json: joined or not, and the nodes seen
         (for readiness checks; $SYS/broker/cluster/... says the same to MQTT clients)."""
-        data = {"node": self.node, "joined": self.connected, "nodes": sorted(self.members),
+        data = {"node": self.node, "joined": self.joined, "nodes": sorted(self.members),
                 "etcd": self.etcd.endpoints, "addr": self.settings.cluster_address}
         tmp = self.status_file + ".tmp"
         try:
@@ -301,6 +306,7 @@ class Agent:
         if self.leader.name:
             self.leader.publish_sys()
         self._merge_retained()
+        self.publish_sys()  # (joined: now registered with the router too)
         log.info("registered with the router", extra=kv(epoch=epoch, local_filters=len(refs)))
 
     def local_routes(self, version: int, delta: list) -> None:
@@ -651,7 +657,7 @@ class Agent:
         for topic, payload in (
             ("$SYS/broker/cluster/nodes", _json(nodes)),
             ("$SYS/broker/cluster/nodes/count", str(len(nodes)).encode()),
-            ("$SYS/broker/cluster/joined", b"1" if self.connected else b"0"),
+            ("$SYS/broker/cluster/joined", b"1" if self.joined else b"0"),
         ):
             w = [topic, payload, 0, True, None, None, ""]
             self.link.queue([Op.RETAIN, w])

@@ -59,7 +59,7 @@ class AgentOps:
     def beat(self) -> None:
         a = self.agent
         peers = [{"node": n, "api": info.get("api")} for n, info in sorted(a.members.items()) if n != a.node][:1000]
-        self._send([[Op.BEAT, "agent", os.getpid(), a.connected, self.started, peers]])
+        self._send([[Op.BEAT, "agent", os.getpid(), a.joined, self.started, peers]])
 
     def _send(self, ops: list) -> None:
         try:

@@ -516,7 +516,7 @@ def test_node_sigkill_others_go_on(cluster, clients):
     n3 = node(cluster, "n3")
     n3.start(60)
     wait_nodes(cluster.nodes, NAMES)
-    assert _retained(cluster, "n3", "c30/kill/ret", "kill-ret") == [b"while-down"]
+    wait_for(lambda: _retained(cluster, "n3", "c30/kill/ret", "kill-ret") == [b"while-down"], 30, 0.1, "retained on n3")
     back = clients.connect(port(cluster, "n3"), "kill-back")
     subscribe(back, "c30/kill", 1)
     publish(pub, "c30/kill", b"back", 1, pid=4)

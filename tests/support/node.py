@@ -92,9 +92,12 @@ class Node:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"circusd exited with {self.proc.returncode}\n{self.log()}")
             text = self.log(since=mark)
-            if clustered and self.wait_join and "process=agent event='joined the cluster'" not in text \
-                    and '"process": "agent", "event": "joined the cluster"' not in text:
-                return False
+            if clustered and self.wait_join and not (
+                    ("process=agent event='joined the cluster'" in text
+                     or '"process": "agent", "event": "joined the cluster"' in text)
+                    and ("process=agent event='registered with the router'" in text
+                         or '"process": "agent", "event": "registered with the router"' in text)):
+                return False  # the agent is in etcd and registered with its router
             return len({a or b for a, b in pattern.findall(text)}) >= self.workers
 
         try:

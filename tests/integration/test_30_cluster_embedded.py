@@ -65,6 +65,7 @@ def local():
 
     try:
         wait_for(lambda: (text().count("event='joined the cluster'") >= 3
+                          and text().count("process=agent event='registered with the router'") >= 3
                           and text().count("worker=1 event='registered with the router'") >= 3) or proc.poll() is not None,
                  90, 0.1, "three nodes joined")
         assert proc.poll() is None, text()[-5000:]
