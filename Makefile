@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JS_STAMP := tests/js/node_modules/.installed
 
-.PHONY: install run cluster test test-unit test-integration bench clean
+.PHONY: install run cluster test test-unit test-integration bench chaos clean
 
 $(STAMP): pyproject.toml
 	@command -v mosquitto >/dev/null 2>&1 || { \
@@ -56,6 +56,10 @@ test-unit: install
 
 test-integration: install $(JS_STAMP)
 	$(PY) -m pytest -q tests/integration
+
+# faults (SIGKILL/SIGSTOP of nodes, agents, etcd members) under checker clients; stops by itself
+chaos: install
+	$(PY) -m loadtest.chaos $(CHAOS_ARGS)
 
 bench: install
 	$(PY) -m pip install -q -e '.[bench]'

@@ -28,6 +28,11 @@ from common.settings import Settings
 from common.wire import WIRE_VERSION, Op
 from mqtt import SubscriptionTrie
 
+from .drain import Drain
+from .fence import Fence
+from .leader import Leader
+from .ownership import Ownership
+from .wills import Wills
 from .opslink import AgentOps
 from .etcd import NODES, RANGE_END, RANGE_START, RETAINED, ROUTES, Etcd
 from .peers import CLUSTER_WIRE, PeerOut, PeerService
@@ -39,6 +44,7 @@ FIRST_SYNC_WAIT = 2.0  # seconds the agent waits for etcd before it registers wi
 WRITE_RETRY = 0.5  # seconds before a failed etcd write is tried again
 TXN_OPS = 100  # operations per etcd transaction (etcd's default limit is 128)
 BACKOFF_MAX = 5.0  # seconds between etcd reconnect attempts at most
+DRAIN_TIMEOUT = 7.0  # seconds a stopping agent waits for its workers' sessions (circus waits 10)
 
 
 class DuplicateName(Exception):
@@ -108,6 +114,12 @@ class Agent:
         self._router_sync: tuple | None = None  # (applied revision when sent, task) of the router SYNC in flight
         self._peer_syncs: dict[int, asyncio.Task] = {}  # etcd revision -> the Sync round for it
         self.service = PeerService(self)
+        self.ownership = Ownership(self)  # owners/<client id> (issue 11)
+        self.wills = Wills(self)  # wills/<client id>
+        self.leader = Leader(self)  # the leader key and its duties
+        self.drain = Drain(self)  # graceful leave: sessions to the other nodes
+        self.fence = Fence(self)  # lease lost: the node stops serving
+        self.draining = False
         self.ops = AgentOps(self)
         self.server: grpc.aio.Server | None = None
         self.dropped_qos0 = 0
@@ -141,6 +153,7 @@ class Agent:
         await self.server.start()
         self.ops.connect()  # at once: /ready needs the node joined; /metrics shows stats()
         tasks = [loop.create_task(self._etcd_main()), loop.create_task(self._writer())]
+        tasks.append(loop.create_task(self.leader.run()))  # issue 11: leader and its duties
         # register with the router holding the other nodes' routes already (an agent
         # restarted by circus then replaces its old filters without a gap), unless etcd
         # takes long: then at once, and the routes follow
@@ -155,6 +168,8 @@ class Agent:
         self.write_status()
         stop = loop.create_task(self.stopping.wait())
         done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        if stop in done and self.connected:
+            await self.drain.leaving(DRAIN_TIMEOUT)  # issue 11: the workers' sessions to other nodes first
         code = 0
         for t in tasks:
             if t in done and t.exception() is not None:
@@ -186,9 +201,11 @@ class Agent:
         self.write_status()
         for p in self.peers.values():
             p.close()
+        await self.ownership.close()
         if self.server is not None:
             await self.server.stop(0.5)
         await self.etcd.reset()
+        self.link.queue([Op.BYE])
         self.ops.close()
         self.link.close()
 
@@ -256,6 +273,12 @@ class Agent:
                     fut.set_result(True)
             elif code == Op.WELCOME:
                 self.welcome(op)
+            elif code in (Op.OWN, Op.DISOWN, Op.GRANT):
+                self.ownership.on_op(op)
+            elif code in (Op.WILL, Op.WILL_FIRE):
+                self.wills.on_op(op)
+            elif code == Op.DRAINED:
+                self.drain.on_op(op)
             elif code == Op.PONG:
                 if self.epoch is not None and op[1] != self.epoch:
                     log.warning("router restarted: registering again", extra=kv(epoch=op[1], resent=len(self.remote_tokens)))
@@ -279,6 +302,9 @@ class Agent:
         self.pending_versions.clear()
         self._changed()
         self.welcomed.set()
+        self.fence.resend()  # issue 11: the workers learn the lease at once (a LEASE before HELLO is dropped)
+        if self.leader.name:
+            self.leader.publish_sys()
         self._merge_retained()
         self.publish_sys()  # (joined: now registered with the router too)
         log.info("registered with the router", extra=kv(epoch=epoch, local_filters=len(refs)))
@@ -645,7 +671,9 @@ class Agent:
         while not self.stopping.is_set():
             try:
                 client = await self.etcd.connect()
+                sent = time.monotonic()
                 await self._join(client)
+                await self.fence.joined(client, sent)
                 rev = await self._full_sync(client)
                 if failures:
                     log.info("etcd reachable again", extra=kv(etcd=self.etcd.endpoint))
@@ -733,9 +761,12 @@ class Agent:
         ttl = self.settings.cluster_lease_ttl
         while True:
             await asyncio.sleep(max(0.3, ttl / 3.0))
+            sent = time.monotonic()
             reply = await client.refresh_lease(self.lease_id)
             if reply is None or reply.TTL <= 0:
+                self.fence.lost()
                 raise ConnectionError("lease expired")
+            self.fence.kept(sent)  # issue 11: the workers know until when they may serve
 
     async def _full_sync(self, client) -> int:
         """Read every node, route and retained message at one revision; make the caches

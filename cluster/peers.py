@@ -260,6 +260,12 @@ class PeerService(pbg.PeerServicer):
         finally:
             writer.cancel()
 
+    async def TakeoverSession(self, request, context):  # noqa: N802 (gRPC's name)
+        return await self.agent.ownership.takeover_asked(request)
+
+    async def AdoptSession(self, request, context):  # noqa: N802 (gRPC's name)
+        return await self.agent.drain.adopt_asked(request)
+
     async def _answer(self, context, origin: Origin) -> None:
         while True:
             if not origin.acks and not origin.synced:

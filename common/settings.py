@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     cluster_lease_ttl: int = 5  # seconds: a node that stops renewing its lease is dropped after this
     cluster_max_queued: int = 10_000  # messages queued per peer node before push back (QoS 0: dropped, counted)
     cluster_batch: int = 500  # messages per gRPC frame at most
+    # -- sessions across the cluster (issue 11) --
+    # a node that can no longer keep its etcd lease (cut off, frozen) disconnects its clients
+    # (v5 0x9C, use another server) and refuses CONNECTs until it holds a lease again
+    # (`disconnect`); `serve`: it goes on serving them alone (issue 10's behaviour; a client
+    # id may then have a second live session on the other side of a partition)
+    cluster_lease_loss: Literal["disconnect", "serve"] = "disconnect"
 
     @property
     def clustered(self) -> bool:

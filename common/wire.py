@@ -35,6 +35,7 @@ class Op(IntEnum):
     REMOTE_PUB = 17  # [REMOTE_PUB, msg, normal, [[group, filter], ...], token | None, at]: from the cluster
     #                  agent, a message from another node: to this node's members only (never back to
     #                  the agent), plain routes if normal, one member of each listed group; CONFIRM token
+    OWNED = 18  # [OWNED, client_id, req, verdict, state | None]: the agent's answer to OWN (Own below)
     # router -> member
     WELCOME = 20  # [WELCOME, epoch, route_version, [[member, filter], ...], retained msgs]
     ROUTES = 21  # [ROUTES, version, [[+1|-1, member, filter, since], ...]]
@@ -48,12 +49,36 @@ class Op(IntEnum):
     CONFIRM = 29  # [CONFIRM, token, ok]: every receiver of PUB token owns the message
     DELIVER_DIRECT = 30  # [DELIVER_DIRECT, msg, client_id, qos, retain, sub_ids]
     MOVED = 31  # [MOVED, client_id, filters]: to the old holder: routes moved; later DELIVERs know it
+    # sessions across the cluster (issue 11): router <-> agent
+    OWN = 32  # [OWN, client_id, req, clean_start]: to the agent: make this node the owner in etcd
+    DISOWN = 33  # [DISOWN, client_id]: to the agent: no session of client_id is left on this node
+    WILL = 34  # [WILL, client_id, msg | None, delay]: worker -> agent: the will of a session (wills/<id>)
+    WILL_FIRE = 35  # [WILL_FIRE, client_id, msg]: worker -> agent: publish it unless fired or cleared already
+    WILL_GO = 36  # [WILL_GO, msg]: router -> worker: no agent: publish the will yourself
+    # graceful leave (SIGTERM of a cluster node): the persistent sessions go to other nodes
+    DRAINED = 37  # [DRAINED, member, [state, ...]]: worker -> router -> agent: my offline sessions
+    DRAIN_DONE = 38  # [DRAIN_DONE, member, [client_id, ...]]: agent -> router -> worker: adopted elsewhere
+    ADOPT = 39  # [ADOPT, client_id, state]: agent -> router -> a worker: a session from a leaving node
+    BYE = 50  # [BYE]: member -> router: this member is done (a stopping router waits for them all)
+    LEASE = 51  # [LEASE, until | None]: agent -> router -> workers: the node holds its etcd lease until
+    #             this monotonic time at least (None: lost); past it the workers fence themselves
     # the ops channel (SHOAL_RUN_DIR/shoal-<port>-ops.sock): health and admin, apart from the data path
     BEAT = 40  # member -> router, every second: [BEAT, name, pid, serving, started (wall clock), peers?]
     #           (serving: a worker listens and is registered; the agent has joined the cluster.
     #            peers: the agent's list of the other nodes [{"node", "api"}], router/ops.py)
     ASK = 41  # router -> member: [ASK, req, what, args]   (what: stats, clients, sessions, ...)
     ANSWER = 42  # member -> router: [ANSWER, req, payload]
+
+
+class Own(IntEnum):
+    """The agent's verdict on an OWN (OWNED), and the flag a GRANT carries to the worker."""
+    KEEP = 0  # this node was the owner already: the node decides as it does alone
+    FRESH = 1  # newly owned: a copy of the session on this node is stale (dropped, no will)
+    REMOTE = 2  # taken over from another node: the state is in the op
+    REFUSED = 3  # another connection won, or the owner is unreachable: refuse the CONNECT (0x88)
+
+
+STALE = 2  # TAKEOVER's clean_start field: drop the session without its will (another node owns it)
 
 
 def pack(ops: list) -> bytes:

@@ -27,7 +27,7 @@ from common import logs
 from common.logs import kv
 from common.proc import die_with_parent
 from common.settings import Settings
-from common.wire import WIRE_VERSION, Op, pack, unpack
+from common.wire import STALE, WIRE_VERSION, Op, Own, pack, unpack
 from mqtt import SubscriptionTrie, topic_matches
 from worker.message import Message
 from worker.metrics import Histogram, node_sums
@@ -46,6 +46,8 @@ HOLDER_RESTART_WAIT = 8.0  # seconds a claim waits for the dead holder of a sess
 SETTLE_TIMEOUT = 3.0  # seconds after start that publishes wait for every worker to (re-)register
 ROUTED = (Op.PUB, Op.SHARED_PUB, Op.DIRECT, Op.REMOTE_PUB)  # ops that need the whole route table
 RETAINED_SWEEP = 60.0  # seconds between sweeps of expired retained messages
+AGENT = b"agent"  # the cluster agent's identity (cluster/routerlink.py)
+DRAIN_WAIT = 8.0  # seconds a stopping cluster node's router waits for its members (circus waits 10)
 
 
 @dataclass(slots=True)
@@ -59,6 +61,7 @@ class Member:
     acked: int = 0  # route version this member has applied
     lost: list = field(default_factory=list)  # filters dropped when it fell silent (back if it speaks again)
     orphans: set = field(default_factory=set)  # client ids granted elsewhere while it was gone
+    bye: bool = False  # it said it is done (the node is stopping)
 
 
 @dataclass(slots=True)
@@ -69,6 +72,7 @@ class Claim:
     clean_start: bool
     deadline: float
     since: float = 0.0  # when the claim came (hand-over latency, /metrics)
+    owning: int = 0  # cluster: 1 while the agent makes this node the owner (OWN), 2 once it answered
 
 
 class Router:
@@ -80,6 +84,11 @@ class Router:
         self.members: dict[bytes, Member] = {}
         self.registry: dict[str, bytes] = {}  # client id -> member ident
         self.claims: dict[str, list[Claim]] = {}  # client id -> queue of claims, head in progress
+        # cluster (issue 11): client ids restored from a worker's store, not yet confirmed as
+        # this node's in etcd; hand-overs the agent asked for (a session moving to another node)
+        self.unverified: set[str] = set()
+        self.leaving = 0.0  # cluster: SIGTERM received, stop at this time (or once every member said BYE)
+        self.lease_op = None  # the agent's last LEASE, for workers that register later
         self.retained: dict[str, Message] = {}
         self.store: Store | None = None
         self.retained_sweep = 0.0
@@ -173,6 +182,9 @@ class Router:
                         break
                     self.handle(ident, data)
             now = time.monotonic()
+            if self.leaving and (now >= self.leaving or
+                                 all(m.bye or not m.alive for m in self.members.values())):
+                self.running = False
             ops.poll(events, now)
             if now >= next_check:
                 next_check = now + 0.5
@@ -238,6 +250,33 @@ class Router:
             elif code == Op.RELEASE:
                 if self.registry.get(op[1]) == ident:
                     del self.registry[op[1]]
+                    self._disown(op[1])
+            elif code == Op.OWNED:
+                self.owned(op[1], op[2], op[3], op[4])
+            elif code == Op.DRAINED:
+                agent = self.members.get(AGENT)
+                if agent is not None and agent.alive:
+                    self.send(AGENT, op)
+                else:
+                    self.send(ident, [Op.DRAIN_DONE, op[1], []])
+            elif code == Op.DRAIN_DONE:
+                if op[1].encode() in self.members:
+                    self.send(op[1].encode(), op)
+            elif code == Op.ADOPT:
+                self.adopt(op[1], op[2])
+            elif code == Op.BYE:
+                m.bye = True
+            elif code == Op.LEASE:
+                self.lease_op = op
+                for w in self.members.values():
+                    if w.alive and w.ident != AGENT:
+                        self.send(w.ident, op)
+            elif code in (Op.WILL, Op.WILL_FIRE):
+                agent = self.members.get(AGENT)
+                if agent is not None and agent.alive:
+                    self.send(AGENT, op)
+                elif code == Op.WILL_FIRE:
+                    self.send(ident, [Op.WILL_GO, op[2]])  # no agent: the node decides alone
             elif code == Op.STATS:
                 m.stats = op[1]
                 self.broadcast_stats()
@@ -275,6 +314,8 @@ class Router:
                 self.send(ident, [Op.TAKEOVER, cid, 0, True])
             else:
                 self.registry[cid] = ident
+                if self.settings.clustered:
+                    self.unverified.add(cid)  # from its store: etcd says whether it is still ours
         for msg in retained or ():
             self.retain(None, msg)
         routes = [[o.name, flt] for o in self.members.values() if o.ident != ident for flt in o.filters]
@@ -285,11 +326,13 @@ class Router:
         m.acked = self.version
         retained = [msg_to_wire(r, now) for r in self.retained.values() if not r.expired(now)]
         self.send(ident, [Op.WELCOME, self.epoch, self.version, routes, retained])
+        if self.lease_op is not None and ident != AGENT:
+            self.send(ident, self.lease_op)
         log.info("member joined", extra=kv(member=m.name, filters=len(filters), sessions=len(client_ids)))
         self.check_settled(now)
         for queue in self.claims.values():
             c = queue[0]
-            if self.registry.get(c.client_id) == ident and c.claimant != ident:
+            if self.registry.get(c.client_id) == ident and c.claimant != ident and c.owning != 1:
                 # the holder restarted while a hand-over was asked of it: ask again
                 self.send(ident, [Op.TAKEOVER, c.client_id, c.req, c.clean_start])
         return m
@@ -447,6 +490,11 @@ class Router:
 
     def _start_claim(self, c: Claim) -> None:
         owner = self.registry.get(c.client_id)
+        if c.claimant == AGENT:
+            self._agent_claim(c, owner)
+            return
+        if self._ask_agent(c, owner):
+            return
         if owner is None or owner == c.claimant or owner not in self.members:
             self._grant(c, None)
             return
@@ -457,6 +505,9 @@ class Router:
 
     def _holder_gone(self, c: Claim, holder: Member) -> None:
         """The worker holding the claimed client id is gone (killed, or silent)."""
+        if c.claimant == AGENT:
+            self._agent_handoff(None, c, None)  # its session stays in that worker's store, stale soon
+            return
         if c.clean_start:
             # nothing of the old session is wanted: grant at once; the old holder
             # drops its copy when it is back (hello, _revive)
@@ -467,9 +518,12 @@ class Router:
             # (hello asks it again)
             c.deadline = max(c.deadline, time.monotonic() + HOLDER_RESTART_WAIT)
 
-    def _grant(self, c: Claim, state) -> None:
-        self.registry[c.client_id] = c.claimant
-        self.send(c.claimant, [Op.GRANT, c.client_id, c.req, state])
+    def _grant(self, c: Claim, state, flag: int = Own.KEEP) -> None:
+        if flag == Own.REFUSED:
+            self.send(c.claimant, [Op.GRANT, c.client_id, c.req, None, flag])
+        else:
+            self.registry[c.client_id] = c.claimant
+            self.send(c.claimant, [Op.GRANT, c.client_id, c.req, state] + ([flag] if flag else []))
         queue = self.claims.get(c.client_id)
         if queue and queue[0] is c:
             queue.pop(0)
@@ -482,6 +536,9 @@ class Router:
         queue = self.claims.get(client_id)
         if not queue or queue[0].req != req:
             return  # a late answer to a claim that timed out
+        if queue[0].claimant == AGENT:
+            self._agent_handoff(ident, queue[0], state)
+            return
         claimant = self.members.get(queue[0].claimant)
         self.handover_seconds.observe(time.monotonic() - queue[0].since)
         if state is not None and claimant is not None:
@@ -493,6 +550,97 @@ class Router:
             # every DELIVER queued for the old holder before this mark was routed
             # without the new holder: those (only) it forwards to the session
             self.send(ident, [Op.MOVED, client_id, [sub[0] for sub in state[4]]])
+
+    # -- sessions across the cluster (issue 11; the agent's side: cluster/ownership.py) ----------
+    def _ask_agent(self, c: Claim, holder: bytes | None) -> bool:
+        """In a cluster, a claim of a client id this node does not hold (or holds only from
+        its store) first makes this node its owner in etcd, through the agent."""
+        if c.owning or c.claimant == AGENT or not self.settings.clustered:
+            return False
+        agent = self.members.get(AGENT)
+        if agent is None or not agent.alive:
+            if self.settings.cluster_lease_loss == "disconnect" and self.lease_op is not None:
+                self._grant(c, None, Own.REFUSED)  # the node held a lease: nobody can own it for us now
+                return True
+            return False  # no agent (restarting): the node decides alone, as before issue 11
+        if holder is not None and holder in self.members and c.client_id not in self.unverified:
+            return False  # held here, owned by this node: a hand-over between workers
+        c.owning = 1
+        self.send(AGENT, [Op.OWN, c.client_id, c.req, c.clean_start])
+        return True
+
+    def owned(self, client_id: str, req: int, verdict: int, state) -> None:
+        queue = self.claims.get(client_id)
+        if not queue or queue[0].req != req or queue[0].owning != 1:
+            return  # a claim that timed out meanwhile
+        c = queue[0]
+        c.owning = 2
+        if verdict == Own.KEEP:
+            self.unverified.discard(client_id)
+            self._start_claim(c)
+            return
+        if verdict == Own.REFUSED:
+            self._grant(c, None, Own.REFUSED)
+            return
+        self.unverified.discard(client_id)
+        holder = self.registry.get(client_id)
+        if holder is not None and holder != c.claimant and holder in self.members:
+            self.send(holder, [Op.TAKEOVER, client_id, 0, STALE])  # its copy is stale: dropped
+        if state is not None:
+            claimant = self.members.get(c.claimant)
+            if claimant is not None:
+                for sub in state[4]:
+                    self.route_add(claimant, sub[0])
+        self._grant(c, state, Own.FRESH)
+
+    def _agent_claim(self, c: Claim, holder: bytes | None) -> None:
+        """The agent takes a session off this node (another node's CONNECT), in turn with
+        this node's own claims of the id: the holder closes the connection (0x8E) and hands
+        the session over; it leaves the node."""
+        m = self.members.get(holder) if holder is not None else None
+        if m is None or holder == AGENT or not m.alive:
+            self._agent_handoff(None, c, None)
+            return
+        self.send(holder, [Op.TAKEOVER, c.client_id, c.req, c.clean_start])
+
+    def _agent_handoff(self, ident: bytes | None, c: Claim, state) -> None:
+        cid = c.client_id
+        if ident is not None and self.registry.get(cid) == ident:
+            del self.registry[cid]
+        self.unverified.discard(cid)
+        self.send(AGENT, [Op.GRANT, cid, c.req, state])
+        queue = self.claims.get(cid)
+        if queue and queue[0] is c:
+            queue.pop(0)
+            if queue:
+                self._start_claim(queue[0])
+            else:
+                del self.claims[cid]
+
+    def adopt(self, client_id: str, state) -> None:
+        """A session from a node that left, now owned here: to the worker holding a copy
+        (stale: replaced), else to the worker with the fewest sessions."""
+        holder = self.registry.get(client_id)
+        m = self.members.get(holder) if holder is not None else None
+        if m is None or not m.alive or holder == AGENT:
+            workers = [w for w in self.members.values() if w.alive and w.ident != AGENT and w.name.startswith("w")]
+            if not workers:
+                return
+            counts: dict[bytes, int] = {}
+            for ident in self.registry.values():
+                counts[ident] = counts.get(ident, 0) + 1
+            m = min(workers, key=lambda w: counts.get(w.ident, 0))
+        self.registry[client_id] = m.ident
+        self.unverified.discard(client_id)
+        for sub in state[4]:
+            self.route_add(m, sub[0])
+        self.send(m.ident, [Op.ADOPT, client_id, state])
+
+    def _disown(self, client_id: str) -> None:
+        if self.settings.clustered and client_id not in self.claims:
+            agent = self.members.get(AGENT)
+            if agent is not None and agent.alive:
+                self.send(AGENT, [Op.DISOWN, client_id])
 
     def check_syncs(self, now: float) -> None:
         """Answer the SYNCs whose route version every other live member has applied."""
@@ -530,6 +678,13 @@ class Router:
             self.store.probe()  # after a failed write: writes again once there is room
         for queue in list(self.claims.values()):
             c = queue[0]
+            if now >= c.deadline and c.claimant == AGENT:
+                self._agent_handoff(None, c, None)
+                continue
+            if now >= c.deadline and c.owning == 1:
+                log.warning("the agent did not answer a claim; refusing it", extra=kv(client=c.client_id))
+                self._grant(c, None, Own.REFUSED)  # nobody knows who owns it: never two sessions
+                continue
             if now >= c.deadline:
                 log.warning("session hand-over timed out; granting an empty session",
                             extra=kv(client=c.client_id, claimant=c.claimant.decode()))
@@ -620,7 +775,12 @@ def main() -> None:
         raise SystemExit(3) from None
 
     def stop(*_):
-        router.running = False
+        if settings.clustered:
+            # a cluster node drains first (issue 11): the workers hand their sessions to the
+            # agent, through this router; it stops once every member said BYE, or in DRAIN_WAIT
+            router.leaving = time.monotonic() + DRAIN_WAIT
+        else:
+            router.running = False
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -60,6 +60,18 @@ class LocalBridge:
     def session_released(self, client_id: str) -> None:
         pass
 
+    cluster_wills = False  # True: wills are recorded in etcd and published through the agent
+
+    def refuses_connect(self) -> bool:
+        """Cluster: the node holds no lease now (issue 11)."""
+        return False
+
+    def will_set(self, client_id: str, will) -> None:
+        pass
+
+    def will_fire(self, client_id: str, msg) -> None:
+        pass
+
     def session_registered(self, client_id: str) -> None:
         pass
 

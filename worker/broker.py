@@ -73,6 +73,9 @@ class Broker:
     def connect(self, conn, connect) -> None:
         """Start the claim of connect.client_id; ends in `claimed` (maybe later)."""
         conn.claim_at = self.clock()
+        if self.bridge.refuses_connect():
+            self.claim_refused(conn, connect)
+            return
         self.bridge.claim(conn, connect)
 
     def claimed(self, conn, connect, remote_state) -> None:
@@ -124,6 +127,7 @@ class Broker:
         was_stored = present and not adopted and session.expiry_interval > 0
         session.expiry_interval = conn.expiry_interval
         session.will = conn.will
+        self.bridge.will_set(cid, session.will)
         if self.store is not None:
             if adopted and session.expiry_interval:
                 self._store_state(session)  # handed over: its queue and windows were only in the old worker's store
@@ -131,6 +135,65 @@ class Broker:
                 self.store.delete_session(cid, session)  # no longer outlives its connection
         self.save(session)
         conn.complete_connect(session, present)
+
+    def drop_stale(self, client_id: str) -> None:
+        """Cluster: another node owned client_id since this copy of its session was made
+        (this node lost its lease meanwhile): the copy goes, its will is not published."""
+        s = self.sessions.get(client_id)
+        if s is None:
+            return
+        log.info("stale session dropped", extra=kv(client=client_id))
+        s.will = None
+        conn = s.conn
+        if conn is not None:
+            self.detach(s, conn, takeover=True, ending=True, send_will=False)
+            conn.takeover()
+        else:
+            self.end_session(s)
+
+    def adopt(self, s: Session) -> None:
+        """Cluster: an offline session from a node that left (SIGTERM), now owned here."""
+        cid = s.client_id
+        if cid in self.sessions:
+            self.drop_stale(cid)
+        self.sessions[cid] = s
+        self._restore_subscriptions(s)
+        now = self.now
+        if s.expires_at is None and s.expiry_interval != NEVER:
+            s.expires_at = now + s.expiry_interval
+        if s.expires_at is not None:
+            self.timers.schedule(("expire", cid), s.expires_at, lambda s=s: self._expire(s))
+        if s.will is not None:
+            if s.will_at is None:
+                s.will_at = now + s.will.delay
+            self.timers.schedule(("will", cid), s.will_at, lambda s=s: self._will_due(s))
+        if self.store is not None and s.expiry_interval:
+            self._store_state(s)
+        self.save(s)
+        log.info("session adopted from a leaving node", extra=kv(client=cid))
+
+    def gone_elsewhere(self, s: Session) -> None:
+        """Cluster: this session now lives on another node (graceful leave): it goes from
+        here without its will (the other node has it)."""
+        cid = s.client_id
+        self.timers.cancel(("expire", cid))
+        self.timers.cancel(("will", cid))
+        del self.sessions[cid]
+        for flt in s.subscriptions:
+            self.subs.remove(flt, cid)
+            self._ref_filter(flt, -1)
+        if self.store is not None:
+            self.store.delete_session(cid, s)
+
+    def claim_refused(self, conn, connect) -> None:
+        """Cluster: the client id could not be owned here (CONNACK 0x88 / 3)."""
+        from mqtt import MQTTError, ReasonCode
+
+        from .handlers import refuse_connect
+
+        log.info("connect refused: client id not owned here", extra=kv(client=connect.client_id))
+        if not conn.closed:
+            refuse_connect(conn, MQTTError(ReasonCode.SERVER_UNAVAILABLE, "client id taken by another connection"))
 
     def _store_state(self, s: Session) -> None:
         store, now = self.store, self.now
@@ -165,7 +228,7 @@ class Broker:
             # an undelayed one is published now.
             if will is not None and will.delay == 0:
                 session.will = None
-                self.publish_will(will)
+                self.publish_will(will, session.client_id)
             else:
                 session.will = None
             return
@@ -178,7 +241,7 @@ class Broker:
         if will is not None:
             if will.delay == 0:
                 session.will = None
-                self.publish_will(will)
+                self.publish_will(will, session.client_id)
             else:
                 session.will_at = now + will.delay
                 self.timers.schedule(("will", session.client_id), session.will_at, lambda s=session: self._will_due(s))
@@ -187,7 +250,7 @@ class Broker:
     def _will_due(self, session: Session) -> None:
         will, session.will, session.will_at = session.will, None, None
         if will is not None and session.conn is None:
-            self.publish_will(will)
+            self.publish_will(will, session.client_id)
 
     def _expire(self, session: Session) -> None:
         if session.conn is None and self.sessions.get(session.client_id) is session:
@@ -210,14 +273,23 @@ class Broker:
         self._redistribute_shared(session, everything=True)
         will, session.will = session.will, None
         if will is not None and session.conn is None:
-            self.publish_will(will)
+            self.publish_will(will, cid)
 
-    def publish_will(self, will: Will) -> None:
+    def publish_will(self, will: Will, client_id: str | None = None) -> None:
         m = will.message
         msg = Message(m.topic, m.payload, m.qos, m.retain, m.properties, m.expires_at, m.origin)
         if msg.expires_at is not None:  # the expiry interval counts from publication
             msg.expires_at = self.now + msg.expires_at
+        if client_id is not None and self.bridge.cluster_wills:
+            # cluster: published once cluster-wide, by whoever deletes wills/<client id> first
+            # (this node, or the leader when this node was taken for dead)
+            self.bridge.will_fire(client_id, msg)
+            return
         self.publish(msg)
+
+    def will_cleared(self, session: Session) -> None:
+        """A normal DISCONNECT discarded the will."""
+        self.bridge.will_set(session.client_id, None)
 
     # -- subscriptions ---------------------------------------------------
     def subscribe(self, session: Session, topic_filter: str, opts: SubOptions) -> bool:

@@ -492,7 +492,9 @@ def handle_disconnect(conn, p) -> None:
             s.expiry_interval = conn.expiry_interval = expiry
     if p.reason_code != ReasonCode.DISCONNECT_WITH_WILL_MESSAGE:
         conn.normal_disconnect = True
-        s.will = None
+        if s.will is not None:
+            s.will = None
+            conn.broker.will_cleared(s)
     conn.close()
 
 

@@ -16,12 +16,12 @@ import zmq
 
 from common.logs import kv
 from common.settings import Settings
-from common.wire import WIRE_VERSION, Op, pack, unpack
+from common.wire import STALE, WIRE_VERSION, Op, Own, pack, unpack
 from mqtt import SubscriptionTrie, parse_shared, topic_matches
 
 from .message import Message
 from .metrics import node_sums
-from .serial import msg_from_wire, msg_to_wire, session_from_wire, session_to_wire
+from .serial import msg_from_wire, msg_to_wire, props_to_wire, session_from_wire, session_to_wire
 from .sys_topics import render
 
 log = logging.getLogger("shoal.link")
@@ -74,6 +74,15 @@ class RouterBridge:
     # -- lifecycle ---------------------------------------------------------------
     def start(self, broker) -> None:
         self.broker = broker
+        if self.settings.clustered and self.settings.cluster_lease_loss == "disconnect":
+            from .lease import LeaseGuard
+
+            self.guard = LeaseGuard(broker)  # issue 11: serve only while the node holds its lease
+
+    guard = None
+
+    def refuses_connect(self) -> bool:
+        return self.guard is not None and self.guard.fenced
 
     def connect(self) -> None:
         """Called on the running loop (WorkerServer.start)."""
@@ -83,7 +92,27 @@ class RouterBridge:
         self.hello()
         self._timer = self.loop.call_later(1.0, self._ping)
 
+    async def drain(self, timeout: float) -> int:
+        """Cluster, SIGTERM: hand this worker's offline persistent sessions to other nodes
+        (through the agent); returns how many went. The others stay in the store."""
+        b = self.broker
+        held = {cid: s for cid, s in b.sessions.items() if s.conn is None and s.expiry_interval}
+        self._drain = self.loop.create_future()
+        self.queue([Op.DRAINED, self.name, [session_to_wire(s, b.now) for s in held.values()]])
+        try:
+            adopted = await asyncio.wait_for(self._drain, timeout)
+        except asyncio.TimeoutError:
+            adopted = []
+        for cid in adopted:
+            s = held.get(cid)
+            if s is not None and b.sessions.get(cid) is s:
+                b.gone_elsewhere(s)
+        return len(adopted)
+
+    _drain = None
+
     def close(self) -> None:
+        self.out.append([Op.BYE])
         if self.loop is not None:
             self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
         if self._timer is not None:
@@ -258,6 +287,24 @@ class RouterBridge:
     def session_released(self, client_id: str) -> None:
         self.queue([Op.RELEASE, client_id])
 
+    # cluster (issue 11): wills live in etcd (wills/<client id>) and fire exactly once
+    @property
+    def cluster_wills(self) -> bool:
+        return self.settings.clustered
+
+    def will_set(self, client_id: str, will) -> None:
+        if not self.settings.clustered:
+            return
+        if will is None:
+            self.queue([Op.WILL, client_id, None, 0])
+        else:
+            m = will.message  # expires_at of a will holds its expiry interval
+            self.queue([Op.WILL, client_id, [m.topic, m.payload, m.qos, m.retain, props_to_wire(m.properties),
+                                             m.expires_at, m.origin], will.delay])
+
+    def will_fire(self, client_id: str, msg) -> None:
+        self.queue([Op.WILL_FIRE, client_id, msg_to_wire(msg, self.broker.now)])
+
     def session_registered(self, client_id: str) -> None:
         """The router recorded us when it granted the claim. If granting it ended
         an older session of the same id on this worker (Broker.claimed), that
@@ -363,10 +410,19 @@ class RouterBridge:
             if pending is None:
                 return
             conn, connect = pending
+            flag = op[4] if len(op) > 4 else Own.KEEP
+            if flag == Own.REFUSED:  # cluster: another connection won the id, or its owner is unreachable
+                b.claim_refused(conn, connect)
+                return
+            if flag == Own.FRESH:
+                b.drop_stale(connect.client_id)  # another node owned it since this copy was made
             state = session_from_wire(op[3], b.now) if op[3] is not None else None
             b.claimed(conn, connect, state)
         elif code == Op.TAKEOVER:
             mark = len(self.out)
+            if op[3] == STALE:
+                b.drop_stale(op[1])
+                return
             state = b.hand_over(op[1], op[3])
             # HANDOFF goes before the ROUTE_DELs hand_over queued: the router moves the
             # routes to the new holder first, so the session's filters never vanish
@@ -374,6 +430,16 @@ class RouterBridge:
             self._schedule()
         elif code == Op.RETAINED:
             b.set_retained(msg_from_wire(op[1], b.now))
+        elif code == Op.LEASE:
+            if self.guard is not None:
+                self.guard.update(op[1])
+        elif code == Op.WILL_GO:
+            b.publish(msg_from_wire(op[1], b.now))
+        elif code == Op.ADOPT:
+            b.adopt(session_from_wire(op[2], b.now))
+        elif code == Op.DRAIN_DONE:
+            if self._drain is not None and not self._drain.done():
+                self._drain.set_result(op[2])
         elif code == Op.WELCOME:
             self._welcome(op)
         elif code == Op.PONG:

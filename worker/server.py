@@ -161,6 +161,9 @@ class WorkerServer:
         deadline = time.monotonic() + timeout
         while self.broker.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        if self.settings.clustered and hasattr(self.broker.bridge, "drain"):
+            moved = await self.broker.bridge.drain(4.0)  # issue 11: graceful leave
+            log.info("sessions handed to other nodes", extra=kv(sessions=moved))
         self.ops.close()
         self.broker.bridge.close()
         if self.broker.auth is not None:

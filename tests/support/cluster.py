@@ -79,7 +79,25 @@ def cluster_node(name: str, etcd_url: str, **settings) -> Node:
     """A one-worker node joined to the etcd at etcd_url (not started)."""
     settings.setdefault("cluster_addr", f"127.0.0.1:{free_port()}")
     settings.setdefault("cluster_lease_ttl", 3)
+    # issue 10's tests keep serving while etcd is away; issue 11's pass "disconnect" (the default)
+    settings.setdefault("cluster_lease_loss", "serve")
     return Node(workers=settings.pop("workers", 1), node_name=name, etcd_endpoints=etcd_url, **settings)
+
+
+def freeze(node: Node) -> list[int]:
+    """SIGSTOP circusd and every process of the node; returns the pids for thaw()."""
+    pids = [node.proc.pid, *node.children()]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    return pids
+
+
+def thaw(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
 
 
 def status(node: Node) -> dict:

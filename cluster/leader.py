@@ -1,0 +1,121 @@
+"""One leader for the cluster-wide duties (issue 11).
+
+The leader holds etcd's ``leader`` key, created with a compare-and-swap under
+its node's lease: when the node dies (or cannot keep its lease) the key goes
+with the lease and the next node to try takes it. Every agent tries every
+SHOAL_CLUSTER_LEASE_TTL / 4 seconds (at most 0.5 s), so a new leader is there
+at most that long after the old leader's lease expired. Every node publishes
+the leader's name as ``$SYS/broker/cluster/leader`` (retained).
+
+Duties of the leader:
+- the wills of nodes that are gone (wills/<client id> whose node holds no
+  lease): each published once its will delay has passed since the leader saw
+  the record orphaned (cluster/wills.py: a compare-and-swap delete decides who
+  publishes). A new leader looks at every record again, so the duty goes on
+  when the leader dies meanwhile.
+- a dead node's owners/ and routes/ records go by themselves with its lease;
+  its shared-subscription members are routes/ records too.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from common.logs import kv
+from common.wire import Op
+
+from .wills import WILLS, decode
+
+log = logging.getLogger("shoal.agent")
+
+KEY = b"leader"
+SCAN_EVERY = 2.0  # seconds between looks at wills/ while leader (and at once when a node left)
+
+
+class Leader:
+    def __init__(self, agent):
+        self.agent = agent
+        self.name: str | None = None  # the leader as last read
+        self.leading = False
+        self.since = 0.0
+        self.orphans: dict[bytes, tuple[int, float]] = {}  # wills/ key -> (revision, due on our clock)
+        self.last_scan = 0.0
+        self.nodes_seen: frozenset = frozenset()
+
+    @property
+    def interval(self) -> float:
+        return min(0.5, self.agent.settings.cluster_lease_ttl / 4.0)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            ag = self.agent
+            client = ag.etcd.client
+            if not ag.connected or client is None or not ag.lease_id:
+                continue
+            try:
+                await self._round(client)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("leader round failed", extra=kv(error=(str(e) or type(e).__name__).splitlines()[0][:200]))
+
+    async def _round(self, client) -> None:
+        ag = self.agent
+        tx = client.transactions
+        ok, responses = await client.transaction(compare=[tx.create(KEY) == 0],
+                                                 success=[tx.put(KEY, ag.node.encode(), ag.lease_id)],
+                                                 failure=[tx.get(KEY)])
+        name = ag.node if ok else (responses[0][0][0].decode() if responses and responses[0] else None)
+        if name != self.name:
+            self.name = name
+            log.info("cluster leader", extra=kv(leader=name, me=name == ag.node))
+            self.publish_sys()
+        leading = name == ag.node
+        if leading and not self.leading:
+            self.since = time.monotonic()
+            self.orphans.clear()
+            self.last_scan = 0.0
+        self.leading = leading
+        if leading:
+            await self.duties(client)
+
+    def publish_sys(self) -> None:
+        w = ["$SYS/broker/cluster/leader", (self.name or "").encode(), 0, True, None, None, ""]
+        self.agent.link.queue([Op.RETAIN, w])
+        self.agent.link.queue([Op.PUB, w, None, None])
+
+    async def duties(self, client) -> None:
+        ag = self.agent
+        now = time.monotonic()
+        nodes = frozenset(ag.members)
+        if nodes != self.nodes_seen or now - self.last_scan >= SCAN_EVERY:
+            self.nodes_seen = nodes
+            self.last_scan = now
+            resp = await client.get_prefix(WILLS)
+            present = set()
+            for item in resp:
+                rec = decode(item.value)
+                if rec is None or rec[0] in ag.members:
+                    continue
+                present.add(item.key)
+                old = self.orphans.get(item.key)
+                if old is None or old[0] != item.mod_revision:
+                    self.orphans[item.key] = (item.mod_revision, now + rec[2])
+                    log.info("will of a node that is gone: due after its delay",
+                             extra=kv(client=item.key[len(WILLS):].decode(errors="replace"), node=rec[0], delay=rec[2]))
+            for k in [k for k in self.orphans if k not in present]:
+                del self.orphans[k]
+        for key, (rev, due) in list(self.orphans.items()):
+            if now < due:
+                continue
+            del self.orphans[key]
+            cur = await client.get(key)
+            if cur is None or cur.mod_revision != rev:
+                continue
+            rec = decode(cur.value)
+            if rec is None or rec[0] in ag.members:
+                continue  # its node is back: it settles the will itself
+            await ag.wills._delete_and_publish(client, key, rev, rec[1], key[len(WILLS):].decode(errors="replace"),
+                                               "fired by the leader")

@@ -1,0 +1,386 @@
+"""One owner per client id across the cluster (issue 11), the agent's side.
+
+Each client id with a session on some node has a record ``owners/<client id>``
+in etcd: ``{"lease": <lease>, "node": <node>}``, attached to the owner node's
+lease, so it vanishes with the node (a dead node's ids are free once its lease
+expired). It is only ever written with a compare-and-swap, and its etcd
+revision is the fencing token of the session that went with it: a takeover
+asked with an older token than the asked node's own is refused (``NEWER``).
+
+The router asks (``OWN``) when a CONNECT claims an id this node does not hold,
+or holds only from its store (restored after a restart: it may be stale). The
+agent answers (``OWNED``):
+
+- ``FRESH``: no record existed, or it named a dead node or an old lease of this
+  one: this node owns the id now; any copy of the session here is stale and is
+  dropped without its will.
+- ``KEEP``: the record names this node under its current lease: the node
+  decides alone, exactly as without a cluster (workers hand over among
+  themselves).
+- ``REMOTE``: the record named another live node: the agent wrote itself over
+  it (CAS on the old record's revision), then asked that node's agent for the
+  session (gRPC ``TakeoverSession``). That agent takes the session off its
+  router as a worker would (``CLAIM``: the holding worker closes the connection
+  with v5 DISCONNECT 0x8E and hands over the whole record) and returns it; the
+  router here grants it to the claiming worker, which answers session present
+  = 1 and redelivers the inflight messages with DUP before the queue.
+- ``REFUSED``: a newer CONNECT of the id won on another node, or the previous
+  owner is alive but cannot be reached (the record is put back to it): the
+  CONNECT is refused with 0x88 / 3 (server unavailable), so that an id never
+  has two live sessions.
+
+When a session ends on this node (``DISOWN``), the record goes (a delete that
+compares the value: only this node's own record under its lease).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+
+import grpc
+import msgpack
+
+from common.logs import kv
+from common.wire import Op, Own
+
+log = logging.getLogger("shoal.agent")
+
+OWNERS = b"owners/"
+CAS_ATTEMPTS = 5  # compare-and-swap rounds before a claim is refused (each lost round: someone else wrote)
+TAKEOVER_TIMEOUT = 4.0  # seconds the previous owner has to hand a session over
+ROUTER_TIMEOUT = 6.0  # seconds this node's router has to give a session up
+BATCH = 100  # records per etcd transaction (etcd's default limit is 128 operations)
+
+
+class Batcher:
+    """Creates and deletes of owner records gathered for one loop pass into one etcd
+    transaction each: a connect storm of new client ids costs one round trip per batch,
+    not per CONNECT. A batch whose compares do not all hold tells, from its failure
+    branch, which records existed; the others are tried again in the next batch."""
+
+    def __init__(self, own):
+        self.own = own
+        self.creates: list = []  # (key, value, future)
+        self.deletes: list = []  # (key, value, future)
+        self.scheduled = False
+
+    def create(self, key: bytes, value: bytes) -> asyncio.Future:
+        """Future of (True, revision, None) if created, else (False, 0, (value, meta) | None)."""
+        fut = asyncio.get_running_loop().create_future()
+        self.creates.append((key, value, fut))
+        self._schedule()
+        return fut
+
+    def delete(self, key: bytes, value: bytes) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self.deletes.append((key, value, fut))
+        self._schedule()
+        return fut
+
+    def _schedule(self) -> None:
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._go)
+
+    def _go(self) -> None:
+        self.scheduled = False
+        creates, self.creates = self.creates, []
+        deletes, self.deletes = self.deletes, []
+        for i in range(0, len(creates), BATCH):
+            self.own._spawn_task(self._create(creates[i:i + BATCH]))
+        for i in range(0, len(deletes), BATCH):
+            self.own._spawn_task(self._delete(deletes[i:i + BATCH]))
+
+    async def _create(self, batch: list) -> None:
+        try:
+            client = self.own.agent.etcd.client
+            if client is None:
+                raise ConnectionError("etcd not connected")
+            tx = client.transactions
+            lease = self.own.agent.lease_id
+            ok, responses = await client.transaction(
+                compare=[tx.create(k) == 0 for k, _, _ in batch],
+                success=[tx.put(k, v, lease) for k, v, _ in batch], failure=[tx.get(k) for k, _, _ in batch])
+        except Exception as e:
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+            return
+        if ok:
+            for (_, _, fut), r in zip(batch, responses):
+                if not fut.done():
+                    fut.set_result((True, r.response_put.header.revision, None))
+            return
+        for (k, v, fut), r in zip(batch, responses):
+            if fut.done():
+                continue
+            if r:
+                fut.set_result((False, 0, r[0]))
+            elif len(batch) == 1:
+                fut.set_result((False, 0, None))  # deleted between compare and read: look again
+            else:
+                self.creates.append((k, v, fut))  # absent: created in the next batch
+        if self.creates:
+            self._schedule()
+
+    async def _delete(self, batch: list) -> None:
+        client = self.own.agent.etcd.client
+        try:
+            if client is None:
+                raise ConnectionError("etcd not connected")
+            tx = client.transactions
+            ok, _ = await client.transaction(compare=[tx.value(k) == v for k, v, _ in batch],
+                                             success=[tx.delete(k) for k, _, _ in batch], failure=[])
+            if not ok:  # one of them is no longer ours: each on its own
+                for k, v, _ in batch:
+                    await client.transaction(compare=[tx.value(k) == v], success=[tx.delete(k)], failure=[])
+        except Exception as e:
+            log.warning("could not remove owner records (they go with the lease)",
+                        extra=kv(records=len(batch), error=str(e)[:200]))
+        for _, _, fut in batch:
+            if not fut.done():
+                fut.set_result(None)
+
+
+class Pending:
+    """A claim of this node in progress for one client id."""
+
+    __slots__ = ("token", "written", "done", "superseded")
+
+    def __init__(self):
+        self.token = 0  # revision of our record once written
+        self.written = asyncio.Event()  # set once the first CAS round is decided
+        self.done = asyncio.Event()  # set once the router has our answer (OWNED)
+        self.superseded = False  # a newer claim of another node asked us meanwhile
+
+
+class Ownership:
+    def __init__(self, agent):
+        self.agent = agent
+        self.owned: dict[str, int] = {}  # client id -> revision of our owners/ record (the token)
+        self.claiming: dict[str, Pending] = {}
+        self.takes: dict[int, asyncio.Future] = {}  # our CLAIM req to the router -> future of the state
+        self._req = itertools.count(1 << 40)  # apart from the workers' request numbers
+        self.channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self.chain: dict[str, asyncio.Task] = {}  # client id -> its last op's task
+        self.batcher = Batcher(self)
+        # figures ($SYS/broker/cluster/sessions/..., logs)
+        self.taken_in = 0
+        self.taken_out = 0
+        self.refused = 0
+
+    # -- the router's ops ----------------------------------------------------------
+    def on_op(self, op: list) -> None:
+        code = op[0]
+        if code == Op.OWN:
+            self._spawn(op[1], self._own, op[1], op[2], bool(op[3]))
+        elif code == Op.DISOWN:
+            self._spawn(op[1], self._disown, op[1])
+        elif code == Op.GRANT:
+            fut = self.takes.pop(op[2], None)
+            if fut is not None and not fut.done():
+                fut.set_result(op[3])
+
+    def _spawn(self, cid: str, fn, *args) -> None:
+        """One op at a time per client id, in the router's order (a DISOWN then an OWN)."""
+        prev = self.chain.get(cid)
+
+        async def run():
+            if prev is not None:
+                await asyncio.wait([prev])
+            await fn(*args)
+
+        t = self._spawn_task(run())
+        self.chain[cid] = t
+
+        def done(t):
+            if self.chain.get(cid) is t:
+                del self.chain[cid]
+
+        t.add_done_callback(done)
+
+    def _spawn_task(self, coro) -> asyncio.Task:
+        t = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+        return t
+
+    def _value(self) -> bytes:
+        return json.dumps({"lease": self.agent.lease_id, "node": self.agent.node}, separators=(",", ":"),
+                          sort_keys=True).encode()
+
+    async def _own(self, cid: str, req: int, clean_start: bool) -> None:
+        verdict, state = Own.REFUSED, None
+        t0 = time.monotonic()
+        p = Pending()
+        self.claiming[cid] = p
+        try:
+            verdict, state = await self._decide(cid, clean_start, p)
+        except Exception as e:
+            log.warning("could not own a client id; refusing its CONNECT",
+                        extra=kv(client=cid, error=(str(e) or type(e).__name__).splitlines()[0][:200]))
+        if verdict == Own.REFUSED:
+            self.refused += 1
+        # OWNED goes to the router before any CLAIM a newer owner's TakeoverSession makes
+        # (it waits for p.done): the router grants first, then takes the session away again
+        self.agent.link.queue([Op.OWNED, cid, req, int(verdict), state])
+        p.written.set()
+        p.done.set()
+        if self.claiming.get(cid) is p:
+            del self.claiming[cid]
+        if verdict == Own.REMOTE:
+            log.info("session taken over from another node", extra=kv(client=cid, ms=round((time.monotonic() - t0) * 1000, 1)))
+
+    async def _decide(self, cid: str, clean_start: bool, p: Pending):
+        ag = self.agent
+        client = ag.etcd.client
+        if ag.draining:
+            return Own.REFUSED, None  # leaving (SIGTERM): the client connects elsewhere
+        if ag.fence.on and ag.joined_once and (not ag.connected or client is None or not ag.fence.holding()):
+            return Own.REFUSED, None  # no lease: this node owns nothing now (cluster/fence.py)
+        if not ag.connected or client is None:
+            # etcd unreachable, SHOAL_CLUSTER_LEASE_LOSS=serve: served anyway (issue 10), the node decides alone
+            return Own.KEEP, None
+        return await self._rounds(client, cid, clean_start, p)
+
+    async def _rounds(self, client, cid: str, clean_start: bool, p: Pending):
+        ag = self.agent
+        tx = client.transactions
+        key = OWNERS + cid.encode()
+        mine = self._value()
+        for _ in range(CAS_ATTEMPTS):
+            if p.superseded:
+                return Own.REFUSED, None
+            ok, rev, existing = await self.batcher.create(key, mine)
+            if ok:
+                p.token = self.owned[cid] = rev
+                p.written.set()
+                return Own.FRESH, None
+            if existing is None:
+                continue  # deleted meanwhile: create it
+            value, meta = existing
+            if value == mine:
+                p.token = self.owned[cid] = meta.mod_revision
+                p.written.set()
+                return Own.KEEP, None
+            try:
+                prev = json.loads(value)
+                prev_node, prev_lease = prev["node"], int(prev["lease"])
+            except (ValueError, KeyError, TypeError):
+                prev_node, prev_lease = "", 0
+            if p.superseded:
+                return Own.REFUSED, None
+            ok, responses = await client.transaction(compare=[tx.mod(key) == meta.mod_revision],
+                                                     success=[tx.put(key, mine, ag.lease_id)], failure=[])
+            if not ok:
+                continue  # another node wrote it meanwhile: look again
+            token = p.token = self.owned[cid] = responses[0].response_put.header.revision
+            p.written.set()
+            if prev_node == ag.node or prev_node not in ag.members:
+                return Own.FRESH, None  # an old lease of ours, or a node that is gone: its copy is stale
+            result, state = await self._ask(prev_node, cid, clean_start, token)
+            if result is None:
+                # alive but unreachable: put its record back, refuse here (never two live sessions)
+                ok, _ = await client.transaction(compare=[tx.mod(key) == token],
+                                                 success=[tx.put(key, value, prev_lease)], failure=[])
+                self.owned.pop(cid, None)
+                log.warning("previous owner unreachable; CONNECT refused",
+                            extra=kv(client=cid, owner=prev_node, restored=ok))
+                return Own.REFUSED, None
+            if result == 2:  # NEWER: that node's claim is newer than ours
+                self.owned.pop(cid, None)
+                return Own.REFUSED, None
+            if state is None or clean_start:
+                return Own.FRESH, None
+            self.taken_in += 1
+            return Own.REMOTE, state
+        return Own.REFUSED, None
+
+    async def _ask(self, node: str, cid: str, clean_start: bool, token: int):
+        """TakeoverSession on node: (result, state) or (None, None) when unreachable."""
+        from proto import cluster_pb2 as pb
+        from proto import cluster_pb2_grpc as pbg
+
+        addr = self.agent.members.get(node, {}).get("addr")
+        if not addr:
+            return None, None
+        ch = self.channels.get(node)
+        if ch is None or ch[0] != addr:
+            if ch is not None:
+                await ch[1].close(None)
+            ch = self.channels[node] = (addr, grpc.aio.insecure_channel(addr))
+        try:
+            reply = await pbg.PeerStub(ch[1]).TakeoverSession(
+                pb.TakeoverRequest(client_id=cid, clean_start=clean_start, node=self.agent.node, token=token),
+                timeout=TAKEOVER_TIMEOUT)
+        except grpc.aio.AioRpcError as e:
+            log.warning("TakeoverSession failed", extra=kv(client=cid, peer=node, code=str(e.code())))
+            return None, None
+        if reply.result == pb.TakeoverReply.SESSION:
+            return 1, msgpack.unpackb(reply.session, raw=False, strict_map_key=False, use_list=True)
+        return int(reply.result), None
+
+    # -- another node takes a session of ours --------------------------------------------
+    async def takeover_asked(self, request):
+        from proto import cluster_pb2 as pb
+
+        cid = request.client_id
+        p = self.claiming.get(cid)
+        if p is not None:
+            try:
+                await asyncio.wait_for(p.written.wait(), TAKEOVER_TIMEOUT / 2)
+            except asyncio.TimeoutError:
+                pass
+            if p.token > request.token:
+                return pb.TakeoverReply(result=pb.TakeoverReply.NEWER)
+            # our claim is older: it goes on to its end (it may be asking an even older
+            # owner for the session: tokens only grow along a chain of asks, so no cycle),
+            # then the session, wherever it ended up here, goes to the asker
+            p.superseded = True
+            try:
+                await asyncio.wait_for(p.done.wait(), TAKEOVER_TIMEOUT - 1.0)
+            except asyncio.TimeoutError:
+                pass
+        mine = self.owned.get(cid)
+        if mine is not None and mine > request.token:
+            return pb.TakeoverReply(result=pb.TakeoverReply.NEWER)
+        self.owned.pop(cid, None)
+        state = await self.take_from_router(cid, request.clean_start)
+        self._spawn(cid, self.agent.wills.forget, cid)  # its will record is not ours any more
+        if state is None:
+            return pb.TakeoverReply(result=pb.TakeoverReply.NONE)
+        self.taken_out += 1
+        log.info("session handed to another node", extra=kv(client=cid, peer=request.node, token=request.token))
+        return pb.TakeoverReply(result=pb.TakeoverReply.SESSION, session=msgpack.packb(state, use_bin_type=True))
+
+    async def take_from_router(self, cid: str, clean_start: bool):
+        """The session of cid off this node (None: none here, or discarded: clean start)."""
+        req = next(self._req)
+        fut = asyncio.get_running_loop().create_future()
+        self.takes[req] = fut
+        self.agent.link.queue([Op.CLAIM, cid, req, clean_start])
+        try:
+            return await asyncio.wait_for(fut, ROUTER_TIMEOUT)
+        except asyncio.TimeoutError:
+            self.takes.pop(req, None)
+            log.warning("router did not give a session up", extra=kv(client=cid))
+            return None
+
+    # -- a session ended here -------------------------------------------------------------
+    async def _disown(self, cid: str) -> None:
+        self.owned.pop(cid, None)
+        ag = self.agent
+        client = ag.etcd.client
+        if not ag.connected or client is None:
+            return
+        await self.batcher.delete(OWNERS + cid.encode(), self._value())
+
+    async def close(self) -> None:
+        for t in list(self.tasks):
+            t.cancel()
+        for _, ch in self.channels.values():
+            await ch.close(None)

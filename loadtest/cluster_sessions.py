@@ -1,0 +1,233 @@
+"""``python -m loadtest.cluster_sessions``: what one owner per client id costs (issue 11).
+
+Starts one etcd, three Shoal nodes joined to it (one worker each unless
+--workers), one Shoal node alone and mosquitto, in the same invocation, and
+measures:
+
+- connect rate: clients that CONNECT (new client id, clean start), wait for
+  CONNACK and DISCONNECT, --concurrency at a time, for --seconds: on the node
+  alone; on the three cluster nodes at once (one load per node, the figure per
+  node); on mosquitto. In the cluster every such connect writes owners/<id> in
+  etcd (a compare-and-swap) and its end deletes it.
+- takeover latency: one v5 client id with a persistent session connects in turn
+  on node 1 and node 2 (each CONNECT takes the session over from the other node:
+  CAS in etcd + gRPC TakeoverSession), CONNECT -> CONNACK, --takeovers times;
+  the same on one node alone (a takeover between connections of one node) and on
+  mosquitto.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from loadtest.bench.brokers import Mosquitto, Shoal
+from loadtest.cluster_bench import ClusterNode, EtcdServer
+from mqtt import Connack, Connect, Disconnect, Framer, Prop, decode, encode
+
+HOST = "127.0.0.1"
+_ids = itertools.count()
+
+
+async def _connack(reader, framer: Framer, version: int):
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            raise ConnectionError("closed before CONNACK")
+        for first, body in framer.feed(data):
+            p = decode(first, body, version)
+            if isinstance(p, Connack):
+                return p
+
+
+async def one_connect(port: int, prefix: str) -> bool:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(encode(Connect(client_id=f"{prefix}-{next(_ids)}", clean_start=True, keepalive=60, version=4), 4))
+        ack = await asyncio.wait_for(_connack(reader, Framer(), 4), 30)
+        writer.write(encode(Disconnect(0), 4))
+        await writer.drain()
+        return ack.reason_code == 0
+    finally:
+        writer.close()
+
+
+async def connect_rate(port: int, seconds: float, concurrency: int, prefix: str) -> float:
+    done = 0
+    failed = 0
+    end = time.monotonic() + seconds
+
+    async def loop():
+        nonlocal done, failed
+        while time.monotonic() < end:
+            try:
+                ok = await one_connect(port, prefix)
+            except (OSError, asyncio.TimeoutError, ConnectionError):
+                ok = False
+            if ok:
+                done += 1
+            else:
+                failed += 1
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    if failed:
+        print(f"  {failed} connects failed on port {port}", file=sys.stderr)
+    return done / (time.monotonic() - t0)
+
+
+async def takeovers(ports: list[int], count: int, cid: str) -> list[float]:
+    """ms from CONNECT to CONNACK, each CONNECT on the next port in turn (session present)."""
+    props = {Prop.SESSION_EXPIRY_INTERVAL: 300}
+    held = []
+    out = []
+    for i in range(count + 1):
+        port = ports[i % len(ports)]
+        reader, writer = await asyncio.open_connection(HOST, port)
+        t0 = time.perf_counter()
+        writer.write(encode(Connect(client_id=cid, clean_start=(i == 0), keepalive=60, version=5, properties=dict(props)), 5))
+        ack = await asyncio.wait_for(_connack(reader, Framer(), 5), 30)
+        ms = (time.perf_counter() - t0) * 1000
+        if ack.reason_code != 0 or (i > 0 and not ack.session_present):
+            raise RuntimeError(f"takeover {i} on {port}: {ack}")
+        if i:
+            out.append(ms)
+        held.append(writer)
+        if len(held) > 2:
+            held.pop(0).close()
+    for w in held:
+        w.close()
+    return out
+
+
+def leader_failover(nodes: list, ttl: int) -> tuple[str, str, float]:
+    """SIGKILL the leader's node; seconds until a surviving node names another leader."""
+    import os
+    import signal
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from loadtest.chaos import children
+
+    seen: list[tuple[float, str]] = []
+    got = threading.Event()
+
+    def on_msg(client, userdata, msg):
+        seen.append((time.monotonic(), msg.payload.decode()))
+        got.set()
+
+    def watch(port: int):
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"failover-{port}")
+        c.on_message = on_msg
+        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("$SYS/broker/cluster/leader")
+        c.connect(HOST, port)
+        c.loop_start()
+        return c
+
+    first = watch(nodes[0].port)
+    if not got.wait(20):
+        raise RuntimeError("no $SYS/broker/cluster/leader")
+    first.loop_stop()
+    first.disconnect()
+    old = seen[-1][1]
+    dead = next(n for n in nodes if n.name == old)
+    survivor = next(n for n in nodes if n is not dead)
+    seen.clear()
+    got.clear()
+    c = watch(survivor.port)
+    got.wait(20)  # the retained name
+    got.clear()
+    t0 = time.monotonic()
+    for pid in [dead.proc.pid, *children(dead.proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    dead.proc.wait(5)
+    if not got.wait(10 * ttl + 30):
+        raise RuntimeError("no new leader")
+    c.loop_stop()
+    c.disconnect()
+    return old, seen[-1][1], time.monotonic() - t0
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m loadtest.cluster_sessions")
+    ap.add_argument("--seconds", type=float, default=10.0, help="seconds of connect load per run")
+    ap.add_argument("--concurrency", type=int, default=20, help="connections in progress per node")
+    ap.add_argument("--takeovers", type=int, default=300)
+    ap.add_argument("--workers", type=int, default=1, help="workers per node")
+    args = ap.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="csess") as tmpdir:
+        tmp = Path(tmpdir)
+        etcd = EtcdServer(tmp)
+        etcd.start()
+        nodes = []
+        for name in ("n1", "n2", "n3"):
+            d = tmp / name
+            d.mkdir()
+            nodes.append(ClusterNode(args.workers, d, name, etcd.url))
+        (tmp / "alone").mkdir()
+        alone = Shoal(args.workers, tmp / "alone")
+        (tmp / "mosquitto").mkdir()
+        mosq = Mosquitto(1, tmp / "mosquitto")
+        try:
+            for b in (*nodes, alone, mosq):
+                b.start()
+            print("connect rate: one node alone ...", file=sys.stderr, flush=True)
+            single = asyncio.run(connect_rate(alone.port, args.seconds, args.concurrency, "alone"))
+            print("connect rate: three cluster nodes at once ...", file=sys.stderr, flush=True)
+
+            async def three():
+                return await asyncio.gather(*(connect_rate(n.port, args.seconds, args.concurrency, n.name) for n in nodes))
+
+            per_node = asyncio.run(three())
+            print("connect rate: mosquitto ...", file=sys.stderr, flush=True)
+            mq = asyncio.run(connect_rate(mosq.port, args.seconds, args.concurrency, "mq"))
+            print("connect rate: one cluster node alone busy ...", file=sys.stderr, flush=True)
+            one_of_three = asyncio.run(connect_rate(nodes[0].port, args.seconds, args.concurrency, "n1only"))
+            print("takeovers ...", file=sys.stderr, flush=True)
+            cross = asyncio.run(takeovers([nodes[0].port, nodes[1].port], args.takeovers, "tk-cross"))
+            same = asyncio.run(takeovers([alone.port], args.takeovers, "tk-alone"))
+            same_cluster = asyncio.run(takeovers([nodes[2].port], args.takeovers, "tk-same"))
+            mqt = asyncio.run(takeovers([mosq.port], args.takeovers, "tk-mq"))
+            print("leader failover ...", file=sys.stderr, flush=True)
+            failover = leader_failover(nodes, 5)
+        finally:
+            for b in (*nodes, alone, mosq):
+                b.stop()
+            etcd.stop()
+    print(f"| connect rate ({args.concurrency} at a time, {args.seconds:g} s) | connects/s |")
+    print("|---|---:|")
+    print(f"| shoal, one node alone | {single:,.0f} |")
+    for n, r in zip(nodes, per_node):
+        print(f"| shoal cluster, {n.name} (three nodes loaded at once) | {r:,.0f} |")
+    print(f"| shoal cluster, n1 loaded alone | {one_of_three:,.0f} |")
+    print(f"| mosquitto | {mq:,.0f} |")
+    print()
+    print(f"| takeover ({args.takeovers} times) | p50 ms | p99 ms |")
+    print("|---|---:|---:|")
+    for label, xs in (("shoal across nodes (n1 <-> n2)", cross), ("shoal cluster, same node", same_cluster),
+                      ("shoal, one node alone", same), ("mosquitto", mqt)):
+        print(f"| {label} | {pct(xs, 0.5):.2f} | {pct(xs, 0.99):.2f} |")
+    print()
+    print(f"leader failover: {failover[0]} SIGKILLed, {failover[1]} named leader {failover[2]:.2f} s later "
+          "(SHOAL_CLUSTER_LEASE_TTL=5: the dead lease expires after 5 s, then the next try takes the key)")
+    rows.append((single, per_node))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

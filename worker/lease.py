@@ -1,0 +1,52 @@
+"""The worker's side of cluster/fence.py: serve only while the node holds its etcd lease."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from common.logs import kv
+from mqtt import ReasonCode
+
+log = logging.getLogger("shoal.broker")
+
+
+class LeaseGuard:
+    def __init__(self, broker):
+        self.broker = broker
+        self.until: float | None = None
+        # a node that never held a lease (etcd unreachable since it started, or misconfigured)
+        # serves its local clients as issue 10 says; once it held one, it never serves without
+        self.fenced = False
+        self.timer = None
+
+    def update(self, until: float | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        now = time.monotonic()
+        self.until = until
+        if until is None or until <= now:
+            self.fence()
+            return
+        if self.fenced:
+            log.info("cluster lease held: accepting clients")
+        self.fenced = False
+        # libuv runs due timers before it polls for input: after a freeze (SIGSTOP) this
+        # fires before any packet that waited is read
+        self.timer = asyncio.get_running_loop().call_later(until - now, self._due)
+
+    def _due(self) -> None:
+        self.timer = None
+        if self.until is None or time.monotonic() >= self.until:
+            self.fence()
+
+    def fence(self) -> None:
+        if self.fenced:
+            return
+        self.fenced = True
+        conns = list(self.broker.connections)
+        log.warning("cluster lease lost: disconnecting clients (0x9C), refusing CONNECTs",
+                    extra=kv(clients=len(conns)))
+        for conn in conns:
+            conn.disconnect(ReasonCode.USE_ANOTHER_SERVER, "this node lost its cluster lease")
