@@ -71,12 +71,23 @@ def test_formation(cluster, clients):
         rec = cluster.etcd.get_json(f"nodes/{n.env['SHOAL_NODE_NAME']}")
         assert rec["addr"] == n.env["SHOAL_CLUSTER_ADDR"]
         assert rec["wire"] == 1 and rec["workers"] == 1
-        c = clients.connect(n.port, f"sys-{n.port}")
-        subscribe(c, "$SYS/broker/cluster/#", 0)
-        got = {p.topic: p.payload for p in receive(c, 3)}
+        probes = iter(range(1000))
+
+        def cluster_sys(n=n) -> dict | None:
+            """The retained $SYS/broker/cluster/... topics of node n, once it names the leader."""
+            c = clients.connect(n.port, f"sys-{n.port}-{next(probes)}")
+            subscribe(c, "$SYS/broker/cluster/#", 0)
+            got = {p.topic: p.payload for p in c.barrier() if isinstance(p, Publish)}
+            c.close()
+            return got if "$SYS/broker/cluster/leader" in got else None
+
+        got = wait_for(cluster_sys, 20, 0.2, f"node {n.port} naming the leader")
+        assert sorted(got) == ["$SYS/broker/cluster/joined", "$SYS/broker/cluster/leader",
+                               "$SYS/broker/cluster/nodes", "$SYS/broker/cluster/nodes/count"]
         assert json.loads(got["$SYS/broker/cluster/nodes"]) == sorted(NAMES)
         assert got["$SYS/broker/cluster/nodes/count"] == b"3"
         assert got["$SYS/broker/cluster/joined"] == b"1"
+        assert got["$SYS/broker/cluster/leader"].decode() in NAMES
 
 
 def test_ready_and_metrics_know_the_cluster(cluster):
