@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-unit test-integration bench clean
+.PHONY: install run test test-unit test-integration bench fuzz clean
 
 $(STAMP): pyproject.toml
 	@command -v mosquitto >/dev/null 2>&1 || { \
@@ -36,6 +36,11 @@ test-integration: install
 bench: install
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m loadtest.bench $(BENCH_ARGS)
+
+# live fuzzing of a node (tests/fuzz/live.py); not part of `make test`; stops after FUZZ_SECONDS
+FUZZ_SECONDS ?= 600
+fuzz: install
+	$(PY) -m tests.fuzz.live --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
