@@ -78,13 +78,14 @@ class Generator:
         ("flood", 1), ("publish-burst", 3),
     )
 
-    def __init__(self, pool: dict[int, list[bytes]], rng: random.Random, lane: str, max_packet_size: int):
+    def __init__(self, pool: dict[int, list[bytes]], rng: random.Random, lane: str, max_packet_size: int,
+                 only: list[str] | None = None):
         self.pool = pool
         self.rng = rng
         self.lane = lane
         self.n = 0
         self.max_packet_size = max_packet_size
-        kinds, weights = zip(*self.KINDS)
+        kinds, weights = zip(*[(k, w) for k, w in self.KINDS if not only or k in only])
         self._kinds = kinds
         self._weights = weights
 

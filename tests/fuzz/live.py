@@ -28,6 +28,7 @@ import json
 import os
 import random
 import resource
+import signal
 import sys
 import time
 
@@ -35,7 +36,7 @@ from common.settings import Settings
 from tests.fuzz.canary import Canary
 from tests.fuzz.cases import Generator, build_pool
 from tests.fuzz.transports import TlsTransport, Transport, WsTransport
-from tests.fuzz.watch import Watch
+from tests.fuzz.watch import Watch, node_gauges
 from tests.support.node import Node, free_port, wait_for
 
 ALL_TRANSPORTS = ("tcp", "tls", "ws")
@@ -69,8 +70,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--canary-rate", type=float, default=20.0, help="canary QoS 1 messages per second")
     ap.add_argument("--max-growth-mib", type=float, default=64.0,
                     help="RSS growth (after settling, all node processes) above which the run fails")
+    ap.add_argument("--kinds", default="", help="comma-separated case kinds to send (default: all; see tests/fuzz/cases.py)")
     ap.add_argument("--json", dest="json_path", default=None, help="where to write the report (default: /tmp)")
     args = ap.parse_args(argv)
+    args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    bad = set(args.kinds) - {k for k, _ in Generator.KINDS}
+    if bad:
+        ap.error(f"unknown case kind(s): {', '.join(sorted(bad))}")
     args.transports = [t.strip() for t in args.transports.split(",") if t.strip()]
     unknown = set(args.transports) - set(ALL_TRANSPORTS)
     if unknown:
@@ -125,14 +131,12 @@ async def fuzz(transports: list[Transport], args, watch: Watch) -> None:
 
     async def lane(t: Transport, i: int) -> None:
         rng = random.Random(f"{args.seed}-{t.name}-{i}")
-        gen = Generator(pool, rng, f"{t.name}{i}", MAX_PACKET_SIZE)
+        gen = Generator(pool, rng, f"{t.name}{i}", MAX_PACKET_SIZE, args.kinds)
         while loop.time() < deadline:
-            case = t.own_case(rng) if rng.random() < 0.25 else None
+            case = t.own_case(rng) if rng.random() < 0.25 and not args.kinds else None
             if case is None:
                 case = gen.next()
-                while case.kind == "flood" and flood_lock.locked():
-                    case = gen.next()
-            if case.kind == "flood":
+            if case.kind == "flood":  # one flood at a time: the bound on connections is flood_max
                 async with flood_lock:
                     await t.run(case, rng, args.case_timeout)
             else:
@@ -173,6 +177,7 @@ def run(args) -> dict:
         for c in canaries:  # the canary runs before the fuzz starts: the baseline includes it
             wait_for(lambda c=c: len(c.received) >= 5, 30, what=f"canary {c.name} flowing")
         fds_before = watch.fds()
+        gauges_before = node_gauges(node)
         rss_before = watch.rss()
         watch.poll()
 
@@ -204,6 +209,7 @@ def run(args) -> dict:
                 break
             time.sleep(1.0)  # the sampling period of the settle phase
         rss_settled = watch.rss()
+        gauges_settled = node_gauges(node)
 
         canary_reports = [c.finish() for c in canaries]
         canaries = []
@@ -237,6 +243,7 @@ def run(args) -> dict:
                 "per_process_after_settle": rss_settled["processes_kib"],
                 "samples": watch.samples,
             },
+            "node_state": {"before": gauges_before, "after_settle": gauges_settled},
             "node_errors": {"count": len(errors), "lines": errors[:30]},
         }
         failures = []
@@ -285,8 +292,13 @@ def summary(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through run()'s finally: the node is stopped
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     path = args.json_path or f"/tmp/shoal-fuzz-{time.strftime('%Y%m%dT%H%M%S')}.json"
     print(f"fuzzing for {args.seconds:.0f} s over {', '.join(args.transports)} (seed {args.seed})", flush=True)
     report = run(args)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 
@@ -81,3 +82,35 @@ class Watch:
         """Lines of the node's log that show a defect: internal errors, tracebacks, processes exiting."""
         bad = re.compile(r"internal error|Traceback|exited with|level=error| error |\"level\": \"error\"")
         return [line for line in self.node.log().splitlines() if bad.search(line)]
+
+
+# the node's own counts of what it holds, to tell state left behind from memory the node lost
+GAUGES = ("shoal_connections", "shoal_sessions", "shoal_sessions_offline", "shoal_subscriptions",
+          "shoal_queued_messages", "shoal_inflight_messages", "shoal_retained_messages", "shoal_router_routes",
+          "shoal_router_registered_sessions", "shoal_router_claims", "shoal_router_pending_confirms",
+          "shoal_router_backlog", "shoal_router_retained_messages")
+
+
+def node_gauges(node: Node) -> dict | None:
+    """Node-wide gauges from /metrics on the admin socket (None when this tree has none)."""
+    path = os.path.join(node.tmp, f"shoal-{node.port}-admin.sock")
+    if not os.path.exists(path):
+        return None
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(path)
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: fuzz\r\nConnection: close\r\n\r\n")
+            data = bytearray()
+            while chunk := s.recv(65536):
+                data += chunk
+    except OSError as e:
+        return {"error": str(e)}
+    out: dict = {}
+    for line in data.decode(errors="replace").partition("\r\n\r\n")[2].splitlines():
+        name, _, rest = line.partition("{")
+        if name in GAUGES and "worker=" not in rest:
+            labels = rest.partition("}")[0]
+            key = name + ("" if "direction" not in labels else "_" + labels.split('direction="')[1].split('"')[0])
+            out[key] = float(line.rsplit(" ", 1)[1])
+    return out
