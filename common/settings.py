@@ -76,6 +76,24 @@ class Settings(BaseSettings):
     max_connections: int = 0  # clients per node, shared out between the workers; 0: no limit
     max_publish_rate: float = 0.0  # PUBLISH packets per second per client (reading pauses past it); 0: off
 
+    # -- TLS and WebSocket listeners (worker/tls.py, worker/websocket.py) ----
+    # 0: the listener is off. Every worker binds each port with SO_REUSEPORT,
+    # like SHOAL_PORT. The TLS handshake and the WebSocket upgrade must each
+    # finish within connect_timeout seconds.
+    tls_port: int = Field(default=0, ge=0, le=65535)  # MQTT over TLS
+    tls_certfile: Path | None = None  # PEM server certificate (chain)
+    tls_keyfile: Path | None = None  # PEM private key of tls_certfile
+    tls_cafile: Path | None = None  # PEM CA(s) that client certificates must chain to
+    tls_require_certificate: bool = False  # refuse TLS clients without a valid certificate
+    tls_use_identity_as_username: bool = False  # a TLS client's username is its certificate's CN
+    ws_port: int = Field(default=0, ge=0, le=65535)  # MQTT over WebSocket (path /mqtt, subprotocol mqtt)
+    wss_port: int = Field(default=0, ge=0, le=65535)  # MQTT over WebSocket over TLS (the tls_* certificate settings)
+
+    @field_validator("tls_certfile", "tls_keyfile", "tls_cafile", mode="before")
+    @classmethod
+    def _empty_tls_path_is_none(cls, v):
+        return None if v in ("", None) else v
+
     @field_validator("acl_file", "data_dir", "password_file", mode="before")
     @classmethod
     def _empty_is_none(cls, v):

@@ -17,6 +17,7 @@ from .acl import AclError
 from .passwd import PasswordError
 from .server import WorkerServer
 from .store import StoreError
+from .tls import TlsError
 
 
 def main() -> None:
@@ -38,7 +39,7 @@ def main() -> None:
     try:
         server = WorkerServer(settings, args.wid, args.fd)  # loads the ACL and password files
         uvloop.run(server.run())
-    except (AclError, PasswordError, StoreError) as e:
+    except (AclError, PasswordError, StoreError, TlsError) as e:
         # never serve without the configured ACL or store: exit; circus retries
         # every check_delay, so the worker starts once the file is fixed
         logging.getLogger("shoal.worker").error("cannot start: %s", e)

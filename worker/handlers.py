@@ -29,6 +29,7 @@ from .broker import will_from_connect
 from .limits import PublishRate, Sparse, count_publish
 from .message import Message
 from .session import NEVER, Delivery, OutState, SubOptions
+from .tls import use_identity
 
 log = logging.getLogger("shoal.conn")
 
@@ -76,13 +77,16 @@ def handle_connect(conn, p) -> None:
     p.client_id = cid
     conn.client_id = cid
     conn.username = p.username
+    # on TLS with SHOAL_TLS_USE_IDENTITY_AS_USERNAME the certificate's CN is the username
+    # and, as in mosquitto, no password is checked (worker/tls.py)
+    identified = st.tls_use_identity_as_username and use_identity(conn, p)
     conn._connack_extra = (assigned, None, False)
     if not admit(conn, cid):
         return
     conn.state = 1  # State.CONNECTING: the answer may come later (password check)
     conn.suspend()
     auth = broker.auth
-    if auth is None:
+    if auth is None or identified:
         if not st.allow_anonymous and p.username is None:
             raise MQTTError(ReasonCode.NOT_AUTHORIZED, "anonymous clients are not allowed")
         connect_authorised(conn, p)

@@ -35,6 +35,10 @@ class Metrics:
     auth_cache_hits: int = 0  # logins verified from the cache (no hash computed)
     refused_max_connections: int = 0  # CONNECTs refused (0x97) past SHOAL_MAX_CONNECTIONS
     publish_throttled: int = 0  # times a client's reading paused for SHOAL_MAX_PUBLISH_RATE
+    # TLS and WebSocket listeners (worker/tls.py, worker/websocket.py)
+    tls_handshake_failures: int = 0  # failed or timed-out TLS handshakes
+    ws_handshake_failures: int = 0  # refused or timed-out WebSocket upgrades
+    ws_protocol_errors: int = 0  # text frames and frames wsproto could not parse
 
     def as_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.type == "int"}

@@ -16,6 +16,7 @@ from .acl import Acl, AclError
 from .auth import Authenticator
 from .bridge import LocalBridge
 from .broker import Broker
+from .listeners import Listeners
 from .ops_link import OpsLink
 from .protocol import Connection, Writer
 from .router_link import RouterBridge
@@ -26,7 +27,7 @@ from .sys_topics import publish_sys, publish_version
 log = logging.getLogger("shoal.worker")
 
 
-def listen_socket(settings: Settings, fd: int | None) -> socket.socket:
+def listen_socket(settings: Settings, fd: int | None, port: int | None = None) -> socket.socket:
     """The listening socket: handed over by circusd (fd), or bound here with
     SO_REUSEPORT so that every worker of the node has its own accept queue."""
     if fd is not None:
@@ -35,7 +36,7 @@ def listen_socket(settings: Settings, fd: int | None) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((settings.host, settings.port))
+    sock.bind((settings.host, port or settings.port))
     sock.listen(1024)
     return sock
 
@@ -53,6 +54,7 @@ class WorkerServer:
         self.server: asyncio.AbstractServer | None = None
         self.stopping = asyncio.Event()
         self._ticker: asyncio.Task | None = None
+        self.listeners = Listeners()  # TLS, WebSocket, WSS (worker/listeners.py)
         self.ops = OpsLink(self)  # health beats and admin answers to the router
 
     def open_store(self, loop) -> None:
@@ -85,6 +87,7 @@ class WorkerServer:
             log.info("password file loaded", extra=kv(path=str(self.settings.password_file), users=len(self.passwords)))
         sock = listen_socket(self.settings, self.fd)
         self.server = await loop.create_server(lambda: Connection(self.broker), sock=sock, backlog=1024)
+        await self.listeners.open(loop, self.settings, self.broker, listen_socket)
         self.broker.bridge.connect()
         if self.settings.sys_interval > 0:
             publish_version(self.broker)  # there from the start, not only after the first interval
@@ -145,6 +148,7 @@ class WorkerServer:
         self.ops.beat_once()  # not serving any more: /ready says 503 while the clients drain
         if self.server is not None:
             self.server.close()
+        self.listeners.close()
         if self._ticker is not None:
             self._ticker.cancel()
         for conn in list(self.broker.connections):

@@ -35,6 +35,9 @@ TOPICS = {
     "auth/cache hits": "auth_cache_hits",
     "clients/refused/max connections": "refused_max_connections",
     "publish/throttled": "publish_throttled",
+    "tls/handshakes/failed": "tls_handshake_failures",
+    "websocket/handshakes/failed": "ws_handshake_failures",
+    "websocket/protocol_errors": "ws_protocol_errors",
 }
 
 
