@@ -40,6 +40,7 @@ class Canary:
         self.subscribed = threading.Event()
         self.stop_flag = threading.Event()
         self.mid_seq: dict[int, int] = {}
+        self.early_acks: set[int] = set()
         self.seq = 0
         self.sub = self._client(f"fuzz-canary-sub-{name}-{run}", "sub", transport, tls_ca)
         self.pub = self._client(f"fuzz-canary-pub-{name}-{run}", "pub", transport, tls_ca)
@@ -83,8 +84,15 @@ class Canary:
                 self.seq += 1
                 seq = self.seq
                 self.sent_at[seq] = time.monotonic()
-                info = self.pub.publish(self.topic, str(seq).encode(), qos=1)
-                self.mid_seq[info.mid] = seq
+            # never hold self.lock inside paho: its network thread holds paho's locks when it
+            # calls _on_publish, which takes self.lock (the two orders would deadlock)
+            info = self.pub.publish(self.topic, str(seq).encode(), qos=1)
+            with self.lock:
+                if info.mid in self.early_acks:  # the PUBACK came before publish() returned
+                    self.early_acks.discard(info.mid)
+                    self.acked.add(seq)
+                else:
+                    self.mid_seq[info.mid] = seq
             next_at += self.period
             self.stop_flag.wait(max(0.0, next_at - time.monotonic()))  # the publishing pace, not a test wait
 
@@ -93,6 +101,8 @@ class Canary:
             seq = self.mid_seq.pop(mid, None)
             if seq is not None:
                 self.acked.add(seq)
+            else:
+                self.early_acks.add(mid)
 
     def _on_message(self, client, userdata, msg) -> None:
         now = time.monotonic()
