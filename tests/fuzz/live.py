@@ -30,6 +30,7 @@ import random
 import resource
 import signal
 import sys
+import threading
 import time
 
 from common.settings import Settings
@@ -68,8 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--flood-max", type=int, default=100, help="most connections one flood opens")
     ap.add_argument("--settle", type=float, default=15.0, help="seconds of RSS samples after the fuzz connections closed")
     ap.add_argument("--canary-rate", type=float, default=20.0, help="canary QoS 1 messages per second")
-    ap.add_argument("--max-growth-mib", type=float, default=64.0,
+    ap.add_argument("--max-growth-mib", type=float, default=256.0,
                     help="RSS growth (after settling, all node processes) above which the run fails")
+    ap.add_argument("--max-slope", type=float, default=2.0,
+                    help="MiB/min of RSS growth over the second half of a run of 60 s or more above which it fails"
+                         " (the heap grows to a plateau; growth that goes on is a leak)")
     ap.add_argument("--kinds", default="", help="comma-separated case kinds to send (default: all; see tests/fuzz/cases.py)")
     ap.add_argument("--json", dest="json_path", default=None, help="where to write the report (default: /tmp)")
     args = ap.parse_args(argv)
@@ -164,6 +168,11 @@ def run(args) -> dict:
     node.start(60)
     canaries: list[Canary] = []
     report: dict = {}
+    # the run stops by itself even if a part of it hangs: the node is stopped and the process ends
+    limit = args.seconds + args.case_timeout + args.settle + 180
+    watchdog = threading.Timer(limit, _hard_stop, (node, limit))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         watch = Watch(node)
         circus_before = watch.circus()
@@ -256,9 +265,13 @@ def run(args) -> dict:
             failures.append(f"{len(errors)} error line(s) in the node log")
         if growth_kib > args.max_growth_mib * 1024:
             failures.append(f"memory grew {growth_kib / 1024:.1f} MiB (limit {args.max_growth_mib} MiB)")
+        slope = report["memory"]["slope_second_half_mib_per_min"]
+        if fuzz_seconds >= 60 and slope is not None and slope > args.max_slope:
+            failures.append(f"memory still growing {slope} MiB/min in the second half (limit {args.max_slope})")
         report["failures"] = failures
         report["ok"] = not failures
     finally:
+        watchdog.cancel()
         for c in canaries:
             try:
                 c.finish(0.1)
@@ -266,6 +279,14 @@ def run(args) -> dict:
                 pass
         node.stop()
     return report
+
+
+def _hard_stop(node: Node, limit: float) -> None:
+    print(f"fuzz: not finished after {limit:.0f} s; stopping the node and exiting", file=sys.stderr, flush=True)
+    try:
+        node.stop()
+    finally:
+        os._exit(3)
 
 
 def summary(r: dict) -> str:
