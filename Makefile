@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JS_STAMP := tests/js/node_modules/.installed
 
-.PHONY: install run cluster test test-unit test-integration bench chaos clean
+.PHONY: install run cluster test test-unit test-integration bench chaos fuzz clean
 
 $(STAMP): pyproject.toml
 	@command -v mosquitto >/dev/null 2>&1 || { \
@@ -64,6 +64,11 @@ chaos: install
 bench: install
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m loadtest.bench $(BENCH_ARGS)
+
+# live fuzzing of a node (tests/fuzz/live.py); not part of `make test`; stops after FUZZ_SECONDS
+FUZZ_SECONDS ?= 600
+fuzz: install
+	$(PY) -m tests.fuzz.live --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache tests/js/node_modules

@@ -181,6 +181,7 @@ class Connection(asyncio.Protocol):
             broker.admitted -= 1
         if self.connect_timer is not None:
             self.connect_timer.cancel()
+        broker.keepalive.discard(self)  # or it keeps this connection and its buffers until its deadline
         session = self.session
         if session is not None:
             self.session = None

@@ -13,18 +13,37 @@ class KeepaliveWheel:
     """Connections bucketed by the whole second of their deadline (O(1) per check).
 
     A connection is re-checked when its bucket comes due: if it has received a
-    packet since, it moves to its new bucket; otherwise it has expired.
+    packet since, it moves to its new bucket; otherwise it has expired. A
+    connection that closes leaves its bucket at once (`discard`): left there it
+    would keep its buffers (a partial packet of up to SHOAL_MAX_PACKET_SIZE)
+    until 1.5 times its keepalive had passed, up to 27 hours.
     """
 
     def __init__(self) -> None:
-        self._buckets: dict[int, list] = {}
+        self._buckets: dict[int, dict] = {}  # second -> {conn: None}, in insertion order
+        self._where: dict = {}  # conn -> the second of its bucket
         self._cursor: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._where)
 
     def add(self, conn, deadline: float) -> None:
         sec = int(deadline)  # due at the first tick in or after this second (re-bucketed if early)
         if self._cursor is not None and sec < self._cursor:
             sec = self._cursor
-        self._buckets.setdefault(sec, []).append(conn)
+        self.discard(conn)
+        self._buckets.setdefault(sec, {})[conn] = None
+        self._where[conn] = sec
+
+    def discard(self, conn) -> None:
+        sec = self._where.pop(conn, None)
+        if sec is None:
+            return
+        bucket = self._buckets.get(sec)
+        if bucket is not None:
+            bucket.pop(conn, None)
+            if not bucket:
+                del self._buckets[sec]
 
     def expire(self, now: float) -> list:
         """Connections whose keepalive deadline passed (re-bucketing the rest)."""
@@ -32,12 +51,14 @@ class KeepaliveWheel:
         if self._cursor is None:
             self._cursor = min(sec, min(self._buckets, default=sec))  # never start in the future
         due = []
+        where = self._where
         while self._cursor <= sec:
             bucket = self._buckets.pop(self._cursor, None)
             self._cursor += 1
             if not bucket:
                 continue
             for conn in bucket:
+                del where[conn]
                 deadline = conn.keepalive_deadline()
                 if deadline is None:
                     continue  # closed, or keepalive switched off

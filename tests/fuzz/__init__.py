@@ -1,0 +1,1 @@
+"""Live fuzzing of a running node (`make fuzz`, `python -m tests.fuzz.live`)."""
