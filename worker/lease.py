@@ -25,6 +25,10 @@ class LeaseGuard:
             self.timer.cancel()
             self.timer = None
         now = time.monotonic()
+        if self.until is not None and now >= self.until:
+            # the lease we served under ran out before this news came: when the whole node
+            # was frozen (SIGSTOP) inside its poll, the news is read before the timer runs
+            self.fence()
         self.until = until
         if until is None or until <= now:
             self.fence()
@@ -32,8 +36,7 @@ class LeaseGuard:
         if self.fenced:
             log.info("cluster lease held: accepting clients")
         self.fenced = False
-        # libuv runs due timers before it polls for input: after a freeze (SIGSTOP) this
-        # fires before any packet that waited is read
+        # (a process frozen inside its poll reads what waited before this runs: see above)
         self.timer = asyncio.get_running_loop().call_later(until - now, self._due)
 
     def _due(self) -> None:

@@ -533,3 +533,32 @@ def test_node_sigkill_others_go_on(cluster, clients):
     publish(pub, "c30/kill", b"back", 1, pid=4)
     assert [p.payload for p in receive(back, 1)] == [b"back"]
     assert [p.payload for p in receive(n2sub, 1)] == [b"back"]
+
+
+def test_shoalctl_lists_and_kicks_across_the_cluster(cluster, clients):
+    """shoalctl on one node lists the clients of every node and kicks one held by another node
+    (issue 12: the admin command works in a cluster)."""
+    import subprocess
+
+    from mqtt import Disconnect, ReasonCode
+    from tests.support.node import VENV_BIN
+
+    n1 = cluster.nodes[0]
+    on2 = clients.connect(port(cluster, "n2"), "ctl-on-n2", 5)
+    on3 = clients.connect(port(cluster, "n3"), "ctl-on-n3", 5)
+
+    def ctl(*args: str) -> subprocess.CompletedProcess:
+        r = subprocess.run([str(VENV_BIN / "shoalctl"), *args], env=n1.env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+        return r
+
+    nodes = json.loads(ctl("--json", "nodes").stdout)["nodes"]
+    assert sorted(x["node"] for x in nodes) == sorted(NAMES)
+    answer = json.loads(ctl("--json", "clients").stdout)
+    assert answer["answers"] == 3
+    where = {row["client"]: row["node"] for row in answer["clients"]}
+    assert (where.get("ctl-on-n2"), where.get("ctl-on-n3")) == ("n2", "n3"), answer
+    assert "ctl-on-n3" in ctl("kick", "ctl-on-n3").stdout
+    got = on3.expect_closed(timeout=10)
+    assert [(type(p), p.reason_code) for p in got] == [(Disconnect, ReasonCode.ADMINISTRATIVE_ACTION)], got
+    assert on2.barrier() == []

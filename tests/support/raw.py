@@ -106,8 +106,13 @@ class RawClient:
 
 def connect(port: int, client_id: str, version: int = 4, **kw) -> RawClient:
     c = RawClient(port, version)
-    ack = c.connect(client_id, **kw)
+    try:
+        ack = c.connect(client_id, **kw)
+    except BaseException:
+        c.close()
+        raise
     if getattr(ack, "reason_code", 0) != 0:
+        c.close()
         raise AssertionError(f"CONNECT refused: {ack!r}")
     return c
 
