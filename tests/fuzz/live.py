@@ -149,7 +149,7 @@ async def fuzz(transports: list[Transport], args, watch: Watch) -> None:
     async def monitor() -> None:
         while loop.time() < deadline:
             watch.poll()
-            await asyncio.sleep(1.0)  # the sampling period of the monitor
+            await asyncio.sleep(1.0)  # allowed: the sampling period of the monitor
 
     await asyncio.gather(monitor(), *(lane(t, i) for t in transports for i in range(args.lanes)))
 
@@ -216,7 +216,7 @@ def run(args) -> dict:
             watch.poll()
             if time.monotonic() >= settle_end:
                 break
-            time.sleep(1.0)  # the sampling period of the settle phase
+            time.sleep(1.0)  # allowed: the sampling period of the settle phase
         rss_settled = watch.rss()
         gauges_settled = node_gauges(node)
 

@@ -36,6 +36,7 @@ from mqtt import (
     Will,
 )
 from tests.support.node import Node, wait_for
+from tests.support.raw import receive  # noqa: F401 (used here and by the modules that import it from here)
 
 WORKERS = 3
 SEI = Prop.SESSION_EXPIRY_INTERVAL
@@ -188,27 +189,6 @@ def finish(pub, count: int, qos: int) -> list[int]:
             raise AssertionError(f"unexpected {p!r}")
     assert done == set(range(1, count + 1))
     return [codes[pid] for pid in sorted(codes)]
-
-
-def receive(c, count: int, timeout: float = 5.0) -> list[Publish]:
-    """`count` PUBLISHes, acknowledged as a client does; nothing else may follow."""
-    got, open_rel = [], set()
-    while len(got) < count or open_rel:
-        p = c.recv(timeout)
-        if isinstance(p, Publish):
-            got.append(p)
-            if p.qos == 1:
-                c.send(PubAck(p.packet_id))
-            elif p.qos == 2:
-                c.send(PubRec(p.packet_id))
-                open_rel.add(p.packet_id)
-        elif isinstance(p, PubRel) and p.packet_id in open_rel:
-            open_rel.discard(p.packet_id)
-            c.send(PubComp(p.packet_id))
-        else:
-            raise AssertionError(f"unexpected {p!r}")
-    assert c.barrier() == []
-    return got
 
 
 def sentinel_first(sub, pub, topic: str) -> None:

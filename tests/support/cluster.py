@@ -144,26 +144,10 @@ def publish(pub, topic: str, payload: bytes, qos: int, pid: int = 1, retain: boo
 
 
 def receive(c, count: int, timeout: float = 20.0) -> list:
-    """`count` PUBLISHes, acknowledged as a client does; nothing else may follow."""
-    from mqtt import PubAck, PubComp, PubRec, PubRel, Publish
+    """tests/support/raw.py's receive, with a deadline for messages that cross nodes."""
+    from tests.support.raw import receive as receive_raw
 
-    got, open_rel = [], set()
-    while len(got) < count or open_rel:
-        p = c.recv(timeout)
-        if isinstance(p, Publish):
-            got.append(p)
-            if p.qos == 1:
-                c.send(PubAck(p.packet_id))
-            elif p.qos == 2:
-                c.send(PubRec(p.packet_id))
-                open_rel.add(p.packet_id)
-        elif isinstance(p, PubRel) and p.packet_id in open_rel:
-            open_rel.discard(p.packet_id)
-            c.send(PubComp(p.packet_id))
-        else:
-            raise AssertionError(f"unexpected {p!r}")
-    assert c.barrier() == []
-    return got
+    return receive_raw(c, count, timeout)
 
 
 def free_ports_for_local_cluster(n: int = 3) -> list[int]:

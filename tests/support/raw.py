@@ -10,6 +10,11 @@ from mqtt import (
     MQTTError,
     PingReq,
     PingResp,
+    PubAck,
+    PubComp,
+    PubRec,
+    PubRel,
+    Publish,
     decode,
     encode,
 )
@@ -117,4 +122,25 @@ def connect(port: int, client_id: str, version: int = 4, **kw) -> RawClient:
     return c
 
 
-__all__ = ["RawClient", "Closed", "connect", "MQTTError"]
+def receive(c, count: int, timeout: float = 5.0) -> list:
+    """`count` PUBLISHes, acknowledged as a client does; nothing else may follow."""
+    got, open_rel = [], set()
+    while len(got) < count or open_rel:
+        p = c.recv(timeout)
+        if isinstance(p, Publish):
+            got.append(p)
+            if p.qos == 1:
+                c.send(PubAck(p.packet_id))
+            elif p.qos == 2:
+                c.send(PubRec(p.packet_id))
+                open_rel.add(p.packet_id)
+        elif isinstance(p, PubRel) and p.packet_id in open_rel:
+            open_rel.discard(p.packet_id)
+            c.send(PubComp(p.packet_id))
+        else:
+            raise AssertionError(f"unexpected {p!r}")
+    assert c.barrier() == []
+    return got
+
+
+__all__ = ["RawClient", "Closed", "connect", "receive", "MQTTError"]
