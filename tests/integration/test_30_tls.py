@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from mqtt import PubAck, Publish, ReasonCode, SubAck, Subscribe, Subscription
 from tests.support.certs import Certs
 from tests.support.node import Node, free_port, wait_for
-from tests.support.raw import Closed, connect
+from tests.support.raw import Closed, connect, sys_value
 from tests.support.transports import client_context, tls_raw
 
 SYS_FAILED = "$SYS/broker/workers/1/tls/handshakes/failed"
@@ -37,32 +37,6 @@ def node(certs):
     n.tls_port = int(n.env["SHOAL_TLS_PORT"])
     yield n
     n.stop()
-
-
-def sys_value(port: int, topic: str, at_least: int, timeout: float = 30.0) -> int:
-    """Read a retained $SYS figure until it reaches `at_least` (it is republished every second)."""
-    from tests.support.raw import connect
-
-    c = connect(port, "", 4)
-    try:
-        c.send(Subscribe(1, [Subscription(topic, 0)]))
-        c.expect(SubAck)
-        seen = []
-
-        def reached():
-            try:
-                p = c.recv(1.0)
-            except TimeoutError:
-                return False
-            if isinstance(p, Publish):
-                seen.append(int(p.payload))
-                return seen[-1] >= at_least
-            return False
-
-        wait_for(reached, timeout, 0, f"{topic} >= {at_least} (seen {seen[-3:]})")
-        return seen[-1]
-    finally:
-        c.close()
 
 
 def failures(node) -> int:

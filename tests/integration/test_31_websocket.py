@@ -15,7 +15,7 @@ from mqtt import Connect, PingReq, PingResp, PubAck, Publish, SubAck, Subscribe,
 from tests.support.certs import Certs
 from tests.support.js import JsClient
 from tests.support.node import Node, free_port, wait_for
-from tests.support.raw import Closed, connect
+from tests.support.raw import Closed, connect, sys_value
 from tests.support.transports import WsRejected, client_context, ws_raw
 
 SYS = "$SYS/broker/workers/1/"
@@ -38,30 +38,6 @@ def node(certs):
     n.wss_port = int(n.env["SHOAL_WSS_PORT"])
     yield n
     n.stop()
-
-
-def sys_value(port: int, name: str, at_least: int, timeout: float = 30.0) -> int:
-    """A retained $SYS figure of worker 1, read until it reaches `at_least`."""
-    c = connect(port, "", 4)
-    try:
-        c.send(Subscribe(1, [Subscription(SYS + name, 0)]))
-        c.expect(SubAck)
-        seen = []
-
-        def reached():
-            try:
-                p = c.recv(1.0)
-            except TimeoutError:
-                return False
-            if isinstance(p, Publish):
-                seen.append(int(p.payload))
-                return seen[-1] >= at_least
-            return False
-
-        wait_for(reached, timeout, 0, f"{name} >= {at_least} (seen {seen[-3:]})")
-        return seen[-1]
-    finally:
-        c.close()
 
 
 def tcp_subscriber(port, topic, version=4):
@@ -92,7 +68,7 @@ def test_client_offering_no_subprotocol_is_taken(node):
 
 
 def test_bad_upgrades_get_an_http_answer_and_are_counted(node):
-    before = sys_value(node.port, "websocket/handshakes/failed", 0)
+    before = sys_value(node.port, SYS + "websocket/handshakes/failed", 0)
     with pytest.raises(WsRejected) as e:
         ws_raw(node.ws_port, path="/other")
     assert e.value.status == 404 and b"/mqtt" in e.value.body
@@ -111,15 +87,15 @@ def test_bad_upgrades_get_an_http_answer_and_are_counted(node):
         while chunk := s.recv(4096):
             reply += chunk
         assert reply.startswith(b"HTTP/1.1 400")
-    sys_value(node.port, "websocket/handshakes/failed", before + 4)
+    sys_value(node.port, SYS + "websocket/handshakes/failed", before + 4)
 
 
 def test_silent_client_is_closed_after_connect_timeout(node):
-    before = sys_value(node.port, "websocket/handshakes/failed", 0)
+    before = sys_value(node.port, SYS + "websocket/handshakes/failed", 0)
     with socket.create_connection(("127.0.0.1", node.ws_port), timeout=30) as s:
         s.sendall(b"GET /mqtt HTTP/1.1\r\n")  # and never the rest
         assert s.recv(4096) == b""  # closed by the server (SHOAL_CONNECT_TIMEOUT=3 here)
-    sys_value(node.port, "websocket/handshakes/failed", before + 1)
+    sys_value(node.port, SYS + "websocket/handshakes/failed", before + 1)
     wait_for(lambda: "event='WebSocket upgrade timeout, closing'" in node.log(), 10, what="the timeout log line")
 
 
@@ -151,12 +127,12 @@ def test_text_frame_closes_with_1003(node):
     c = ws_raw(node.ws_port, 4)
     try:
         assert c.connect("ws-text").reason_code == 0
-        before = sys_value(node.port, "websocket/protocol_errors", 0)
+        before = sys_value(node.port, SYS + "websocket/protocol_errors", 0)
         c.sock.send_text("not binary")
         with pytest.raises(Closed):
             c.recv(20)
         assert c.sock.close_code == 1003
-        sys_value(node.port, "websocket/protocol_errors", before + 1)
+        sys_value(node.port, SYS + "websocket/protocol_errors", before + 1)
     finally:
         c.close()
 
@@ -291,7 +267,7 @@ def test_subscriber_that_stops_reading_pushes_back(node):
     slow.send(Subscribe(1, [Subscription("flood/ws", 0)]))
     slow.expect(SubAck)
     slow.sock.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    before = sys_value(node.port, "publish/messages/dropped", 0)
+    before = sys_value(node.port, SYS + "publish/messages/dropped", 0)
     pub = connect(node.port, "flooder", 4)
     try:
         chunk = b"z" * 65536
@@ -308,7 +284,7 @@ def test_subscriber_that_stops_reading_pushes_back(node):
         # 48 MiB: more than the kernel's socket buffers on both sides can hold beside
         # the 4 MiB the connection buffers before it pauses
         wait_for(flooded, 120, 0, "768 publishes of 64 KiB")
-        sys_value(node.port, "publish/messages/dropped", before + 1)
+        sys_value(node.port, SYS + "publish/messages/dropped", before + 1)
         other = ws_raw(node.ws_port, 4)
         try:
             assert other.connect("ws-other").reason_code == 0

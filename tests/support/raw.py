@@ -143,4 +143,33 @@ def receive(c, count: int, timeout: float = 5.0) -> list:
     return got
 
 
-__all__ = ["RawClient", "Closed", "connect", "receive", "MQTTError"]
+
+def sys_value(port: int, topic: str, at_least: int, timeout: float = 30.0) -> int:
+    """Read a retained $SYS figure until it reaches `at_least` (it is republished every second)."""
+    from mqtt import SubAck, Subscribe, Subscription
+
+    from tests.support.node import wait_for
+
+    c = connect(port, "", 4)
+    try:
+        c.send(Subscribe(1, [Subscription(topic, 0)]))
+        c.expect(SubAck)
+        seen = []
+
+        def reached():
+            try:
+                p = c.recv(1.0)
+            except TimeoutError:
+                return False
+            if isinstance(p, Publish):
+                seen.append(int(p.payload))
+                return seen[-1] >= at_least
+            return False
+
+        wait_for(reached, timeout, 0, f"{topic} >= {at_least} (seen {seen[-3:]})")
+        return seen[-1]
+    finally:
+        c.close()
+
+
+__all__ = ["RawClient", "Closed", "connect", "receive", "sys_value", "MQTTError"]
