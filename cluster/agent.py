@@ -172,7 +172,10 @@ class Agent:
             await self.drain.leaving(DRAIN_TIMEOUT)  # issue 11: the workers' sessions to other nodes first
         code = 0
         for t in tasks:
-            if t in done and t.exception() is not None:
+            if t in done and t.cancelled():  # (not by us: we cancel them below)
+                log.error("agent task ended by a cancellation", extra=kv(task=t.get_coro().__qualname__))
+                code = 1
+            elif t in done and t.exception() is not None:
                 if isinstance(t.exception(), DuplicateName):
                     code = 4
                 else:

@@ -267,6 +267,12 @@ class Router:
             elif code == Op.BYE:
                 m.bye = True
             elif code == Op.LEASE:
+                prev = self.lease_op
+                if prev is not None and (op[1] is None or prev[1] is None or prev[1] <= now):
+                    # issue 11: the lease lapsed (lost, or ran out before this news came): any id
+                    # held here may have been owned elsewhere meanwhile, so etcd decides at the
+                    # next claim of each (a fenced copy resumed after a partition healed)
+                    self.unverified.update(self.registry)
                 self.lease_op = op
                 for w in self.members.values():
                     if w.alive and w.ident != AGENT:
