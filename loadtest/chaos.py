@@ -311,6 +311,9 @@ def twin_probe(ports: list[int], settle: float) -> int:
                     del live[port]
             if len(live) > 1:
                 time.sleep(0.2)  # (a probe's polling interval)
+        if len(live) > 1:
+            print(f"[{time.strftime('%H:%M:%S')}] twin probe: both alive after {settle:g} s, ports {sorted(live)}"
+                  f" (local ports {[s.getsockname()[1] for s, _ in live.values()]})", file=sys.stderr, flush=True)
         return len(live)
     finally:
         for s, _ in got.values():

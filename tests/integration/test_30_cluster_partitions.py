@@ -137,6 +137,15 @@ def test_cut_node_fences_itself_majority_serves_will_once(cluster, opened):
     subscribe(victim, "c33/stale", 1)
     wait_for(lambda: cluster.etcd.keys(f"wills/{cid}") == [f"wills/{cid}"], 20, 0.05, "the will in etcd")
     assert owner(cluster, cid) == "p3"
+    # traffic from p1 and p2 to p3 before the cut (their links to p3 number their messages)
+    pub = outside(cluster, opened, "p2")
+    assert session(pub, "cut-pub", clean_start=True).reason_code == 0
+    pub1 = outside(cluster, opened, "p1")
+    assert session(pub1, "cut-pub1", clean_start=True).reason_code == 0
+    for i in range(5):
+        assert publish(pub, "c33/will/before", b"b2-%d" % i, 1, pid=20 + i) == 0
+        assert publish(pub1, "c33/will/before", b"b1-%d" % i, 1, pid=20 + i) == 0
+    assert len(receive(near, 10)) == 10 and len(receive(wsub, 10)) == 10
 
     ns3.cut()
     try:
@@ -168,8 +177,6 @@ def test_cut_node_fences_itself_majority_serves_will_once(cluster, opened):
         # the leader published the will, once; the majority serves the new session
         assert [p.payload for p in receive(wsub, 1, timeout=30)] == [b"will-victim"]
         subscribe(c, "c33/fresh", 1)
-        pub = outside(cluster, opened, "p2")
-        assert session(pub, "cut-pub", clean_start=True).reason_code == 0
         assert publish(pub, "c33/fresh", b"during", 1) == 0
         assert [p.payload for p in receive(c, 1)] == [b"during"]
         assert owner(cluster, cid) == "p1"
@@ -187,6 +194,18 @@ def test_cut_node_fences_itself_majority_serves_will_once(cluster, opened):
     assert ack.reason_code == 0 and ack.session_present, ack  # p1's session, pulled over
     assert [p.payload for p in receive(back, 1)] == [b"fresh"]  # never the stale copy's
     assert owner(cluster, cid) == "p3"
+    # the rejoined node is routed again: a publish on the majority side reaches it at once
+    assert publish(pub, "c33/fresh", b"live", 1, pid=5) == 0
+    assert [p.payload for p in receive(back, 1)] == [b"live"]
+    fresh = inside(cluster, opened, "p3")
+    assert session(fresh, "cut-newcomer", clean_start=True).reason_code == 0
+    subscribe(fresh, "c33/newcomer", 1)  # (its SUBACK: routed on every live node)
+    # from both other nodes, whose links to p3 were made again when it came back (a link
+    # numbered its messages from 1 again, and p3 took them for ones it had: lost)
+    for i in range(3):
+        assert publish(pub, "c33/newcomer", b"p2-%d" % i, 1, pid=6 + i) == 0
+        assert publish(pub1, "c33/newcomer", b"p1-%d" % i, 1, pid=6 + i) == 0
+    assert sorted(p.payload for p in receive(fresh, 6)) == sorted(b"p%d-%d" % (n, i) for n in (1, 2) for i in range(3))
     # no second will, on either side: a sentinel comes next
     assert publish(pub, "c33/will/sentinel", b"sentinel", 1, pid=4) == 0
     got = [wsub.expect(Publish, 20)]
