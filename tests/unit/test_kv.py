@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import msgpack
@@ -269,3 +270,47 @@ def test_anything_deleted_is_compacted_within_the_hour(tmp_path):
     clock.m += kv.compact_interval
     assert kv.maybe_compact() is False  # nothing deleted since
     kv.close()
+
+
+# -- the router's key layout on top ------------------------------------------------------------
+GOLDEN = ROOT / "tests" / "golden"
+
+
+def test_the_routers_store_keeps_retained_messages_across_a_reopen(tmp_path):
+    from core.message import Message
+    from router.keys import Store as RouterStore
+
+    clock = Clock()
+    path = tmp_path / "router"
+    st = RouterStore(str(path), "batch", None, clock.mono, clock.wall)
+    st.ready()
+    now = clock.mono()
+    st.set_retained(Message("r/a", b"a", 1, True, {}, None, "p"), now)
+    st.set_retained(Message("r/b", b"b", 0, True, {}, now + 30, "p"), now)
+    st.set_retained(Message("r/c", b"c", 0, True, {}, None, "p"), now)
+    st.set_retained(Message("r/c", b"", 0, True, {}, None, "p"), now)  # cleared
+    st.set_retained(Message("$SYS/broker/uptime", b"1", 0, True, {}, None, ""), now)  # never stored
+    st.flush()
+    st.resync_retained([Message("r/a", b"a2", 1, True, {}, None, "p"), Message("r/d", b"d", 0, True, {}, now + 5, "p")], now)
+    st.close()
+
+    clock.m, clock.w = 7000.0, clock.w + 10  # another process, ten seconds later
+    st = RouterStore(str(path), "batch", None, clock.mono, clock.wall)
+    loaded = {m.topic: m for m in st.load_retained(clock.mono())}
+    st.ready()
+    st.flush()
+    assert {t: m.payload for t, m in loaded.items()} == {"r/a": b"a2"}  # r/d expired meanwhile, r/b resynced away
+    assert st.keys(b"r/") == [b"r/r/a"]  # what expired left the store (key: r/<topic>)
+    st.close()
+
+
+def test_the_routers_store_reads_the_retained_of_the_golden_format_1_store(tmp_path):
+    from router.keys import Store as RouterStore
+
+    path = tmp_path / "router"
+    shutil.copytree(GOLDEN / "store-v1", path)
+    clock = Clock()
+    clock.w = time.time()
+    st = RouterStore(str(path), "batch", None, clock.mono, clock.wall)
+    assert sorted(m.topic for m in st.load_retained(clock.mono())) == ["golden/retained/plain", "golden/retained/props"]
+    st.close()
