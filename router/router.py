@@ -29,10 +29,10 @@ from common.proc import die_with_parent
 from common.settings import Settings
 from common.wire import STALE, WIRE_VERSION, Op, Own, pack, unpack
 from mqtt import SubscriptionTrie, topic_matches
-from worker.message import Message
+from core.message import Message
 from worker.metrics import Histogram, node_sums
-from worker.serial import msg_from_wire, msg_to_wire
-from worker.store import Store, StoreError
+from core.records import msg_from_wire, msg_to_wire
+from .keys import Store, StoreError
 
 from .admin import OpsService
 
