@@ -125,6 +125,7 @@ class Wills:
             log.warning("could not settle a will in etcd; publishing it", extra=kv(client=cid, error=str(e)[:200]))
             ok = True
         if ok:
+            log.info("will published by its owner", extra=kv(client=cid))  # (audited by the chaos run)
             self.publish(msg)
         else:
             log.info("will not published: fired or cleared elsewhere", extra=kv(client=cid))
