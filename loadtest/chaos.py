@@ -393,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         acked: dict[tuple, float] = {}  # (pub, seq) -> publish time
         qos_of: dict[tuple, int] = {}
         sent_at: dict[tuple, float] = {}  # (pub, seq) -> publish time
+        acked_when: dict[tuple, float] = {}  # (pub, seq) -> time of its PUBACK/PUBCOMP
         refused_acks = [0]  # PUBACK/PUBREC with a failure reason code (e.g. 0x97: a part of the node died first)
         delivered: dict[str, Counter] = defaultdict(Counter)
         wills_seen: dict[str, Counter] = defaultdict(Counter)
@@ -434,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                     if key is not None:
                         if not failed:
                             acked[key] = sent_at[key]
+                            acked_when[key] = time.monotonic()
                     elif not failed:
                         early.add(mid)
 
@@ -451,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                     if info.mid in early:
                         early.discard(info.mid)
                         acked[key] = sent_at[key]
+                        acked_when[key] = time.monotonic()
                     else:
                         pending[info.mid] = key
                 stop.wait(1.0 / args.rate)
@@ -460,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
             t.start()
         faults: Counter = Counter()
         expected_wills: list[str] = []
+        will_at: dict[str, float] = {}  # will topic -> time of its fault
         will_clients = []
         twins = Counter()
         k = 0
@@ -480,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
                     if wc is not None:
                         time.sleep(1.0)  # (its will reaches etcd)
                         expected_wills.append(f"chaos-will/{k}")
+                        will_at[f"chaos-will/{k}"] = time.monotonic()
                         will_clients.append(wc)
                 print(f"[{time.strftime('%H:%M:%S')}] t={time.monotonic() - t0:.1f} fault {k}: {kind} "
                       f"{node.name if kind != 'kill-etcd' else ''}", file=sys.stderr, flush=True)
@@ -517,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
             # (before the nodes stop: a SIGTERM drain hands sessions over, which is not under test here)
             events = history(etcd.endpoints)
             owners = owned_twice(events, {n.name: n.log_path.read_text(errors="replace") for n in nodes})
+            args.will_at = will_at
+            args.acked_when = acked_when
             code = report(args, t0, lock, acked, qos_of, delivered, subs, will_subs, wills_seen, expected_wills,
                           faults, twins, owners, pubs, sent_at, refused_acks[0])
         finally:
@@ -558,7 +565,9 @@ def report(args, t0, lock, acked, qos_of, delivered, subs, will_subs, wills_seen
                     pub = next((p for p in pubs if p.cid == f"chaos-pub-{key[0][1:]}"), None)
                     # a publisher that reconnected without its session may send an unacknowledged QoS 2
                     # message again, and MQTT makes that a new message: counted apart
-                    lost_pub = pub is not None and any(at - 0.5 <= x <= at + 60 for x in pub.losses)
+                    # (paho sends again only what was not acknowledged when it reconnected)
+                    until = getattr(args, "acked_when", {}).get(key, at + 60) + 0.5
+                    lost_pub = pub is not None and any(at - 0.5 <= x <= until for x in pub.losses)
                     if lost_pub:
                         dup2_pub_lost += 1
                     else:
@@ -579,9 +588,16 @@ def report(args, t0, lock, acked, qos_of, delivered, subs, will_subs, wills_seen
             survivors += 1
         delivered_total = sum(sum(c.values()) for c in delivered.values())
         wills = Counter()
+        unseen = []
+        will_at = getattr(args, "will_at", {})
         for topic in expected_wills:
             seen = [wills_seen[w.cid].get(topic, 0) for w in will_subs]
             wills[max(seen)] += 1
+            if max(seen) == 0:
+                at = will_at.get(topic, 0.0)
+                # a will subscriber that reconnected without its session soon after the fault may have missed it
+                missed = [w.cid for w in will_subs if any(at <= x <= at + 4 * args.ttl + 10 for x in w.losses)]
+                unseen.append((topic, round(at - t0, 1), f"will subscribers without their session meanwhile: {missed}"))
     print(f"chaos: {args.minutes:g} min, faults {dict(faults)}")
     print(f"messages acknowledged: {total_acked} (besides, refused with a failure reason code: {refused_acks})")
     print(f"deliveries: {delivered_total} (3 subscribers)")
@@ -600,6 +616,8 @@ def report(args, t0, lock, acked, qos_of, delivered, subs, will_subs, wills_seen
     if owners["cases"]:
         print(f"  owned twice, first cases: {owners['cases']}")
     print(f"wills: expected {len(expected_wills)}, seen at most n times by one subscriber: {dict(wills)}")
+    if unseen:
+        print(f"  wills no subscriber saw (topic, t of the fault, why it may be): {unseen}")
     sys.stdout.flush()
     wills_ok = set(wills) <= {1}
     return 0 if (lost == 0 and dup2 == 0 and twins.get(2, 0) == 0 and owners["ids_owned_twice"] == 0
