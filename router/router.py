@@ -724,6 +724,13 @@ class Router:
             if self.registry.get(c.client_id) == ident and c.claimant != ident:
                 self._holder_gone(c, m)  # its TAKEOVER will not be answered
         self._forget_pending(ident)
+        if ident == AGENT and self.settings.cluster_lease_loss == "disconnect" and self.lease_op is not None:
+            # issue 11: the other nodes' routes stay: with them dropped, a publish with subscribers
+            # on other nodes was confirmed at once and never reached them (the chaos run's losses
+            # after an agent SIGKILL). Such publishes now wait for the agent; a new agent refuses
+            # them (0x97, hello below), and the workers fence once the lease runs out
+            self.out.pop(ident, None)
+            return
         m.lost = list(m.filters)
         for flt in m.lost:
             self.route_del(m, flt)
