@@ -18,7 +18,7 @@ from .bridge import LocalBridge
 from .message import Message
 from .metrics import Histogram, Metrics
 from .session import NEVER, Delivery, Session, SubOptions, Will
-from .timers import KeepaliveWheel, TimerHeap
+from .timers import Clock, KeepaliveWheel, TimerHeap
 
 log = logging.getLogger("shoal.broker")
 
@@ -28,7 +28,7 @@ MOVED_GRACE = 5.0  # seconds a handed-over session's filters still catch message
 class Broker:
     def __init__(self, settings: Settings, clock, acl: Acl | None = None, bridge=None, worker_id: int = 1):
         self.settings = settings
-        self.clock = clock
+        self.clock = clock if hasattr(clock, "call_later") else Clock(clock)  # timers.Clock: now and call_later
         self.now = clock()
         self.started = self.now
         self.acl = acl or Acl.allow_all()

@@ -23,6 +23,15 @@ class SubOptions:
     sub_id: int | None = None
 
 
+class State(IntEnum):
+    """Where a connection is (protocol.Connection.state); here so that handlers read it too."""
+
+    NEW = 0  # waiting for CONNECT
+    CONNECTING = 1  # CONNECT received, waiting for the node to grant the client id
+    CONNECTED = 2
+    CLOSED = 3
+
+
 class OutState(IntEnum):
     PUBLISHED = 0  # PUBLISH sent, waiting for PUBACK / PUBREC
     RELEASED = 1  # QoS 2: PUBREL sent, waiting for PUBCOMP
