@@ -75,6 +75,8 @@ class Rig:
     def close(self) -> None:
         for conn in list(self.broker.connections):
             conn.connection_lost(None)
+        if self.bridge._flush_handle is not None:  # the retry of a blocked send: the socket goes now
+            self.bridge._flush_handle.cancel()
         self.bridge.close()
         if self.router is not None:
             self.router.close(0)
