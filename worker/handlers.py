@@ -29,7 +29,8 @@ from .broker import will_from_connect
 from .limits import PublishRate, Sparse, count_publish
 from .message import Message
 from .flow import Pause
-from .session import NEVER, Delivery, OutState, State, SubOptions
+from .session import NEVER, Delivery, OutState, SubOptions
+from .state import State
 from .tls import use_identity
 
 log = logging.getLogger("shoal.conn")

@@ -25,7 +25,8 @@ from mqtt import (
 
 from . import handlers
 from .flow import FlowControl, Pause
-from .session import Delivery, OutState, State
+from .session import Delivery, OutState
+from .state import State
 
 log = logging.getLogger("shoal.conn")
 

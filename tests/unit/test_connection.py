@@ -23,7 +23,7 @@ from tests.support.fakes import FakeClock, FakeTransport
 from worker.broker import Broker
 from worker.flow import Pause
 from worker.protocol import LINGER, Connection
-from worker.session import State
+from worker.state import State
 
 V5_CONNACK_PROPS = {0x21: 100, 0x27: 16_777_216, 0x22: 10}  # Receive Maximum, Maximum Packet Size, Topic Alias Maximum
 
