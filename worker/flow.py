@@ -39,10 +39,6 @@ class FlowControl:
         self.transport = transport
         self.reasons: set[Pause] = set()
 
-    @property
-    def paused(self) -> bool:
-        return bool(self.reasons)
-
     def holds_packets(self) -> bool:
         return not self.reasons.isdisjoint(HOLDS_PACKETS)
 

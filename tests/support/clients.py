@@ -37,7 +37,7 @@ def subscriptions(args, qos: int | None, opts: dict) -> list[Subscription]:
 
 
 def subscribe(c, *subs, qos: int | None = None, pid: int = 1, properties: dict | None = None,
-              sub_id: int | None = None, check: bool = True, **opts) -> list[int]:
+              sub_id: int | None = None, check: bool = True, timeout: float | None = None, **opts) -> list[int]:
     """SUBSCRIBE and return the SUBACK's reason codes.
 
     `subscribe(c, "a/#", 1)`, `subscribe(c, ("a", 0), ("b", 2))`, `subscribe(c, "a", "b", qos=1)`
@@ -49,7 +49,7 @@ def subscribe(c, *subs, qos: int | None = None, pid: int = 1, properties: dict |
     if sub_id is not None:
         props[Prop.SUBSCRIPTION_IDENTIFIER] = [sub_id]
     c.send(Subscribe(pid, wanted, props))
-    ack = c.expect(SubAck)
+    ack = c.expect(SubAck, timeout)
     assert ack.packet_id == pid, ack
     if check:
         assert ack.reason_codes == [min(s.qos, 2) for s in wanted], ack
@@ -57,7 +57,7 @@ def subscribe(c, *subs, qos: int | None = None, pid: int = 1, properties: dict |
 
 
 def publish(c, topic: str, payload: bytes, qos: int = 0, pid: int | None = None, retain: bool = False,
-            properties: dict | None = None):
+            properties: dict | None = None, timeout: float | None = None):
     """PUBLISH and finish the publisher's handshake (the broker then owns the message);
     returns the PUBACK / PUBREC (None for QoS 0). A refused QoS 2 gets no PUBREL."""
     if qos and pid is None:
@@ -65,11 +65,11 @@ def publish(c, topic: str, payload: bytes, qos: int = 0, pid: int | None = None,
     c.send(Publish(topic, payload, qos, retain, packet_id=pid if qos else None, properties=properties or {}))
     if qos == 0:
         return None
-    ack = c.expect(PubAck if qos == 1 else PubRec)
+    ack = c.expect(PubAck if qos == 1 else PubRec, timeout)
     assert ack.packet_id == pid, ack
     if qos == 2 and ack.reason_code < 0x80:
         c.send(PubRel(pid))
-        assert c.expect(PubComp).packet_id == pid
+        assert c.expect(PubComp, timeout).packet_id == pid
     return ack
 
 
