@@ -26,7 +26,7 @@ import time
 import zmq
 
 from common.logs import kv
-from worker.sys_topics import VERSION
+from core.version import VERSION
 
 from . import prom
 from .http import Request

@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from worker.metrics import node_sums
+from core.sums import node_sums
 
 # (snapshot key, metric name, help); counters get _total
 COUNTERS = [
