@@ -205,6 +205,8 @@ ROUTER = {
     "claims": (GaugeMetricFamily, "session claims (hand-overs) in progress"),
     "backlog": (GaugeMetricFamily, "ops waiting to be sent to members"),
     "retained_messages": (GaugeMetricFamily, "retained messages in the router's node-wide set"),
+    "wire_refused": (CounterMetricFamily, "HELLOs and BEATs refused: the member speaks another WIRE_VERSION (core/ops.py)"),
+    "malformed_ops": (CounterMetricFamily, "ops from members the router could not decode or handle, dropped"),
 }
 
 
