@@ -13,8 +13,9 @@ import os
 from common.logs import kv
 from core import ops as o
 from core.message import Message
-from worker.serial import msg_from_wire, msg_to_wire  # (to core/records.py with issue 9.3)
-from worker.store import Store, StoreError  # noqa: F401  (to core/kv.py with issue 9.3)
+from core.records import msg_from_wire, msg_to_wire
+
+from .keys import Store, StoreError  # noqa: F401  (StoreError: read from here by router.py)
 
 log = logging.getLogger("shoal.router")
 

@@ -38,7 +38,7 @@ class Claim:
 
 
 def _filters(state) -> list:
-    return [sub[0] for sub in state[4]]  # (the session record's subscriptions; worker/serial.py)
+    return [sub[0] for sub in state[4]]  # (the session record's subscriptions; core/records.py)
 
 
 class Sessions:

@@ -1,2 +1,2 @@
-"""The application message lives in core/message.py (shared by every process of a node)."""
-from core.message import FORWARDED, Message  # noqa: F401  (the worker's modules import it from here)
+"""The message model lives in core/message.py (shared by every process of a node)."""
+from core.message import FORWARDED, Message  # noqa: F401

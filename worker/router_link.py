@@ -22,7 +22,7 @@ from mqtt import SubscriptionTrie, parse_shared, topic_matches
 
 from .message import Message
 from .metrics import node_sums
-from .serial import msg_from_wire, msg_to_wire, props_to_wire, session_from_wire, session_to_wire
+from core.records import msg_from_wire, msg_to_wire, props_to_wire, session_from_wire, session_to_wire
 from .sys_topics import render
 
 log = logging.getLogger("shoal.link")

@@ -24,7 +24,7 @@ def msg(topic: str, payload: bytes = b"x", qos: int = 0, retain: bool = False) -
 
 
 def session(cid: str, filters=()) -> list:
-    """A session record as worker/serial.py writes it (only the fields the router reads)."""
+    """A session record (core/records.py; the router reads only the filters, index 4)."""
     return [1, cid, 300, None, [[f, 1, False, False, 0, None] for f in filters], [], [], [], None, 1, None]
 
 
