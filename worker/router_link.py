@@ -22,7 +22,7 @@ from mqtt import SubscriptionTrie, parse_shared, topic_matches
 
 from .message import Message
 from .metrics import node_sums
-from core.records import msg_from_wire, msg_to_wire, props_to_wire, session_from_wire, session_to_wire
+from core.records import msg_from_wire, msg_to_wire, session_from_wire, session_to_wire, will_message_record
 from .sys_topics import render
 
 log = logging.getLogger("shoal.link")
@@ -310,9 +310,7 @@ class RouterBridge:
         if will is None:
             self.queue(o.Will(client_id, None, 0))
         else:
-            m = will.message  # expires_at of a will holds its expiry interval
-            self.queue(o.Will(client_id, [m.topic, m.payload, m.qos, m.retain, props_to_wire(m.properties),
-                                          m.expires_at, m.origin], will.delay))
+            self.queue(o.Will(client_id, will_message_record(will.message), will.delay))
 
     def will_fire(self, client_id: str, msg) -> None:
         self.queue(o.WillFire(client_id, msg_to_wire(msg, self.broker.now)))
