@@ -497,7 +497,10 @@ def decode(w) -> Any:
     """The typed op of one wire op; BadOp when it is not one of ours."""
     if not isinstance(w, list) or not w:
         raise BadOp(f"an op is a non-empty list, not {type(w).__name__}")
-    cls = BY_CODE.get(w[0])
+    try:
+        cls = BY_CODE.get(w[0])
+    except TypeError:  # an unhashable "number"
+        cls = None
     if cls is None:
         raise BadOp(f"unknown op {w[0]!r}")
     try:
