@@ -14,7 +14,7 @@ from core import ops as o
 from mqtt import topic_matches
 
 REPLAY_WINDOW = 0.5  # seconds of routed publishes kept for subscriptions whose route is late
-REPLAY_MARGIN = 0.005  # QoS 0 read this long before a SUBSCRIBE counts as concurrent (worker/router_link.py)
+REPLAY_MARGIN = 0.05  # QoS 0 read this long before a SUBSCRIBE counts as concurrent (worker/router_link.py)
 
 
 class Forwarder:
