@@ -111,12 +111,16 @@ def _wire_op(code: Op):
         cls.CODE = code
         cls.FIELDS = tuple(names)
 
-        def from_wire(w: list, _cls=cls, _n=n + 1, _req=required + 1):
-            if len(w) < _req:
-                raise BadOp(f"{code.name} needs {_req - 1} fields, got {len(w) - 1}")
-            return _cls(*w[1:_n])
-
-        cls.from_wire = staticmethod(from_wire)
+        args = ", ".join(f"w[{i}]" for i in range(1, n + 1))
+        src = (f"def from_wire(w):\n"
+               f"    if len(w) > {n}:\n"
+               f"        return cls({args})\n"  # the full form (extra fields of a newer sender ignored)
+               f"    if len(w) <= {required}:\n"
+               f"        raise BadOp('{code.name} needs {required} fields, got %d' % (len(w) - 1))\n"
+               f"    return cls(*w[1:])\n")  # an older, shorter form: the defaults fill in
+        ns = {"cls": cls, "BadOp": BadOp}
+        exec(src, ns)  # noqa: S102
+        cls.from_wire = staticmethod(ns["from_wire"])
         BY_CODE[int(code)] = cls
         return cls
 
@@ -495,14 +499,14 @@ class Answer:
 # -- packing -----------------------------------------------------------------------------------
 def decode(w) -> Any:
     """The typed op of one wire op; BadOp when it is not one of ours."""
-    if not isinstance(w, list) or not w:
-        raise BadOp(f"an op is a non-empty list, not {type(w).__name__}")
     try:
-        cls = BY_CODE.get(w[0])
-    except TypeError:  # an unhashable "number"
-        cls = None
-    if cls is None:
-        raise BadOp(f"unknown op {w[0]!r}")
+        cls = BY_CODE[w[0]]
+    except (KeyError, TypeError, IndexError):  # (unknown or unhashable number, empty, not a list)
+        if w.__class__ is not list or not w:
+            raise BadOp(f"an op is a non-empty list, not {type(w).__name__}") from None
+        raise BadOp(f"unknown op {w[0]!r}") from None
+    if w.__class__ is not list:
+        raise BadOp(f"an op is a list, not {type(w).__name__}")
     try:
         return cls.from_wire(w)
     except TypeError as e:  # (unhashable code etc.)
