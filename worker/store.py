@@ -70,9 +70,9 @@ def qos2_key(cid: str, pid: int) -> bytes:
     return client_prefix(QOS2_IN, cid) + pid.to_bytes(2, "big")
 
 
-def client_of(key: bytes) -> str:
+def client_of(kind: bytes, key: bytes) -> str:
     """The client id in an INFLIGHT or QOS2_IN key."""
-    return key[2:-3].decode()
+    return key[len(kind):-3].decode()
 
 
 def pid_of(key: bytes) -> int:
@@ -178,14 +178,14 @@ class Store(RetainedKeys, KV):
             sessions[s.client_id] = s
         orphans = []
         for key, value in self.iterate(INFLIGHT):
-            s = sessions.get(client_of(key))
+            s = sessions.get(client_of(INFLIGHT, key))
             if s is None:
                 orphans.append(key)
             else:
                 d = self._delivery(value, now, wall)
                 s.inflight[d.packet_id] = d
         for key, _ in self.iterate(QOS2_IN):
-            s = sessions.get(client_of(key))
+            s = sessions.get(client_of(INFLIGHT, key))
             if s is None:
                 orphans.append(key)
             else:
