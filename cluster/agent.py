@@ -25,7 +25,8 @@ import msgpack
 
 from common.logs import kv
 from common.settings import Settings
-from common.wire import WIRE_VERSION, Op
+from core import ops as o
+from core.ops import WIRE_VERSION
 from mqtt import SubscriptionTrie
 
 from .drain import Drain
@@ -205,7 +206,7 @@ class Agent:
         if self.server is not None:
             await self.server.stop(0.5)
         await self.etcd.reset()
-        self.link.queue([Op.BYE])
+        self.link.queue(o.Bye())
         self.ops.close()
         self.link.close()
 
@@ -247,50 +248,57 @@ class Agent:
     async def _ping(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            self.link.queue([Op.PING])
+            self.link.queue(o.Ping())
 
     def hello(self) -> None:
         """HELLO goes before anything queued meanwhile (the router ignores a member it does not know)."""
-        self.link.queue_first([Op.HELLO, WIRE_VERSION, list(self.union), [], []])
+        self.link.queue_first(o.Hello(WIRE_VERSION, list(self.union), [], []))
 
     # -- the router ---------------------------------------------------------------------
     def on_router_ops(self, ops: list) -> None:
+        handlers = self._router_handlers
+        if handlers is None:
+            handlers = self._router_handlers = {
+                o.Deliver: lambda op: self.deliver(op.msg, op.normal, op.groups, op.ref),
+                o.Confirm: self._confirmed,
+                o.Routes: lambda op: self.local_routes(op.version, op.delta),
+                o.Retained: lambda op: self.local_retained(op.msg),
+                o.Synced: self._synced,
+                o.Welcome: self.welcome,
+                o.TakeOwnership: self.ownership.on_op, o.Disown: self.ownership.on_op, o.Grant: self.ownership.on_op,
+                o.Will: self.wills.on_op, o.WillFire: self.wills.on_op,
+                o.Drained: self.drain.on_op,
+                o.Pong: self._pong,
+            }
         for op in ops:
-            code = op[0]
-            if code == Op.DELIVER:
-                self.deliver(op[1], op[2], op[3], op[4] if len(op) > 4 else None)
-            elif code == Op.CONFIRM:
-                pending = self.remote_tokens.pop(op[1], None)
-                if pending is not None:
-                    pending[0].owned(pending[1])
-            elif code == Op.ROUTES:
-                self.local_routes(op[1], op[2])
-            elif code == Op.RETAINED:
-                self.local_retained(op[1])
-            elif code == Op.SYNCED:
-                fut = self.router_syncs.pop(op[1], None)
-                if fut is not None and not fut.done():
-                    fut.set_result(True)
-            elif code == Op.WELCOME:
-                self.welcome(op)
-            elif code in (Op.OWN, Op.DISOWN, Op.GRANT):
-                self.ownership.on_op(op)
-            elif code in (Op.WILL, Op.WILL_FIRE):
-                self.wills.on_op(op)
-            elif code == Op.DRAINED:
-                self.drain.on_op(op)
-            elif code == Op.PONG:
-                if self.epoch is not None and op[1] != self.epoch:
-                    log.warning("router restarted: registering again", extra=kv(epoch=op[1], resent=len(self.remote_tokens)))
-                    self.epoch = None
-                    self.hello()
-                    self.refs.clear()  # the old router's publishes: its workers send them again
-                    for token, (origin, seq, body, normal, groups) in self.remote_tokens.items():
-                        # what the old router never confirmed goes to the new one
-                        self.link.queue_remote_pub(body, normal, groups, token, time.monotonic())
+            fn = handlers.get(op.__class__)
+            if fn is not None:
+                fn(op)
 
-    def welcome(self, op: list) -> None:
-        _, epoch, version, routes, retained = op[:5]
+    _router_handlers = None
+
+    def _confirmed(self, op) -> None:
+        pending = self.remote_tokens.pop(op.token, None)
+        if pending is not None:
+            pending[0].owned(pending[1])
+
+    def _synced(self, op) -> None:
+        fut = self.router_syncs.pop(op.token, None)
+        if fut is not None and not fut.done():
+            fut.set_result(True)
+
+    def _pong(self, op) -> None:
+        if self.epoch is not None and op.epoch != self.epoch:
+            log.warning("router restarted: registering again", extra=kv(epoch=op.epoch, resent=len(self.remote_tokens)))
+            self.epoch = None
+            self.hello()
+            self.refs.clear()  # the old router's publishes: its workers send them again
+            for token, (origin, seq, body, normal, groups) in self.remote_tokens.items():
+                # what the old router never confirmed goes to the new one
+                self.link.queue_remote_pub(body, normal, groups, token, time.monotonic())
+
+    def welcome(self, op) -> None:
+        epoch, version, routes, retained = op.epoch, op.version, op.routes, op.retained
         self.epoch = epoch
         refs: dict[str, int] = {}
         for member, flt in routes:
@@ -359,7 +367,7 @@ class Agent:
             del pv[v]
             ack = v
         if ack is not None:
-            self.link.queue([Op.ROUTE_ACK, ack])
+            self.link.queue(o.RouteAck(ack))
 
     def _flushed(self, gen: int) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
@@ -415,7 +423,7 @@ class Agent:
         token = next(self.tokens)
         fut = asyncio.get_running_loop().create_future()
         self.router_syncs[token] = fut
-        self.link.queue([Op.SYNC, token])
+        self.link.queue(o.Sync(token))
         try:
             await asyncio.wait_for(fut, self.settings.cluster_lease_ttl + 2.0)
         except asyncio.TimeoutError:
@@ -449,7 +457,7 @@ class Agent:
         if ref is not None:
             key = (ref[0], ref[1])
             if not targets:
-                self.link.queue([Op.DELIVERED, ref])
+                self.link.queue(o.Delivered(ref))
                 return
             self.refs[key] = set(targets)
         if not targets:
@@ -483,7 +491,7 @@ class Agent:
         waiting.discard(node)
         if not waiting:
             del self.refs[key]
-            self.link.queue([Op.DELIVERED, [key[0], key[1]]])
+            self.link.queue(o.Delivered([key[0], key[1]]))
 
     def check_pressure(self) -> None:
         if self.link.paused and all(p.size() < self.settings.cluster_max_queued // 2 for p in self.peers.values()):
@@ -570,7 +578,7 @@ class Agent:
         self.union[flt] = n + 1
         if n == 0:
             log.debug("remote route added", extra=kv(peer=node, filter=flt))
-            self.link.queue([Op.ROUTE_ADD, flt])
+            self.link.queue(o.RouteAdd(flt))
 
     def _remote_del(self, node: str, flt: str) -> None:
         filters = self.remote.get(node)
@@ -583,7 +591,7 @@ class Agent:
         n = self.union.get(flt, 0) - 1
         if n <= 0:
             self.union.pop(flt, None)
-            self.link.queue([Op.ROUTE_DEL, flt])
+            self.link.queue(o.RouteDel(flt))
         else:
             self.union[flt] = n
 
@@ -645,11 +653,11 @@ class Agent:
             expires_in = expires_at - time.time()
             if expires_in <= 0:
                 return
-        self.link.queue([Op.RETAIN, [topic, payload, qos, retain, props, expires_in, origin]])
+        self.link.queue(o.Retain([topic, payload, qos, retain, props, expires_in, origin]))
 
     def _retained_del(self, topic: str) -> None:
         self.retained_revs.pop(topic, None)
-        self.link.queue([Op.RETAIN, [topic, b"", 0, True, None, None, ""]])
+        self.link.queue(o.Retain([topic, b"", 0, True, None, None, ""]))
 
     def publish_sys(self) -> None:
         """$SYS/broker/cluster/...: retained on this node (and to current subscribers)."""
@@ -660,8 +668,8 @@ class Agent:
             ("$SYS/broker/cluster/joined", b"1" if self.joined else b"0"),
         ):
             w = [topic, payload, 0, True, None, None, ""]
-            self.link.queue([Op.RETAIN, w])
-            self.link.queue([Op.PUB, w, None, None])
+            self.link.queue(o.Retain(w))
+            self.link.queue(o.Pub(w, None, None))
         self.write_status()
 
     # -- etcd -----------------------------------------------------------------------------
