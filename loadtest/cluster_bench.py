@@ -99,6 +99,8 @@ def process_name(pid: int) -> str:
             argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
     except OSError:
         return f"pid {pid} (gone)"
+    if len(argv) > 1 and argv[1].endswith("circusd"):
+        return "circusd"
     if "-m" in argv[:-1]:
         return argv[argv.index("-m") + 1].removesuffix(".__main__")
     return os.path.basename(argv[0]) if argv else str(pid)
@@ -217,10 +219,10 @@ def node_rss(node: "ClusterNode") -> list[tuple[str, int]]:
     return [(process_name(st.pid), rss_kib(st.pid)) for st in tree(all_stats(), [node.proc.pid], True)]
 
 
-async def hold_subscriptions(ports: list[int], total: int, conns: int, per_packet: int, prefix: str,
-                             measure) -> float:
+def hold_subscriptions(ports: list[int], total: int, conns: int, per_packet: int, prefix: str,
+                       measure, outstanding: int = 64) -> float:
     """`total` new unique filters over `conns` connections spread round robin over `ports`,
-    `per_packet` filters per SUBSCRIBE, at most 8 SUBSCRIBEs unanswered per connection.
+    `per_packet` filters per SUBSCRIBE, at most `outstanding` SUBSCRIBEs unanswered in all.
     Once every SUBACK came (each means routed on every node), `measure()` runs while the
     connections (and so the subscriptions) are still held. Returns the seconds to the last SUBACK."""
     import asyncio
@@ -232,6 +234,7 @@ async def hold_subscriptions(ports: list[int], total: int, conns: int, per_packe
     subscribed = asyncio.Event()
     release = asyncio.Event()
     gate = asyncio.Semaphore(200)  # connects in flight
+    window = asyncio.Semaphore(outstanding)  # SUBSCRIBEs unanswered, over every connection
 
     async def one(c: int) -> None:
         async with gate:
@@ -247,21 +250,19 @@ async def hold_subscriptions(ports: list[int], total: int, conns: int, per_packe
         packets = [encode(Subscribe(k + 1, [Subscription(f"{prefix}/{c}/{i}", 0)
                                             for i in range(k * per_packet, min(each, (k + 1) * per_packet))]), 4)
                    for k in range((each + per_packet - 1) // per_packet)]
-        window, sent, acked = 8, 0, 0
-        while acked < len(packets):
-            while sent < len(packets) and sent - acked < window:
-                writer.write(packets[sent])
-                sent += 1
-            data = await reader.read(1 << 16)
-            if not data:
-                raise ConnectionError("closed while subscribing")
-            for first, body in framer.feed(data):
-                p = decode(first, body, 4)
-                if isinstance(p, SubAck):
-                    acked += 1
-                    done[0] += len(p.reason_codes)
-                    if any(rc >= 0x80 for rc in p.reason_codes):
-                        raise RuntimeError(f"subscription refused: {p.reason_codes[:5]}")
+        for packet in packets:  # one at a time on each connection
+            async with window:
+                writer.write(packet)
+                p = None
+                while not isinstance(p, SubAck):
+                    data = await reader.read(1 << 16)
+                    if not data:
+                        raise ConnectionError("closed while subscribing")
+                    for first, body in framer.feed(data):
+                        p = decode(first, body, 4)
+            done[0] += len(p.reason_codes)
+            if any(rc >= 0x80 for rc in p.reason_codes):
+                raise RuntimeError(f"subscription refused: {p.reason_codes[:5]}")
         if done[0] >= each * conns:
             subscribed.set()
         await release.wait()
@@ -281,9 +282,12 @@ async def hold_subscriptions(ports: list[int], total: int, conns: int, per_packe
         watcher = asyncio.ensure_future(progress())
         waiter = asyncio.ensure_future(subscribed.wait())
         await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for t in tasks:
-            if t.done() and t.exception() is not None:
-                raise t.exception()
+        failed = [t for t in tasks if t.done() and t.exception() is not None]
+        if failed:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise failed[0].exception()
         dt = time.monotonic() - t0
         watcher.cancel()
         await asyncio.get_running_loop().run_in_executor(None, measure)
@@ -297,16 +301,17 @@ async def hold_subscriptions(ports: list[int], total: int, conns: int, per_packe
 def etcd_routes(etcd: "EtcdServer") -> tuple[int, int]:
     """(keys under routes/, etcd's database size in bytes)."""
     ctl = str(Path(sys.executable).parent / "etcdctl")
-    out = subprocess.run([ctl, f"--endpoints={etcd.url}", "get", "routes/", "--prefix", "--count-only", "-w", "json"],
+    out = subprocess.run([ctl, f"--endpoints={etcd.url}", "get", "routes/", "--prefix", "--count-only", "-w", "fields"],
                          capture_output=True, text=True, check=True).stdout
-    count = json.loads(out).get("count", 0)
+    count = next((int(line.split(":")[1]) for line in out.splitlines() if line.startswith('"Count"')), 0)
     out = subprocess.run([ctl, f"--endpoints={etcd.url}", "endpoint", "status", "-w", "json"],
                          capture_output=True, text=True, check=True).stdout
     size = json.loads(out)[0]["Status"].get("dbSize", 0)
     return count, size
 
 
-def memory_run(nodes: list, etcd: "EtcdServer", mosq, total: int, conns: int, per_packet: int) -> list[str]:
+def memory_run(nodes: list, etcd: "EtcdServer", mosq, total: int, conns: int, per_packet: int,
+               outstanding: int) -> list[str]:
     """The memory of every node holding `total` subscriptions spread over the three."""
     before = {n.name: sum(kib for _, kib in node_rss(n)) for n in nodes}
     lines: list[str] = []
@@ -324,13 +329,15 @@ def memory_run(nodes: list, etcd: "EtcdServer", mosq, total: int, conns: int, pe
                      f"etcd RSS {rss_kib(etcd.proc.pid) / 1024:,.0f} MiB")
 
     print(f"subscribing {total:,} filters over {conns} connections on {len(nodes)} nodes ...", file=sys.stderr, flush=True)
-    dt = hold_subscriptions([n.port for n in nodes], total, conns, per_packet, "cbmem", measure)
-    head = [f"{total:,} subscriptions (unique filters, {per_packet} per SUBSCRIBE, {conns} connections spread "
+    dt = hold_subscriptions([n.port for n in nodes], total, conns, per_packet, "cbmem", measure, outstanding)
+    head = [f"{total:,} subscriptions (unique filters, {per_packet} per SUBSCRIBE, at most {outstanding} SUBSCRIBEs "
+            f"unanswered, {conns} connections spread "
             f"over {len(nodes)} nodes): all SUBACKs after {dt:.1f} s ({total / dt:,.0f} subscribes/s cluster-wide)", ""]
     mq_before = rss_kib(mosq.proc.pid)
     mq_rss: list[int] = []
     print(f"subscribing {total:,} filters over {conns} connections on mosquitto ...", file=sys.stderr, flush=True)
-    mdt = hold_subscriptions([mosq.port], total, conns, per_packet, "cbmem", lambda: mq_rss.append(rss_kib(mosq.proc.pid)))
+    mdt = hold_subscriptions([mosq.port], total, conns, per_packet, "cbmem", lambda: mq_rss.append(rss_kib(mosq.proc.pid)),
+                             outstanding)
     mq = f"mosquitto holding the same {total:,} subscriptions: RSS {mq_rss[0] / 1024:,.0f} MiB " \
          f"(before: {mq_before / 1024:,.0f} MiB), all SUBACKs after {mdt:.1f} s ({total / mdt:,.0f} subscribes/s)"
     return head + lines + ["", mq]
@@ -379,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="memory mode: hold N unique subscriptions spread over the three nodes, print every "
                          "process's RSS per node and the routes in etcd (then the runs at --rates, if any)")
     ap.add_argument("--memory-connections", type=int, default=1000, help="connections of the memory mode")
+    ap.add_argument("--memory-outstanding", type=int, default=64,
+                    help="SUBSCRIBEs (50 filters each) unanswered at once over all connections, memory mode")
     ap.add_argument("--breakdown", action="store_true", help="also print the CPU-seconds of every process per run")
     ap.add_argument("--paths", default="cross,same,mosquitto",
                     help="which runs at each rate: cross (n1 -> n2), same (n2 -> n2), mosquitto")
@@ -409,7 +418,13 @@ def main(argv: list[str] | None = None) -> int:
             sub_rows = []
             memory_lines: list[str] = []
             if args.memory:
-                memory_lines = memory_run(nodes, etcd, mosq, args.memory, args.memory_connections, 50)
+                try:
+                    memory_lines = memory_run(nodes, etcd, mosq, args.memory, args.memory_connections, 50,
+                                              args.memory_outstanding)
+                except Exception:
+                    for n in nodes:
+                        print(f"--- {n.name}'s log:\n{n.log_tail(6000)}", file=sys.stderr)
+                    raise
             if args.subscribes:
                 print(f"subscribing {args.subscribes} new filters ...", file=sys.stderr, flush=True)
                 for m in (*node_meters.values(), etcd_meter):
