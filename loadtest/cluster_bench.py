@@ -487,19 +487,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"time for a new route to reach every node (SUBACK of one subscription on an idle cluster, 50 in turn): "
               f"p50 {spread[len(spread) // 2] * 1000:.1f} ms, max {spread[-1] * 1000:.1f} ms")
         print()
-    if not rows:
-        return 0
-    print("| msg/s | broker | publishers | delivered | received msg/s | p50 ms | p99 ms | broker CPU-µs/msg |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
-    for rate, label, pubs, got, got_rate, cpu, lat in rows:
-        per = f"{cpu * 1e6 / got:.1f}" if got else "-"
-        print(f"| {rate:,} | {label} | {pubs} | {got} | {got_rate:,.0f} | {lat.get('p50', 0):.2f} | {lat.get('p99', 0):.2f} | {per} |")
+    if rows:
+        print_rows(rows)
     if breakdowns:
         print()
         print("CPU-seconds per process (node/process):")
         for line in breakdowns:
             print(f"- {line}")
     return 0
+
+
+def print_rows(rows: list) -> None:
+    print("| msg/s | broker | publishers | delivered | received msg/s | p50 ms | p99 ms | broker CPU-µs/msg |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for rate, label, pubs, got, got_rate, cpu, lat in rows:
+        per = f"{cpu * 1e6 / got:.1f}" if got else "-"
+        print(f"| {rate:,} | {label} | {pubs} | {got} | {got_rate:,.0f} | {lat.get('p50', 0):.2f} | {lat.get('p99', 0):.2f} | {per} |")
 
 
 if __name__ == "__main__":
