@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
 from collections import OrderedDict, deque
 
 import grpc
@@ -29,19 +28,6 @@ RECONNECT_MAX = 2.0  # seconds between reconnect attempts at most
 
 class WireMismatch(Exception):
     pass
-
-
-async def _gather(last: float, interval: float) -> None:
-    """Before a frame: one loop pass more (what that pass queues goes too) and, when
-    the previous frame left less than `interval` ago, the rest of the interval. A
-    message on an idle link goes at once; a busy link sends at most one frame per
-    interval, so its frames grow with the rate instead of their number (each gRPC
-    write and read costs the agents far more CPU than the messages in it)."""
-    await asyncio.sleep(0)
-    if interval:
-        wait = last + interval - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
 
 
 class Entry:
@@ -161,17 +147,14 @@ class PeerOut:
 
     async def _write(self, call, resend: list) -> None:
         batch_max = self.agent.settings.cluster_batch
-        interval = self.agent.settings.cluster_frame_ms / 1000.0
         while resend:
             await call.write(pb.Frame(pubs=resend[:batch_max]))
             del resend[:batch_max]
-        last = 0.0
         while True:
             if not self.queue and not self.new_syncs:
                 self.wake.clear()
                 await self.wake.wait()
-            if len(self.queue) < batch_max:
-                await _gather(last, interval)
+                await asyncio.sleep(0)  # one loop pass more: gather what that pass queues
             pubs = []
             queue, unacked = self.queue, self.unacked
             while queue and len(pubs) < batch_max:
@@ -183,7 +166,6 @@ class PeerOut:
             if self.new_syncs:
                 syncs = [pb.Sync(id=sid, revision=self.syncs[sid][0]) for sid in self.new_syncs if sid in self.syncs]
                 self.new_syncs = []
-            last = time.monotonic()
             self.agent.frames_sent += 1
             await call.write(pb.Frame(pubs=pubs, syncs=syncs))
 
@@ -288,15 +270,12 @@ class PeerService(pbg.PeerServicer):
         return await self.agent.drain.adopt_asked(request)
 
     async def _answer(self, context, origin: Origin) -> None:
-        interval = self.agent.settings.cluster_frame_ms / 1000.0
-        last = 0.0
         while True:
             if not origin.acks and not origin.synced:
                 origin.wake.clear()
                 await origin.wake.wait()
-            await _gather(last, interval)
+                await asyncio.sleep(0)
             acks, origin.acks = origin.acks, []
             synced, origin.synced = origin.synced, []
-            last = time.monotonic()
             self.agent.frames_sent += 1
             await context.write(pb.Frame(acks=acks, synced=synced))

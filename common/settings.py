@@ -85,8 +85,6 @@ class Settings(BaseSettings):
     cluster_lease_ttl: int = 5  # seconds: a node that stops renewing its lease is dropped after this
     cluster_max_queued: int = 10_000  # messages queued per peer node before push back (QoS 0: dropped, counted)
     cluster_batch: int = 500  # messages per gRPC frame at most
-    # -- cluster speed (issue 10, measured targets) --
-    cluster_frame_ms: float = 1.0  # a busy peer link sends at most one gRPC frame per this (an idle one at once)
     # -- sessions across the cluster (issue 11) --
     # a node that can no longer keep its etcd lease (cut off, frozen) disconnects its clients
     # (v5 0x9C, use another server) and refuses CONNECTs until it holds a lease again
@@ -177,7 +175,6 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "port": (0, 65535),
     "workers": (1, 1024),
     "router_batch_ms": (0, 1000),
-    "cluster_frame_ms": (0, 1000),
     "max_packet_size": (16, 268_435_455),
     "receive_maximum": (1, 65535),
     "max_inflight": (1, 65535),
