@@ -58,13 +58,26 @@ class RouteTable:
         self.check_syncs(now)
 
     def check_syncs(self, now: float) -> None:
-        """Answer the SYNCs whose route version every other live member has applied."""
+        """Answer the SYNCs whose route version every other live member has applied.
+
+        Called on every SYNC and ROUTE_ACK, with thousands waiting while clients
+        subscribe in bulk: what every other member applied is worked out once per
+        call, not per SYNC, and the SYNCs are in version and deadline order (both
+        only grow), so the scan stops at the first one no member can answer yet."""
+        acked = [(i, m.acked) for i, m in self.r.members.items() if m.alive]
+        inf = float("inf")
+        lowest = {i: min((a for j, a in acked if j != i), default=inf) for i, _ in acked}
+        anyone = min((a for _, a in acked), default=inf)  # for a sender that is not (or no longer) alive
+        best = max([anyone, *lowest.values()])
         waiting = []
-        members = self.r.members
-        for s in self.syncs:
+        syncs = self.syncs
+        for k, s in enumerate(syncs):
             ident, token, version, deadline = s
-            if now >= deadline or all(m.acked >= version for i, m in members.items() if i != ident and m.alive):
+            if now >= deadline or version <= lowest.get(ident, anyone):
                 self.r.send(ident, o.Synced(token))
+            elif version > best:
+                waiting.extend(syncs[k:])  # later ones have higher versions and later deadlines
+                break
             else:
                 waiting.append(s)
         self.syncs = waiting

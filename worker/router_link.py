@@ -36,6 +36,8 @@ REPLAY_WINDOW = 0.5  # seconds of unrouted publishes kept for subscriptions whos
 # a SUBSCRIBE sent before a PUBLISH tens of milliseconds after the other worker read the PUBLISH.
 REPLAY_MARGIN = 0.05
 
+READ_BATCH = 200  # router messages read per loop pass at most
+
 CLAIM_TIMEOUT = 10.0  # the router answers within its own 5 s hand-over timeout
 
 
@@ -359,7 +361,14 @@ class RouterBridge:
     def _readable(self) -> None:
         sock = self.sock
         self.broker.now = self.broker.clock()  # what the router sends is handled at the time it arrives
+        n = 0
         while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if n >= READ_BATCH:
+                # let the loop breathe (clients, the PING timer: a worker busy with a flood of
+                # route changes for seconds was taken for dead by its router); back next pass
+                self.loop.call_soon(self._readable)
+                break
+            n += 1
             try:
                 data = sock.recv(flags=zmq.NOBLOCK)
             except zmq.Again:
