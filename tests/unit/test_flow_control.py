@@ -17,7 +17,7 @@ import time
 import zmq
 
 from common.settings import Settings
-from common.wire import Op, Own
+from core.ops import Grant, Synced
 from mqtt.packets import Connack, PingResp, PubAck, SubAck
 from tests.support import wire
 from tests.support.fakes import FakeClock, FakeTransport
@@ -55,12 +55,12 @@ class Rig:
     def grant(self, client_id: str) -> None:
         """The router's answer to the client's CLAIM: the id is this worker's, no session elsewhere."""
         (req,) = [r for r, (_, connect) in self.bridge.claims.items() if connect.client_id == client_id]
-        self.bridge.handle([Op.GRANT, client_id, req, None, Own.KEEP])
+        self.bridge.handle(Grant(client_id, req, None))
 
     def synced(self) -> None:
         """The router's answer to every SYNC: all workers have the routes."""
         for token in list(self.bridge.syncs):
-            self.bridge.handle([Op.SYNCED, token])
+            self.bridge.handle(Synced(token))
 
     async def drain_link(self) -> None:
         """A router to take what the worker sends: the link unblocks on its next retry."""
