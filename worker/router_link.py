@@ -20,6 +20,7 @@ from core import ops as o
 from core.ops import STALE, WIRE_VERSION, Own, pack, unpack_ops
 from mqtt import SubscriptionTrie, parse_shared, topic_matches
 
+from .flow import Pause
 from .message import Message
 from .metrics import node_sums
 from core.records import msg_from_wire, msg_to_wire, session_from_wire, session_to_wire, will_message_record
@@ -207,13 +208,10 @@ class RouterBridge:
         if on:
             self.figures[1] += 1
         for conn in list(self.broker.connections):
-            t = conn.transport
-            if t is None or t.is_closing():
-                continue
             if on:
-                t.pause_reading()
-            elif conn.backlog is None:
-                t.resume_reading()
+                conn.flow.pause(Pause.ROUTER)
+            else:
+                conn.flow.resume(Pause.ROUTER)  # read again unless the client is paused for a reason of its own
         log.warning("router backlog: pausing clients" if on else "router backlog cleared")
 
     # -- the bridge interface -------------------------------------------------------
