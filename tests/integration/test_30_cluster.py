@@ -24,7 +24,9 @@ NAMES = {"n1", "n2", "n3"}
 @pytest.fixture(scope="module")
 def cluster():
     etcd = Etcd().start()
-    nodes = [cluster_node(name, etcd.url, sys_interval=1, metrics_port=free_port()) for name in sorted(NAMES)]
+    # lease TTL 5 s (the default), not the helpers' 3 s: test_link_resends_after_reconnect stops and
+    # kills an agent and needs its replacement up within the lease, which took over 3 s on a loaded host
+    nodes = [cluster_node(name, etcd.url, sys_interval=1, metrics_port=free_port(), cluster_lease_ttl=5) for name in sorted(NAMES)]
     try:
         for n in nodes:
             n.start(60)
