@@ -38,7 +38,7 @@ from .routing import Routing
 from .session import Session
 from .sessions import Sessions
 from .subscriptions import Subscriptions
-from .timers import KeepaliveWheel, TimerHeap
+from .timers import Clock, KeepaliveWheel, TimerHeap
 from .wills import Wills, will_from_connect  # noqa: F401 (will_from_connect: re-exported for handlers)
 
 log = logging.getLogger("shoal.broker")
@@ -47,7 +47,7 @@ log = logging.getLogger("shoal.broker")
 class Broker:
     def __init__(self, settings: Settings, clock, acl: Acl | None = None, bridge=None, worker_id: int = 1):
         self.settings = settings
-        self.clock = clock
+        self.clock = clock if hasattr(clock, "call_later") else Clock(clock)  # timers.Clock: now and call_later
         self.now = clock()
         self.started = self.now
         self.acl = acl or Acl.allow_all()

@@ -28,7 +28,9 @@ from mqtt import (
 from .broker import will_from_connect
 from .limits import PublishRate, Sparse, count_publish
 from .message import Message
+from .flow import Pause
 from .session import NEVER, Delivery, OutState, SubOptions
+from .state import State
 from .tls import use_identity
 
 log = logging.getLogger("shoal.conn")
@@ -56,7 +58,7 @@ def refuse_connect(conn, e: MQTTError) -> None:
 def handle_connect(conn, p) -> None:
     broker = conn.broker
     st = broker.settings
-    if conn.state != 0:  # State.NEW
+    if conn.state != State.NEW:
         raise ProtocolError(ReasonCode.PROTOCOL_ERROR, "second CONNECT")
     conn.version = p.version
     conn.v5 = v5 = p.version == 5
@@ -83,8 +85,8 @@ def handle_connect(conn, p) -> None:
     conn._connack_extra = (assigned, None, False)
     if not admit(conn, cid):
         return
-    conn.state = 1  # State.CONNECTING: the answer may come later (password check)
-    conn.suspend()
+    conn.state = State.CONNECTING  # the answer may come later (password check, the node's grant)
+    conn.suspend(Pause.CONNECTING)
     auth = broker.auth
     if auth is None or identified:
         if not st.allow_anonymous and p.username is None:
@@ -443,7 +445,7 @@ def handle_subscribe(conn, p) -> None:
 
     if broker.bridge.remote and len(broker._filter_refs) != routes_before:
         # SUBACK once every worker of the node forwards matching publishes to us
-        conn.suspend()
+        conn.suspend(Pause.SUBSCRIBING)
         conn.hold()
 
         def synced() -> None:
@@ -453,7 +455,7 @@ def handle_subscribe(conn, p) -> None:
             answer()
             for d in held:
                 conn.deliver(d)
-            conn.resume()
+            conn.resume(Pause.SUBSCRIBING)
 
         broker.bridge.sync(synced)
         return

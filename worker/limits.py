@@ -9,10 +9,11 @@ burst; pausing is what DESIGN.md asks of every overloaded hop.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from common.logs import kv
+
+from .flow import Pause
 
 log = logging.getLogger("shoal.conn")
 
@@ -68,12 +69,12 @@ def count_publish(conn) -> None:
     if rate.pauses == 1:  # once per connection: a client over its rate would flood the log
         log.info("publish rate limit reached, reading paused",
                  extra=kv(client=conn.client_id, peer=conn.peer, limit=rate.rate))
-    conn.suspend()
-    asyncio.get_running_loop().call_later(wait, _resume, conn)
+    conn.suspend(Pause.RATE)
+    broker.clock.call_later(wait, _resume, conn)
 
 
 def _resume(conn) -> None:
     if conn.closed:
         return
     conn.last_rx = conn.broker.clock()  # the pause was ours, not the client's silence
-    conn.resume()
+    conn.resume(Pause.RATE)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from enum import IntEnum
 
 from common.logs import kv
 from mqtt import (
@@ -25,7 +24,9 @@ from mqtt import (
 )
 
 from . import handlers
+from .flow import FlowControl, Pause
 from .session import Delivery, OutState
+from .state import State
 
 log = logging.getLogger("shoal.conn")
 
@@ -57,20 +58,13 @@ class Writer:
                 conn.flush()
 
 
-class State(IntEnum):
-    NEW = 0  # waiting for CONNECT
-    CONNECTING = 1  # CONNECT received, waiting for the node to grant the client id
-    CONNECTED = 2
-    CLOSED = 3
-
-
 class Connection(asyncio.Protocol):
     __slots__ = (
         "broker", "transport", "framer", "state", "version", "v5", "client_id", "username",
         "session", "keepalive", "last_rx", "expiry_interval", "will", "send_window",
         "client_max_packet", "aliases", "congested", "backlog", "peer", "request_problem_info",
         "normal_disconnect", "connect_timer", "incoming_max", "_connack_extra", "out", "out_alias_max",
-        "out_aliases", "held", "claim_at", "admitted", "rate", "__weakref__",
+        "out_aliases", "held", "claim_at", "admitted", "rate", "flow", "__weakref__",
     )
 
     def __init__(self, broker):
@@ -105,10 +99,12 @@ class Connection(asyncio.Protocol):
         self.claim_at = 0.0  # when the CONNECT asked the node for its client id (takeover latency)
         self.admitted = False  # counted in broker.admitted (SHOAL_MAX_CONNECTIONS)
         self.rate = None  # limits.PublishRate when SHOAL_MAX_PUBLISH_RATE is set
+        self.flow = FlowControl(None)  # the one owner of this connection's reading (flow.py)
 
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.flow.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -120,9 +116,9 @@ class Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self.broker.connections.add(self)
         self.broker.metrics.connections_total += 1
-        self.last_rx = self.broker.clock()
-        loop = asyncio.get_running_loop()
-        self.connect_timer = loop.call_later(self.broker.settings.connect_timeout, self._connect_timeout)
+        clock = self.broker.clock
+        self.last_rx = clock()
+        self.connect_timer = clock.call_later(self.broker.settings.connect_timeout, self._connect_timeout)
 
     def _connect_timeout(self) -> None:
         if self.state == State.NEW:
@@ -272,10 +268,9 @@ class Connection(asyncio.Protocol):
                 t.close()
             else:
                 t.write_eof()
-                if not t.is_reading():
-                    t.resume_reading()
+                self.flow.drain()  # read and drop what the client still sends, whatever paused it
                 try:
-                    asyncio.get_running_loop().call_later(LINGER, t.close)
+                    self.broker.clock.call_later(LINGER, t.close)
                 except RuntimeError:  # no event loop (unit tests)
                     t.close()
         self.connection_lost(None)
@@ -298,23 +293,32 @@ class Connection(asyncio.Protocol):
         self.broker.connections.discard(self)
 
     # -- connect completion ---------------------------------------------------
-    def suspend(self) -> None:
-        """Hold packets that follow CONNECT until the node grants the client id."""
-        self.backlog = []
-        self.transport.pause_reading()
+    def suspend(self, reason: Pause) -> None:
+        """Stop reading, and hold the packets already read, until resume(reason):
+        those after a CONNECT until the node grants the client id, those after a
+        SUBSCRIBE until its routes are in, those past the publish rate."""
+        if self.backlog is None:
+            self.backlog = []
+        self.flow.pause(reason)
 
-    def resume(self) -> None:
-        backlog, self.backlog = self.backlog, None
-        if self.state == State.CLOSED:
+    def resume(self, reason: Pause) -> None:
+        """reason is gone: handle what was held, in order, then read again
+        unless another reason still pauses the connection (flow.py)."""
+        flow = self.flow
+        if self.state == State.CLOSED or not flow.forget(reason):
             return
+        if flow.holds_packets():  # another reason holds the packets still
+            return
+        backlog, self.backlog = self.backlog, None  # the socket stays paused while these are handled
         for i, (first, body) in enumerate(backlog or ()):
             if self.state == State.CLOSED:
                 return
             self.handle_frame(first, body)
             if self.backlog is not None:  # suspended again (e.g. a SUBSCRIBE waiting for routes)
                 self.backlog[:0] = backlog[i + 1:]
-                return
-        self.transport.resume_reading()
+                break
+        if self.state != State.CLOSED:
+            flow.settle()
 
     def complete_connect(self, session, present: bool) -> None:
         handlers.send_connack(self, session, present)
@@ -327,8 +331,7 @@ class Connection(asyncio.Protocol):
             self.broker.keepalive.add(self, self.last_rx + self.keepalive * 1.5)
         self.resend_inflight()
         self.pump()
-        if self.backlog is not None:
-            self.resume()
+        self.resume(Pause.CONNECTING)
 
     # -- delivery --------------------------------------------------------------
     def hold(self) -> None:

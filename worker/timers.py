@@ -1,12 +1,36 @@
 """Time in the worker: one clock, a keepalive wheel and a timer heap.
 
 The clock is read once per tick; tests drive `tick(now)` with their own times.
+Everything in the worker that reads the time or waits for it (the broker's
+now, the keepalive wheel, the CONNECT timeout, the linger of a closed socket,
+the publish rate limit) goes through the one `Clock` the broker holds, so a
+test hands the broker a fake one (tests/support/fakes.FakeClock) and moves
+time instead of waiting for it.
 """
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
+import time
 from typing import Callable
+
+
+class Clock:
+    """The worker's clock: `clock()` is the time (monotonic seconds) and
+    `clock.call_later(delay, fn, *args)` runs fn on the event loop after delay."""
+
+    __slots__ = ("time",)
+
+    def __init__(self, time: Callable[[], float] = time.monotonic) -> None:
+        self.time = time
+
+    def __call__(self) -> float:
+        return self.time()
+
+    def call_later(self, delay: float, fn: Callable, *args):
+        """A handle with cancel(); raises RuntimeError with no running event loop."""
+        return asyncio.get_running_loop().call_later(delay, fn, *args)
 
 
 class KeepaliveWheel:

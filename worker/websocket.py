@@ -244,8 +244,10 @@ class WsAccept(asyncio.Protocol):
         except LocalProtocolError:
             t.close()
             return
-        if not t.is_reading():
-            t.resume_reading()  # the client's Close frame must get through
+        if self.conn is not None:
+            self.conn.flow.drain()  # the client's Close frame must get through, whatever paused reading
+        elif not t.is_reading():
+            t.resume_reading()
         self.linger = asyncio.get_running_loop().call_later(LINGER, t.close)
 
     def _closed_by_client(self, event: CloseConnection) -> None:

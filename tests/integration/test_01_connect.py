@@ -28,13 +28,13 @@ from mqtt import (
     PubAck,
     Publish,
     ReasonCode,
-    SubAck,
     Subscribe,
     Subscription,
-    encode,
 )
+from tests.support.clients import persistent, subscribe
 from tests.support.node import Node, wait_for
 from tests.support.raw import Closed, RawClient
+from tests.support.wire import encode
 
 SEI = Prop.SESSION_EXPIRY_INTERVAL
 
@@ -46,19 +46,6 @@ def open_connect(clients, port, cid, version, **kw):
     ack = c.connect(cid, **kw)
     assert isinstance(ack, Connack), ack
     return c, ack
-
-
-def persistent(version, expiry=60):
-    """CONNECT arguments for a session that outlives its connection."""
-    if version == 5:
-        return {"clean_start": False, "properties": {SEI: expiry}}
-    return {"clean_start": False}
-
-
-def subscribe(c, topic_filter, qos=1, pid=1):
-    c.send(Subscribe(pid, [Subscription(topic_filter, qos)]))
-    ack = c.expect(SubAck)
-    assert ack.reason_codes == [qos]
 
 
 def read_until_closed(c, timeout=5.0) -> bytes:
@@ -207,7 +194,7 @@ def test_session_present(node, version, clients):
     topic = f"c01/present/{version}"
     c, ack = open_connect(clients, node.port, cid, version, **persistent(version))
     assert ack.session_present is False
-    subscribe(c, topic)
+    subscribe(c, topic, 1)
     c.send(Disconnect())
     assert c.expect_closed() == []
     # the session is there: present 1, and the subscription still works
@@ -236,7 +223,7 @@ def test_clean_session_ends_with_its_connection(node, version, clients, close):
     topic = f"c01/clean/{close}/{version}"
     c, ack = open_connect(clients, node.port, cid, version, clean_start=True)
     assert ack.session_present is False
-    subscribe(c, topic)
+    subscribe(c, topic, 1)
     if close == "disconnect":
         c.send(Disconnect())
         assert c.expect_closed() == []
@@ -257,7 +244,7 @@ def test_session_expiry_interval(node, clients):
     cid = "c01-expiry"
     topic = "c01/expiry"
     c, ack = open_connect(clients, node.port, cid, 5, **persistent(5, expiry=2))
-    subscribe(c, topic)
+    subscribe(c, topic, 1)
     c.close()
     # within the interval the session is kept
     c, ack = open_connect(clients, node.port, cid, 5, **persistent(5, expiry=2))
@@ -318,7 +305,7 @@ def test_takeover_resumes_session(node, version, clients):
     cid = f"c01-take-{version}"
     topic = f"c01/take/{version}"
     first, _ = open_connect(clients, node.port, cid, version, **persistent(version))
-    subscribe(first, topic)
+    subscribe(first, topic, 1)
     second, ack = open_connect(clients, node.port, cid, version, **persistent(version))
     assert ack.reason_code == 0
     assert ack.session_present is True
@@ -333,7 +320,7 @@ def test_takeover_with_clean_start(node, version, clients):
     cid = f"c01-take-clean-{version}"
     topic = f"c01/take-clean/{version}"
     first, _ = open_connect(clients, node.port, cid, version, **persistent(version))
-    subscribe(first, topic)
+    subscribe(first, topic, 1)
     second, ack = open_connect(clients, node.port, cid, version, clean_start=True)
     assert ack.reason_code == 0
     assert ack.session_present is False

@@ -12,21 +12,12 @@ from mqtt import (
     PubRel,
     ReasonCode,
     Subscribe,
-    SubAck,
     Subscription,
     Unsubscribe,
     UnsubAck,
 )
+from tests.support.clients import subscribe
 from tests.support.node import wait_for
-
-
-def subscribe(c, *subs, pid=1, properties=None):
-    """SUBSCRIBE and return the SUBACK reason codes; subs are Subscription or (filter, qos)."""
-    subs = [s if isinstance(s, Subscription) else Subscription(*s) for s in subs]
-    c.send(Subscribe(pid, subs, properties or {}))
-    ack = c.expect(SubAck)
-    assert ack.packet_id == pid
-    return ack.reason_codes
 
 
 def publish2(pub, topic, payload, pid):
@@ -54,7 +45,7 @@ def test_suback_grants_requested_qos(node, version, clients):
 def test_suback_invalid_filter(node, version, clients):
     c = clients.connect(node.port, f"s02-bad-{version}", version)
     bad = 0x8F if version == 5 else 0x80
-    codes = subscribe(c, ("s02/bad/#/x", 1), ("s02/bad/ok", 1), ("s02/bad+", 0), ("$share/g/", 0))
+    codes = subscribe(c, ("s02/bad/#/x", 1), ("s02/bad/ok", 1), ("s02/bad+", 0), ("$share/g/", 0), check=False)
     assert codes == [bad, 1, bad, bad]
     # the connection stays up and the valid filter in the same packet works
     pub = clients.connect(node.port, f"s02-bad-pub-{version}", version)

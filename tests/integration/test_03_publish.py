@@ -17,12 +17,10 @@ from mqtt import (
     PubRec,
     PubRel,
     ReasonCode,
-    Subscribe,
-    SubAck,
-    Subscription,
-    encode,
 )
+from tests.support.clients import persistent, subscribe
 from tests.support.node import Node, wait_for
+from tests.support.wire import encode
 
 LIMITS = dict(receive_maximum=2, max_packet_size=512)
 
@@ -34,11 +32,6 @@ def limited():
     n.start()
     yield n
     n.stop()
-
-
-def subscribe(c, flt, qos, pid=1):
-    c.send(Subscribe(pid, [Subscription(flt, qos)]))
-    assert c.expect(SubAck).reason_codes == [qos]
 
 
 def publish2(pub, topic, payload, pid, properties=None):
@@ -54,13 +47,6 @@ def publishes(c):
     got = c.barrier()
     assert all(isinstance(p, Publish) for p in got), got
     return got
-
-
-def persistent(version):
-    """CONNECT arguments for a session that outlives its connection."""
-    if version == 5:
-        return dict(clean_start=False, properties={Prop.SESSION_EXPIRY_INTERVAL: 300})
-    return dict(clean_start=False)
 
 
 def resume(clients, port, cid, version):

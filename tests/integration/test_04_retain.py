@@ -10,20 +10,11 @@ from mqtt import (
     Publish,
     PubRec,
     PubRel,
-    Subscribe,
-    SubAck,
     Subscription,
     Unsubscribe,
     UnsubAck,
 )
-
-
-def subscribe(c, *subs, pid=1, properties=None):
-    subs = [s if isinstance(s, Subscription) else Subscription(*s) for s in subs]
-    c.send(Subscribe(pid, subs, properties or {}))
-    ack = c.expect(SubAck)
-    assert ack.reason_codes == [min(s.qos, 2) for s in subs]
-    return ack
+from tests.support.clients import subscribe
 
 
 def publishes(c):

@@ -8,16 +8,13 @@ import pytest
 from mqtt import (
     Connack,
     Disconnect,
-    Prop,
     PubAck,
     PubComp,
     Publish,
     PubRec,
     PubRel,
-    Subscribe,
-    SubAck,
-    Subscription,
 )
+from tests.support.clients import persistent, publish, subscribe
 from tests.support.node import Node, wait_for
 
 QUEUE_LIMIT = 5
@@ -30,17 +27,6 @@ def small_queue():
     n.start()
     yield n
     n.stop()
-
-
-def persistent(version):
-    if version == 5:
-        return dict(clean_start=False, properties={Prop.SESSION_EXPIRY_INTERVAL: 300})
-    return dict(clean_start=False)
-
-
-def subscribe(c, flt, qos, pid=1):
-    c.send(Subscribe(pid, [Subscription(flt, qos)]))
-    assert c.expect(SubAck).reason_codes == [qos]
 
 
 def leave(c):
@@ -63,17 +49,6 @@ def reconnect(clients, port, cid, version, present=True):
     assert isinstance(ack, Connack) and ack.reason_code == 0
     assert ack.session_present is present
     return c
-
-
-def publish(pub, topic, payload, qos, pid):
-    """Publish and finish the publisher's handshake (the broker then owns the message)."""
-    pub.send(Publish(topic, payload, qos, packet_id=pid if qos else None))
-    if qos == 1:
-        assert pub.expect(PubAck).packet_id == pid
-    elif qos == 2:
-        assert pub.expect(PubRec).packet_id == pid
-        pub.send(PubRel(pid))
-        assert pub.expect(PubComp).packet_id == pid
 
 
 def receive_all(c):

@@ -4,18 +4,11 @@ from mqtt import (
     Prop,
     PubAck,
     Publish,
-    Subscribe,
-    SubAck,
-    Subscription,
     Unsubscribe,
     UnsubAck,
 )
+from tests.support.clients import subscribe
 from tests.support.node import wait_for
-
-
-def subscribe(c, flt, qos, pid=1):
-    c.send(Subscribe(pid, [Subscription(flt, qos)]))
-    assert c.expect(SubAck).reason_codes == [qos]
 
 
 def publish_many(pub, topic, n, qos=1, start=0):

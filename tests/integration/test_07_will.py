@@ -17,6 +17,7 @@ from mqtt import (
     Subscription,
     Will,
 )
+from tests.support.clients import persistent
 
 SEI = Prop.SESSION_EXPIRY_INTERVAL
 WDI = Prop.WILL_DELAY_INTERVAL
@@ -53,12 +54,6 @@ def nothing_before_sentinel(sub, clients, node, version, topic):
     pub.barrier()
     p = sub.expect(Publish)
     assert (p.topic, p.payload) == (topic, b"sentinel"), p
-
-
-def persistent(version, expiry=60):
-    if version == 5:
-        return {"clean_start": False, "properties": {SEI: expiry}}
-    return {"clean_start": False}
 
 
 # -- sent on abnormal close ----------------------------------------------------------

@@ -17,10 +17,8 @@ from mqtt import (
     PubRec,
     PubRel,
     ReasonCode,
-    Subscribe,
-    SubAck,
-    Subscription,
 )
+from tests.support.clients import subscribe
 from tests.support.node import ROOT, Node, wait_for
 from tests.support.raw import connect
 
@@ -77,13 +75,6 @@ def refused(version: int) -> int:
     return ReasonCode.NOT_AUTHORIZED if version == 5 else 0
 
 
-def subscribe(c, *filters, qos=1, pid=1):
-    c.send(Subscribe(pid, [Subscription(f, qos) for f in filters]))
-    ack = c.expect(SubAck)
-    assert ack.packet_id == pid
-    return ack.reason_codes
-
-
 def received(c) -> list[tuple[str, bytes]]:
     """(topic, payload) of every PUBLISH that reached `c` before a PINGREQ round trip."""
     got = c.barrier()
@@ -97,7 +88,7 @@ def received(c) -> list[tuple[str, bytes]]:
 def watcher(clients, node, name, version, *filters):
     """A client of user "watcher" (read and write on acl/#) subscribed to `filters`."""
     w = clients.connect(node.port, name, version, username="watcher")
-    assert subscribe(w, *filters) == [1] * len(filters)
+    assert subscribe(w, *filters, qos=1, check=False) == [1] * len(filters)
     return w
 
 
@@ -114,7 +105,7 @@ def test_anonymous_clients_are_allowed_by_default(node, version, clients):
 # -- SUBSCRIBE -----------------------------------------------------------------------
 def test_subscribe_denied_in_suback(node, version, clients):
     c = clients.connect(node.port, f"a09-sub-{version}", version)
-    codes = subscribe(c, "acl/open/a", "acl/wo/a", "acl/mixed/secret", "#", "acl/open/+/b", "acl/+")
+    codes = subscribe(c, "acl/open/a", "acl/wo/a", "acl/mixed/secret", "#", "acl/open/+/b", "acl/+", qos=1, check=False)
     no = denied(version)
     # granted; write-only; an explicit deny; wider than any grant; inside a grant; wider than a grant
     assert codes == [1, no, DENY_RULE, no, 1, no]
@@ -128,7 +119,7 @@ def test_subscribe_denied_in_suback(node, version, clients):
 
 def test_shared_subscription_is_checked_on_its_filter(node, version, clients):
     c = clients.connect(node.port, f"a09-share-{version}", version)
-    assert subscribe(c, "$share/g/acl/open/s", "$share/g/acl/wo/s") == [1, denied(version)]
+    assert subscribe(c, "$share/g/acl/open/s", "$share/g/acl/wo/s", qos=1, check=False) == [1, denied(version)]
 
 
 # -- PUBLISH -------------------------------------------------------------------------
@@ -168,7 +159,7 @@ def test_publish_denied_is_not_retained(node, version, clients):
     pub.send(Publish(f"acl/open/retained{version}", b"kept", 1, retain=True, packet_id=2))
     pub.expect(PubAck)
     w = clients.connect(node.port, f"a09-retw-{version}", version, username="watcher")
-    assert subscribe(w, f"acl/ro/retained{version}", f"acl/open/retained{version}") == [1, 1]
+    assert subscribe(w, f"acl/ro/retained{version}", f"acl/open/retained{version}", qos=1, check=False) == [1, 1]
     got = w.barrier()
     assert [(p.topic, p.payload, p.retain) for p in got] == [(f"acl/open/retained{version}", b"kept", True)]
     pub.send(Publish(f"acl/open/retained{version}", b"", 1, retain=True, packet_id=3))  # clean up
@@ -191,7 +182,7 @@ def test_delivery_respects_read_access(node, version, clients):
     pub.send(Publish("acl/mixed/secret", b"retained secret", 1, retain=True, packet_id=1))
     pub.expect(PubAck)
     sub = clients.connect(node.port, f"a09-read-{version}", version)
-    assert subscribe(sub, "acl/mixed/#") == [1]
+    assert subscribe(sub, "acl/mixed/#", qos=1, check=False) == [1]
     assert sub.barrier() == []  # the retained secret is not delivered on subscribe
     pub.send(Publish("acl/mixed/secret", b"secret", 1, packet_id=2))
     pub.expect(PubAck)
@@ -205,7 +196,7 @@ def test_delivery_respects_read_access(node, version, clients):
 def test_anonymous_topic_rules_do_not_apply_to_users(node, version, clients):
     """`topic` lines before the first `user` line are for anonymous clients only."""
     alice = clients.connect(node.port, f"a09-alice-anon-{version}", version, username="alice")
-    assert subscribe(alice, "acl/open/x") == [denied(version)]
+    assert subscribe(alice, "acl/open/x", qos=1, check=False) == [denied(version)]
     alice.send(Publish("acl/open/x", b"x", 1, packet_id=1))
     assert alice.expect(PubAck).reason_code == refused(version)
 
@@ -215,9 +206,9 @@ def test_user_sections(node, version, clients):
     alice = clients.connect(node.port, f"a09-alice-{version}", version, username="alice")
     bob = clients.connect(node.port, f"a09-bob-{version}", version, username="bob")
     anon = clients.connect(node.port, f"a09-anon-alice-{version}", version)
-    assert subscribe(alice, "acl/alice/#") == [1]
-    assert subscribe(bob, "acl/alice/#") == [1]  # bob: read only
-    assert subscribe(anon, "acl/alice/#") == [denied(version)]
+    assert subscribe(alice, "acl/alice/#", qos=1, check=False) == [1]
+    assert subscribe(bob, "acl/alice/#", qos=1, check=False) == [1]  # bob: read only
+    assert subscribe(anon, "acl/alice/#", qos=1, check=False) == [denied(version)]
     # bob may not write there
     bob.send(Publish("acl/alice/from-bob", b"b", 1, packet_id=1))
     assert bob.expect(PubAck).reason_code == refused(version)
@@ -232,7 +223,7 @@ def test_pattern_with_client_id(node, version, clients):
     cid = f"a09-pc-{version}"
     c = clients.connect(node.port, cid, version)
     other = clients.connect(node.port, f"a09-pc-other-{version}", version)
-    assert subscribe(c, f"acl/client/{cid}/#", f"acl/client/a09-pc-other-{version}/#") == [1, denied(version)]
+    assert subscribe(c, f"acl/client/{cid}/#", f"acl/client/a09-pc-other-{version}/#", qos=1, check=False) == [1, denied(version)]
     # the other client cannot write into c's tree, c can
     other.send(Publish(f"acl/client/{cid}/x", b"intruder", 1, packet_id=1))
     assert other.expect(PubAck).reason_code == refused(version)
@@ -243,9 +234,9 @@ def test_pattern_with_client_id(node, version, clients):
 def test_pattern_with_username(node, version, clients):
     carol = clients.connect(node.port, f"a09-carol-{version}", version, username="carol")
     anon = clients.connect(node.port, f"a09-pu-anon-{version}", version)
-    assert subscribe(carol, "acl/user/carol/#", "acl/user/dave/#") == [1, denied(version)]
+    assert subscribe(carol, "acl/user/carol/#", "acl/user/dave/#", qos=1, check=False) == [1, denied(version)]
     # %u never matches a client without a username
-    assert subscribe(anon, "acl/user/carol/#") == [denied(version)]
+    assert subscribe(anon, "acl/user/carol/#", qos=1, check=False) == [denied(version)]
     carol.send(Publish("acl/user/carol/note", b"n", 0))
     assert received(carol) == [("acl/user/carol/note", b"n")]
 
@@ -290,6 +281,6 @@ def test_bad_acl_file_under_circus():
         assert refused and "event=serving" not in refused[0]
         assert "frobnicate" in refused[0]
         with connect(n.port, "a09-fixed", 4) as c:
-            assert subscribe(c, "ok/x", "other/x") == [1, 0x80]
+            assert subscribe(c, "ok/x", "other/x", qos=1, check=False) == [1, 0x80]
     finally:
         n.stop()

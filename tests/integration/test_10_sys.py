@@ -7,7 +7,8 @@ from importlib.metadata import version as package_version
 
 import pytest
 
-from mqtt import PubAck, Publish, Subscribe, SubAck, Subscription
+from mqtt import PubAck, Publish
+from tests.support.clients import subscribe
 from tests.support.node import Node
 
 COUNTERS = (
@@ -18,11 +19,6 @@ COUNTERS = (
     "$SYS/broker/bytes/received",
     "$SYS/broker/bytes/sent",
 )
-
-
-def subscribe(c, *filters, qos=0):
-    c.send(Subscribe(1, [Subscription(f, qos) for f in filters]))
-    assert c.expect(SubAck).reason_codes == [qos] * len(filters)
 
 
 def live_rounds(c, topics, timeout=15.0):

@@ -28,11 +28,10 @@ from mqtt import (
     PubRel,
     Publish,
     ReasonCode,
-    SubAck,
-    Subscribe,
     Subscription,
     Will,
 )
+from tests.support.clients import publish, receive, subscribe
 from tests.support.node import ROOT, VENV_BIN, Node, wait_for
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
@@ -100,46 +99,6 @@ def connect(clients, port, cid, version, *, expiry=3600, clean=False, will=None,
     return c, ack
 
 
-def subscribe(c, pid, *subs, sub_id=None):
-    props = {Prop.SUBSCRIPTION_IDENTIFIER: [sub_id]} if sub_id else {}
-    c.send(Subscribe(pid, [s if isinstance(s, Subscription) else Subscription(*s) for s in subs], props))
-    ack = c.expect(SubAck)
-    assert all(rc < 0x80 for rc in ack.reason_codes), ack
-
-
-def publish(c, topic, payload, qos, pid=None, retain=False, props=None):
-    """Publish and complete the handshake; returns the PUBACK/PUBREC."""
-    c.send(Publish(topic, payload, qos, retain, packet_id=pid if qos else None, properties=props or {}))
-    if qos == 0:
-        return None
-    ack = c.expect(PubAck if qos == 1 else PubRec)
-    assert ack.packet_id == pid
-    if qos == 2 and ack.reason_code < 0x80:
-        c.send(PubRel(pid))
-        assert c.expect(PubComp).packet_id == pid
-    return ack
-
-
-def receive(c, count, timeout=5.0):
-    """`count` publishes, acknowledged as a client does (QoS 2 through PUBCOMP)."""
-    got, open_rel = [], 0
-    while len(got) < count or open_rel:
-        p = c.recv(timeout)
-        if isinstance(p, Publish):
-            got.append(p)
-            if p.qos == 1:
-                c.send(PubAck(p.packet_id))
-            elif p.qos == 2:
-                c.send(PubRec(p.packet_id))
-                open_rel += 1
-        elif isinstance(p, PubRel):
-            c.send(PubComp(p.packet_id))
-            open_rel -= 1
-        else:
-            raise AssertionError(f"unexpected {p!r}")
-    return got
-
-
 def store_keys(path: str) -> list[bytes]:
     """Every key of a stopped node's store (opened the way an operator would)."""
     db = plyvel.DB(path)
@@ -179,11 +138,11 @@ def test_sessions_keep_subscription_options_ids_and_queue_order(request, clients
     n = pick(request, workers)
     t = f"t12/sess/{workers}{how}"
     v5, _ = connect(clients, n.port, f"t12-sess5-{workers}{how}", 5)
-    subscribe(v5, 1, Subscription(f"{t}/a/#", 2, no_local=True, retain_as_published=True), sub_id=7)
-    subscribe(v5, 2, (f"{t}/b/+", 1), sub_id=9)
+    subscribe(v5, Subscription(f"{t}/a/#", 2, no_local=True, retain_as_published=True), sub_id=7, pid=1)
+    subscribe(v5, (f"{t}/b/+", 1), sub_id=9, pid=2)
     v5.send(Disconnect())
     v4, _ = connect(clients, n.port, f"t12-sess4-{workers}{how}", 4)
-    subscribe(v4, 1, (f"{t}/a/#", 1))
+    subscribe(v4, (f"{t}/a/#", 1), pid=1)
     v4.close()
     pub, _ = connect(clients, n.port, f"t12-sess-pub-{workers}{how}", 5, expiry=0, clean=True)
     sent = [("a/1", 1, False), ("b/1", 1, False), ("a/2", 2, False), ("a/r", 2, True), ("b/2", 2, False), ("a/3", 1, False)]
@@ -221,7 +180,7 @@ def test_inflight_in_both_directions_survives_sigkill(request, clients, workers,
     for v in (4, 5):
         t = f"t12/inf/{workers}{how}/{v}"
         sub, _ = connect(clients, n.port, f"t12-inf-sub-{workers}{how}-{v}", v)
-        subscribe(sub, 1, (f"{t}/#", 2))
+        subscribe(sub, (f"{t}/#", 2), pid=1)
         pub, _ = connect(clients, n.port, f"t12-inf-pub-{workers}{how}-{v}", v)
         # incoming QoS 2, PUBREC'd by the broker; the publisher has not sent PUBREL
         pub.send(Publish(f"{t}/a", b"a", 2, packet_id=10))
@@ -306,7 +265,7 @@ def test_a_session_handed_to_another_worker_keeps_its_queue_over_sigkill(node2, 
     first = open_on(clients, n, 5)
     props = {Prop.SESSION_EXPIRY_INTERVAL: 3600, Prop.RECEIVE_MAXIMUM: 1}
     assert first.connect("t12-hand", clean_start=False, properties=props).reason_code == 0
-    subscribe(first, 1, (f"{t}/#", 1))
+    subscribe(first, (f"{t}/#", 1), pid=1)
     first.send(Disconnect())
     pub, _ = connect(clients, n.port, "t12-hand-pub", 5, expiry=0, clean=True)
     for i in range(4):
@@ -336,7 +295,7 @@ def will(topic, payload, delay=None, qos=1):
 def test_will_delay_survives_sigkill(node, clients):
     n, t = node, "t12/will/kill"
     sub, _ = connect(clients, n.port, "t12-will-kill-sub", 5)
-    subscribe(sub, 1, (f"{t}/#", 1))
+    subscribe(sub, (f"{t}/#", 1), pid=1)
     connect(clients, n.port, "t12-will-kill-w1", 5, will=will(f"{t}/w1", b"w1", 2))
     connect(clients, n.port, "t12-will-kill-w2", 5, will=will(f"{t}/w2", b"w2", 2))
     connect(clients, n.port, "t12-will-kill-w3", 5, will=will(f"{t}/w3", b"w3", 3))  # the sentinel
@@ -360,7 +319,7 @@ def test_will_delay_survives_sigkill(node, clients):
 def test_will_delay_survives_graceful_restart(node, clients):
     n, t = node, "t12/will/graceful"
     sub, _ = connect(clients, n.port, "t12-will-gr-sub", 5)
-    subscribe(sub, 1, (f"{t}/#", 1))
+    subscribe(sub, (f"{t}/#", 1), pid=1)
     connect(clients, n.port, "t12-will-gr-w1", 5, will=will(f"{t}/w1", b"w1", 6))
     connect(clients, n.port, "t12-will-gr-w2", 5, will=will(f"{t}/w2", b"w2", 6))
     connect(clients, n.port, "t12-will-gr-w3", 5, will=will(f"{t}/w3", b"w3", 7))  # the sentinel
@@ -384,7 +343,7 @@ def test_will_delay_survives_graceful_restart(node, clients):
 def test_session_expired_while_the_node_was_down_ends_at_start_with_its_will(node, clients):
     n, t = node, "t12/expired"
     sub, _ = connect(clients, n.port, "t12-exp-sub", 5)
-    subscribe(sub, 1, (f"{t}/#", 1))
+    subscribe(sub, (f"{t}/#", 1), pid=1)
     e, _ = connect(clients, n.port, "t12-exp-e", 5, expiry=3, will=will(f"{t}/e", b"e gone", 600))
     e.close()  # without DISCONNECT: the session expires in 3 s, before its will delay
     deadline = time.time() + 3
@@ -421,7 +380,7 @@ def test_retained_keep_properties_and_expiry(request, clients, workers, how):
     wait_for(lambda: time.monotonic() > t_pub + 2.2, 5, 0.05, "the short expiry to pass")
     for v in (5, 4):
         c, _ = connect(clients, n.port, f"t12-ret-sub{v}-{workers}{how}", v, expiry=0, clean=True)
-        subscribe(c, 1, (f"{t}/#", 1))
+        subscribe(c, (f"{t}/#", 1), pid=1)
         got = {p.topic: p for p in c.barrier()}
         assert set(got) == {f"{t}/props", f"{t}/plain"}
         assert all(p.retain for p in got.values())
@@ -463,7 +422,7 @@ def test_golden_format_1_store_is_served(clients):
         v5.send(PubRel(12))
         assert v5.expect(PubComp).reason_code == ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
         r, _ = connect(clients, n.port, "t12-golden-r", 5, expiry=0, clean=True)
-        subscribe(r, 1, ("golden/retained/#", 1))
+        subscribe(r, ("golden/retained/#", 1), pid=1)
         got = {p.topic: p for p in r.barrier()}
         assert set(got) == {"golden/retained/plain", "golden/retained/props"}
     finally:
@@ -512,13 +471,13 @@ def test_sessions_that_end_leave_nothing_in_the_store(clients):
         # 3.1.1 clean session and v5 expiry 0, with QoS 1/2 in and out
         for cid, v in (("t12-clean-v4", 4), ("t12-clean-v5", 5)):
             c, _ = connect(clients, n.port, cid, v, expiry=0, clean=True)
-            subscribe(c, 1, (f"{t}/q", 2))
+            subscribe(c, (f"{t}/q", 2), pid=1)
             c.send(Publish(f"{t}/in", b"x", 2, packet_id=5))
             c.expect(PubRec)  # an incoming QoS 2 left open
         # persistent sessions with queued messages, ended three ways
         for cid in ("t12-clean-restart", "t12-clean-disconnect", "t12-clean-expire"):
             c, _ = connect(clients, n.port, cid, 5, expiry=1 if cid.endswith("expire") else 3600)
-            subscribe(c, 1, (f"{t}/#", 1))
+            subscribe(c, (f"{t}/#", 1), pid=1)
             c.send(Disconnect())
         publish(pub, f"{t}/q", b"queued", 1, 1, True)
         publish(pub, f"{t}/q", b"", 1, 2, True)  # the retained message cleared again
@@ -541,7 +500,7 @@ def test_queue_and_retained_limits_hold_in_the_store(clients, workers):
     n.start()
     try:
         sub, _ = connect(clients, n.port, "t12-lim-sub", 5)
-        subscribe(sub, 1, ("t12/lim/q", 1))
+        subscribe(sub, ("t12/lim/q", 1), pid=1)
         sub.send(Disconnect())
         pub, _ = connect(clients, n.port, "t12-lim-pub", 5, expiry=0, clean=True)
         for i in range(5):
@@ -561,7 +520,7 @@ def test_queue_and_retained_limits_hold_in_the_store(clients, workers):
         assert [p.payload for p in receive(sub, 3)] == [b"m0", b"m1", b"m2"]
         assert sub.barrier() == []
         r, _ = connect(clients, n.port, "t12-lim-r", 5, expiry=0, clean=True)
-        subscribe(r, 1, ("t12/lim/r/#", 1))
+        subscribe(r, ("t12/lim/r/#", 1), pid=1)
         assert sorted(p.topic for p in r.barrier()) == ["t12/lim/r/0", "t12/lim/r/1"]
     finally:
         n.stop()
@@ -575,7 +534,7 @@ def test_every_sync_policy_keeps_acknowledged_messages_over_sigkill(clients, syn
     try:
         for v in (4, 5):
             s, _ = connect(clients, n.port, f"t12-sync-sub-{v}", v)
-            subscribe(s, 1, (f"t12/sync/{v}", 2))
+            subscribe(s, (f"t12/sync/{v}", 2), pid=1)
             s.close()
         pub, _ = connect(clients, n.port, "t12-sync-pub", 5, expiry=0, clean=True)
         for i in range(10):
@@ -620,10 +579,10 @@ def test_full_disk_refuses_qos_1_and_2_keeps_serving_and_recovers(clients):
         assert free_bytes(disk) <= 16 << 20 and os.path.isdir(os.path.join(disk, "worker-1"))
         pids = n.worker_pids()
         sub, _ = connect(clients, n.port, "t12-full-sub", 5)
-        subscribe(sub, 1, ("t12/full/q", 1))
+        subscribe(sub, ("t12/full/q", 1), pid=1)
         sub.send(Disconnect())
         live, _ = connect(clients, n.port, "t12-full-live", 5, expiry=0, clean=True)
-        subscribe(live, 1, ("t12/full/live", 0))
+        subscribe(live, ("t12/full/live", 0), pid=1)
         pub, _ = connect(clients, n.port, "t12-full-pub", 5, expiry=0, clean=True)
         filler = os.path.join(disk, "filler")
         with open(filler, "wb") as f:  # leave about 1 MB
@@ -651,7 +610,7 @@ def test_full_disk_refuses_qos_1_and_2_keeps_serving_and_recovers(clients):
         other, _ = connect(clients, n.port, "t12-full-new", 5, expiry=0, clean=True)
         assert other.barrier() == []
         during, _ = connect(clients, n.port, "t12-full-during", 5)  # a session the store cannot take now
-        subscribe(during, 1, ("t12/full/during", 1))
+        subscribe(during, ("t12/full/during", 1), pid=1)
         during.send(Disconnect())
         assert b"s/t12-full-during" not in copied_keys(n, disk)
         assert n.worker_pids() == pids

@@ -150,7 +150,7 @@ def test_publish_rate_pauses_the_client_and_loses_nothing(rated, version, client
 
 
 def _encoded(client, packet) -> bytes:
-    from mqtt import encode
+    from tests.support.wire import encode
 
     return encode(packet, client.version)
 

@@ -19,18 +19,8 @@ import time
 import pytest
 
 from mqtt import Connack, Connect, Disconnect, Prop, PubAck, Publish, ReasonCode
-from tests.integration.test_20_multiworker import (
-    all_workers,
-    connect_on,
-    open_on,
-    others,
-    persistent,
-    publish,
-    receive,
-    sentinel_first,
-    spread,
-    subscribe,
-)
+from tests.integration.test_20_multiworker import all_workers, connect_on, open_on, others, sentinel_first, spread
+from tests.support.clients import persistent, publish_all, receive, subscribe
 from tests.support.node import Node, wait_for
 
 WORKERS = 3
@@ -77,12 +67,12 @@ def test_worker_sigkill_restarted_sessions_found_others_serve(multinode, clients
     spread(x4, pub, live_sub)
     for x in (x4, x5):
         topic = f"f21/x/{x.version}"
-        assert publish(pub, topic, [b"m1", b"m2"], 1) == [ReasonCode.SUCCESS] * 2
+        assert publish_all(pub, topic, [b"m1", b"m2"], 1) == [ReasonCode.SUCCESS] * 2
         got = [x.expect(Publish) for _ in range(2)]  # inflight, never acknowledged
         assert [p.payload for p in got] == [b"m1", b"m2"]
         x.send(Disconnect())
         assert x.expect_closed() == []
-        assert publish(pub, topic, [b"q3", b"q4"], 1, first_pid=3) == [ReasonCode.SUCCESS] * 2  # queued
+        assert publish_all(pub, topic, [b"q3", b"q4"], 1, first_pid=3) == [ReasonCode.SUCCESS] * 2  # queued
 
     old_pid = n.worker_pids()[victim]
     mark = n._log_size()
@@ -120,11 +110,11 @@ def test_worker_sigkill_restarted_sessions_found_others_serve(multinode, clients
     # the restarted worker serves again, and routes across workers as before
     fresh = connect_on(clients, n, "f21-fresh", 5, victim)
     subscribe(fresh, "f21/live", 1)
-    publish(pub, "f21/live", [b"after"], 1, first_pid=2000)
+    publish_all(pub, "f21/live", [b"after"], 1, first_pid=2000)
     assert [p.payload for p in publishes_on(fresh, "f21/live", 1)] == [b"after"]
     assert [p.payload for p in publishes_on(live_sub, "f21/live", 1)] == [b"after"]
     for back in (back4, back5):
-        publish(pub, f"f21/x/{back.version}", [b"later"], 1, first_pid=3000)
+        publish_all(pub, f"f21/x/{back.version}", [b"later"], 1, first_pid=3000)
         assert [p.payload for p in receive(back, 1)] == [b"later"]
 
 
@@ -137,7 +127,7 @@ def test_router_sigkill_workers_register_again(multinode, clients):
         subscribe(s, "f21/r/#", 1)
     spread(*subs)
     held = connect_on(clients, n, "f21-r-held", 5, wids[0], **persistent(5))
-    publish(pubs[1], "f21/r/retained", [b"kept"], 1, retain=True)
+    publish_all(pubs[1], "f21/r/retained", [b"kept"], 1, retain=True)
     for s in subs:
         assert [p.payload for p in publishes_on(s, "f21/r/retained", 1)] == [b"kept"]
 
@@ -177,7 +167,7 @@ def test_router_sigkill_workers_register_again(multinode, clients):
     wait_for(complete, 15, 0, "cross-worker routing complete after the router restart")
     # every publisher reaches every subscriber exactly once
     for i, p in enumerate(pubs):
-        publish(p, "f21/r/after", [b"after %d" % i], 1, first_pid=10 + i)
+        publish_all(p, "f21/r/after", [b"after %d" % i], 1, first_pid=10 + i)
     for s in subs:
         assert sorted(x.payload for x in publishes_on(s, "f21/r/after", len(pubs))) == [b"after %d" % i for i in range(len(pubs))]
     # retained messages: one node-wide view again
@@ -228,12 +218,12 @@ def test_stalled_worker_comes_back_with_its_routes(multinode, clients):
         return isinstance(p, Publish) and p.payload == b"probe"
 
     wait_for(probe_arrived, 10, 0, "routes of the stalled worker back")
-    publish(pub, "f21/stall", [b"after"], 1, first_pid=1)
+    publish_all(pub, "f21/stall", [b"after"], 1, first_pid=1)
     while (p := publishes_on(sub, "f21/stall", 1)[0]).payload != b"after":
         assert p.payload == b"probe", p  # probes still on their way come first
     sentinel_first(sub, pub, "f21/stall")  # and "after" came once
     # it learned the route added while it was stalled
-    publish(sub, "f21/stall/back", [b"news"], 1, first_pid=1)
+    publish_all(sub, "f21/stall/back", [b"news"], 1, first_pid=1)
     assert [p.payload for p in publishes_on(newcomer, "f21/stall/back", 1)] == [b"news"]
     # its stale copy of the session granted elsewhere is gone, connection included
     assert [(type(d), d.reason_code) for d in held.expect_closed(timeout=3)] == [(Disconnect, ReasonCode.SESSION_TAKEN_OVER)]

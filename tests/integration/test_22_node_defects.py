@@ -17,7 +17,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from mqtt import PubAck, Publish, ReasonCode, SubAck, Subscribe, Subscription
-from tests.integration.test_20_multiworker import connect_on, others, publish
+from tests.integration.test_20_multiworker import connect_on, others
+from tests.support.clients import publish_all
 from tests.support.node import Node, _zombie, wait_for
 
 
@@ -65,7 +66,7 @@ def test_circusd_sigkill_ends_every_process_and_a_restart_serves_alone(clients):
 
 def clear(pub, sub, topic: str) -> None:
     """Remove the retained message; the subscriber sees the (empty) publish go by."""
-    assert publish(pub, topic, [b""], 0, retain=True) == []
+    assert publish_all(pub, topic, [b""], 0, retain=True) == []
     p = sub.expect(Publish)
     assert (p.topic, p.payload) == (topic, b""), p
 
@@ -84,8 +85,8 @@ def test_publish_acknowledged_before_subscribe_is_not_delivered_to_it(four, clie
     sub = connect_on(clients, n, "d22-sub", 5, others(n, pub))
     for i in range(25):
         topic = f"d22/race/{i}"
-        assert publish(pub, topic, [b"retained"], 1, retain=True) in ACKED
-        assert publish(pub, topic, [b"before"], 1, first_pid=2) in ACKED
+        assert publish_all(pub, topic, [b"retained"], 1, retain=True) in ACKED
+        assert publish_all(pub, topic, [b"before"], 1, first_pid=2) in ACKED
         # both acknowledged: only now does the other worker's client subscribe
         sub.send(Subscribe(i + 1, [Subscription(topic, 1)]))
         ack = sub.expect(SubAck)
@@ -103,7 +104,7 @@ def test_retained_messages_come_before_live_messages_of_a_new_subscription(four,
     sub = connect_on(clients, n, "d22-sub2", 5, others(n, pub))
     for i in range(25):
         topic = f"d22/order/{i}"
-        assert publish(pub, topic, [b"retained"], 1, retain=True) in ACKED
+        assert publish_all(pub, topic, [b"retained"], 1, retain=True) in ACKED
         # the live publish races the SUBSCRIBE: it may or may not reach the
         # subscription, but never before the retained message
         sub.send(Subscribe(i + 1, [Subscription(topic, 1)]))

@@ -11,12 +11,13 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from mqtt import Connect, PingReq, PingResp, PubAck, Publish, SubAck, Subscribe, Subscription, encode
+from mqtt import Connect, PingReq, PingResp, PubAck, Publish, SubAck, Subscribe, Subscription
 from tests.support.certs import Certs
 from tests.support.js import JsClient
 from tests.support.node import Node, free_port, wait_for
 from tests.support.raw import Closed, connect, sys_value
 from tests.support.transports import WsRejected, client_context, ws_raw
+from tests.support.wire import encode
 
 SYS = "$SYS/broker/workers/1/"
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import tempfile
 
+from . import clients
 from .node import VENV_BIN, Node, free_port, wait_for
 
 
@@ -117,38 +118,24 @@ def wait_nodes(nodes: list[Node], names: set[str], timeout: float = 30.0) -> Non
 
 
 # -- MQTT steps shared by the cluster tests (raw clients of tests/support/raw.py) --------------
-def subscribe(c, flt: str, qos: int, pid: int = 1):
-    from mqtt import SubAck, Subscribe, Subscription
-
-    c.send(Subscribe(pid, [Subscription(flt, qos)]))
-    ack = c.expect(SubAck, timeout=30)
-    assert (ack.packet_id, ack.reason_codes) == (pid, [qos]), ack
-    return ack
+def subscribe(c, flt: str, qos: int, pid: int = 1) -> list[int]:
+    """tests/support/clients.py's subscribe, with a deadline for a SUBACK that waits for other nodes."""
+    return clients.subscribe(c, flt, qos, pid=pid, timeout=30)
 
 
 def publish(pub, topic: str, payload: bytes, qos: int, pid: int = 1, retain: bool = False, timeout: float = 30):
-    """One publish with its whole handshake; returns the PUBACK/PUBREC reason code (None at QoS 0)."""
-    from mqtt import PubAck, PubComp, PubRec, PubRel, Publish
-
-    pub.send(Publish(topic, payload, qos, retain=retain, packet_id=pid if qos else None))
+    """One publish with its whole handshake; returns the PUBACK/PUBREC reason code
+    (None at QoS 0, after a PINGREQ round trip)."""
     if qos == 0:
+        clients.publish(pub, topic, payload, 0, retain=retain)
         pub.barrier()
         return None
-    p = pub.recv(timeout)
-    if qos == 1:
-        assert isinstance(p, PubAck) and p.packet_id == pid, p
-        return p.reason_code
-    assert isinstance(p, PubRec) and p.packet_id == pid, p
-    pub.send(PubRel(pid))
-    assert pub.expect(PubComp, timeout).packet_id == pid
-    return p.reason_code
+    return clients.publish(pub, topic, payload, qos, pid, retain, timeout=timeout).reason_code
 
 
 def receive(c, count: int, timeout: float = 20.0) -> list:
-    """tests/support/raw.py's receive, with a deadline for messages that cross nodes."""
-    from tests.support.raw import receive as receive_raw
-
-    return receive_raw(c, count, timeout)
+    """tests/support/clients.py's receive, with a deadline for messages that cross nodes."""
+    return clients.receive(c, count, timeout)
 
 
 def free_ports_for_local_cluster(n: int = 3) -> list[int]:

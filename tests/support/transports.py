@@ -9,7 +9,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Message, Ping, RejectConnection,
                             RejectData, Request, TextMessage)
 
-from mqtt import Framer
+from tests.support import wire
 from tests.support.raw import RawClient
 
 
@@ -126,7 +126,7 @@ def tls_raw(port: int, ctx: ssl.SSLContext, version: int = 4, timeout: float = 1
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     c.sock = ctx.wrap_socket(sock, server_hostname=server_hostname)
-    c.framer = Framer()
+    c.framer = wire.Reader()
     c.pending = []
     c.eof = False
     return c
@@ -146,7 +146,7 @@ def ws_raw(port: int, version: int = 4, ctx: ssl.SSLContext | None = None, timeo
     except BaseException:
         sock.close()
         raise
-    c.framer = Framer()
+    c.framer = wire.Reader()
     c.pending = []
     c.eof = False
     return c
