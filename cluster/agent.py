@@ -36,6 +36,7 @@ from .wills import Wills
 from .opslink import AgentOps
 from .etcd import NODES, RANGE_END, RANGE_START, RETAINED, ROUTES, Etcd
 from .peers import CLUSTER_WIRE, PeerOut, PeerService
+from .replay import Replay, parse_since
 from .routerlink import RouterLink
 
 log = logging.getLogger("shoal.agent")
@@ -114,6 +115,7 @@ class Agent:
         self._router_sync: tuple | None = None  # (applied revision when sent, task) of the router SYNC in flight
         self._peer_syncs: dict[int, asyncio.Task] = {}  # etcd revision -> the Sync round for it
         self.service = PeerService(self)
+        self.replay = Replay(self)  # publishes that raced a subscription on another node
         self.ownership = Ownership(self)  # owners/<client id> (issue 11)
         self.wills = Wills(self)  # wills/<client id>
         self.leader = Leader(self)  # the leader key and its duties
@@ -258,7 +260,10 @@ class Agent:
         for op in ops:
             code = op[0]
             if code == Op.DELIVER:
-                self.deliver(op[1], op[2], op[3], op[4] if len(op) > 4 else None)
+                if len(op) > 6:  # handed back for a new remote route (cluster/replay.py)
+                    self.replay.replayed(op[1], op[5], op[6])
+                else:
+                    self.deliver(op[1], op[2], op[3], op[4] if len(op) > 4 else None)
             elif code == Op.CONFIRM:
                 pending = self.remote_tokens.pop(op[1], None)
                 if pending is not None:
@@ -312,13 +317,15 @@ class Agent:
     def local_routes(self, version: int, delta: list) -> None:
         changed = False
         refs = self.local_refs
-        for sign, member, flt, *_ in delta:
+        for sign, member, flt, *rest in delta:
             if member == "agent":
                 continue
             n = refs.get(flt, 0)
             if sign > 0:
                 refs[flt] = n + 1
-                changed = changed or n == 0
+                if n == 0:
+                    changed = True
+                    self.replay.local_added(flt, rest[0] if rest else None)
             elif n > 0:
                 if n == 1:
                     del refs[flt]
@@ -446,6 +453,8 @@ class Agent:
                 node = cands[i % len(cands)]
                 targets.setdefault(node, [False, []])[1].append([group.group, group.topic_filter])
         key = None
+        if normal and not msg[3]:
+            self.replay.sent(msg, [n for n, (nrm, _) in targets.items() if nrm])
         if ref is not None:
             key = (ref[0], ref[1])
             if not targets:
@@ -560,17 +569,19 @@ class Agent:
             self._rev_check = asyncio.get_running_loop().call_soon(self._check_rev_waiters)
 
     # -- the cluster's routes ----------------------------------------------------------------
-    def _remote_add(self, node: str, flt: str) -> None:
+    def _remote_add(self, node: str, flt: str, since: float | None = None) -> None:
         filters = self.remote.setdefault(node, set())
         if flt in filters:
             return
         filters.add(flt)
         self.trie.add(flt, node, True)
+        self.replay.route_added(node, flt, since)
         n = self.union.get(flt, 0)
         self.union[flt] = n + 1
         if n == 0:
             log.debug("remote route added", extra=kv(peer=node, filter=flt))
-            self.link.queue([Op.ROUTE_ADD, flt])
+            # (with the SUBSCRIBE's moment: router and workers hand back what raced it)
+            self.link.queue([Op.ROUTE_ADD, flt] if since is None else [Op.ROUTE_ADD, flt, since])
 
     def _remote_del(self, node: str, flt: str) -> None:
         filters = self.remote.get(node)
@@ -580,6 +591,7 @@ class Agent:
         if not filters:
             del self.remote[node]
         self.trie.remove(flt, node)
+        self.replay.route_removed(node, flt)
         n = self.union.get(flt, 0) - 1
         if n <= 0:
             self.union.pop(flt, None)
@@ -868,7 +880,7 @@ class Agent:
             node, _, flt = k[len(ROUTES):].decode().partition("/")
             if node != self.node:
                 if put:
-                    self._remote_add(node, flt)
+                    self._remote_add(node, flt, parse_since(ev.kv.value))
                 else:
                     self._remote_del(node, flt)
             elif not put and flt in self.published:
@@ -897,7 +909,7 @@ class Agent:
             retained, self.retained_out = self.retained_out, {}
             tx = client.transactions
             prefix = ROUTES + self.node.encode() + b"/"
-            ops = [tx.put(prefix + f.encode(), b"", self.lease_id) for f in adds]
+            ops = [tx.put(prefix + f.encode(), self.replay.route_value(f), self.lease_id) for f in adds]
             ops += [tx.delete(prefix + f.encode()) for f in dels]
             for topic, value in retained.items():
                 key = RETAINED + topic.encode()

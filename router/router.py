@@ -238,7 +238,9 @@ class Router:
             elif code == Op.PUB_TO:
                 target = self.by_name.get(op[2])
                 if target is not None and target != ident:
-                    self.send(target, [Op.DELIVER, op[1], True, [], None])
+                    # to the agent with the filter and read time of the replay (cluster/replay.py)
+                    self.send(target, [Op.DELIVER, op[1], True, [], None, *op[3:5]] if target == AGENT
+                              else [Op.DELIVER, op[1], True, [], None])
             elif code == Op.ROUTE_DEL:
                 self.route_del(m, op[1])
             elif code == Op.RETAIN:
@@ -368,7 +370,8 @@ class Router:
                 continue  # QoS 1/2 read before the SUBSCRIBE: maybe acknowledged before it arrived
             if sender != ident and ident not in targets and topic_matches(flt, msg[0]):
                 targets.add(ident)
-                self.send(ident, [Op.DELIVER, msg, True, [], None])
+                self.send(ident, [Op.DELIVER, msg, True, [], None, flt, at] if ident == AGENT
+                          else [Op.DELIVER, msg, True, [], None])
 
     def route_del(self, m: Member, flt: str) -> None:
         if m.filters.pop(flt, None) is None:
