@@ -254,6 +254,9 @@ class Agent:
     def hello(self) -> None:
         """HELLO goes before anything queued meanwhile (the router ignores a member it does not know)."""
         self.link.queue_first([Op.HELLO, WIRE_VERSION, list(self.union), [], []])
+        for flt, n in self.union.items():
+            if n > 1 and flt.startswith("$share/"):
+                self.link.queue([Op.ROUTE_ADD, flt, None, n])  # (the router weighs us by the nodes)
 
     # -- the router ---------------------------------------------------------------------
     def on_router_ops(self, ops: list) -> None:
@@ -582,6 +585,8 @@ class Agent:
             log.debug("remote route added", extra=kv(peer=node, filter=flt))
             # (with the SUBSCRIBE's moment: router and workers hand back what raced it)
             self.link.queue([Op.ROUTE_ADD, flt] if since is None else [Op.ROUTE_ADD, flt, since])
+        if flt.startswith("$share/"):
+            self.link.queue([Op.ROUTE_ADD, flt, None, n + 1])  # the router weighs us by the nodes
 
     def _remote_del(self, node: str, flt: str) -> None:
         filters = self.remote.get(node)
@@ -598,6 +603,8 @@ class Agent:
             self.link.queue([Op.ROUTE_DEL, flt])
         else:
             self.union[flt] = n
+            if flt.startswith("$share/"):
+                self.link.queue([Op.ROUTE_ADD, flt, None, n])
 
     def _member_put(self, node: str, value: bytes) -> None:
         try:

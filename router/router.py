@@ -98,6 +98,7 @@ class Router:
         self.shared_cursor: dict[tuple, int] = {}
         self.syncs: list = []
         self.pending: dict[tuple, set] = {}
+        self.share_weight: dict[tuple, int] = {}  # (agent, "$share/g/f") -> other nodes holding the group
         self.recent: deque = deque()  # (at, sender, msg, targets) of the last REPLAY_WINDOW seconds
         self.by_name: dict[str, bytes] = {}  # (sender, token) -> members that have not confirmed  # [ident, token, version, deadline] waiting for members to apply routes
         self.forwarded = 0
@@ -234,6 +235,8 @@ class Router:
                 if holder is not None and holder != ident:
                     self.send(holder, [Op.DELIVER_DIRECT, *op[1:]])
             elif code == Op.ROUTE_ADD:
+                if len(op) > 3:  # the agent: a shared group held on op[3] other nodes
+                    self.share_weight[(ident, op[1])] = op[3]
                 self.route_add(m, op[1], op[2] if len(op) > 2 else None)
             elif code == Op.PUB_TO:
                 target = self.by_name.get(op[2])
@@ -374,6 +377,7 @@ class Router:
                           else [Op.DELIVER, msg, True, [], None])
 
     def route_del(self, m: Member, flt: str) -> None:
+        self.share_weight.pop((m.ident, flt), None)
         if m.filters.pop(flt, None) is None:
             return
         self.trie.remove(flt, m.ident)
@@ -441,6 +445,11 @@ class Router:
     def _pick(self, group, members: list, exclude: bytes | None = None) -> bytes:
         key = (group.group, group.topic_filter)
         cands = [m for m in members if m != exclude and self.members.get(m) is not None and self.members[m].alive] or members
+        if self.share_weight:
+            # the agent counts once per other node with the group: members spread evenly over nodes
+            sw = self.share_weight
+            flt = f"$share/{group.group}/{group.topic_filter}"
+            cands = [m for m in cands for _ in range(sw.get((m, flt), 1))]
         i = self.shared_cursor.get(key, 0)
         self.shared_cursor[key] = i + 1
         return cands[i % len(cands)]
