@@ -22,6 +22,7 @@ import time
 
 import grpc
 import msgpack
+from aetcd.exceptions import RevisionCompactedError
 
 from common.logs import kv
 from common.settings import Settings
@@ -34,7 +35,7 @@ from .leader import Leader
 from .ownership import Ownership
 from .wills import Wills
 from .opslink import AgentOps
-from .etcd import NODES, RANGE_END, RANGE_START, RETAINED, ROUTES, Etcd
+from .etcd import NODES, RANGE_END, RANGE_START, RETAINED, ROUTES, Etcd, read_range
 from .peers import CLUSTER_WIRE, PeerOut, PeerService
 from .replay import Replay, parse_since
 from .routerlink import RouterLink
@@ -50,6 +51,10 @@ DRAIN_TIMEOUT = 7.0  # seconds a stopping agent waits for its workers' sessions 
 
 class DuplicateName(Exception):
     pass
+
+
+class WatchCompacted(Exception):
+    """etcd compacted revisions this node's watch had not seen (args[0]: the compaction revision)."""
 
 
 def _well_formed(body: bytes, topic: str) -> bool:
@@ -700,7 +705,15 @@ class Agent:
                 backoff = 0.2
                 keep = asyncio.get_running_loop().create_task(self._keepalive(client))
                 try:
-                    await self._watch(client, rev + 1, keep)
+                    while True:
+                        try:
+                            await self._watch(client, rev + 1, keep)
+                            break
+                        except WatchCompacted as e:
+                            # (this node fell behind and etcd compacted what it had not read yet)
+                            log.warning("etcd compacted past this node's watch: reading the whole state again",
+                                        extra=kv(compacted=e.args[0], watched_from=rev + 1))
+                            rev = await self._full_sync(client)
                 finally:
                     keep.cancel()
             except DuplicateName:
@@ -790,8 +803,7 @@ class Agent:
     async def _full_sync(self, client) -> int:
         """Read every node, route and retained message at one revision; make the caches
         (and this node's keys in etcd) agree with it."""
-        resp = await client.get_range(RANGE_START, RANGE_END)
-        rev = resp.header.revision
+        rev, resp = await read_range(client, RANGE_START, RANGE_END)
         nodes: dict[str, bytes] = {}
         routes: dict[str, set[str]] = {}
         retained: dict[str, tuple[bytes, int]] = {}
@@ -862,6 +874,8 @@ class Agent:
                     ev = nxt.result()
                 except StopAsyncIteration:
                     raise ConnectionError("etcd watch ended") from None
+                except RevisionCompactedError as e:
+                    raise WatchCompacted(e.compacted_revision) from None
                 nxt = None
                 self._event(ev)
         finally:

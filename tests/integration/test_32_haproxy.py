@@ -18,6 +18,7 @@ import os
 import queue
 import signal
 import threading
+import time
 import uuid
 from types import SimpleNamespace
 
@@ -41,7 +42,7 @@ def cluster():
     etcd = Etcd().start()
     # issue 11's behaviour (sessions follow their client); a lease long enough for the
     # test that freezes an agent for a moment
-    nodes = [cluster_node(name, etcd.url, cluster_lease_ttl=5, cluster_lease_loss="disconnect") for name in NAMES]
+    nodes = [cluster_node(name, etcd.url, cluster_lease_ttl=10, cluster_lease_loss="disconnect") for name in NAMES]
     proxy = None
     try:
         for n in nodes:
@@ -411,3 +412,74 @@ def test_publish_racing_a_subscribe_on_another_node(lb, cluster):
         os.kill(agent, signal.SIGCONT)
     (m,) = sub.receive(1)
     assert m.payload == b"raced"
+
+
+# -- etcd compaction --------------------------------------------------------------------------
+def _pad_etcd(url: str, prefix: str, count: int, size: int) -> int:
+    """count puts (one etcd revision each, 20 at a time) of keys that no agent reads but
+    every agent's watch carries (they sort inside its range)."""
+    import asyncio
+
+    import aetcd
+
+    from cluster.etcd import parse_endpoint
+
+    async def pad():
+        host, port = parse_endpoint(url)
+        async with aetcd.Client(host, port, options={"grpc.max_receive_message_length": 64 << 20}) as c:
+            value = b"x" * size
+            for i in range(0, count, 20):
+                await asyncio.gather(*(c.put(f"{prefix}{j:05d}".encode(), value) for j in range(i, min(i + 20, count))))
+
+    asyncio.run(pad())
+
+
+def test_compaction_while_a_watch_is_behind(lb, cluster):
+    """A node's watch falls behind (its agent frozen while etcd takes thousands of
+    revisions), a new route and a new retained message are made elsewhere, and etcd
+    compacts past what that watch read: the node reads the whole state again, so a
+    publish made on it afterwards reaches the new subscriber on another node and a new
+    subscriber on it sees the new retained message."""
+    topic = f"t32/compact/{uuid.uuid4().hex[:6]}"
+    behind = lb(5).connect()
+    sub = lb(5).connect()
+    setter = lb(5).connect()
+    apart(behind, sub, setter)
+    node = cluster.by_name[behind.node]
+    agent = node.agent_pid()
+    mark = len(node.log())
+    frozen = time.monotonic()
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        # more revisions than etcd buffers for a watch that is not read (128 responses,
+        # plus what the stream's window holds)
+        _pad_etcd(cluster.etcd.url, f"padding/{topic}/", 400, 64 * 1024)
+        mid = sub.subscribe(topic + "/route", 1, wait=False)  # (its SUBACK waits for the frozen node)
+        wait_for(lambda: f"routes/{sub.node}/{topic}/route" in cluster.etcd.keys(f"routes/{sub.node}/"), WAIT, 0.02,
+                 "the new route in etcd")
+        setter.publish(topic + "/retained", b"new", 1, retain=True, wait=False)
+        wait_for(lambda: cluster.etcd.keys(f"retained/{topic}/retained"), WAIT, 0.02, "the retained message in etcd")
+        rev = int(json_status(cluster.etcd)["header"]["revision"])
+        cluster.etcd.ctl("compaction", str(rev))
+    finally:
+        os.kill(agent, signal.SIGCONT)
+    took = time.monotonic() - frozen
+    assert took < 8, f"the agent was frozen {took:.1f} s: its lease (10 s) nearly ran out; the test means nothing"
+    wait_for(lambda: "etcd compacted past this node's watch" in node.log(mark), WAIT, 0.05,
+             "the frozen node to find its watch compacted")
+    # the SUBACK: every node, the one that was behind included, has the route now
+    wait_for(lambda: mid in sub.subacks, WAIT, 0.01, "the SUBACK")
+    behind.publish(topic + "/route", b"after compaction", 1)
+    (m,) = sub.receive(1)
+    assert m.payload == b"after compaction"
+    behind.subscribe(topic + "/retained", 1)
+    (m,) = behind.receive(1)
+    assert (m.payload, m.retain) == (b"new", True)
+    cluster.etcd.ctl("del", "--prefix", f"padding/{topic}/")
+    setter.publish(topic + "/retained", b"", 1, retain=True)
+
+
+def json_status(etcd) -> dict:
+    import json
+
+    return json.loads(etcd.ctl("endpoint", "status", "-w", "json").stdout)[0]["Status"]
