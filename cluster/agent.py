@@ -279,7 +279,7 @@ class Agent:
             elif code == Op.ROUTES:
                 self.local_routes(op[1], op[2])
             elif code == Op.RETAINED:
-                self.local_retained(op[1])
+                self.local_retained(op[1], op[2] if len(op) > 2 else None)
             elif code == Op.SYNCED:
                 fut = self.router_syncs.pop(op[1], None)
                 if fut is not None and not fut.done():
@@ -411,10 +411,14 @@ class Agent:
         if futs:
             await asyncio.wait(futs, timeout=self.settings.cluster_lease_ttl + 1.0)
 
-    def local_retained(self, w: list) -> None:
-        """A retained message set (or cleared) on this node: into etcd."""
+    def local_retained(self, w: list, ref=None) -> None:
+        """A retained message set (or cleared) on this node: into etcd. With a ref, the
+        publisher's PUBACK waits (DELIVERED ref) until it is in etcd and every live node
+        applied it, so a new subscriber anywhere sees it once the publisher is answered."""
         topic = w[0]
         if topic.startswith("$SYS/"):
+            if ref is not None:
+                self.link.queue([Op.DELIVERED, ref])
             return
         if w[1]:
             expires_in = w[5]
@@ -423,7 +427,17 @@ class Agent:
             self.retained_out[topic] = value
         else:
             self.retained_out[topic] = None
-        self._changed()
+        gen = self._changed()
+        if ref is not None:
+            asyncio.get_running_loop().create_task(self._ack_retained(gen, ref))
+
+    async def _ack_retained(self, gen: int, ref: list) -> None:
+        try:
+            rev = await self._flushed(gen)  # (0: etcd unreachable; it gets the message when back)
+            if rev:
+                await self._peers_synced(rev)
+        finally:
+            self.link.queue([Op.DELIVERED, ref])
 
     async def router_sync(self) -> None:
         """Every other member of this node applied the routes sent so far."""

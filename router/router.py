@@ -47,6 +47,7 @@ SETTLE_TIMEOUT = 3.0  # seconds after start that publishes wait for every worker
 ROUTED = (Op.PUB, Op.SHARED_PUB, Op.DIRECT, Op.REMOTE_PUB)  # ops that need the whole route table
 RETAINED_SWEEP = 60.0  # seconds between sweeps of expired retained messages
 AGENT = b"agent"  # the cluster agent's identity (cluster/routerlink.py)
+STORE = b"\x00store"  # stands for the router's store among those a pending CONFIRM waits for
 DRAIN_WAIT = 8.0  # seconds a stopping cluster node's router waits for its members (circus waits 10)
 
 
@@ -483,15 +484,30 @@ class Router:
             self.sys_retained -= 1
         if self.store is not None:
             self.store.set_retained(m, now)
+        # cluster: the PUBACK waits for the agent too (in etcd, and applied by every node)
+        agent = self.members.get(AGENT) if token is not None and not sys_topic and sender != AGENT else None
+        ref = [sender, token] if agent is not None and agent.alive else None
         if token is not None:
-            if self.store is not None:
+            if ref is not None:
+                waiting = self.pending[(sender, token)] = {AGENT}
+                if self.store is not None:
+                    waiting.add(STORE)
+                    self.store.after_commit(lambda ok: self._stored(sender, token, ok))
+            elif self.store is not None:
                 self.store.after_commit(lambda ok: self.send(sender, [Op.CONFIRM, token, ok]))
             else:
                 self.send(sender, [Op.CONFIRM, token, True])
         if sender is not None:
             for ident, m in self.members.items():
                 if ident != sender and m.alive:
-                    self.send(ident, [Op.RETAINED, msg])
+                    self.send(ident, [Op.RETAINED, msg, ref] if ident == AGENT and ref is not None else [Op.RETAINED, msg])
+
+    def _stored(self, sender: bytes, token, ok: bool) -> None:
+        """The router's store has a retained message whose PUBACK also waits for the agent."""
+        if ok:
+            self.delivered(STORE, [sender, token])
+        elif self.pending.pop((sender, token), None) is not None:
+            self.send(sender, [Op.CONFIRM, token, False])
 
     # -- sessions ------------------------------------------------------------------
     def claim(self, ident: bytes, client_id: str, req: int, clean_start: bool, now: float) -> None:

@@ -483,3 +483,41 @@ def json_status(etcd) -> dict:
     import json
 
     return json.loads(etcd.ctl("endpoint", "status", "-w", "json").stdout)[0]["Status"]
+
+
+# -- issue 10's closing-note gaps ------------------------------------------------------------------
+def test_retained_puback_means_every_node_has_it(cluster):
+    """A retained publish is acknowledged once it is in etcd and every live node applied
+    it: while one node's agent is frozen the PUBACK waits (a PINGREQ barrier answers
+    before it), and once the publisher holds it a new subscriber on that node gets the
+    message at once."""
+    from mqtt import PubAck, Publish
+    from tests.support.raw import RawClient
+
+    topic = f"t32/retained-ack/{uuid.uuid4().hex[:6]}"
+    before = cluster.proxy.sessions()
+    pub = RawClient(cluster.proxy.port, 5, timeout=WAIT)
+    pub.connect(f"t32-rack-{uuid.uuid4().hex[:6]}")
+    (node,) = cluster.proxy.landed(before)
+    other = cluster.by_name[NAMES[(NAMES.index(node) + 1) % len(NAMES)]]
+    agent = other.agent_pid()
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        pub.send(Publish(topic, b"durable", 1, retain=True, packet_id=1))
+        wait_for(lambda: cluster.etcd.keys(f"retained/{topic}"), WAIT, 0.02, "the retained message in etcd")
+        early = pub.barrier()
+        assert not any(isinstance(p, PubAck) for p in early), early  # the frozen node has not applied it
+    finally:
+        os.kill(agent, signal.SIGCONT)
+    assert pub.expect(PubAck, WAIT).packet_id == 1
+    from tests.support.cluster import subscribe
+    from tests.support.raw import connect
+
+    s = connect(other.port, f"t32-rack-sub-{uuid.uuid4().hex[:6]}", 5)
+    subscribe(s, topic, 1)
+    p = s.recv(WAIT)
+    assert isinstance(p, Publish) and (p.payload, p.retain) == (b"durable", True), p
+    pub.send(Publish(topic, b"", 1, retain=True, packet_id=2))
+    assert pub.expect(PubAck, WAIT).packet_id == 2
+    pub.close()
+    s.close()
