@@ -57,17 +57,19 @@ class WatchCompacted(Exception):
     """etcd compacted revisions this node's watch had not seen (args[0]: the compaction revision)."""
 
 
-def _well_formed(body: bytes, topic: str) -> bool:
+def _well_formed(body: bytes, topic: str) -> list | None:
     """A message from a peer is checked before it goes to the router (one bad
     message must not cost the router the batch it travels in); it still goes on
-    as the bytes it came in."""
+    as the bytes it came in. Returns the decoded message, or None."""
     try:
         w = msgpack.unpackb(body, raw=False, strict_map_key=False)
     except Exception:
-        return False
-    return (type(w) is list and len(w) >= 7 and w[0] == topic and type(w[1]) is bytes
+        return None
+    if (type(w) is list and len(w) >= 7 and w[0] == topic and type(w[1]) is bytes
             and w[2] in (0, 1, 2) and type(w[3]) is bool and (w[4] is None or type(w[4]) is dict)
-            and (w[5] is None or type(w[5]) in (int, float)) and type(w[6]) is str)
+            and (w[5] is None or type(w[5]) in (int, float)) and type(w[6]) is str):
+        return w
+    return None
 
 
 def _json(obj) -> bytes:
@@ -131,6 +133,7 @@ class Agent:
         self.server: grpc.aio.Server | None = None
         self.dropped_qos0 = 0
         self.malformed = 0  # messages from peers that were not a message
+        self.expired_in_queue = 0  # messages whose Message Expiry ran out while queued for this node
         self.forwarded = 0
         self.received_count = 0
         self.lease_file = os.path.join(str(settings.data_path), "cluster-lease")
@@ -235,6 +238,7 @@ class Agent:
             "received_total": self.received_count,
             "dropped_qos0_total": self.dropped_qos0,
             "malformed_total": self.malformed,
+            "expired_in_queue_total": self.expired_in_queue,
             "paused": int(self.link.paused),
         }
 
@@ -526,13 +530,24 @@ class Agent:
         now = time.monotonic()
         for p in frame.pubs:
             body = p.msg
-            if not _well_formed(body, p.topic):
+            w = _well_formed(body, p.topic)
+            if w is None:
                 self.malformed += 1
                 log.warning("malformed message from a peer dropped", extra=kv(peer=origin.node, topic=p.topic[:100],
                                                                               size=len(body), malformed=self.malformed))
                 if p.seq:
                     origin.owned(p.seq)
                 continue
+            if p.queued_ms and w[5] is not None:
+                # Message Expiry counts the time it waited in the sender's queue (a link down)
+                left = w[5] - p.queued_ms / 1000.0
+                if left <= 0:
+                    self.expired_in_queue += 1
+                    if p.seq:
+                        origin.owned(p.seq)
+                    continue
+                w[5] = left
+                body = msgpack.packb(w, use_bin_type=True)
             token = None
             if p.seq:
                 st = origin.mark(p.seq)

@@ -521,3 +521,29 @@ def test_retained_puback_means_every_node_has_it(cluster):
     assert pub.expect(PubAck, WAIT).packet_id == 2
     pub.close()
     s.close()
+
+
+def test_message_expiry_counts_the_wait_for_a_peer(lb, cluster):
+    """A message that waits in the publishing node's queue for another node (that
+    node's agent killed: the link is down until circus has started a new one) arrives
+    with its Message Expiry Interval less the wait."""
+    topic = f"t32/expiry/{uuid.uuid4().hex[:6]}"
+    expiry = 120
+    sub = lb(5).connect()
+    sub.subscribe(topic, 1)
+    pub = lb(5).connect()
+    apart(sub, pub)
+    node = cluster.by_name[sub.node]
+    os.kill(node.agent_pid(), signal.SIGKILL)
+    props = Properties(PacketTypes.PUBLISH)
+    props.MessageExpiryInterval = expiry
+    sent = time.monotonic()
+    pub.c.publish(topic, b"waited", 1, properties=props)
+    (m,) = sub.receive(1)
+    waited = time.monotonic() - sent
+    left = m.properties.MessageExpiryInterval
+    # whole seconds, rounded up by the broker: at most the interval less the wait, plus one
+    assert left <= expiry - waited + 1, (left, waited)
+    assert left >= expiry - waited - 2, (left, waited)
+    wait_for(lambda: node.agent_pid() is not None and "registered with the router" in node.log(), WAIT, 0.05,
+             "the new agent")
