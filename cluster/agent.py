@@ -96,7 +96,8 @@ class Agent:
         self.flushed_rev = 0
         self.flush_waiters: list[tuple[int, asyncio.Future]] = []
         self.dirty = asyncio.Event()
-        self.retained_out: dict[str, bytes | None] = {}  # topic -> value to write (None: delete)
+        self.retained_out: dict[str, bytes | None] = {}  # topic -> value to write (no payload: a tombstone)
+        self._tomb_lease: tuple[int, float] | None = None  # (lease id, monotonic time to stop using it)
         self.router_retained: dict[str, list] = {}  # from WELCOME: pushed to etcd when etcd lacks them
         self.etcd_retained: set[str] = set()  # topics etcd held at the first sync
         self.pending_versions: dict[int, bool] = {}  # route versions of the router -> done
@@ -430,7 +431,7 @@ class Agent:
                                    None if expires_in is None else time.time() + expires_in, w[6], self.node], use_bin_type=True)
             self.retained_out[topic] = value
         else:
-            self.retained_out[topic] = None
+            self.retained_out[topic] = None  # (the writer puts a tombstone)
         gen = self._changed()
         if ref is not None:
             asyncio.get_running_loop().create_task(self._ack_retained(gen, ref))
@@ -818,6 +819,17 @@ class Agent:
                 raise DuplicateName(msg)
             await client.put(key, value, lease=lease_id)
 
+    async def _tombstone_lease(self, client) -> int:
+        """The lease cleared retained messages are written under: granted for
+        SHOAL_CLUSTER_RETAINED_TOMBSTONE_TTL, used for half of that, never renewed, so
+        etcd deletes each tombstone between half that time and that time after it."""
+        now = time.monotonic()
+        if self._tomb_lease is None or now >= self._tomb_lease[1]:
+            ttl = self.settings.cluster_retained_tombstone_ttl
+            lease = await client.lease(ttl)
+            self._tomb_lease = (lease.id, now + ttl / 2)
+        return self._tomb_lease[0]
+
     async def _keepalive(self, client) -> None:
         ttl = self.settings.cluster_lease_ttl
         while True:
@@ -961,11 +973,18 @@ class Agent:
             prefix = ROUTES + self.node.encode() + b"/"
             ops = [tx.put(prefix + f.encode(), self.replay.route_value(f), self.lease_id) for f in adds]
             ops += [tx.delete(prefix + f.encode()) for f in dels]
-            for topic, value in retained.items():
-                key = RETAINED + topic.encode()
-                ops.append(tx.put(key, value) if value is not None else tx.delete(key))
             rev = self.flushed_rev
             try:
+                for topic, value in retained.items():
+                    key = RETAINED + topic.encode()
+                    if value is None:
+                        # a clear is a record with no payload under a lease that ends it (a
+                        # tombstone), not a delete: a node that comes back with the old message
+                        # sees that it was cleared
+                        tomb = msgpack.packb([topic, b"", 0, True, None, None, "", self.node], use_bin_type=True)
+                        ops.append(tx.put(key, tomb, await self._tombstone_lease(client)))
+                    else:
+                        ops.append(tx.put(key, value))
                 for i in range(0, len(ops), TXN_OPS):
                     _, responses = await client.transaction(compare=[], success=ops[i:i + TXN_OPS], failure=[])
                     for r in responses:
@@ -979,6 +998,7 @@ class Agent:
                 # on; the router's SYNC deadline bounds them, and a lost connection releases
                 # them in _etcd_main)
                 log.warning("etcd write failed; trying again", extra=kv(error=str(e)[:200], ops=len(ops)))
+                self._tomb_lease = None  # (in case it was that lease that is gone)
                 for topic, value in retained.items():
                     self.retained_out.setdefault(topic, value)
                 try:

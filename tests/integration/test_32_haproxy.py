@@ -547,3 +547,39 @@ def test_message_expiry_counts_the_wait_for_a_peer(lb, cluster):
     assert left >= expiry - waited - 2, (left, waited)
     wait_for(lambda: node.agent_pid() is not None and "registered with the router" in node.log(), WAIT, 0.05,
              "the new agent")
+
+
+def test_retained_clear_holds_when_a_node_comes_back(lb, cluster):
+    """A node stops while it holds a retained message; the message is cleared
+    elsewhere; the node comes back with its old copy in its store: the clear holds on
+    every node (etcd keeps a tombstone of the clear, so the node does not put it back)."""
+    topic = f"t32/clear/{uuid.uuid4().hex[:6]}"
+    sentinel = topic + "/sentinel"
+    setter = lb(5).connect()
+    setter.publish(topic, b"old", 1, retain=True)
+    gone = cluster.by_name[setter.node]
+    setter.close()
+    gone.stop()  # SIGTERM: the node leaves with "old" in its store
+    others = [n for n in cluster.nodes if n is not gone]
+    wait_nodes(others, {n.env["SHOAL_NODE_NAME"] for n in others})
+    from tests.support.cluster import publish, subscribe
+    from tests.support.raw import connect
+
+    c = connect(others[0].port, f"t32-clear-{uuid.uuid4().hex[:6]}", 5)
+    publish(c, topic, b"", 1, retain=True)  # cleared while the node is away
+    gone.start(60)
+    wait_nodes(cluster.nodes, set(NAMES))
+    # a retained publish on the node that came back: acknowledged once every node has it,
+    # so whatever that node wrote to etcd before it is in etcd too
+    back = connect(gone.port, f"t32-clear-back-{uuid.uuid4().hex[:6]}", 5)
+    publish(back, sentinel, b"s", 1, retain=True)
+    for n in cluster.nodes:
+        s = connect(n.port, f"t32-clear-sub-{uuid.uuid4().hex[:6]}", 5)
+        subscribe(s, topic, 1, pid=1)
+        subscribe(s, sentinel, 1, pid=2)
+        got = s.recv(WAIT)
+        assert getattr(got, "topic", None) == sentinel, (n.env["SHOAL_NODE_NAME"], got)
+        s.close()
+    publish(back, sentinel, b"", 1, retain=True)
+    c.close()
+    back.close()
