@@ -45,8 +45,24 @@ log = logging.getLogger("shoal.agent")
 FIRST_SYNC_WAIT = 2.0  # seconds the agent waits for etcd before it registers with its router anyway
 WRITE_RETRY = 0.5  # seconds before a failed etcd write is tried again
 TXN_OPS = 100  # operations per etcd transaction (etcd's default limit is 128)
+TXN_BYTES = 1024 * 1024  # bytes of keys and values per transaction (etcd's default request limit is 1.5 MiB)
 BACKOFF_MAX = 5.0  # seconds between etcd reconnect attempts at most
 DRAIN_TIMEOUT = 7.0  # seconds a stopping agent waits for its workers' sessions (circus waits 10)
+
+
+def _txn_chunks(sized: list) -> list:
+    """Operations cut into transactions of at most TXN_OPS operations and TXN_BYTES
+    bytes (a bigger single operation goes alone)."""
+    chunks, cur, size = [], [], 0
+    for item in sized:
+        if cur and (len(cur) >= TXN_OPS or size + item[1] > TXN_BYTES):
+            chunks.append(cur)
+            cur, size = [], 0
+        cur.append(item)
+        size += item[1]
+    if cur:
+        chunks.append(cur)
+    return chunks
 
 
 class DuplicateName(Exception):
@@ -819,6 +835,34 @@ class Agent:
                 raise DuplicateName(msg)
             await client.put(key, value, lease=lease_id)
 
+    async def _write_txn(self, client, chunk: list) -> int:
+        """One transaction; one that etcd refuses as too large is split, and a retained
+        message too large for etcd alone is left out (it stays on this node), so one big
+        message never holds up the writes after it. Returns the highest revision written."""
+        try:
+            _, responses = await client.transaction(compare=[], success=[op for op, _, _ in chunk], failure=[])
+        except Exception as e:
+            text = str(e)
+            if "too large" not in text and "larger than max" not in text:
+                raise
+            if len(chunk) > 1:
+                rev = 0
+                for one in chunk:
+                    rev = max(rev, await self._write_txn(client, [one]))
+                return rev
+            _, size, topic = chunk[0]
+            log.error("retained message too large for etcd: kept on this node only; raise etcd's --max-request-bytes",
+                      extra=kv(topic=(topic or "")[:200], size=size, error=text.splitlines()[0][:200]))
+            return 0
+        rev = 0
+        for r in responses:
+            kind = r.WhichOneof("response")
+            if kind == "response_put":
+                rev = max(rev, r.response_put.header.revision)
+            elif kind == "response_delete_range":
+                rev = max(rev, r.response_delete_range.header.revision)
+        return rev
+
     async def _tombstone_lease(self, client) -> int:
         """The lease cleared retained messages are written under: granted for
         SHOAL_CLUSTER_RETAINED_TOMBSTONE_TTL, used for half of that, never renewed, so
@@ -973,6 +1017,7 @@ class Agent:
             prefix = ROUTES + self.node.encode() + b"/"
             ops = [tx.put(prefix + f.encode(), self.replay.route_value(f), self.lease_id) for f in adds]
             ops += [tx.delete(prefix + f.encode()) for f in dels]
+            sized = [(op, 0, None) for op in ops]  # (op, bytes, retained topic)
             rev = self.flushed_rev
             try:
                 for topic, value in retained.items():
@@ -981,18 +1026,12 @@ class Agent:
                         # a clear is a record with no payload under a lease that ends it (a
                         # tombstone), not a delete: a node that comes back with the old message
                         # sees that it was cleared
-                        tomb = msgpack.packb([topic, b"", 0, True, None, None, "", self.node], use_bin_type=True)
-                        ops.append(tx.put(key, tomb, await self._tombstone_lease(client)))
+                        value = msgpack.packb([topic, b"", 0, True, None, None, "", self.node], use_bin_type=True)
+                        sized.append((tx.put(key, value, await self._tombstone_lease(client)), len(key) + len(value), topic))
                     else:
-                        ops.append(tx.put(key, value))
-                for i in range(0, len(ops), TXN_OPS):
-                    _, responses = await client.transaction(compare=[], success=ops[i:i + TXN_OPS], failure=[])
-                    for r in responses:
-                        kind = r.WhichOneof("response")
-                        if kind == "response_put":
-                            rev = max(rev, r.response_put.header.revision)
-                        elif kind == "response_delete_range":
-                            rev = max(rev, r.response_delete_range.header.revision)
+                        sized.append((tx.put(key, value), len(key) + len(value), topic))
+                for chunk in _txn_chunks(sized):
+                    rev = max(rev, await self._write_txn(client, chunk))
             except Exception as e:
                 # (etcd electing a leader, or gone: the SUBACKs waiting for this write wait
                 # on; the router's SYNC deadline bounds them, and a lost connection releases

@@ -583,3 +583,27 @@ def test_retained_clear_holds_when_a_node_comes_back(lb, cluster):
     publish(back, sentinel, b"", 1, retain=True)
     c.close()
     back.close()
+
+
+def test_retained_too_large_for_etcd_holds_nothing_up(cluster):
+    """A retained message larger than etcd takes (this etcd has its default 1.5 MiB
+    request limit) stays on its node, said so in the log; the writes after it (a
+    retained message, a route) still reach etcd and every node."""
+    from tests.support.cluster import publish, subscribe
+    from tests.support.raw import connect
+
+    topic = f"t32/big/{uuid.uuid4().hex[:6]}"
+    a, b = cluster.nodes[0], cluster.nodes[1]
+    mark = len(a.log())
+    pub = connect(a.port, f"t32-big-{uuid.uuid4().hex[:6]}", 5)
+    publish(pub, topic + "/big", os.urandom(2 * 1024 * 1024), 1, retain=True)
+    publish(pub, topic + "/small", b"small", 1, retain=True)
+    wait_for(lambda: "retained message too large for etcd" in a.log(mark), WAIT, 0.05, "the agent's error line")
+    s = connect(b.port, f"t32-big-sub-{uuid.uuid4().hex[:6]}", 5)
+    subscribe(s, topic + "/small", 1)
+    p = s.recv(WAIT)
+    assert (p.topic, p.payload) == (topic + "/small", b"small"), p
+    publish(pub, topic + "/big", b"", 1, retain=True)
+    publish(pub, topic + "/small", b"", 1, retain=True)
+    pub.close()
+    s.close()
