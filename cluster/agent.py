@@ -359,6 +359,7 @@ class Agent:
                 if n == 1:
                     del refs[flt]
                     changed = True
+                    self.replay.local_removed(flt)
                 else:
                     refs[flt] = n - 1
         self.pending_versions[version] = False

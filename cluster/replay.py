@@ -56,12 +56,16 @@ class Replay:
         self.agent = agent
         self.recent: deque = deque()  # (at, msg, nodes it went to), oldest first
         self.fresh: dict[str, dict[str, float]] = {}  # filter -> {node: moment of its SUBSCRIBE}
+        self.fresh_order: deque = deque()  # (moment, filter, node) oldest first, to forget them in order
         self.local_since: dict[str, float] = {}  # this node's new filters -> moment, until written to etcd
 
     # -- this node's new filters ---------------------------------------------------
     def local_added(self, flt: str, since: float | None) -> None:
         if since is not None and not flt.startswith("$share/"):
             self.local_since[flt] = since
+
+    def local_removed(self, flt: str) -> None:
+        self.local_since.pop(flt, None)
 
     def route_value(self, flt: str) -> bytes:
         """The value of routes/<this node>/<flt>: the SUBSCRIBE's wall-clock moment, once."""
@@ -82,11 +86,17 @@ class Replay:
         """Another node's new route: what this agent sent elsewhere since goes to it too."""
         if since is None or flt.startswith("$share/"):
             return
-        now = time.monotonic()
-        fresh = self.fresh
-        for f in [f for f, nodes in fresh.items() if all(s < now - FRESH_KEEP for s in nodes.values())]:
-            del fresh[f]
+        fresh, order = self.fresh, self.fresh_order
+        old = time.monotonic() - FRESH_KEEP
+        while order and order[0][0] < old:
+            _, f, n = order.popleft()
+            nodes = fresh.get(f)
+            if nodes is not None and n in nodes and nodes[n] < old:
+                del nodes[n]
+                if not nodes:
+                    del fresh[f]
         fresh.setdefault(flt, {})[node] = since
+        order.append((since, flt, node))
         early = since - REPLAY_MARGIN
         for at, msg, nodes in reversed(self.recent):
             if at < early:
