@@ -29,10 +29,10 @@ from common.proc import die_with_parent
 from common.settings import Settings
 from common.wire import STALE, WIRE_VERSION, Op, Own, pack, unpack
 from mqtt import SubscriptionTrie, topic_matches
-from worker.message import Message
+from core.message import Message
 from worker.metrics import Histogram, node_sums
-from worker.serial import msg_from_wire, msg_to_wire
-from worker.store import Store, StoreError
+from core.records import msg_from_wire, msg_to_wire
+from .keys import Store, StoreError
 
 from .admin import OpsService
 
@@ -40,7 +40,7 @@ log = logging.getLogger("shoal.router")
 
 MEMBER_TIMEOUT = 3.0  # seconds without a PING before a member counts as gone
 REPLAY_WINDOW = 0.5  # seconds of routed publishes kept for subscriptions whose route is late
-REPLAY_MARGIN = 0.005  # QoS 0 read this long before a SUBSCRIBE counts as concurrent (worker/router_link.py)
+REPLAY_MARGIN = 0.05  # QoS 0 read this long before a SUBSCRIBE counts as concurrent (worker/router_link.py)
 CLAIM_TIMEOUT = 5.0  # seconds a hand-over may take before the claimant gets an empty session
 HOLDER_RESTART_WAIT = 8.0  # seconds a claim waits for the dead holder of a session to be restarted
 SETTLE_TIMEOUT = 3.0  # seconds after start that publishes wait for every worker to (re-)register

@@ -21,7 +21,7 @@ from mqtt import SubscriptionTrie, parse_shared, topic_matches
 
 from .message import Message
 from .metrics import node_sums
-from .serial import msg_from_wire, msg_to_wire, props_to_wire, session_from_wire, session_to_wire
+from core.records import msg_from_wire, msg_to_wire, props_to_wire, session_from_wire, session_to_wire
 from .sys_topics import render
 
 log = logging.getLogger("shoal.link")
@@ -31,7 +31,9 @@ REPLAY_WINDOW = 0.5  # seconds of unrouted publishes kept for subscriptions whos
 # with it (two clients' packets on two workers have no order, and no acknowledgement said otherwise).
 # A QoS 1/2 publish read before the SUBSCRIBE may have been acknowledged before it arrived: never
 # replayed (issue 8: what a publisher saw acknowledged before the SUBSCRIBE is not for it).
-REPLAY_MARGIN = 0.005
+# 50 ms, not less: the read times are those of two processes, and on a busy host a worker may read
+# a SUBSCRIBE sent before a PUBLISH tens of milliseconds after the other worker read the PUBLISH.
+REPLAY_MARGIN = 0.05
 
 CLAIM_TIMEOUT = 10.0  # the router answers within its own 5 s hand-over timeout
 

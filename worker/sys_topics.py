@@ -67,3 +67,21 @@ def publish_sys(broker, node_snapshot: dict | None = None) -> None:
     items += render("$SYS/broker", node_snapshot if node_snapshot is not None else snap)
     for topic, payload in items:
         broker.publish(Message(topic, payload, 0, True, {}, None, ""), local_only=True)
+
+
+def snapshot(broker) -> dict:
+    """This worker's figures (Broker.sys_snapshot): counters and the sizes of its tables."""
+    m = broker.metrics.as_dict()
+    m["clients_connected"] = len(broker.connections)
+    m["sessions"] = len(broker.sessions)
+    m["subscriptions"] = len(broker.subs)
+    m["retained"] = len(broker.retained)
+    m["uptime"] = int(broker.clock() - broker.started)
+    return m
+
+
+def routes_changed(broker, version: int) -> None:
+    """The node's route table changed (version from the router): a $SYS figure tests await."""
+    broker.route_version = version
+    broker.publish(Message(f"$SYS/broker/workers/{broker.worker_id}/routes/version", str(version).encode(), 0, True,
+                           {}, None, ""))

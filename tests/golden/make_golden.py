@@ -24,8 +24,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
 from mqtt import Prop  # noqa: E402
-from worker.message import Message  # noqa: E402
-from worker.session import NEVER, Delivery, OutState, Session, SubOptions, Will  # noqa: E402
+from core.message import Message  # noqa: E402
+from core.session import NEVER, Delivery, OutState, Session, SubOptions, Will  # noqa: E402
 from worker.store import Store  # noqa: E402
 
 T0 = 1_700_000_000.0  # wall clock when the store was written (November 2023)
