@@ -32,7 +32,7 @@ import msgpack
 from mqtt import topic_matches
 
 REPLAY_WINDOW = 0.5  # seconds of publishes the agent keeps (as workers and router do)
-REPLAY_MARGIN = 0.005  # a QoS 0 publish read this long before a SUBSCRIBE counts as concurrent
+REPLAY_MARGIN = 0.05  # a QoS 0 publish read this long before a SUBSCRIBE counts as concurrent (as on one node)
 FRESH_KEEP = 10.0  # seconds a new remote route stays "new" for replays handed back by the router
 
 
