@@ -1,7 +1,7 @@
 """`python -m cluster`: the cluster agent of a node (circus watcher ``agent``)."""
 from __future__ import annotations
 
-import asyncio
+import uvloop
 
 from common import logs
 from common.settings import Settings
@@ -18,7 +18,9 @@ def main() -> None:
     async def run() -> int:
         return await Agent(settings).run()
 
-    raise SystemExit(asyncio.run(run()))
+    # uvloop, as the workers: measured, a gRPC write and read cost the agent about a
+    # third less CPU than on asyncio's own loop (docs/architecture.md, Figures)
+    raise SystemExit(uvloop.run(run()))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import logging
 import grpc
 
 from common.logs import kv
-from common.wire import Op
+from core import ops as o
 
 from .ownership import OWNERS
 
@@ -40,9 +40,9 @@ class Drain:
         self.adopted_out = 0
         self.adopted_in = 0
 
-    def on_op(self, op: list) -> None:
-        if op[0] == Op.DRAINED:
-            self.agent.ownership._spawn_task(self._drained(op[1], op[2]))
+    def on_op(self, op) -> None:
+        if op.__class__ is o.Drained:
+            self.agent.ownership._spawn_task(self._drained(op.member, op.states))
 
     async def leaving(self, timeout: float) -> None:
         """Wait (at most timeout) for every worker of the node to have drained."""
@@ -70,7 +70,7 @@ class Drain:
             await asyncio.gather(*(one(st) for st in states))
         self.adopted_out += len(adopted)
         log.info("sessions handed to other nodes", extra=kv(member=member, sessions=len(states), adopted=len(adopted)))
-        ag.link.queue([Op.DRAIN_DONE, member, adopted])
+        ag.link.queue(o.DrainDone(member, adopted))
         self.drained.add(member)
         if len(self.drained) >= ag.settings.workers:
             self.all_drained.set()
@@ -133,6 +133,6 @@ class Drain:
             return pb.AdoptReply(ok=False)
         ag.ownership.owned[cid] = resp[0].response_put.header.revision
         state = msgpack.unpackb(request.session, raw=False, strict_map_key=False, use_list=True)
-        ag.link.queue([Op.ADOPT, cid, state])
+        ag.link.queue(o.Adopt(cid, state))
         self.adopted_in += 1
         return pb.AdoptReply(ok=True)

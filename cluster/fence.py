@@ -18,7 +18,7 @@ import logging
 import time
 
 from common.logs import kv
-from common.wire import Op
+from core import ops as o
 
 log = logging.getLogger("shoal.agent")
 
@@ -51,17 +51,17 @@ class Fence:
         was = self.holding()
         self.until = sent + self.agent.settings.cluster_lease_ttl - self.margin
         if self.on:
-            self.agent.link.queue([Op.LEASE, self.until])
+            self.agent.link.queue(o.Lease(self.until))
             if not was:
                 log.info("lease held: serving", extra=kv(lease=self.agent.lease_id))
 
     def resend(self) -> None:
         if self.on and self.until > time.monotonic():
-            self.agent.link.queue([Op.LEASE, self.until])
+            self.agent.link.queue(o.Lease(self.until))
 
     def lost(self) -> None:
         self.until = 0.0
         if self.on:
             log.warning("lease lost: clients disconnected until the node holds a lease again",
                         extra=kv(lease=self.agent.lease_id))
-            self.agent.link.queue([Op.LEASE, None])
+            self.agent.link.queue(o.Lease(None))

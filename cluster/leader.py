@@ -23,7 +23,7 @@ import logging
 import time
 
 from common.logs import kv
-from common.wire import Op
+from core import ops as o
 
 from .wills import WILLS, decode
 
@@ -83,8 +83,8 @@ class Leader:
 
     def publish_sys(self) -> None:
         w = ["$SYS/broker/cluster/leader", (self.name or "").encode(), 0, True, None, None, ""]
-        self.agent.link.queue([Op.RETAIN, w])
-        self.agent.link.queue([Op.PUB, w, None, None])
+        self.agent.link.queue(o.Retain(w))
+        self.agent.link.queue(o.Pub(w, None, None))
 
     async def duties(self, client) -> None:
         ag = self.agent

@@ -15,7 +15,8 @@ import time
 import zmq
 
 from common.logs import kv
-from common.wire import Op, pack, unpack
+from core import ops as o
+from core.ops import WIRE_VERSION, pack, unpack_ops
 
 log = logging.getLogger("shoal.agent")
 
@@ -59,7 +60,7 @@ class AgentOps:
     def beat(self) -> None:
         a = self.agent
         peers = [{"node": n, "api": info.get("api")} for n, info in sorted(a.members.items()) if n != a.node][:1000]
-        self._send([[Op.BEAT, "agent", os.getpid(), a.joined, self.started, peers]])
+        self._send([o.Beat("agent", os.getpid(), a.joined, self.started, peers, WIRE_VERSION)])
 
     def _send(self, ops: list) -> None:
         try:
@@ -76,16 +77,16 @@ class AgentOps:
             except zmq.Again:
                 break
             try:
-                ops = unpack(data)
+                ops = unpack_ops(data)
             except Exception:
                 log.warning("undecodable message on the ops socket", extra=kv(size=len(data)))
                 continue
             for op in ops:
-                if not op or op[0] != Op.ASK or len(op) < 4:
+                if op.__class__ is not o.Ask:
                     continue
-                _, req, what, _args = op[:4]
+                req, what = op.req, op.what
                 payload = self.agent.stats() if what == "stats" else {"error": f"the agent does not answer {what!r}"}
                 try:
-                    sock.send(pack([[Op.ANSWER, req, payload]]), flags=zmq.NOBLOCK)
+                    sock.send(pack([o.Answer(req, payload)]), flags=zmq.NOBLOCK)
                 except zmq.Again:
                     pass

@@ -44,7 +44,8 @@ import grpc
 import msgpack
 
 from common.logs import kv
-from common.wire import Op, Own
+from core import ops as o
+from core.ops import Own
 
 log = logging.getLogger("shoal.agent")
 
@@ -174,16 +175,15 @@ class Ownership:
         self.refused = 0
 
     # -- the router's ops ----------------------------------------------------------
-    def on_op(self, op: list) -> None:
-        code = op[0]
-        if code == Op.OWN:
-            self._spawn(op[1], self._own, op[1], op[2], bool(op[3]))
-        elif code == Op.DISOWN:
-            self._spawn(op[1], self._disown, op[1])
-        elif code == Op.GRANT:
-            fut = self.takes.pop(op[2], None)
+    def on_op(self, op) -> None:
+        if op.__class__ is o.TakeOwnership:
+            self._spawn(op.client_id, self._own, op.client_id, op.req, bool(op.clean_start))
+        elif op.__class__ is o.Disown:
+            self._spawn(op.client_id, self._disown, op.client_id)
+        elif op.__class__ is o.Grant:
+            fut = self.takes.pop(op.req, None)
             if fut is not None and not fut.done():
-                fut.set_result(op[3])
+                fut.set_result(op.state)
 
     def _spawn(self, cid: str, fn, *args) -> None:
         """One op at a time per client id, in the router's order (a DISOWN then an OWN)."""
@@ -227,7 +227,7 @@ class Ownership:
             self.refused += 1
         # OWNED goes to the router before any CLAIM a newer owner's TakeoverSession makes
         # (it waits for p.done): the router grants first, then takes the session away again
-        self.agent.link.queue([Op.OWNED, cid, req, int(verdict), state])
+        self.agent.link.queue(o.Owned(cid, req, int(verdict), state))
         p.written.set()
         p.done.set()
         if self.claiming.get(cid) is p:
@@ -362,7 +362,7 @@ class Ownership:
         req = next(self._req)
         fut = asyncio.get_running_loop().create_future()
         self.takes[req] = fut
-        self.agent.link.queue([Op.CLAIM, cid, req, clean_start])
+        self.agent.link.queue(o.Claim(cid, req, clean_start))
         try:
             return await asyncio.wait_for(fut, ROUTER_TIMEOUT)
         except asyncio.TimeoutError:

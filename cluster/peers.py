@@ -180,6 +180,7 @@ class PeerOut:
             if self.new_syncs:
                 syncs = [pb.Sync(id=sid, revision=self.syncs[sid][0]) for sid in self.new_syncs if sid in self.syncs]
                 self.new_syncs = []
+            self.agent.frames_sent += 1
             await call.write(pb.Frame(pubs=pubs, syncs=syncs))
 
     async def _read(self, call) -> None:
@@ -188,6 +189,7 @@ class PeerOut:
                 frame = await call.read()
                 if frame is grpc.aio.EOF:
                     break
+                self.agent.frames_received += 1
                 for seq in frame.acks:
                     e = self.unacked.pop(seq, None)
                     if e is not None and e.ref is not None:
@@ -267,6 +269,7 @@ class PeerService(pbg.PeerServicer):
                 frame = await context.read()
                 if frame is grpc.aio.EOF:
                     break
+                agent.frames_received += 1
                 try:
                     agent.received(origin, frame)
                 except Exception:
@@ -288,4 +291,5 @@ class PeerService(pbg.PeerServicer):
                 await asyncio.sleep(0)
             acks, origin.acks = origin.acks, []
             synced, origin.synced = origin.synced, []
+            self.agent.frames_sent += 1
             await context.write(pb.Frame(acks=acks, synced=synced))

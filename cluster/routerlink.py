@@ -15,12 +15,13 @@ import zmq
 
 from common.logs import kv
 from common.settings import Settings
-from common.wire import Op, unpack
+from core import ops as o
+from core.ops import unpack_ops
 
 log = logging.getLogger("shoal.agent")
 
 IDENTITY = b"agent"
-_REMOTE_PUB = msgpack.packb(int(Op.REMOTE_PUB))
+_REMOTE_PUB = msgpack.packb(int(o.RemotePub.CODE))
 
 
 def _array_header(n: int) -> bytes:
@@ -34,7 +35,7 @@ def _array_header(n: int) -> bytes:
 class RouterLink:
     def __init__(self, settings: Settings, on_ops):
         self.settings = settings
-        self.on_ops = on_ops  # callable(list of ops)
+        self.on_ops = on_ops  # callable(list of typed ops, core/ops.py)
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, IDENTITY)
@@ -62,12 +63,12 @@ class RouterLink:
         self.sock.close(0)
 
     # -- sending ------------------------------------------------------------
-    def queue(self, op: list) -> None:
-        self.out.append(self.packer.pack(op))
+    def queue(self, op) -> None:
+        self.out.append(self.packer.pack(op.to_wire()))
         self._schedule()
 
-    def queue_first(self, op: list) -> None:
-        self.out.insert(0, self.packer.pack(op))
+    def queue_first(self, op) -> None:
+        self.out.insert(0, self.packer.pack(op.to_wire()))
         self._schedule()
 
     def queue_remote_pub(self, body: bytes, normal: bool, groups: list, token, at: float) -> None:
@@ -104,6 +105,9 @@ class RouterLink:
         if not on and self.loop is not None:
             self.loop.call_soon(self._readable)
 
+    def _bad_op(self, err, w) -> None:
+        log.warning("undecodable op from the router", extra=kv(error=str(err)[:200]))
+
     def _readable(self) -> None:
         sock = self.sock
         n = 0
@@ -113,7 +117,7 @@ class RouterLink:
             except zmq.Again:
                 break
             try:
-                ops = unpack(data)
+                ops = unpack_ops(data, self._bad_op)
             except Exception:
                 log.warning("undecodable message from the router", extra=kv(size=len(data)))
                 continue

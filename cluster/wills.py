@@ -30,7 +30,7 @@ import time
 import msgpack
 
 from common.logs import kv
-from common.wire import Op
+from core import ops as o
 
 log = logging.getLogger("shoal.agent")
 
@@ -53,14 +53,14 @@ class Wills:
         self.fired = 0  # figures: wills this node published
         self.fired_for_dead = 0
 
-    def on_op(self, op: list) -> None:
+    def on_op(self, op) -> None:
         own = self.agent.ownership
-        if op[0] == Op.WILL:
-            if op[2] is None and op[1] not in self.written:
+        if op.__class__ is o.Will:
+            if op.msg is None and op.client_id not in self.written:
                 return  # no will, and none of ours in etcd (a handed-over one went with takeover_asked)
-            own._spawn(op[1], self._set, op[1], op[2], op[3])
-        elif op[0] == Op.WILL_FIRE:
-            own._spawn(op[1], self._fire, op[1], op[2])
+            own._spawn(op.client_id, self._set, op.client_id, op.msg, op.delay)
+        elif op.__class__ is o.WillFire:
+            own._spawn(op.client_id, self._fire, op.client_id, op.msg)
 
     async def _set(self, cid: str, msg, delay) -> None:
         ag = self.agent
@@ -159,7 +159,7 @@ class Wills:
         ag = self.agent
         self.fired += 1
         if msg[3]:
-            ag.link.queue([Op.RETAIN, msg])
+            ag.link.queue(o.Retain(msg))
             ag.local_retained(msg)
-        ag.link.queue([Op.PUB, msg, None, None])
+        ag.link.queue(o.Pub(msg, None, None))
         ag.deliver(msg, True, [], None)

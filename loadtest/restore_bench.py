@@ -27,11 +27,13 @@ import tempfile
 import time
 
 from common.settings import Settings
+from core.kv import quiet_gc
+from core.message import Message
+from core.session import Delivery, Session, SubOptions
+# a benchmark of the worker's own restore: it builds a worker's store and times its Broker reading it
 from worker.bridge import LocalBridge
 from worker.broker import Broker
-from worker.message import Message
-from worker.session import Delivery, Session, SubOptions
-from worker.store import Store, quiet_gc
+from worker.store import Store
 
 GROUP = 100  # sessions per topic in the shared layout
 

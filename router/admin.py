@@ -26,7 +26,7 @@ import time
 import zmq
 
 from common.logs import kv
-from worker.sys_topics import VERSION
+from core.version import VERSION
 
 from . import prom
 from .http import Request
@@ -76,19 +76,21 @@ class AdminApp:
     def router_figures(self, now: float) -> dict:
         r = self.router
         return {
-            "forwarded_messages": r.forwarded,
+            "forwarded_messages": r.forward.forwarded,
             "members": sum(1 for m in r.members.values() if m.alive),
-            "routes": sum(len(m.filters) for m in r.members.values() if m.alive),
-            "route_version": r.version,
-            "registered_sessions": len(r.registry),
-            "pending_confirms": len(r.pending),
-            "claims": len(r.claims),
+            "routes": r.routes.size(),
+            "route_version": r.routes.version,
+            "registered_sessions": len(r.sessions.registry),
+            "pending_confirms": len(r.forward.pending),
+            "claims": len(r.sessions.claims),
             "backlog": sum(len(ops) for ops in r.out.values()),
-            "retained_messages": len(r.retained),
+            "retained_messages": len(r.retained.messages),
+            "wire_refused": r.wire.refused,
+            "malformed_ops": r.malformed,
             "cluster_enabled": self.ops.cluster(now) is not None,
             "cluster_joined": bool(self.ops.cluster(now)),
             "cluster_peers": len(self.ops.peers),
-            "handover_seconds": r.handover_seconds.as_wire(),
+            "handover_seconds": r.sessions.handover_seconds.as_wire(),
         }
 
     def metrics(self, respond, now: float) -> None:
@@ -176,7 +178,7 @@ class OpsService:
         from .ops import Ops
 
         st = router.settings
-        self.ops = Ops(st)
+        self.ops = Ops(st, router.wire)
         self.ops.bind()
         poller.register(self.ops.sock, zmq.POLLIN)
         self.http = HttpServer(AdminApp(router, self.ops), st.admin_max_request, st.admin_max_connections)

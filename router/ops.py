@@ -27,7 +27,8 @@ import zmq
 
 from common.logs import kv
 from common.settings import Settings
-from common.wire import Op, pack, unpack
+from core import ops as o
+from core.ops import BadOp, WireCheck, decode, pack, unpack
 
 log = logging.getLogger("shoal.ops")
 
@@ -57,8 +58,10 @@ class Pending:
 
 
 class Ops:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, wire: WireCheck | None = None):
         self.settings = settings
+        self.wire = wire or WireCheck(settings.node)  # (the router's, shared with its data link)
+        self.handlers = {o.Beat: self.beat, o.Answer: self.answer}
         self.members: dict[str, OpsMember] = {}
         self.pending: dict[int, Pending] = {}
         self._req = itertools.count(1)
@@ -92,31 +95,43 @@ class Ops:
             except Exception:
                 log.warning("undecodable ops message", extra=kv(member=ident.decode(errors="replace")))
                 continue
-            for op in ops:
-                if isinstance(op, list) and op:
-                    self.handle(ident, op, now)
+            for w in ops if isinstance(ops, list) else ():
+                try:
+                    op = decode(w)
+                except BadOp:
+                    continue  # (not one of ours)
+                handler = self.handlers.get(op.__class__)
+                if handler is not None:
+                    handler(ident, op, now)
 
-    def handle(self, ident: bytes, op: list, now: float) -> None:
+    def beat(self, ident: bytes, op: o.Beat, now: float) -> None:
         name = ident.decode(errors="replace")
-        if op[0] == Op.BEAT and len(op) >= 5:
-            m = self.members.get(name)
-            if m is None or m.ident != ident:
-                m = self.members[name] = OpsMember(name, ident)
-                log.info("ops member up", extra=kv(member=name, pid=op[2]))
-            elif m.pid != op[2]:
-                log.info("ops member restarted", extra=kv(member=name, pid=op[2]))
-            m.pid, m.serving, m.started, m.last_beat = op[2], bool(op[3]), op[4], now
-            if name == "agent" and len(op) > 5 and isinstance(op[5], list):
-                self.peers = [{"node": str(p.get("node")), "api": p.get("api") if isinstance(p.get("api"), str) else None}
-                              for p in op[5][:MAX_PEERS] if isinstance(p, dict)]
-        elif op[0] == Op.ANSWER and len(op) >= 3:
-            p = self.pending.get(op[1])
-            if p is None or name not in p.waiting:
-                return
-            p.waiting.discard(name)
-            p.answers[name] = op[2]
-            if not p.waiting:
-                self._finish(op[1])
+        if not self.wire.accept(name, op.wire, "ops"):
+            self.members.pop(name, None)  # refused: /health and /ready count it down
+            return
+        m = self.members.get(name)
+        if m is None or m.ident != ident:
+            m = self.members[name] = OpsMember(name, ident)
+            log.info("ops member up", extra=kv(member=name, pid=op.pid))
+        elif m.pid != op.pid:
+            log.info("ops member restarted", extra=kv(member=name, pid=op.pid))
+        m.pid, m.serving, m.started, m.last_beat = op.pid, bool(op.serving), op.started, now
+        if name == "agent" and isinstance(op.peers, list):
+            self.peers = [{"node": str(p.get("node")), "api": p.get("api") if isinstance(p.get("api"), str) else None}
+                          for p in op.peers[:MAX_PEERS] if isinstance(p, dict)]
+
+    def answer(self, ident: bytes, op: o.Answer, now: float) -> None:
+        name = ident.decode(errors="replace")
+        try:
+            p = self.pending.get(op.req)
+        except TypeError:  # (an unhashable req: not an answer of ours)
+            return
+        if p is None or name not in p.waiting:
+            return
+        p.waiting.discard(name)
+        p.answers[name] = op.payload
+        if not p.waiting:
+            self._finish(op.req)
 
     def check(self, now: float) -> None:
         """Answer the questions whose deadline passed with what came."""
@@ -177,7 +192,7 @@ class Ops:
                 p.answers[name] = None
                 continue
             try:
-                self.sock.send_multipart([m.ident, pack([[Op.ASK, req, what, args]])], flags=zmq.NOBLOCK)
+                self.sock.send_multipart([m.ident, pack([o.Ask(req, what, args)])], flags=zmq.NOBLOCK)
                 p.waiting.add(name)
             except zmq.ZMQError:
                 p.answers[name] = None

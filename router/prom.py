@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from worker.metrics import node_sums
+from core.sums import node_sums
 
 # (snapshot key, metric name, help); counters get _total
 COUNTERS = [
@@ -205,6 +205,8 @@ ROUTER = {
     "claims": (GaugeMetricFamily, "session claims (hand-overs) in progress"),
     "backlog": (GaugeMetricFamily, "ops waiting to be sent to members"),
     "retained_messages": (GaugeMetricFamily, "retained messages in the router's node-wide set"),
+    "wire_refused": (CounterMetricFamily, "HELLOs and BEATs refused: the member speaks another WIRE_VERSION (core/ops.py)"),
+    "malformed_ops": (CounterMetricFamily, "ops from members the router could not decode or handle, dropped"),
 }
 
 

@@ -17,7 +17,8 @@ import time
 import zmq
 
 from common.logs import kv
-from common.wire import Op, pack, unpack
+from core import ops as o
+from core.ops import WIRE_VERSION, pack, unpack_ops
 from mqtt import ReasonCode
 
 log = logging.getLogger("shoal.ops")
@@ -79,7 +80,7 @@ class OpsLink:
 
     def beat_once(self) -> None:
         if self.sock is not None:
-            self._send([[Op.BEAT, self.name, os.getpid(), self.serving(), self.started]])
+            self._send([o.Beat(self.name, os.getpid(), self.serving(), self.started, None, WIRE_VERSION)])
 
     def _send(self, ops: list) -> None:
         try:
@@ -104,21 +105,21 @@ class OpsLink:
             except zmq.Again:
                 break
             try:
-                ops = unpack(data)
+                ops = unpack_ops(data)
             except Exception:
                 log.warning("undecodable ops message from the router")
                 continue
             for op in ops:
-                if not op or op[0] != Op.ASK or len(op) < 4:
+                if op.__class__ is not o.Ask:
                     continue
-                _, req, what, args = op[:4]
+                req, what, args = op.req, op.what, op.args
                 fn = self.answers.get(what)
                 try:
                     payload = fn(args or {}) if fn is not None else {"error": f"unknown question {what!r}"}
                 except Exception as e:
                     log.exception("error answering an admin question", extra=kv(what=what))
                     payload = {"error": f"{type(e).__name__}: {e}"}
-                self._send([[Op.ANSWER, req, payload]])
+                self._send([o.Answer(req, payload)])
                 sock = self.sock
 
     # -- answers ------------------------------------------------------------------

@@ -16,12 +16,13 @@ import zmq
 
 from common.logs import kv
 from common.settings import Settings
-from common.wire import STALE, WIRE_VERSION, Op, Own, pack, unpack
+from core import ops as o
+from core.ops import STALE, WIRE_VERSION, Own, pack, unpack_ops
 from mqtt import SubscriptionTrie, parse_shared, topic_matches
 
 from .message import Message
 from .metrics import node_sums
-from core.records import msg_from_wire, msg_to_wire, props_to_wire, session_from_wire, session_to_wire
+from core.records import msg_from_wire, msg_to_wire, session_from_wire, session_to_wire, will_message_record
 from .sys_topics import render
 
 log = logging.getLogger("shoal.link")
@@ -35,21 +36,27 @@ REPLAY_WINDOW = 0.5  # seconds of unrouted publishes kept for subscriptions whos
 # a SUBSCRIBE sent before a PUBLISH tens of milliseconds after the other worker read the PUBLISH.
 REPLAY_MARGIN = 0.05
 
+READ_BATCH = 200  # router messages read per loop pass at most
+
 CLAIM_TIMEOUT = 10.0  # the router answers within its own 5 s hand-over timeout
 
 
 class RouterBridge:
     remote = True
 
-    def __init__(self, settings: Settings, worker_id: int):
+    def __init__(self, settings: Settings, worker_id: int, clock=time.monotonic, sock=None):
+        """clock: the host's monotonic clock (publication and subscription times are compared
+        across workers); sock: a DEALER socket (tests pass a fake one)."""
         self.settings = settings
         self.name = f"w{worker_id}"
-        self.ctx = zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.IDENTITY, self.name.encode())
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 10_000)
-        self.sock.setsockopt(zmq.RCVHWM, 10_000)
+        self.clock = clock
+        if sock is None:
+            sock = zmq.Context.instance().socket(zmq.DEALER)
+            sock.setsockopt(zmq.IDENTITY, self.name.encode())
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 10_000)
+            sock.setsockopt(zmq.RCVHWM, 10_000)
+        self.sock = sock
         self.routes = SubscriptionTrie()  # other members' filters, keyed by member name
         self.remote_groups: dict[tuple, int] = {}  # (group, filter) -> members elsewhere
         self.route_version = -1
@@ -67,11 +74,18 @@ class RouterBridge:
         self.member_stats: dict = {}  # member name -> its last snapshot (NODE_STATS)
         self.syncs: dict[int, object] = {}
         self.confirms: dict[int, object] = {}
-        self.unconfirmed: dict[int, tuple] = {}  # token -> (PUB | RETAIN, msg): sent again to a new router
+        self.unconfirmed: dict[int, tuple] = {}  # token -> (Pub | Retain, msg): sent again to a new router
         self._token = itertools.count(1)
         self.broker = None
         self.loop = None
         self._timer = None
+        self.handlers = {
+            o.Deliver: self._deliver, o.DeliverDirect: self._deliver_direct, o.Moved: self._moved,
+            o.Confirm: self._confirm, o.Routes: self._routes, o.Synced: self._synced, o.Grant: self._grant,
+            o.Takeover: self._takeover, o.Retained: self._retained, o.Lease: self._lease,
+            o.WillGo: self._will_go, o.Adopt: self._adopt, o.DrainDone: self._drain_done,
+            o.Welcome: self._welcome, o.Pong: self._pong, o.NodeStats: self._node_stats,
+        }
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self, broker) -> None:
@@ -86,9 +100,9 @@ class RouterBridge:
     def refuses_connect(self) -> bool:
         return self.guard is not None and self.guard.fenced
 
-    def connect(self) -> None:
-        """Called on the running loop (WorkerServer.start)."""
-        self.loop = asyncio.get_running_loop()
+    def connect(self, loop=None) -> None:
+        """Called on the running loop (WorkerServer.start); tests pass a loop of their own."""
+        self.loop = loop or asyncio.get_running_loop()
         self.sock.connect(self.settings.router_endpoint)
         self.loop.add_reader(self.sock.getsockopt(zmq.FD), self._readable)
         self.hello()
@@ -100,7 +114,7 @@ class RouterBridge:
         b = self.broker
         held = {cid: s for cid, s in b.sessions.items() if s.conn is None and s.expiry_interval}
         self._drain = self.loop.create_future()
-        self.queue([Op.DRAINED, self.name, [session_to_wire(s, b.now) for s in held.values()]])
+        self.queue(o.Drained(self.name, [session_to_wire(s, b.now) for s in held.values()]))
         try:
             adopted = await asyncio.wait_for(self._drain, timeout)
         except asyncio.TimeoutError:
@@ -114,7 +128,7 @@ class RouterBridge:
     _drain = None
 
     def close(self) -> None:
-        self.out.append([Op.BYE])
+        self.out.append(o.Bye())
         if self.loop is not None:
             self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
         if self._timer is not None:
@@ -127,28 +141,28 @@ class RouterBridge:
         now = b.now
         filters = list(b._filter_refs)
         retained = [msg_to_wire(m, now) for _, m in b.retained.items()]
-        self.out.insert(0, [Op.HELLO, WIRE_VERSION, filters, list(b.sessions), retained])
+        self.out.insert(0, o.Hello(WIRE_VERSION, filters, list(b.sessions), retained))
         for req, (conn, connect) in self.claims.items():  # re-ask what the old router never answered
-            self.out.append([Op.CLAIM, connect.client_id, req, connect.clean_start])
+            self.out.append(o.Claim(connect.client_id, req, connect.clean_start))
         for token in self.syncs:
-            self.out.append([Op.SYNC, token])
+            self.out.append(o.Sync(token))
         # what a dead router never confirmed goes again (a receiver may see a QoS 1
         # message twice; nothing acknowledged to a publisher is lost)
-        for token, (code, msg) in self.unconfirmed.items():
-            self.out.append([code, msg_to_wire(msg, now), token])
+        for token, (kind, msg) in self.unconfirmed.items():
+            self.out.append(kind(msg_to_wire(msg, now), token))
         self._schedule()
 
     def _ping(self) -> None:
-        self.queue([Op.PING])
+        self.queue(o.Ping())
         self._timer = self.loop.call_later(1.0, self._ping)
 
     # -- sending -----------------------------------------------------------------
-    def queue(self, op: list) -> None:
+    def queue(self, op) -> None:
         """Control ops leave at the end of this loop pass."""
         self.out.append(op)
         self._schedule()
 
-    def queue_data(self, op: list) -> None:
+    def queue_data(self, op) -> None:
         """Messages wait up to SHOAL_ROUTER_BATCH_MS so that one send carries many."""
         self.out.append(op)
         if self._flush_handle is None and self.loop is not None:
@@ -218,14 +232,14 @@ class RouterBridge:
         if on_owned is not None:
             token = next(self._token)
             self.confirms[token] = on_owned
-            self.unconfirmed[token] = (Op.PUB, msg)
+            self.unconfirmed[token] = (o.Pub, msg)
         self.figures[2] += 1
-        self.queue_data([Op.PUB, msg_to_wire(msg, self.broker.now), token, time.monotonic()])
+        self.queue_data(o.Pub(msg_to_wire(msg, self.broker.now), token, self.clock()))
 
     def unrouted(self, msg) -> None:
         """A publish no other worker wanted: kept for REPLAY_WINDOW in case a
         subscription made elsewhere before it has a route that is still on its way."""
-        now = time.monotonic()
+        now = self.clock()
         recent = self.recent
         recent.append((now, msg))
         if len(recent) > 256 and recent[0][0] < now - REPLAY_WINDOW:
@@ -243,21 +257,21 @@ class RouterBridge:
             if key not in sent and topic_matches(flt, msg.topic):
                 sent.add(key)
                 # (the filter and the read time: the cluster agent replays to the nodes whose route is new)
-                self.queue_data([Op.PUB_TO, msg_to_wire(msg, self.broker.now), member, flt, at])
+                self.queue_data(o.PubTo(msg_to_wire(msg, self.broker.now), member, flt, at))
 
     def forward_shared(self, msg, group: str, flt: str) -> None:
-        self.queue([Op.SHARED_PUB, msg_to_wire(msg, self.broker.now), group, flt])
+        self.queue(o.SharedPub(msg_to_wire(msg, self.broker.now), group, flt))
 
     def direct(self, msg, client_id: str, qos: int, retain: bool, sub_ids: tuple) -> None:
-        self.queue([Op.DIRECT, msg_to_wire(msg, self.broker.now), client_id, qos, retain, list(sub_ids)])
+        self.queue(o.Direct(msg_to_wire(msg, self.broker.now), client_id, qos, retain, list(sub_ids)))
 
     def filter_added(self, flt: str) -> None:
         # the moment the SUBSCRIBE is handled: publishes read after it are replayed to us
         # (QoS 0 also REPLAY_MARGIN before it); the host's monotonic clock orders two workers' reads
-        self.queue([Op.ROUTE_ADD, flt, time.monotonic()])
+        self.queue(o.RouteAdd(flt, self.clock()))
 
     def filter_removed(self, flt: str) -> None:
-        self.queue([Op.ROUTE_DEL, flt])
+        self.queue(o.RouteDel(flt))
 
     def retained_changed(self, msg, on_owned=None) -> None:
         """on_owned(ok) once the router has the message in its store (the node-wide retained)."""
@@ -265,13 +279,13 @@ class RouterBridge:
         if on_owned is not None:
             token = next(self._token)
             self.confirms[token] = on_owned
-            self.unconfirmed[token] = (Op.RETAIN, msg)
-        self.queue([Op.RETAIN, msg_to_wire(msg, self.broker.now), token])
+            self.unconfirmed[token] = (o.Retain, msg)
+        self.queue(o.Retain(msg_to_wire(msg, self.broker.now), token))
 
     def claim(self, conn, connect) -> None:
         req = next(self._req)
         self.claims[req] = (conn, connect)
-        self.queue([Op.CLAIM, connect.client_id, req, connect.clean_start])
+        self.queue(o.Claim(connect.client_id, req, connect.clean_start))
         self.loop.call_later(CLAIM_TIMEOUT, self._claim_timeout, req)
 
     def _claim_timeout(self, req: int) -> None:
@@ -285,10 +299,10 @@ class RouterBridge:
         """Call fn() once every other member has applied the routes sent so far."""
         token = next(self._token)
         self.syncs[token] = fn
-        self.queue([Op.SYNC, token])
+        self.queue(o.Sync(token))
 
     def session_released(self, client_id: str) -> None:
-        self.queue([Op.RELEASE, client_id])
+        self.queue(o.Release(client_id))
 
     # cluster (issue 11): wills live in etcd (wills/<client id>) and fire exactly once
     @property
@@ -299,14 +313,12 @@ class RouterBridge:
         if not self.settings.clustered:
             return
         if will is None:
-            self.queue([Op.WILL, client_id, None, 0])
+            self.queue(o.Will(client_id, None, 0))
         else:
-            m = will.message  # expires_at of a will holds its expiry interval
-            self.queue([Op.WILL, client_id, [m.topic, m.payload, m.qos, m.retain, props_to_wire(m.properties),
-                                             m.expires_at, m.origin], will.delay])
+            self.queue(o.Will(client_id, will_message_record(will.message), will.delay))
 
     def will_fire(self, client_id: str, msg) -> None:
-        self.queue([Op.WILL_FIRE, client_id, msg_to_wire(msg, self.broker.now)])
+        self.queue(o.WillFire(client_id, msg_to_wire(msg, self.broker.now)))
 
     def session_registered(self, client_id: str) -> None:
         """The router recorded us when it granted the claim. If granting it ended
@@ -316,11 +328,11 @@ class RouterBridge:
         out = self.out
         for i in range(len(out) - 1, -1, -1):
             op = out[i]
-            if op[0] == Op.RELEASE and op[1] == client_id:
+            if op.__class__ is o.Release and op.client_id == client_id:
                 del out[i]
 
     def send_stats(self, snap: dict) -> None:
-        self.queue([Op.STATS, snap])
+        self.queue(o.Stats(snap))
         self._publish_member_figures()
 
     def _publish_member_figures(self) -> None:
@@ -350,13 +362,20 @@ class RouterBridge:
     def _readable(self) -> None:
         sock = self.sock
         self.broker.now = self.broker.clock()  # what the router sends is handled at the time it arrives
+        n = 0
         while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if n >= READ_BATCH:
+                # let the loop breathe (clients, the PING timer: a worker busy with a flood of
+                # route changes for seconds was taken for dead by its router); back next pass
+                self.loop.call_soon(self._readable)
+                break
+            n += 1
             try:
                 data = sock.recv(flags=zmq.NOBLOCK)
             except zmq.Again:
                 break
             try:
-                ops = unpack(data)
+                ops = unpack_ops(data, self._bad_op)
             except Exception:
                 log.exception("undecodable message from the router")
                 continue
@@ -364,100 +383,121 @@ class RouterBridge:
                 try:
                     self.handle(op)
                 except Exception:
-                    log.exception("error handling a router message", extra=kv(op=op[0] if op else None))
+                    log.exception("error handling a router message", extra=kv(op=op.CODE.name))
 
-    def handle(self, op: list) -> None:
-        code = op[0]
+    def _bad_op(self, err, w) -> None:
+        log.warning("undecodable op from the router", extra=kv(error=str(err)[:200]))
+
+    def handle(self, op) -> None:
+        fn = self.handlers.get(op.__class__)
+        if fn is not None:
+            fn(op)
+
+    def _deliver(self, op: o.Deliver) -> None:
+        self.figures[3] += 1
         b = self.broker
-        if code == Op.DELIVER:
-            self.figures[3] += 1
-            msg = msg_from_wire(op[1], b.now)
-            b.route_remote(msg, op[2], op[3])
-            ref = op[4] if len(op) > 4 else None
-            if ref is not None:
-                store = b.store
-                if store is not None and store.batch is not None:
-                    store.after_commit(lambda ok, ref=ref: self.queue_data([Op.DELIVERED, ref]))
-                else:
-                    self.queue_data([Op.DELIVERED, ref])
-        elif code == Op.DELIVER_DIRECT:
-            b.deliver_direct(msg_from_wire(op[1], b.now), op[2], op[3], op[4], op[5])
-        elif code == Op.MOVED:
-            b.forget_moved(op[1], op[2])
-        elif code == Op.CONFIRM:
-            self.unconfirmed.pop(op[1], None)
-            fn = self.confirms.pop(op[1], None)
-            if fn is not None:
-                fn(op[2])
-        elif code == Op.ROUTES:
-            self.route_version = op[1]
-            sent: set = set()
-            for sign, member, flt, *rest in op[2]:
-                if member == self.name:
-                    continue
-                if sign > 0:
-                    self._route_add(member, flt)
-                    since = rest[0] if rest else None
-                    if since is not None and self.recent and not flt.startswith("$share/"):
-                        self._replay(member, flt, since, sent)
-                else:
-                    self._route_del(member, flt)
-            self.queue([Op.ROUTE_ACK, self.route_version])
-            b.routes_changed(self.route_version)
-        elif code == Op.SYNCED:
-            fn = self.syncs.pop(op[1], None)
-            if fn is not None:
-                fn()
-        elif code == Op.GRANT:
-            pending = self.claims.pop(op[2], None)
-            if pending is None:
-                return
-            conn, connect = pending
-            flag = op[4] if len(op) > 4 else Own.KEEP
-            if flag == Own.REFUSED:  # cluster: another connection won the id, or its owner is unreachable
-                b.claim_refused(conn, connect)
-                return
-            if flag == Own.FRESH:
-                b.drop_stale(connect.client_id)  # another node owned it since this copy was made
-            state = session_from_wire(op[3], b.now) if op[3] is not None else None
-            b.claimed(conn, connect, state)
-        elif code == Op.TAKEOVER:
-            mark = len(self.out)
-            if op[3] == STALE:
-                b.drop_stale(op[1])
-                return
-            state = b.hand_over(op[1], op[3])
-            # HANDOFF goes before the ROUTE_DELs hand_over queued: the router moves the
-            # routes to the new holder first, so the session's filters never vanish
-            self.out.insert(mark, [Op.HANDOFF, op[1], op[2], None if state is None else session_to_wire(state, b.now)])
-            self._schedule()
-        elif code == Op.RETAINED:
-            b.set_retained(msg_from_wire(op[1], b.now))
-        elif code == Op.LEASE:
-            if self.guard is not None:
-                self.guard.update(op[1])
-        elif code == Op.WILL_GO:
-            b.publish(msg_from_wire(op[1], b.now))
-        elif code == Op.ADOPT:
-            b.adopt(session_from_wire(op[2], b.now))
-        elif code == Op.DRAIN_DONE:
-            if self._drain is not None and not self._drain.done():
-                self._drain.set_result(op[2])
-        elif code == Op.WELCOME:
-            self._welcome(op)
-        elif code == Op.PONG:
-            if self.epoch is not None and op[1] != self.epoch:
-                log.warning("router restarted: registering again", extra=kv(epoch=op[1]))
-                self.epoch = None
-                self.hello()
-            elif self.epoch is None and self.route_version < 0:
-                pass  # our HELLO is on its way
-        elif code == Op.NODE_STATS:
-            self.node_stats = op[1]
-            self.member_stats = op[2] if len(op) > 2 else {}
+        b.route_remote(msg_from_wire(op.msg, b.now), op.normal, op.groups)
+        ref = op.ref
+        if ref is not None:
+            store = b.store
+            if store is not None and store.batch is not None:
+                store.after_commit(lambda ok, ref=ref: self.queue_data(o.Delivered(ref)))
+            else:
+                self.queue_data(o.Delivered(ref))
 
-    def _welcome(self, op: list) -> None:
-        _, epoch, version, routes, retained = op[:5]
+    def _deliver_direct(self, op: o.DeliverDirect) -> None:
+        b = self.broker
+        b.deliver_direct(msg_from_wire(op.msg, b.now), op.client_id, op.qos, op.retain, op.sub_ids)
+
+    def _moved(self, op: o.Moved) -> None:
+        self.broker.forget_moved(op.client_id, op.filters)
+
+    def _confirm(self, op: o.Confirm) -> None:
+        self.unconfirmed.pop(op.token, None)
+        fn = self.confirms.pop(op.token, None)
+        if fn is not None:
+            fn(op.ok)
+
+    def _routes(self, op: o.Routes) -> None:
+        self.route_version = op.version
+        sent: set = set()
+        for sign, member, flt, *rest in op.delta:
+            if member == self.name:
+                continue
+            if sign > 0:
+                self._route_add(member, flt)
+                since = rest[0] if rest else None
+                if since is not None and self.recent and not flt.startswith("$share/"):
+                    self._replay(member, flt, since, sent)
+            else:
+                self._route_del(member, flt)
+        self.queue(o.RouteAck(self.route_version))
+        self.broker.routes_changed(self.route_version)
+
+    def _synced(self, op: o.Synced) -> None:
+        fn = self.syncs.pop(op.token, None)
+        if fn is not None:
+            fn()
+
+    def _grant(self, op: o.Grant) -> None:
+        pending = self.claims.pop(op.req, None)
+        if pending is None:
+            return
+        b = self.broker
+        conn, connect = pending
+        if op.flag == Own.REFUSED:  # cluster: another connection won the id, or its owner is unreachable
+            b.claim_refused(conn, connect)
+            return
+        if op.flag == Own.FRESH:
+            b.drop_stale(connect.client_id)  # another node owned it since this copy was made
+        state = session_from_wire(op.state, b.now) if op.state is not None else None
+        b.claimed(conn, connect, state)
+
+    def _takeover(self, op: o.Takeover) -> None:
+        b = self.broker
+        mark = len(self.out)
+        if op.clean_start == STALE:
+            b.drop_stale(op.client_id)
+            return
+        state = b.hand_over(op.client_id, op.clean_start)
+        # HANDOFF goes before the ROUTE_DELs hand_over queued: the router moves the
+        # routes to the new holder first, so the session's filters never vanish
+        self.out.insert(mark, o.Handoff(op.client_id, op.req, None if state is None else session_to_wire(state, b.now)))
+        self._schedule()
+
+    def _retained(self, op: o.Retained) -> None:
+        b = self.broker
+        b.set_retained(msg_from_wire(op.msg, b.now))
+
+    def _lease(self, op: o.Lease) -> None:
+        if self.guard is not None:
+            self.guard.update(op.until)
+
+    def _will_go(self, op: o.WillGo) -> None:
+        b = self.broker
+        b.publish(msg_from_wire(op.msg, b.now))
+
+    def _adopt(self, op: o.Adopt) -> None:
+        b = self.broker
+        b.adopt(session_from_wire(op.state, b.now))
+
+    def _drain_done(self, op: o.DrainDone) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(op.client_ids)
+
+    def _pong(self, op: o.Pong) -> None:
+        if self.epoch is not None and op.epoch != self.epoch:
+            log.warning("router restarted: registering again", extra=kv(epoch=op.epoch))
+            self.epoch = None
+            self.hello()
+        # (epoch None: our HELLO is on its way, or the router refused it)
+
+    def _node_stats(self, op: o.NodeStats) -> None:
+        self.node_stats = op.sums
+        self.member_stats = op.members or {}
+
+    def _welcome(self, op: o.Welcome) -> None:
+        epoch, version, routes, retained = op.epoch, op.version, op.routes, op.retained
         self.epoch = epoch
         self.routes = SubscriptionTrie()
         self.remote_groups.clear()

@@ -1,14 +1,9 @@
 """$SYS/broker/... figures, published as retained messages at an interval."""
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from core.version import VERSION  # noqa: F401  (also read from here)
 
 from .message import Message
-
-try:
-    VERSION = f"shoal {version('shoal')}"
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    VERSION = "shoal dev"
 
 # $SYS topic -> key of Broker.sys_snapshot()
 TOPICS = {

@@ -602,3 +602,39 @@ def test_cluster_hook_ready_waits_for_join_and_shoalctl_asks_every_node(clients)
             wait_for(lambda: curl(a, "/ready")[0] == 503, 20, 0.2, "not ready without its agent")
         finally:
             agent.stop()
+
+
+# -- the node protocol's wire version ------------------------------------------------------------
+def test_a_member_speaking_another_wire_version_is_refused_counted_and_logged(two):
+    """A stranger process on the node's ipc sockets (as an old install would be) says HELLO
+    and BEAT with wire version 99: no WELCOME (a PING after it is answered as from an unknown
+    member), not an ops member, counted in /metrics and logged with what to fix. The ops are
+    written with msgpack directly (the wire form, not Shoal's own encoder)."""
+    import msgpack
+    import zmq
+
+    base = value(scrape(two), "shoal_router_wire_refused_total")
+    since = len(two.log())
+    ctx = zmq.Context.instance()
+    data = ctx.socket(zmq.DEALER)
+    ops = ctx.socket(zmq.DEALER)
+    try:
+        for sock, name in ((data, "router"), (ops, "ops")):
+            sock.setsockopt(zmq.IDENTITY, b"w9")
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(f"ipc://{two.tmp}/shoal-{two.port}-{name}.sock")
+        data.send(msgpack.packb([[1, 99, ["m13/wire"], [], []], [10]]))  # HELLO (wire 99), PING
+        ops.send(msgpack.packb([[40, "w9", os.getpid(), True, time.time(), None, 99]]))  # BEAT (wire 99)
+        assert data.poll(20_000), "the router answered nothing"
+        first = msgpack.unpackb(data.recv(), raw=False)
+        assert [op[0] for op in first] == [27]  # PONG only: never welcomed
+        wait_for(lambda: value(scrape(two), "shoal_router_wire_refused_total") >= base + 2, 20, 0.1,
+                 "both refusals counted")
+        log = two.log(since)
+        assert "member refused: it speaks another wire version" in log and "make install" in log
+        assert "channel=router" in log or '"channel": "router"' in log
+        code, body = curl(two, "/health")
+        assert code == 200 and "w9" not in body  # not an ops member
+    finally:
+        data.close(0)
+        ops.close(0)

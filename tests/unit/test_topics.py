@@ -98,6 +98,25 @@ def test_add_replace_remove_len():
     assert list(t.filters()) == []
 
 
+def test_one_subscriber_and_then_more_on_one_filter():
+    # a filter's first subscriber is kept without a dict (memory); a second, and the
+    # way back to one, must change nothing a caller sees
+    t = SubscriptionTrie()
+    assert t.add("a/b", "c1", 1) is True
+    assert t.add("a/b", "c1", 5) is False
+    assert t.get("a/b", "c1") == 5 and t.get("a/b", "c2", "none") == "none"
+    assert t.remove("a/b", "c2") is False
+    assert t.add("a/b", "c2", 2) is True
+    assert t.match("a/b") == [("c1", 5), ("c2", 2)]
+    assert t.remove("a/b", "c1") is True
+    assert t.match("a/b") == [("c2", 2)] and t.get("a/b", "c2") == 2 and t.get("a/b", "c1") is None
+    assert t.add("a/b", "c3", 3) is True
+    assert t.match("a/b") == [("c2", 2), ("c3", 3)]
+    assert len(t) == 2 and list(t.filters()) == ["a/b"]
+    assert t.remove("a/b", "c3") and t.remove("a/b", "c2")
+    assert len(t) == 0 and t._root.children is None and t.match("a/b") == []
+
+
 def test_remove_prunes_empty_nodes():
     t = SubscriptionTrie()
     t.add("a/b/c/d", 1)

@@ -1,0 +1,592 @@
+"""The node protocol: messages between the members of a node (workers, cluster agent) and its router.
+
+Every ZeroMQ message is one msgpack array of ops, ``[[op, ...], [op, ...]]``, so
+that many ops travel in one send. Each op is a slotted class below with its wire
+form: ``op.to_wire()`` is the msgpack list ``[code, field, ...]`` (fields in the
+order the class declares them), ``decode(list)`` the op again. Ops are versioned
+by their number: a new shape gets a new number, never a changed one; a field may
+only be added at the end, with a default, so that a shorter op still decodes.
+
+A member speaking another ``WIRE_VERSION`` (its HELLO, or its BEAT on the ops
+channel) is refused by the router: ``WireCheck`` counts it and logs what to fix.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import MISSING, dataclass, fields
+from enum import IntEnum
+from typing import Any, ClassVar
+
+import msgpack
+
+from common.logs import kv
+
+log = logging.getLogger("shoal.wire")
+
+WIRE_VERSION = 1
+
+
+class Op(IntEnum):
+    # member -> router
+    HELLO = 1
+    ROUTE_ADD = 2
+    ROUTE_DEL = 3
+    PUB = 4
+    RETAIN = 5
+    CLAIM = 6
+    HANDOFF = 7
+    RELEASE = 8
+    STATS = 9
+    PING = 10
+    SHARED_PUB = 11
+    SYNC = 12
+    ROUTE_ACK = 13
+    DELIVERED = 14
+    DIRECT = 15
+    PUB_TO = 16
+    REMOTE_PUB = 17
+    OWNED = 18
+    # router -> member
+    WELCOME = 20
+    ROUTES = 21
+    DELIVER = 22
+    RETAINED = 23
+    GRANT = 24
+    TAKEOVER = 25
+    NODE_STATS = 26
+    PONG = 27
+    SYNCED = 28
+    CONFIRM = 29
+    DELIVER_DIRECT = 30
+    MOVED = 31
+    # sessions across the cluster (issue 11): router <-> agent
+    OWN = 32
+    DISOWN = 33
+    WILL = 34
+    WILL_FIRE = 35
+    WILL_GO = 36
+    # graceful leave (SIGTERM of a cluster node): the persistent sessions go to other nodes
+    DRAINED = 37
+    DRAIN_DONE = 38
+    ADOPT = 39
+    # the ops channel (SHOAL_RUN_DIR/shoal-<port>-ops.sock): health and admin, apart from the data path
+    BEAT = 40
+    ASK = 41
+    ANSWER = 42
+    BYE = 50
+    LEASE = 51
+
+
+class Own(IntEnum):
+    """The agent's verdict on an OWN (OWNED), and the flag a GRANT carries to the worker."""
+    KEEP = 0  # this node was the owner already: the node decides as it does alone
+    FRESH = 1  # newly owned: a copy of the session on this node is stale (dropped, no will)
+    REMOTE = 2  # taken over from another node: the state is in the op
+    REFUSED = 3  # another connection won, or the owner is unreachable: refuse the CONNECT (0x88)
+
+
+STALE = 2  # TAKEOVER's clean_start field: drop the session without its will (another node owns it)
+
+
+class BadOp(ValueError):
+    """An op that is not one of ours: unknown number, too few fields, not a list."""
+
+
+BY_CODE: dict[int, type] = {}
+
+
+def _wire_op(code: Op):
+    """Give a slotted dataclass its op number, ``to_wire`` and ``from_wire`` (generated
+    once per class, so that the hot path is one list display and one call)."""
+
+    def wrap(cls):
+        names = [f.name for f in fields(cls)]
+        required = sum(1 for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING)
+        n = len(names)
+        src = f"def to_wire(self):\n    return [{int(code)}{''.join(', self.' + a for a in names)}]\n"
+        ns: dict = {}
+        exec(src, ns)  # noqa: S102 - generated from the field names above
+        if "to_wire" not in cls.__dict__:
+            cls.to_wire = ns["to_wire"]
+        cls.CODE = code
+        cls.FIELDS = tuple(names)
+
+        args = ", ".join(f"w[{i}]" for i in range(1, n + 1))
+        src = (f"def from_wire(w):\n"
+               f"    if len(w) > {n}:\n"
+               f"        return cls({args})\n"  # the full form (extra fields of a newer sender ignored)
+               f"    if len(w) <= {required}:\n"
+               f"        raise BadOp('{code.name} needs {required} fields, got %d' % (len(w) - 1))\n"
+               f"    return cls(*w[1:])\n")  # an older, shorter form: the defaults fill in
+        ns = {"cls": cls, "BadOp": BadOp}
+        exec(src, ns)  # noqa: S102
+        cls.from_wire = staticmethod(ns["from_wire"])
+        BY_CODE[int(code)] = cls
+        return cls
+
+    return wrap
+
+
+class NodeOp:
+    """What every op has (for type checkers; the classes below are dataclasses)."""
+    CODE: ClassVar[Op]
+    FIELDS: ClassVar[tuple]
+
+    def to_wire(self) -> list: ...  # pragma: no cover
+
+
+# -- member -> router -------------------------------------------------------------------------
+@_wire_op(Op.HELLO)
+@dataclass(slots=True)
+class Hello:
+    """A member registers (again): its filters, the client ids it holds, its retained messages."""
+    wire: int
+    filters: list
+    client_ids: list
+    retained: list
+
+
+@_wire_op(Op.ROUTE_ADD)
+@dataclass(slots=True)
+class RouteAdd:
+    """weight: from the cluster agent, for a shared group: the number of other nodes holding it
+    (the router weighs the agent by it, so that a group's messages spread evenly over nodes)."""
+    filter: str
+    since: float | None = None  # monotonic time the subscription was made (replay window)
+    weight: int | None = None
+
+    def to_wire(self) -> list:  # the weight travels only when there is one (as before it was added)
+        if self.weight is not None:
+            return [Op.ROUTE_ADD.value, self.filter, self.since, self.weight]
+        return [Op.ROUTE_ADD.value, self.filter, self.since]
+
+
+@_wire_op(Op.ROUTE_DEL)
+@dataclass(slots=True)
+class RouteDel:
+    filter: str
+
+
+@_wire_op(Op.PUB)
+@dataclass(slots=True)
+class Pub:
+    """A publish for the other members; a token asks for CONFIRM once every receiver owns it;
+    at = monotonic time of publication (CLOCK_MONOTONIC is one clock for the host)."""
+    msg: list
+    token: int | None = None
+    at: float | None = None
+
+
+@_wire_op(Op.RETAIN)
+@dataclass(slots=True)
+class Retain:
+    """A retained message (empty payload clears); a token asks for CONFIRM once it is stored."""
+    msg: list
+    token: int | None = None
+
+
+@_wire_op(Op.CLAIM)
+@dataclass(slots=True)
+class Claim:
+    client_id: str
+    req: int
+    clean_start: bool
+
+
+@_wire_op(Op.HANDOFF)
+@dataclass(slots=True)
+class Handoff:
+    """The holder's answer to TAKEOVER: the session's state (None: none left)."""
+    client_id: str
+    req: int
+    state: list | None
+
+
+@_wire_op(Op.RELEASE)
+@dataclass(slots=True)
+class Release:
+    client_id: str
+
+
+@_wire_op(Op.STATS)
+@dataclass(slots=True)
+class Stats:
+    snapshot: dict
+
+
+@_wire_op(Op.PING)
+@dataclass(slots=True)
+class Ping:
+    pass
+
+
+@_wire_op(Op.SHARED_PUB)
+@dataclass(slots=True)
+class SharedPub:
+    """Re-dispatch to another member of a shared group."""
+    msg: list
+    group: str
+    filter: str
+
+
+@_wire_op(Op.SYNC)
+@dataclass(slots=True)
+class Sync:
+    """Answer SYNCED once every member applied the routes sent so far."""
+    token: int
+
+
+@_wire_op(Op.ROUTE_ACK)
+@dataclass(slots=True)
+class RouteAck:
+    """This member applied the route table up to version."""
+    version: int
+
+
+@_wire_op(Op.DELIVERED)
+@dataclass(slots=True)
+class Delivered:
+    """The message of DELIVER ref is routed (and stored) here."""
+    ref: list
+
+
+@_wire_op(Op.DIRECT)
+@dataclass(slots=True)
+class Direct:
+    """A message for a session that just moved away (to its new holder)."""
+    msg: list
+    client_id: str
+    qos: int
+    retain: bool
+    sub_ids: list
+
+
+@_wire_op(Op.PUB_TO)
+@dataclass(slots=True)
+class PubTo:
+    """A publish that raced a member's new subscription: to that member. filter and at (the
+    filter replayed for and the publish's read time) go on to the cluster agent, which
+    replays to the nodes whose route for that filter is new (cluster/replay.py)."""
+    msg: list
+    member: str
+    filter: str | None = None
+    at: float | None = None
+
+    def to_wire(self) -> list:  # the replay fields travel only when there are some
+        if self.filter is not None:
+            return [Op.PUB_TO.value, self.msg, self.member, self.filter, self.at]
+        return [Op.PUB_TO.value, self.msg, self.member]
+
+
+@_wire_op(Op.REMOTE_PUB)
+@dataclass(slots=True)
+class RemotePub:
+    """From the cluster agent, a message from another node: to this node's members only (never
+    back to the agent), plain routes if normal, one member of each listed group; CONFIRM token.
+    (cluster/routerlink.py writes this op's bytes itself, with msg as the bytes it came in.)"""
+    msg: list
+    normal: bool
+    groups: list
+    token: int | None
+    at: float | None
+
+
+@_wire_op(Op.OWNED)
+@dataclass(slots=True)
+class Owned:
+    """The agent's answer to OWN (Own)."""
+    client_id: str
+    req: int
+    verdict: int
+    state: list | None
+
+
+# -- router -> member -------------------------------------------------------------------------
+@_wire_op(Op.WELCOME)
+@dataclass(slots=True)
+class Welcome:
+    epoch: int
+    version: int
+    routes: list  # [[member, filter], ...]
+    retained: list
+
+
+@_wire_op(Op.ROUTES)
+@dataclass(slots=True)
+class Routes:
+    version: int
+    delta: list  # [[+1, member, filter, since], [-1, member, filter], ...]
+
+
+@_wire_op(Op.DELIVER)
+@dataclass(slots=True)
+class Deliver:
+    """filter and at, to the cluster agent only: a publish handed back for a new remote route
+    (the filter it is replayed for, its read time; cluster/replay.py)."""
+    msg: list
+    normal: bool
+    groups: list  # [[group, filter], ...]
+    ref: list | None = None  # [sender, token]: answer DELIVERED once it is owned here
+    filter: str | None = None
+    at: float | None = None
+
+    def to_wire(self) -> list:  # the replay fields travel only when there are some
+        if self.filter is not None:
+            return [Op.DELIVER.value, self.msg, self.normal, self.groups, self.ref, self.filter, self.at]
+        return [Op.DELIVER.value, self.msg, self.normal, self.groups, self.ref]
+
+
+@_wire_op(Op.RETAINED)
+@dataclass(slots=True)
+class Retained:
+    """ref, to the cluster agent only: [sender, token] of a retained publish whose PUBACK waits
+    until the agent has it in etcd and applied on every live node (answer DELIVERED ref)."""
+    msg: list
+    ref: list | None = None
+
+    def to_wire(self) -> list:  # the ref travels only when there is one (as before it was added)
+        if self.ref is not None:
+            return [Op.RETAINED.value, self.msg, self.ref]
+        return [Op.RETAINED.value, self.msg]
+
+
+@_wire_op(Op.GRANT)
+@dataclass(slots=True)
+class Grant:
+    """The claim is granted (with the session's state, or None); flag (Own) only when not KEEP."""
+    client_id: str
+    req: int
+    state: list | None
+    flag: int = Own.KEEP
+
+    def to_wire(self) -> list:  # the flag travels only when it says something (as it always has)
+        if self.flag:
+            return [Op.GRANT.value, self.client_id, self.req, self.state, int(self.flag)]
+        return [Op.GRANT.value, self.client_id, self.req, self.state]
+
+
+@_wire_op(Op.TAKEOVER)
+@dataclass(slots=True)
+class Takeover:
+    """To the holder: close the connection, hand the session over; clean_start STALE: drop it."""
+    client_id: str
+    req: int
+    clean_start: int | bool
+
+
+@_wire_op(Op.NODE_STATS)
+@dataclass(slots=True)
+class NodeStats:
+    sums: dict
+    members: dict = None  # {member: snapshot}
+
+
+@_wire_op(Op.PONG)
+@dataclass(slots=True)
+class Pong:
+    epoch: int
+    version: int
+
+
+@_wire_op(Op.SYNCED)
+@dataclass(slots=True)
+class Synced:
+    token: int
+
+
+@_wire_op(Op.CONFIRM)
+@dataclass(slots=True)
+class Confirm:
+    """Every receiver of PUB token owns the message (ok False: one died first)."""
+    token: int
+    ok: bool
+
+
+@_wire_op(Op.DELIVER_DIRECT)
+@dataclass(slots=True)
+class DeliverDirect:
+    msg: list
+    client_id: str
+    qos: int
+    retain: bool
+    sub_ids: list
+
+
+@_wire_op(Op.MOVED)
+@dataclass(slots=True)
+class Moved:
+    """To the old holder: the routes moved; DELIVERs queued before this mark it forwards."""
+    client_id: str
+    filters: list
+
+
+# -- sessions across the cluster (issue 11): router <-> agent ----------------------------------
+@_wire_op(Op.OWN)
+@dataclass(slots=True)
+class TakeOwnership:
+    """To the agent: make this node the owner of client_id in etcd."""
+    client_id: str
+    req: int
+    clean_start: bool
+
+
+@_wire_op(Op.DISOWN)
+@dataclass(slots=True)
+class Disown:
+    """To the agent: no session of client_id is left on this node."""
+    client_id: str
+
+
+@_wire_op(Op.WILL)
+@dataclass(slots=True)
+class Will:
+    """Worker -> agent: the will of a session (wills/<id>); msg None clears it."""
+    client_id: str
+    msg: list | None
+    delay: float
+
+
+@_wire_op(Op.WILL_FIRE)
+@dataclass(slots=True)
+class WillFire:
+    """Worker -> agent: publish it unless fired or cleared already."""
+    client_id: str
+    msg: list
+
+
+@_wire_op(Op.WILL_GO)
+@dataclass(slots=True)
+class WillGo:
+    """Router -> worker: no agent: publish the will yourself."""
+    msg: list
+
+
+@_wire_op(Op.DRAINED)
+@dataclass(slots=True)
+class Drained:
+    """Worker -> router -> agent: my offline sessions (a cluster node is leaving)."""
+    member: str
+    states: list
+
+
+@_wire_op(Op.DRAIN_DONE)
+@dataclass(slots=True)
+class DrainDone:
+    """Agent -> router -> worker: these were adopted elsewhere."""
+    member: str
+    client_ids: list
+
+
+@_wire_op(Op.ADOPT)
+@dataclass(slots=True)
+class Adopt:
+    """Agent -> router -> a worker: a session from a leaving node."""
+    client_id: str
+    state: list
+
+
+@_wire_op(Op.BYE)
+@dataclass(slots=True)
+class Bye:
+    """Member -> router: this member is done (a stopping router waits for them all)."""
+
+
+@_wire_op(Op.LEASE)
+@dataclass(slots=True)
+class Lease:
+    """Agent -> router -> workers: the node holds its etcd lease until this monotonic time at
+    least (None: lost); past it the workers fence themselves."""
+    until: float | None
+
+
+# -- the ops channel ---------------------------------------------------------------------------
+@_wire_op(Op.BEAT)
+@dataclass(slots=True)
+class Beat:
+    """Member -> router, every second. serving: a worker listens and is registered; the agent
+    has joined the cluster. peers: the agent's list of the other nodes [{"node", "api"}]
+    (router/ops.py). wire: the member's WIRE_VERSION (absent before it was added: 1)."""
+    name: str
+    pid: int
+    serving: bool
+    started: float  # wall clock
+    peers: list | None = None
+    wire: int = 1
+
+
+@_wire_op(Op.ASK)
+@dataclass(slots=True)
+class Ask:
+    """Router -> member (what: stats, clients, sessions, ...)."""
+    req: int
+    what: str
+    args: dict | None
+
+
+@_wire_op(Op.ANSWER)
+@dataclass(slots=True)
+class Answer:
+    req: int
+    payload: Any
+
+
+# -- packing -----------------------------------------------------------------------------------
+def decode(w) -> Any:
+    """The typed op of one wire op; BadOp when it is not one of ours."""
+    try:
+        cls = BY_CODE[w[0]]
+    except (KeyError, TypeError, IndexError):  # (unknown or unhashable number, empty, not a list)
+        if w.__class__ is not list or not w:
+            raise BadOp(f"an op is a non-empty list, not {type(w).__name__}") from None
+        raise BadOp(f"unknown op {w[0]!r}") from None
+    if w.__class__ is not list:
+        raise BadOp(f"an op is a list, not {type(w).__name__}")
+    try:
+        return cls.from_wire(w)
+    except TypeError as e:  # (unhashable code etc.)
+        raise BadOp(str(e)) from None
+
+
+def pack(ops: list) -> bytes:
+    """One message of ops: typed ops, or (tests, old callers) wire lists."""
+    return msgpack.packb([o if o.__class__ is list else o.to_wire() for o in ops], use_bin_type=True)
+
+
+def unpack(data: bytes) -> list:
+    """The wire lists of one message (decode() each for its typed op)."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+
+
+def unpack_ops(data: bytes, on_bad=None) -> list:
+    """The typed ops of one message; an op that is not one of ours is skipped (on_bad(err, w))."""
+    out = []
+    for w in unpack(data):
+        try:
+            out.append(decode(w))
+        except BadOp as e:
+            if on_bad is not None:
+                on_bad(e, w)
+    return out
+
+
+class WireCheck:
+    """The one place a member's WIRE_VERSION is checked (HELLO on the data link, BEAT on the
+    ops channel): another version is refused, counted, and logged once per member and version
+    with what to fix."""
+
+    def __init__(self, node: str = ""):
+        self.node = node
+        self.refused = 0
+        self._logged: set = set()
+
+    def accept(self, member: str, version, channel: str) -> bool:
+        if version == WIRE_VERSION:
+            return True
+        self.refused += 1
+        if (member, version, channel) not in self._logged:
+            self._logged.add((member, version, channel))
+            log.error(
+                "member refused: it speaks another wire version; every process of a node must come "
+                "from one install (run `make install`, then restart circusd)",
+                extra=kv(member=member, version=version, expected=WIRE_VERSION, channel=channel, node=self.node))
+        return False

@@ -1,0 +1,159 @@
+"""Forwarding publishes between the members of a node.
+
+A publish from one member goes once to each other member whose filters match
+(one member of each shared group); with a token, the sender gets CONFIRM once
+every receiver answered DELIVERED (it owns the message). The publishes of the
+last REPLAY_WINDOW seconds are kept so that a subscription whose route arrives
+late still gets what was published after it was made.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from core import ops as o
+from mqtt import topic_matches
+
+from .members import AGENT
+
+REPLAY_WINDOW = 0.5  # seconds of routed publishes kept for subscriptions whose route is late
+REPLAY_MARGIN = 0.05  # QoS 0 read this long before a SUBSCRIBE counts as concurrent (worker/router_link.py)
+
+
+class Forwarder:
+    def __init__(self, router):
+        self.r = router
+        self.pending: dict[tuple, set] = {}  # (sender, token) -> members that have not confirmed
+        self.recent: deque = deque()  # (at, sender, msg, targets) of the last REPLAY_WINDOW seconds
+        self.shared_cursor: dict[tuple, int] = {}
+        self.share_weight: dict[tuple, int] = {}  # (agent, "$share/g/f") -> other nodes holding the group
+        self.forwarded = 0
+
+    # -- from members ---------------------------------------------------------------
+    def publish(self, sender: bytes, msg: list, token=None, at: float | None = None) -> None:
+        topic = msg[0]
+        trie = self.r.routes.trie
+        normal = {ident for ident, _ in trie.match(topic) if ident != sender}
+        groups_for: dict[bytes, list] = {}
+        for group in trie.match_shared(topic):
+            members = list(group.members)
+            if len(members) == 1 and members[0] == sender:
+                continue  # only the sender has this group: it decided locally
+            chosen = self._pick(group, members)
+            groups_for.setdefault(chosen, []).append([group.group, group.topic_filter])
+        self._dispatch(sender, msg, normal, groups_for, token, at)
+
+    def remote_publish(self, sender: bytes, msg: list, normal: bool, groups: list, token, at) -> None:
+        """A message another node sent (through the cluster agent, the sender): to
+        this node's members only, so it is never forwarded to a third node."""
+        topic = msg[0]
+        trie = self.r.routes.trie
+        targets = {ident for ident, _ in trie.match(topic) if ident != sender} if normal else set()
+        groups_for: dict[bytes, list] = {}
+        if groups:
+            wanted = {(g, f) for g, f in groups}
+            for group in trie.match_shared(topic):
+                if (group.group, group.topic_filter) in wanted:
+                    members = [m for m in group.members if m != sender]
+                    if members:
+                        chosen = self._pick(group, members)
+                        groups_for.setdefault(chosen, []).append([group.group, group.topic_filter])
+        self._dispatch(sender, msg, targets, groups_for, token, at)
+
+    def shared_publish(self, sender: bytes, msg: list, group_name: str, flt: str) -> None:
+        for group in self.r.routes.trie.match_shared(msg[0]):
+            if group.group == group_name and group.topic_filter == flt:
+                members = [m for m in group.members if m != sender]
+                if members:
+                    chosen = self._pick(group, members)
+                    self.r.send(chosen, o.Deliver(msg, False, [[group_name, flt]]))
+                return
+
+    def direct(self, sender: bytes, op: o.Direct) -> None:
+        """For a session that just moved: to the member holding it now."""
+        holder = self.r.sessions.registry.get(op.client_id)
+        if holder is not None and holder != sender:
+            self.r.send(holder, o.DeliverDirect(op.msg, op.client_id, op.qos, op.retain, op.sub_ids))
+
+    def publish_to(self, sender: bytes, msg: list, member: str, flt: str | None = None,
+                   at: float | None = None) -> None:
+        """A publish that raced the member's new subscription (the sender replays it); to
+        the agent with the filter and read time of the replay (cluster/replay.py)."""
+        target = self.r.membership.by_name.get(member)
+        if target is not None and target != sender:
+            if target == AGENT:
+                self.r.send(target, o.Deliver(msg, True, [], None, flt, at))
+            else:
+                self.r.send(target, o.Deliver(msg, True, [], None))
+
+    def delivered(self, ident: bytes, ref: list) -> None:
+        key = (ref[0], ref[1])
+        waiting = self.pending.get(key)
+        if waiting is None:
+            return
+        waiting.discard(ident)
+        if not waiting:
+            del self.pending[key]
+            self.r.send(key[0], o.Confirm(key[1], True))
+
+    # -- internals ---------------------------------------------------------------------
+    def _dispatch(self, sender: bytes, msg: list, normal: set, groups_for: dict, token, at) -> None:
+        targets = normal | groups_for.keys()
+        send = self.r.send
+        ref = None
+        if token is not None:
+            if targets:
+                ref = [sender, token]
+                self.pending[(sender, token)] = set(targets)
+            else:
+                send(sender, o.Confirm(token, True))
+        for ident in targets:
+            send(ident, o.Deliver(msg, ident in normal, groups_for.get(ident, []), ref))
+            self.forwarded += 1
+        if at is not None and not msg[3]:  # retained messages reach new subscribers as retained
+            recent = self.recent
+            recent.append((at, sender, msg, set(targets)))
+            if len(recent) > 256 and recent[0][0] < at - REPLAY_WINDOW:
+                while recent and recent[0][0] < at - REPLAY_WINDOW:
+                    recent.popleft()
+
+    def _pick(self, group, members: list, exclude: bytes | None = None) -> bytes:
+        key = (group.group, group.topic_filter)
+        alive = self.r.membership.alive
+        cands = [m for m in members if m != exclude and alive(m) is not None] or members
+        if self.share_weight:
+            # the agent counts once per other node with the group: members spread evenly over nodes
+            sw = self.share_weight
+            flt = f"$share/{group.group}/{group.topic_filter}"
+            cands = [m for m in cands for _ in range(sw.get((m, flt), 1))]
+        i = self.shared_cursor.get(key, 0)
+        self.shared_cursor[key] = i + 1
+        return cands[i % len(cands)]
+
+    def replay(self, ident: bytes, flt: str, since: float) -> None:
+        """Publishes routed after the subscription was made but before its route
+        arrived here go to the new subscriber's member now."""
+        if not self.recent:
+            return
+        early = since - REPLAY_MARGIN
+        for at, sender, msg, targets in reversed(self.recent):
+            if at < early:
+                break
+            if at < since and msg[2]:
+                continue  # QoS 1/2 read before the SUBSCRIBE: maybe acknowledged before it arrived
+            if sender != ident and ident not in targets and topic_matches(flt, msg[0]):
+                targets.add(ident)
+                if ident == AGENT:  # with the filter and read time (cluster/replay.py)
+                    self.r.send(ident, o.Deliver(msg, True, [], None, flt, at))
+                else:
+                    self.r.send(ident, o.Deliver(msg, True, [], None))
+
+    def forget_pending(self, ident: bytes) -> None:
+        """A member restarted or is gone: what it sent is forgotten, what it was to confirm fails."""
+        for key, waiting in list(self.pending.items()):
+            if key[0] == ident:
+                del self.pending[key]
+            elif ident in waiting:
+                waiting.discard(ident)
+                if not waiting:  # a receiver died before it owned the message
+                    del self.pending[key]
+                    self.r.send(key[0], o.Confirm(key[1], False))

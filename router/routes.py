@@ -1,0 +1,87 @@
+"""The node's route table: which member wants which filters, versioned.
+
+Every change is a delta; the deltas of one loop pass become one ROUTES op with
+the next version, sent to every live member. Members answer ROUTE_ACK with the
+version they applied; a SYNC (a worker's SUBACK waits on it) is answered once
+every other live member applied the version it was made at.
+"""
+from __future__ import annotations
+
+from core import ops as o
+from mqtt import SubscriptionTrie
+
+
+class RouteTable:
+    def __init__(self, router):
+        self.r = router
+        self.trie = SubscriptionTrie()  # filter -> member idents
+        self.version = 0
+        self.delta: list = []  # changes not yet sent: [+1, member, filter, since] | [-1, member, filter]
+        self.syncs: list = []  # [ident, token, version, deadline] waiting for members to apply routes
+
+    def add(self, m, flt: str, since: float | None = None) -> None:
+        if flt in m.filters:
+            return
+        m.filters[flt] = True
+        self.r.membership.by_name[m.name] = m.ident
+        self.trie.add(flt, m.ident, True)
+        self.delta.append([1, m.name, flt, since])
+        if since is not None and not flt.startswith("$share/"):
+            self.r.forward.replay(m.ident, flt, since)
+
+    def remove(self, m, flt: str) -> None:
+        self.r.forward.share_weight.pop((m.ident, flt), None)
+        if m.filters.pop(flt, None) is None:
+            return
+        self.trie.remove(flt, m.ident)
+        self.delta.append([-1, m.name, flt])
+
+    def flush_delta(self) -> None:
+        """Turn the route changes so far into one versioned ROUTES op for every member."""
+        if self.delta:
+            self.version += 1
+            op = o.Routes(self.version, self.delta)
+            self.delta = []
+            out = self.r.out
+            for ident, m in self.r.members.items():
+                if m.alive:
+                    out.setdefault(ident, []).append(op)
+
+    def acked(self, m, version: int, now: float) -> None:
+        if version > m.acked:
+            m.acked = version
+        if self.syncs:
+            self.check_syncs(now)
+
+    def sync(self, ident: bytes, token, now: float) -> None:
+        self.flush_delta()
+        self.syncs.append([ident, token, self.version, now + self.r.sync_timeout])
+        self.check_syncs(now)
+
+    def check_syncs(self, now: float) -> None:
+        """Answer the SYNCs whose route version every other live member has applied.
+
+        Called on every SYNC and ROUTE_ACK, with thousands waiting while clients
+        subscribe in bulk: what every other member applied is worked out once per
+        call, not per SYNC, and the SYNCs are in version and deadline order (both
+        only grow), so the scan stops at the first one no member can answer yet."""
+        acked = [(i, m.acked) for i, m in self.r.members.items() if m.alive]
+        inf = float("inf")
+        lowest = {i: min((a for j, a in acked if j != i), default=inf) for i, _ in acked}
+        anyone = min((a for _, a in acked), default=inf)  # for a sender that is not (or no longer) alive
+        best = max([anyone, *lowest.values()])
+        waiting = []
+        syncs = self.syncs
+        for k, s in enumerate(syncs):
+            ident, token, version, deadline = s
+            if now >= deadline or version <= lowest.get(ident, anyone):
+                self.r.send(ident, o.Synced(token))
+            elif version > best:
+                waiting.extend(syncs[k:])  # later ones have higher versions and later deadlines
+                break
+            else:
+                waiting.append(s)
+        self.syncs = waiting
+
+    def size(self) -> int:
+        return sum(len(m.filters) for m in self.r.members.values() if m.alive)

@@ -1,0 +1,278 @@
+"""The worker's side of the router link without ZeroMQ or circusd: a real Broker and real
+Connections fed MQTT bytes written out by hand, the RouterBridge on a fake DEALER socket (the
+router's ops fed in, the worker's ops collected) and a fake loop whose timers run on a fake
+clock (issue 9, point 5)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from common.settings import Settings
+from core import ops as o
+from core.ops import WIRE_VERSION
+from worker.broker import Broker
+from worker.protocol import Connection
+from worker.router_link import CLAIM_TIMEOUT, REPLAY_MARGIN, RouterBridge
+from tests.support.fake_link import FakeClock, FakeDealer, FakeLoop
+
+# MQTT 3.1.1 packets, written out
+CONNECT_C = bytes.fromhex("100d 00044d515454 04 02 003c 0001 63")  # client "c", clean session
+CONNECT_P = bytes.fromhex("100d 00044d515454 04 02 003c 0001 70")  # client "p", clean session
+CONNACK_OK = bytes.fromhex("20020000")
+SUBSCRIBE_T = bytes.fromhex("8206 0001 0001 74 01")  # packet id 1, "t", QoS 1
+SUBACK_1 = bytes.fromhex("9003 0001 01")
+PUBLISH_T_QOS1 = bytes.fromhex("3206 0001 74 0002 78")  # "t", packet id 2, "x"
+PUBACK_2 = bytes.fromhex("40020002")
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closing = False
+        self.paused = False
+
+    def write(self, data) -> None:
+        self.data += data
+
+    def writelines(self, parts) -> None:
+        for p in parts:
+            self.data += p
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+def wire_msg(topic: str, payload: bytes = b"x", qos: int = 0) -> list:
+    return [topic, payload, qos, False, None, None, ""]
+
+
+class Worker:
+    """Worker 1 of a two-worker node, registered with a router whose epoch is 7."""
+
+    def __init__(self, registered: bool = True) -> None:
+        self.clock = FakeClock()
+        self.loop = FakeLoop(self.clock)
+        self.sock = FakeDealer()
+        settings = Settings(workers=2, persistence=False)
+        self.bridge = RouterBridge(settings, 1, clock=self.clock, sock=self.sock)
+        self.broker = Broker(settings, self.clock, bridge=self.bridge)
+        if registered:
+            self.bridge.connect(loop=self.loop)
+            self.loop.run()
+            self.router(o.Welcome(7, 0, [], []))
+
+    def router(self, *ops) -> None:
+        """Ops from the router arrive (the zmq fd is readable)."""
+        self.sock.feed(*ops)
+        self.bridge._readable()
+        self.loop.run()
+
+    def ops(self, kind=None) -> list:
+        self.loop.run()
+        return [op for op in self.sock.ops() if kind is None or op.__class__ is kind]
+
+    def client(self, connect: bytes) -> tuple[Connection, Transport]:
+        conn, t = Connection(self.broker), Transport()
+        conn.connection_made(t)
+        conn.data_received(connect)
+        return conn, t
+
+    def granted(self, client_id: str) -> None:
+        (claim,) = self.ops(o.Claim)
+        assert claim.client_id == client_id
+        self.router(o.Grant(client_id, claim.req, None))
+
+
+def run(fn):
+    """Connections need a running asyncio loop for their own timers; the bridge has the fake one."""
+    async def main():
+        fn()
+    asyncio.run(main())
+
+
+def test_hello_goes_first_and_pings_follow_on_the_clock():
+    w = Worker(registered=False)
+    w.bridge.queue(o.RouteAdd("early"))
+    w.bridge.connect(loop=w.loop)
+    ops = w.ops()
+    assert isinstance(ops[0], o.Hello) and ops[0].wire == WIRE_VERSION
+    assert [op.__class__ for op in ops[1:]] == [o.RouteAdd]
+    w.loop.advance(1.0)
+    assert [op.__class__ for op in w.ops()] == [o.Ping]
+    w.loop.advance(2.0)
+    assert [op.__class__ for op in w.ops()] == [o.Ping, o.Ping]
+
+
+def test_connect_waits_for_the_routers_grant():
+    def body():
+        w = Worker()
+        conn, t = w.client(CONNECT_C)
+        assert bytes(t.data) == b""  # no CONNACK before the router granted the client id
+        w.granted("c")
+        assert bytes(t.data) == CONNACK_OK
+        conn.connection_lost(None)
+    run(body)
+
+
+def test_an_unanswered_claim_is_served_locally_after_its_timeout(caplog):
+    def body():
+        w = Worker()
+        conn, t = w.client(CONNECT_C)
+        (claim,) = w.ops(o.Claim)
+        w.loop.advance(CLAIM_TIMEOUT - 0.1)
+        assert bytes(t.data) == b""
+        with caplog.at_level(logging.WARNING, logger="shoal.link"):
+            w.loop.advance(0.2)
+        assert bytes(t.data) == CONNACK_OK
+        assert any("did not answer a session claim" in r.getMessage() for r in caplog.records)
+        w.router(o.Grant("c", claim.req, None))  # a late grant: ignored
+        assert bytes(t.data) == CONNACK_OK
+        conn.connection_lost(None)
+    run(body)
+
+
+def test_suback_waits_until_every_member_applied_the_route():
+    def body():
+        w = Worker()
+        conn, t = w.client(CONNECT_C)
+        w.granted("c")
+        t.data.clear()
+        w.clock.t += 0.5
+        conn.data_received(SUBSCRIBE_T)
+        ops = w.ops()
+        add = next(op for op in ops if isinstance(op, o.RouteAdd))
+        assert (add.filter, add.since) == ("t", w.clock.t)  # the moment it was handled, on the host clock
+        (sync,) = [op for op in ops if isinstance(op, o.Sync)]
+        assert bytes(t.data) == b""
+        w.router(o.Synced(sync.token))
+        assert bytes(t.data) == SUBACK_1
+        conn.connection_lost(None)
+    run(body)
+
+
+def test_routes_are_applied_acknowledged_and_late_routes_get_a_replay():
+    def body():
+        w = Worker()
+        p, t = w.client(CONNECT_P)
+        w.granted("p")
+        made = w.clock.t
+        w.clock.t += 0.01
+        p.data_received(bytes.fromhex("3004 0001 74 78"))  # QoS 0 "t": nobody else wants it (yet)
+        assert not w.ops(o.Pub)
+        assert not w.bridge.wants("t")
+        w.router(o.Routes(1, [[1, "w2", "t", made], [1, "w2", "u", None]]))
+        ops = w.ops()
+        (replayed,) = [op for op in ops if isinstance(op, o.PubTo)]
+        assert (replayed.member, replayed.msg[0]) == ("w2", "t")
+        assert [a.version for a in ops if isinstance(a, o.RouteAck)] == [1]
+        assert w.bridge.wants("t") and w.bridge.route_version == 1
+        w.router(o.Routes(2, [[-1, "w2", "t"]]))
+        assert not w.bridge.wants("t") and w.bridge.wants("u")
+        p.connection_lost(None)
+    run(body)
+
+
+def test_a_qos0_read_just_before_a_remote_subscribe_is_replayed_but_not_one_read_long_before():
+    def body():
+        w = Worker()
+        p, _ = w.client(CONNECT_P)
+        w.granted("p")
+        p.data_received(bytes.fromhex("3005 0001 74 7878"))  # "xx", long before
+        w.clock.t += 10 * REPLAY_MARGIN
+        p.data_received(bytes.fromhex("3004 0001 74 78"))  # "x", just before
+        w.clock.t += REPLAY_MARGIN / 2
+        w.router(o.Routes(1, [[1, "w2", "t", w.clock.t]]))
+        assert [op.msg[1] for op in w.ops(o.PubTo)] == [b"x"]
+        p.connection_lost(None)
+    run(body)
+
+
+def test_puback_waits_for_the_routers_confirm_and_unconfirmed_go_again_to_a_new_router():
+    def body():
+        w = Worker()
+        w.router(o.Routes(1, [[1, "w2", "t", None]]))
+        p, t = w.client(CONNECT_P)
+        w.granted("p")
+        t.data.clear()
+        w.ops()
+        read_at = w.clock.t
+        p.data_received(PUBLISH_T_QOS1)
+        assert not w.ops(o.Pub)  # messages wait up to SHOAL_ROUTER_BATCH_MS for company
+        w.loop.advance(w.bridge.batch_delay)
+        (pub,) = w.ops(o.Pub)
+        assert pub.msg[0] == "t" and pub.token is not None and pub.at == read_at
+        assert bytes(t.data) == b""
+        w.router(o.Pong(8, 1))  # the router restarted (another epoch): register again
+        ops = w.ops()
+        assert isinstance(ops[0], o.Hello)
+        assert [(op.msg[0], op.token) for op in ops if isinstance(op, o.Pub)] == [("t", pub.token)]
+        w.router(o.Welcome(8, 1, [["w2", "t"]], []), o.Confirm(pub.token, True))
+        assert bytes(t.data) == PUBACK_2
+        assert w.bridge.unconfirmed == {}
+        p.connection_lost(None)
+    run(body)
+
+
+def test_deliver_reaches_the_local_subscriber_and_is_answered_delivered():
+    def body():
+        w = Worker()
+        conn, t = w.client(CONNECT_C)
+        w.granted("c")
+        conn.data_received(SUBSCRIBE_T)
+        (sync,) = w.ops(o.Sync)
+        w.router(o.Synced(sync.token))
+        t.data.clear()
+        w.router(o.Deliver(wire_msg("t", b"hi", 0), True, [], [b"w2", 5]))
+        assert bytes(t.data) == bytes.fromhex("3005 0001 74 6869")
+        w.loop.advance(w.bridge.batch_delay)  # (DELIVERED is data: it waits for the batch)
+        assert [d.ref for d in w.ops(o.Delivered)] == [[b"w2", 5]]
+        assert w.bridge.figures[3] == 1
+        conn.connection_lost(None)
+    run(body)
+
+
+def test_an_undecodable_op_from_the_router_is_skipped_and_the_next_one_handled(caplog):
+    import msgpack
+
+    w = Worker()
+    with caplog.at_level(logging.WARNING, logger="shoal.link"):
+        w.sock.inbox.append(msgpack.packb([[o.Op.SYNCED], [999], o.Pong(7, 3).to_wire(),
+                                           o.NodeStats({"x": 1}, {}).to_wire()]))
+        w.bridge._readable()
+    assert w.bridge.node_stats == {"x": 1}
+    assert sum("undecodable op" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_a_refused_grant_refuses_the_connect():
+    def body():
+        w = Worker()
+        conn, t = w.client(CONNECT_C)
+        (claim,) = w.ops(o.Claim)
+        w.router(o.Grant("c", claim.req, None, o.Own.REFUSED))
+        assert bytes(t.data)[:2] == b"\x20\x02" and bytes(t.data)[3] != 0  # a CONNACK that refuses
+        conn.connection_lost(None)
+    run(body)
