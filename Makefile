@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JS_STAMP := tests/js/node_modules/.installed
 
-.PHONY: install iproute run cluster test test-unit test-integration bench chaos fuzz clean
+.PHONY: install iproute run cluster test test-unit test-integration bench chaos fuzz clean haproxy-tool
 
 $(STAMP): pyproject.toml
 	@command -v mosquitto >/dev/null 2>&1 || { \
@@ -41,6 +41,17 @@ $(JS_STAMP): tests/js/package.json tests/js/package-lock.json
 
 install: $(STAMP) $(PROTO_OUT)
 
+# HAProxy (the Debian package) for tests/integration/test_32_haproxy.py: three nodes behind it
+# (tests only: `make install` and `make run` do not need it)
+haproxy-tool:
+	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing haproxy (cluster tests behind a load balancer)"; \
+	    apt-get install -y -qq haproxy >/dev/null 2>&1 || \
+	    (apt-get update -qq && apt-get install -y -qq haproxy >/dev/null) || \
+	    echo "warning: could not install haproxy; tests/integration/test_32_haproxy.py will fail"; \
+	  fi; }
+
 run: install
 	$(VENV)/bin/circusd circus.ini
 
@@ -57,13 +68,13 @@ iproute:
 	  echo "warning: could not install iproute2; the partition tests will be skipped"; \
 	fi
 
-test: install $(JS_STAMP) iproute
+test: install $(JS_STAMP) iproute haproxy-tool
 	$(PY) -m pytest -q tests
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit
 
-test-integration: install $(JS_STAMP)
+test-integration: install $(JS_STAMP) iproute haproxy-tool
 	$(PY) -m pytest -q tests/integration
 
 # faults (SIGKILL/SIGSTOP of nodes, agents, etcd members) under checker clients; stops by itself

@@ -22,6 +22,7 @@ import time
 
 import grpc
 import msgpack
+from aetcd.exceptions import RevisionCompactedError
 
 from common.logs import kv
 from common.settings import Settings
@@ -35,8 +36,9 @@ from .leader import Leader
 from .ownership import Ownership
 from .wills import Wills
 from .opslink import AgentOps
-from .etcd import NODES, RANGE_END, RANGE_START, RETAINED, ROUTES, Etcd
+from .etcd import NODES, RANGE_END, RANGE_START, RETAINED, ROUTES, Etcd, read_range
 from .peers import CLUSTER_WIRE, PeerOut, PeerService
+from .replay import Replay, parse_since
 from .routerlink import RouterLink
 
 log = logging.getLogger("shoal.agent")
@@ -44,25 +46,47 @@ log = logging.getLogger("shoal.agent")
 FIRST_SYNC_WAIT = 2.0  # seconds the agent waits for etcd before it registers with its router anyway
 WRITE_RETRY = 0.5  # seconds before a failed etcd write is tried again
 TXN_OPS = 100  # operations per etcd transaction (etcd's default limit is 128)
+TXN_BYTES = 1024 * 1024  # bytes of keys and values per transaction (etcd's default request limit is 1.5 MiB)
 BACKOFF_MAX = 5.0  # seconds between etcd reconnect attempts at most
 DRAIN_TIMEOUT = 7.0  # seconds a stopping agent waits for its workers' sessions (circus waits 10)
+
+
+def _txn_chunks(sized: list) -> list:
+    """Operations cut into transactions of at most TXN_OPS operations and TXN_BYTES
+    bytes (a bigger single operation goes alone)."""
+    chunks, cur, size = [], [], 0
+    for item in sized:
+        if cur and (len(cur) >= TXN_OPS or size + item[1] > TXN_BYTES):
+            chunks.append(cur)
+            cur, size = [], 0
+        cur.append(item)
+        size += item[1]
+    if cur:
+        chunks.append(cur)
+    return chunks
 
 
 class DuplicateName(Exception):
     pass
 
 
-def _well_formed(body: bytes, topic: str) -> bool:
+class WatchCompacted(Exception):
+    """etcd compacted revisions this node's watch had not seen (args[0]: the compaction revision)."""
+
+
+def _well_formed(body: bytes, topic: str) -> list | None:
     """A message from a peer is checked before it goes to the router (one bad
     message must not cost the router the batch it travels in); it still goes on
-    as the bytes it came in."""
+    as the bytes it came in. Returns the decoded message, or None."""
     try:
         w = msgpack.unpackb(body, raw=False, strict_map_key=False)
     except Exception:
-        return False
-    return (type(w) is list and len(w) >= 7 and w[0] == topic and type(w[1]) is bytes
+        return None
+    if (type(w) is list and len(w) >= 7 and w[0] == topic and type(w[1]) is bytes
             and w[2] in (0, 1, 2) and type(w[3]) is bool and (w[4] is None or type(w[4]) is dict)
-            and (w[5] is None or type(w[5]) in (int, float)) and type(w[6]) is str)
+            and (w[5] is None or type(w[5]) in (int, float)) and type(w[6]) is str):
+        return w
+    return None
 
 
 def _json(obj) -> bytes:
@@ -93,7 +117,8 @@ class Agent:
         self.flushed_rev = 0
         self.flush_waiters: list[tuple[int, asyncio.Future]] = []
         self.dirty = asyncio.Event()
-        self.retained_out: dict[str, bytes | None] = {}  # topic -> value to write (None: delete)
+        self.retained_out: dict[str, bytes | None] = {}  # topic -> value to write (no payload: a tombstone)
+        self._tomb_lease: tuple[int, float] | None = None  # (lease id, monotonic time to stop using it)
         self.router_retained: dict[str, list] = {}  # from WELCOME: pushed to etcd when etcd lacks them
         self.etcd_retained: set[str] = set()  # topics etcd held at the first sync
         self.pending_versions: dict[int, bool] = {}  # route versions of the router -> done
@@ -119,6 +144,7 @@ class Agent:
         self._router_sync: tuple | None = None  # (applied revision when sent, task) of the router SYNC in flight
         self._peer_syncs: dict[int, asyncio.Task] = {}  # etcd revision -> the Sync round for it
         self.service = PeerService(self)
+        self.replay = Replay(self)  # publishes that raced a subscription on another node
         self.ownership = Ownership(self)  # owners/<client id> (issue 11)
         self.wills = Wills(self)  # wills/<client id>
         self.leader = Leader(self)  # the leader key and its duties
@@ -130,6 +156,7 @@ class Agent:
         self.server: grpc.aio.Server | None = None
         self.dropped_qos0 = 0
         self.malformed = 0  # messages from peers that were not a message
+        self.expired_in_queue = 0  # messages whose Message Expiry ran out while queued for this node
         self.forwarded = 0
         self.received_count = 0
         self.frames_sent = 0  # gRPC frames on the peer links, both directions (acks included)
@@ -241,6 +268,7 @@ class Agent:
             "frames_received_total": self.frames_received,
             "dropped_qos0_total": self.dropped_qos0,
             "malformed_total": self.malformed,
+            "expired_in_queue_total": self.expired_in_queue,
             "paused": int(self.link.paused),
         }
 
@@ -265,16 +293,19 @@ class Agent:
     def hello(self) -> None:
         """HELLO goes before anything queued meanwhile (the router ignores a member it does not know)."""
         self.link.queue_first(o.Hello(WIRE_VERSION, list(self.union), [], []))
+        for flt, n in self.union.items():
+            if n > 1 and flt.startswith("$share/"):
+                self.link.queue(o.RouteAdd(flt, None, n))  # (the router weighs us by the nodes)
 
     # -- the router ---------------------------------------------------------------------
     def on_router_ops(self, ops: list) -> None:
         handlers = self._router_handlers
         if handlers is None:
             handlers = self._router_handlers = {
-                o.Deliver: lambda op: self.deliver(op.msg, op.normal, op.groups, op.ref),
+                o.Deliver: self._delivered_here,
                 o.Confirm: self._confirmed,
                 o.Routes: lambda op: self.local_routes(op.version, op.delta),
-                o.Retained: lambda op: self.local_retained(op.msg),
+                o.Retained: lambda op: self.local_retained(op.msg, op.ref),
                 o.Synced: self._synced,
                 o.Welcome: self.welcome,
                 o.TakeOwnership: self.ownership.on_op, o.Disown: self.ownership.on_op, o.Grant: self.ownership.on_op,
@@ -288,6 +319,12 @@ class Agent:
                 fn(op)
 
     _router_handlers = None
+
+    def _delivered_here(self, op) -> None:
+        if op.filter is not None:  # handed back for a new remote route (cluster/replay.py)
+            self.replay.replayed(op.msg, op.filter, op.at)
+        else:
+            self.deliver(op.msg, op.normal, op.groups, op.ref)
 
     def _confirmed(self, op) -> None:
         pending = self.remote_tokens.pop(op.token, None)
@@ -333,7 +370,7 @@ class Agent:
     def local_routes(self, version: int, delta: list) -> None:
         changed = False
         refs = self.local_refs
-        for sign, member, flt, *_ in delta:
+        for sign, member, flt, *rest in delta:
             if member == "agent":
                 continue
             n = refs.get(flt, 0)
@@ -342,11 +379,13 @@ class Agent:
                 if n == 0:
                     changed = True
                     self.route_dirty.add(flt)
+                    self.replay.local_added(flt, rest[0] if rest else None)
             elif n > 0:
                 if n == 1:
                     del refs[flt]
                     changed = True
                     self.route_dirty.add(flt)
+                    self.replay.local_removed(flt)
                 else:
                     refs[flt] = n - 1
         self.pending_versions[version] = False
@@ -425,10 +464,14 @@ class Agent:
         if futs:
             await asyncio.wait(futs, timeout=self.settings.cluster_lease_ttl + 1.0)
 
-    def local_retained(self, w: list) -> None:
-        """A retained message set (or cleared) on this node: into etcd."""
+    def local_retained(self, w: list, ref=None) -> None:
+        """A retained message set (or cleared) on this node: into etcd. With a ref, the
+        publisher's PUBACK waits (DELIVERED ref) until it is in etcd and every live node
+        applied it, so a new subscriber anywhere sees it once the publisher is answered."""
         topic = w[0]
         if topic.startswith("$SYS/"):
+            if ref is not None:
+                self.link.queue(o.Delivered(ref))
             return
         if w[1]:
             expires_in = w[5]
@@ -436,8 +479,18 @@ class Agent:
                                    None if expires_in is None else time.time() + expires_in, w[6], self.node], use_bin_type=True)
             self.retained_out[topic] = value
         else:
-            self.retained_out[topic] = None
-        self._changed()
+            self.retained_out[topic] = None  # (the writer puts a tombstone)
+        gen = self._changed()
+        if ref is not None:
+            asyncio.get_running_loop().create_task(self._ack_retained(gen, ref))
+
+    async def _ack_retained(self, gen: int, ref: list) -> None:
+        try:
+            rev = await self._flushed(gen)  # (0: etcd unreachable; it gets the message when back)
+            if rev:
+                await self._peers_synced(rev)
+        finally:
+            self.link.queue(o.Delivered(ref))
 
     async def router_sync(self) -> None:
         """Every other member of this node applied the routes sent so far."""
@@ -475,6 +528,8 @@ class Agent:
                 node = cands[i % len(cands)]
                 targets.setdefault(node, [False, []])[1].append([group.group, group.topic_filter])
         key = None
+        if normal and not msg[3]:
+            self.replay.sent(msg, [n for n, (nrm, _) in targets.items() if nrm])
         if ref is not None:
             key = (ref[0], ref[1])
             if not targets:
@@ -524,13 +579,24 @@ class Agent:
         now = time.monotonic()
         for p in frame.pubs:
             body = p.msg
-            if not _well_formed(body, p.topic):
+            w = _well_formed(body, p.topic)
+            if w is None:
                 self.malformed += 1
                 log.warning("malformed message from a peer dropped", extra=kv(peer=origin.node, topic=p.topic[:100],
                                                                               size=len(body), malformed=self.malformed))
                 if p.seq:
                     origin.owned(p.seq)
                 continue
+            if p.queued_ms and w[5] is not None:
+                # Message Expiry counts the time it waited in the sender's queue (a link down)
+                left = w[5] - p.queued_ms / 1000.0
+                if left <= 0:
+                    self.expired_in_queue += 1
+                    if p.seq:
+                        origin.owned(p.seq)
+                    continue
+                w[5] = left
+                body = msgpack.packb(w, use_bin_type=True)
             token = None
             if p.seq:
                 st = origin.mark(p.seq)
@@ -589,17 +655,21 @@ class Agent:
             self._rev_check = asyncio.get_running_loop().call_soon(self._check_rev_waiters)
 
     # -- the cluster's routes ----------------------------------------------------------------
-    def _remote_add(self, node: str, flt: str) -> None:
+    def _remote_add(self, node: str, flt: str, since: float | None = None) -> None:
         filters = self.remote.setdefault(node, set())
         if flt in filters:
             return
         filters.add(flt)
         self.trie.add(flt, node, True)
+        self.replay.route_added(node, flt, since)
         n = self.union.get(flt, 0)
         self.union[flt] = n + 1
         if n == 0:
             log.debug("remote route added", extra=kv(peer=node, filter=flt))
-            self.link.queue(o.RouteAdd(flt))
+            # (with the SUBSCRIBE's moment: router and workers hand back what raced it)
+            self.link.queue(o.RouteAdd(flt, since))
+        if flt.startswith("$share/"):
+            self.link.queue(o.RouteAdd(flt, None, n + 1))  # the router weighs us by the nodes
 
     def _remote_del(self, node: str, flt: str) -> None:
         filters = self.remote.get(node)
@@ -609,12 +679,15 @@ class Agent:
         if not filters:
             del self.remote[node]
         self.trie.remove(flt, node)
+        self.replay.route_removed(node, flt)
         n = self.union.get(flt, 0) - 1
         if n <= 0:
             self.union.pop(flt, None)
             self.link.queue(o.RouteDel(flt))
         else:
             self.union[flt] = n
+            if flt.startswith("$share/"):
+                self.link.queue(o.RouteAdd(flt, None, n))
 
     def _member_put(self, node: str, value: bytes) -> None:
         try:
@@ -710,7 +783,15 @@ class Agent:
                 backoff = 0.2
                 keep = asyncio.get_running_loop().create_task(self._keepalive(client))
                 try:
-                    await self._watch(client, rev + 1, keep)
+                    while True:
+                        try:
+                            await self._watch(client, rev + 1, keep)
+                            break
+                        except WatchCompacted as e:
+                            # (this node fell behind and etcd compacted what it had not read yet)
+                            log.warning("etcd compacted past this node's watch: reading the whole state again",
+                                        extra=kv(compacted=e.args[0], watched_from=rev + 1))
+                            rev = await self._full_sync(client)
                 finally:
                     keep.cancel()
             except DuplicateName:
@@ -786,6 +867,45 @@ class Agent:
                 raise DuplicateName(msg)
             await client.put(key, value, lease=lease_id)
 
+    async def _write_txn(self, client, chunk: list) -> int:
+        """One transaction; one that etcd refuses as too large is split, and a retained
+        message too large for etcd alone is left out (it stays on this node), so one big
+        message never holds up the writes after it. Returns the highest revision written."""
+        try:
+            _, responses = await client.transaction(compare=[], success=[op for op, _, _ in chunk], failure=[])
+        except Exception as e:
+            text = str(e)
+            if "too large" not in text and "larger than max" not in text:
+                raise
+            if len(chunk) > 1:
+                rev = 0
+                for one in chunk:
+                    rev = max(rev, await self._write_txn(client, [one]))
+                return rev
+            _, size, topic = chunk[0]
+            log.error("retained message too large for etcd: kept on this node only; raise etcd's --max-request-bytes",
+                      extra=kv(topic=(topic or "")[:200], size=size, error=text.splitlines()[0][:200]))
+            return 0
+        rev = 0
+        for r in responses:
+            kind = r.WhichOneof("response")
+            if kind == "response_put":
+                rev = max(rev, r.response_put.header.revision)
+            elif kind == "response_delete_range":
+                rev = max(rev, r.response_delete_range.header.revision)
+        return rev
+
+    async def _tombstone_lease(self, client) -> int:
+        """The lease cleared retained messages are written under: granted for
+        SHOAL_CLUSTER_RETAINED_TOMBSTONE_TTL, used for half of that, never renewed, so
+        etcd deletes each tombstone between half that time and that time after it."""
+        now = time.monotonic()
+        if self._tomb_lease is None or now >= self._tomb_lease[1]:
+            ttl = self.settings.cluster_retained_tombstone_ttl
+            lease = await client.lease(ttl)
+            self._tomb_lease = (lease.id, now + ttl / 2)
+        return self._tomb_lease[0]
+
     async def _keepalive(self, client) -> None:
         ttl = self.settings.cluster_lease_ttl
         while True:
@@ -800,8 +920,7 @@ class Agent:
     async def _full_sync(self, client) -> int:
         """Read every node, route and retained message at one revision; make the caches
         (and this node's keys in etcd) agree with it."""
-        resp = await client.get_range(RANGE_START, RANGE_END)
-        rev = resp.header.revision
+        rev, resp = await read_range(client, RANGE_START, RANGE_END)
         nodes: dict[str, bytes] = {}
         routes: dict[str, set[str]] = {}
         retained: dict[str, tuple[bytes, int]] = {}
@@ -868,7 +987,7 @@ class Agent:
             if keep in done:
                 keep.result()  # raises why the lease is gone
                 return
-            reader.result()  # raises when the watch ended
+            reader.result()  # raises when the watch ended (WatchCompacted: etcd compacted past it)
         finally:
             if not reader.done():
                 reader.cancel()
@@ -881,10 +1000,13 @@ class Agent:
     async def _read_watch(self, watch) -> None:
         if not self.connected:
             return
-        async for ev in watch:
-            if not self.connected:
-                return
-            self._event(ev)
+        try:
+            async for ev in watch:
+                if not self.connected:
+                    return
+                self._event(ev)
+        except RevisionCompactedError as e:
+            raise WatchCompacted(e.compacted_revision) from None
         raise ConnectionError("etcd watch ended")
 
     def _event(self, ev) -> None:
@@ -901,7 +1023,7 @@ class Agent:
             node, _, flt = k[len(ROUTES):].decode().partition("/")
             if node != self.node:
                 if put:
-                    self._remote_add(node, flt)
+                    self._remote_add(node, flt, parse_since(ev.kv.value))
                 else:
                     self._remote_del(node, flt)
             elif not put and flt in self.published:
@@ -938,26 +1060,29 @@ class Agent:
             retained, self.retained_out = self.retained_out, {}
             tx = client.transactions
             prefix = ROUTES + self.node.encode() + b"/"
-            ops = [tx.put(prefix + f.encode(), b"", self.lease_id) for f in adds]
+            ops = [tx.put(prefix + f.encode(), self.replay.route_value(f), self.lease_id) for f in adds]
             ops += [tx.delete(prefix + f.encode()) for f in dels]
-            for topic, value in retained.items():
-                key = RETAINED + topic.encode()
-                ops.append(tx.put(key, value) if value is not None else tx.delete(key))
+            sized = [(op, 0, None) for op in ops]  # (op, bytes, retained topic)
             rev = self.flushed_rev
             try:
-                for i in range(0, len(ops), TXN_OPS):
-                    _, responses = await client.transaction(compare=[], success=ops[i:i + TXN_OPS], failure=[])
-                    for r in responses:
-                        kind = r.WhichOneof("response")
-                        if kind == "response_put":
-                            rev = max(rev, r.response_put.header.revision)
-                        elif kind == "response_delete_range":
-                            rev = max(rev, r.response_delete_range.header.revision)
+                for topic, value in retained.items():
+                    key = RETAINED + topic.encode()
+                    if value is None:
+                        # a clear is a record with no payload under a lease that ends it (a
+                        # tombstone), not a delete: a node that comes back with the old message
+                        # sees that it was cleared
+                        value = msgpack.packb([topic, b"", 0, True, None, None, "", self.node], use_bin_type=True)
+                        sized.append((tx.put(key, value, await self._tombstone_lease(client)), len(key) + len(value), topic))
+                    else:
+                        sized.append((tx.put(key, value), len(key) + len(value), topic))
+                for chunk in _txn_chunks(sized):
+                    rev = max(rev, await self._write_txn(client, chunk))
             except Exception as e:
                 # (etcd electing a leader, or gone: the SUBACKs waiting for this write wait
                 # on; the router's SYNC deadline bounds them, and a lost connection releases
                 # them in _etcd_main)
                 log.warning("etcd write failed; trying again", extra=kv(error=str(e)[:200], ops=len(ops)))
+                self._tomb_lease = None  # (in case it was that lease that is gone)
                 for topic, value in retained.items():
                     self.retained_out.setdefault(topic, value)
                 self.route_dirty |= adds | dels

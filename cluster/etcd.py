@@ -18,6 +18,8 @@ ROUTES = b"routes/"
 RETAINED = b"retained/"
 RANGE_START = b"nodes/"
 RANGE_END = b"routes0"  # just past every "routes/..." key ('0' follows '/')
+PAGE = 500  # keys per read of the whole range (one gRPC message each, whatever the cluster's size)
+MAX_MESSAGE = 64 * 1024 * 1024  # bytes of one etcd answer the agent accepts (gRPC's default is 4 MiB)
 
 
 def parse_endpoint(url: str) -> tuple[str, int]:
@@ -41,7 +43,8 @@ class Etcd:
     async def connect(self) -> aetcd.Client:
         if self.client is None:
             host, port = self.addrs[self.i % len(self.addrs)]
-            self.client = aetcd.Client(host, port, timeout=RPC_TIMEOUT)
+            self.client = aetcd.Client(host, port, timeout=RPC_TIMEOUT,
+                                       options={"grpc.max_receive_message_length": MAX_MESSAGE})
         await self.client.status()  # reachable, and a member of a cluster with a leader
         return self.client
 
@@ -66,3 +69,24 @@ def _close_later(c: aetcd.Client) -> None:
             pass
 
     asyncio.get_running_loop().create_task(close())
+
+
+async def read_range(client: aetcd.Client, start: bytes, end: bytes) -> tuple[int, list]:
+    """Every key in [start, end) at one revision, read PAGE keys at a time: (revision,
+    the etcd KeyValues in key order). One answer for a whole table of routes would
+    outgrow any message limit; the pages, all read at the first page's revision, are
+    one consistent snapshot still (a compaction past it in between fails the read)."""
+    from aetcd import rpc
+
+    rev = 0
+    key = start
+    items: list = []
+    while True:
+        req = rpc.RangeRequest(key=key, range_end=end, limit=PAGE, revision=rev)
+        resp = await client.kvstub.Range(req, timeout=RPC_TIMEOUT, metadata=client.metadata)
+        if not rev:
+            rev = resp.header.revision
+        items.extend(resp.kvs)
+        if not resp.more or not resp.kvs:
+            return rev, items
+        key = resp.kvs[-1].key + b"\0"

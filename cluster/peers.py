@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections import OrderedDict, deque
 
 import grpc
@@ -31,12 +32,24 @@ class WireMismatch(Exception):
 
 
 class Entry:
-    __slots__ = ("seq", "pub", "ref")
+    __slots__ = ("seq", "pub", "ref", "at")
 
-    def __init__(self, seq, pub, ref):
+    def __init__(self, seq, pub, ref, at):
         self.seq = seq
         self.pub = pub
         self.ref = ref  # (router ident, token) of the publish this node must confirm, or None
+        self.at = at  # monotonic time it was queued (its wait counts against Message Expiry)
+
+
+def _aged(entries, now: float) -> list:
+    """The entries' Pubs, each saying how long it waited here (whole milliseconds)."""
+    pubs = []
+    for e in entries:
+        ms = int((now - e.at) * 1000)
+        if ms:
+            e.pub.queued_ms = ms
+        pubs.append(e.pub)
+    return pubs
 
 
 class PeerOut:
@@ -70,7 +83,7 @@ class PeerOut:
         seq = next(self._seq) if qos > 0 else 0
         pub = pb.Pub(seq=seq, topic=topic, msg=body, normal=normal,
                      groups=[pb.Group(group=g, filter=f) for g, f in groups])
-        self.queue.append(Entry(seq, pub, ref))
+        self.queue.append(Entry(seq, pub, ref, time.monotonic()))
         self.wake.set()
 
     def request_sync(self, revision: int) -> asyncio.Future:
@@ -115,7 +128,7 @@ class PeerOut:
                 self.failures = 0
                 backoff = 0.05
                 # what the peer did not confirm goes again, in order, before anything new
-                resend = [e.pub for e in self.unacked.values()]
+                resend = list(self.unacked.values())
                 self.new_syncs = list(self.syncs)
                 loop = asyncio.get_running_loop()
                 reader = loop.create_task(self._read(call))
@@ -152,20 +165,21 @@ class PeerOut:
     async def _write(self, call, resend: list) -> None:
         batch_max = self.agent.settings.cluster_batch
         while resend:
-            await call.write(pb.Frame(pubs=resend[:batch_max]))
+            await call.write(pb.Frame(pubs=_aged(resend[:batch_max], time.monotonic())))
             del resend[:batch_max]
         while True:
             if not self.queue and not self.new_syncs:
                 self.wake.clear()
                 await self.wake.wait()
                 await asyncio.sleep(0)  # one loop pass more: gather what that pass queues
-            pubs = []
+            out = []
             queue, unacked = self.queue, self.unacked
-            while queue and len(pubs) < batch_max:
+            while queue and len(out) < batch_max:
                 e = queue.popleft()
-                pubs.append(e.pub)
+                out.append(e)
                 if e.seq:
                     unacked[e.seq] = e
+            pubs = _aged(out, time.monotonic())
             syncs = []
             if self.new_syncs:
                 syncs = [pb.Sync(id=sid, revision=self.syncs[sid][0]) for sid in self.new_syncs if sid in self.syncs]

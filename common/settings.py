@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     # (`disconnect`); `serve`: it goes on serving them alone (issue 10's behaviour; a client
     # id may then have a second live session on the other side of a partition)
     cluster_lease_loss: Literal["disconnect", "serve"] = "disconnect"
+    # -- cluster correctness (issue 10, haproxy helper) --
+    # seconds a cleared retained message is remembered in etcd (an empty record under a lease),
+    # so that a node that was away and comes back with the old message does not bring it back
+    cluster_retained_tombstone_ttl: int = 86_400
 
     @property
     def clustered(self) -> bool:
@@ -198,6 +202,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "auth_fail_addresses": (1, None),
     "max_connections": (0, None),
     "max_publish_rate": (0, None),
+    "cluster_retained_tombstone_ttl": (10, 9_000_000_000),
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # SHOAL_ variables that are not settings but are read elsewhere

@@ -149,8 +149,16 @@ class Hello:
 @_wire_op(Op.ROUTE_ADD)
 @dataclass(slots=True)
 class RouteAdd:
+    """weight: from the cluster agent, for a shared group: the number of other nodes holding it
+    (the router weighs the agent by it, so that a group's messages spread evenly over nodes)."""
     filter: str
     since: float | None = None  # monotonic time the subscription was made (replay window)
+    weight: int | None = None
+
+    def to_wire(self) -> list:  # the weight travels only when there is one (as before it was added)
+        if self.weight is not None:
+            return [Op.ROUTE_ADD.value, self.filter, self.since, self.weight]
+        return [Op.ROUTE_ADD.value, self.filter, self.since]
 
 
 @_wire_op(Op.ROUTE_DEL)
@@ -256,9 +264,18 @@ class Direct:
 @_wire_op(Op.PUB_TO)
 @dataclass(slots=True)
 class PubTo:
-    """A publish that raced a member's new subscription: to that member."""
+    """A publish that raced a member's new subscription: to that member. filter and at (the
+    filter replayed for and the publish's read time) go on to the cluster agent, which
+    replays to the nodes whose route for that filter is new (cluster/replay.py)."""
     msg: list
     member: str
+    filter: str | None = None
+    at: float | None = None
+
+    def to_wire(self) -> list:  # the replay fields travel only when there are some
+        if self.filter is not None:
+            return [Op.PUB_TO.value, self.msg, self.member, self.filter, self.at]
+        return [Op.PUB_TO.value, self.msg, self.member]
 
 
 @_wire_op(Op.REMOTE_PUB)
@@ -304,16 +321,33 @@ class Routes:
 @_wire_op(Op.DELIVER)
 @dataclass(slots=True)
 class Deliver:
+    """filter and at, to the cluster agent only: a publish handed back for a new remote route
+    (the filter it is replayed for, its read time; cluster/replay.py)."""
     msg: list
     normal: bool
     groups: list  # [[group, filter], ...]
     ref: list | None = None  # [sender, token]: answer DELIVERED once it is owned here
+    filter: str | None = None
+    at: float | None = None
+
+    def to_wire(self) -> list:  # the replay fields travel only when there are some
+        if self.filter is not None:
+            return [Op.DELIVER.value, self.msg, self.normal, self.groups, self.ref, self.filter, self.at]
+        return [Op.DELIVER.value, self.msg, self.normal, self.groups, self.ref]
 
 
 @_wire_op(Op.RETAINED)
 @dataclass(slots=True)
 class Retained:
+    """ref, to the cluster agent only: [sender, token] of a retained publish whose PUBACK waits
+    until the agent has it in etcd and applied on every live node (answer DELIVERED ref)."""
     msg: list
+    ref: list | None = None
+
+    def to_wire(self) -> list:  # the ref travels only when there is one (as before it was added)
+        if self.ref is not None:
+            return [Op.RETAINED.value, self.msg, self.ref]
+        return [Op.RETAINED.value, self.msg]
 
 
 @_wire_op(Op.GRANT)

@@ -13,6 +13,8 @@ from collections import deque
 from core import ops as o
 from mqtt import topic_matches
 
+from .members import AGENT
+
 REPLAY_WINDOW = 0.5  # seconds of routed publishes kept for subscriptions whose route is late
 REPLAY_MARGIN = 0.05  # QoS 0 read this long before a SUBSCRIBE counts as concurrent (worker/router_link.py)
 
@@ -23,6 +25,7 @@ class Forwarder:
         self.pending: dict[tuple, set] = {}  # (sender, token) -> members that have not confirmed
         self.recent: deque = deque()  # (at, sender, msg, targets) of the last REPLAY_WINDOW seconds
         self.shared_cursor: dict[tuple, int] = {}
+        self.share_weight: dict[tuple, int] = {}  # (agent, "$share/g/f") -> other nodes holding the group
         self.forwarded = 0
 
     # -- from members ---------------------------------------------------------------
@@ -71,11 +74,16 @@ class Forwarder:
         if holder is not None and holder != sender:
             self.r.send(holder, o.DeliverDirect(op.msg, op.client_id, op.qos, op.retain, op.sub_ids))
 
-    def publish_to(self, sender: bytes, msg: list, member: str) -> None:
-        """A publish that raced the member's new subscription (the sender replays it)."""
+    def publish_to(self, sender: bytes, msg: list, member: str, flt: str | None = None,
+                   at: float | None = None) -> None:
+        """A publish that raced the member's new subscription (the sender replays it); to
+        the agent with the filter and read time of the replay (cluster/replay.py)."""
         target = self.r.membership.by_name.get(member)
         if target is not None and target != sender:
-            self.r.send(target, o.Deliver(msg, True, [], None))
+            if target == AGENT:
+                self.r.send(target, o.Deliver(msg, True, [], None, flt, at))
+            else:
+                self.r.send(target, o.Deliver(msg, True, [], None))
 
     def delivered(self, ident: bytes, ref: list) -> None:
         key = (ref[0], ref[1])
@@ -112,6 +120,11 @@ class Forwarder:
         key = (group.group, group.topic_filter)
         alive = self.r.membership.alive
         cands = [m for m in members if m != exclude and alive(m) is not None] or members
+        if self.share_weight:
+            # the agent counts once per other node with the group: members spread evenly over nodes
+            sw = self.share_weight
+            flt = f"$share/{group.group}/{group.topic_filter}"
+            cands = [m for m in cands for _ in range(sw.get((m, flt), 1))]
         i = self.shared_cursor.get(key, 0)
         self.shared_cursor[key] = i + 1
         return cands[i % len(cands)]
@@ -129,7 +142,10 @@ class Forwarder:
                 continue  # QoS 1/2 read before the SUBSCRIBE: maybe acknowledged before it arrived
             if sender != ident and ident not in targets and topic_matches(flt, msg[0]):
                 targets.add(ident)
-                self.r.send(ident, o.Deliver(msg, True, [], None))
+                if ident == AGENT:  # with the filter and read time (cluster/replay.py)
+                    self.r.send(ident, o.Deliver(msg, True, [], None, flt, at))
+                else:
+                    self.r.send(ident, o.Deliver(msg, True, [], None))
 
     def forget_pending(self, ident: bytes) -> None:
         """A member restarted or is gone: what it sent is forgotten, what it was to confirm fails."""

@@ -3,7 +3,8 @@
 A RETAIN from a member replaces (empty payload: removes) the message of its
 topic and goes to every other member as RETAINED; with a token, the sender
 gets CONFIRM once it is in the router's store (the publisher's PUBACK waits for
-it). $SYS topics (the workers' figures) are outside SHOAL_MAX_RETAINED_MESSAGES.
+it) and, clustered, once the agent has it in etcd and applied by every live node
+(RETAINED with the ref, answered DELIVERED). $SYS topics (the workers' figures) are outside SHOAL_MAX_RETAINED_MESSAGES.
 """
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from core.message import Message
 from core.records import msg_from_wire, msg_to_wire
 
 from .keys import Store, StoreError  # noqa: F401  (StoreError: read from here by router.py)
+from .members import AGENT
 
 log = logging.getLogger("shoal.router")
 
 RETAINED_SWEEP = 60.0  # seconds between sweeps of expired retained messages
+STORE = b"\x00store"  # stands for the router's store among those a pending CONFIRM waits for
 
 
 class RetainedSet:
@@ -72,15 +75,30 @@ class RetainedSet:
         store = self.store
         if store is not None:
             store.set_retained(m, now)
+        # cluster: the PUBACK waits for the agent too (in etcd, and applied by every node)
+        agent = r.members.get(AGENT) if token is not None and not sys_topic and sender != AGENT else None
+        ref = [sender, token] if agent is not None and agent.alive else None
         if token is not None:
-            if store is not None:
+            if ref is not None:
+                waiting = r.forward.pending[(sender, token)] = {AGENT}
+                if store is not None:
+                    waiting.add(STORE)
+                    store.after_commit(lambda ok: self._stored(sender, token, ok))
+            elif store is not None:
                 store.after_commit(lambda ok: r.send(sender, o.Confirm(token, ok)))
             else:
                 r.send(sender, o.Confirm(token, True))
         if sender is not None:
             for ident, mb in r.members.items():
                 if ident != sender and mb.alive:
-                    r.send(ident, o.Retained(msg))
+                    r.send(ident, o.Retained(msg, ref) if ident == AGENT else o.Retained(msg))
+
+    def _stored(self, sender: bytes, token, ok: bool) -> None:
+        """The router's store has a retained message whose PUBACK also waits for the agent."""
+        if ok:
+            self.r.forward.delivered(STORE, [sender, token])
+        elif self.r.forward.pending.pop((sender, token), None) is not None:
+            self.r.send(sender, o.Confirm(token, False))
 
     def check(self, now: float) -> None:
         if now >= self.next_sweep:

@@ -80,9 +80,9 @@ class Router:
             o.Delivered: lambda mb, op, now: f.delivered(mb.ident, op.ref),
             o.RemotePub: lambda mb, op, now: f.remote_publish(mb.ident, op.msg, op.normal, op.groups, op.token, op.at),
             o.Direct: lambda mb, op, now: f.direct(mb.ident, op),
-            o.PubTo: lambda mb, op, now: f.publish_to(mb.ident, op.msg, op.member),
+            o.PubTo: lambda mb, op, now: f.publish_to(mb.ident, op.msg, op.member, op.filter, op.at),
             o.SharedPub: lambda mb, op, now: f.shared_publish(mb.ident, op.msg, op.group, op.filter),
-            o.RouteAdd: lambda mb, op, now: self.routes.add(mb, op.filter, op.since),
+            o.RouteAdd: self._route_add,
             o.RouteDel: lambda mb, op, now: self.routes.remove(mb, op.filter),
             o.Sync: lambda mb, op, now: self.routes.sync(mb.ident, op.token, now),
             o.RouteAck: lambda mb, op, now: self.routes.acked(mb, op.version, now),
@@ -255,6 +255,11 @@ class Router:
         for w in self.members.values():
             if w.alive and w.ident != AGENT:
                 self.send(w.ident, op)
+
+    def _route_add(self, m: Member, op: o.RouteAdd, now: float) -> None:
+        if op.weight is not None:  # the agent: a shared group held on op.weight other nodes
+            self.forward.share_weight[(m.ident, op.filter)] = op.weight
+        self.routes.add(m, op.filter, op.since)
 
     def _bye(self, m: Member, op: o.Bye, now: float) -> None:
         m.bye = True

@@ -30,6 +30,7 @@ class RouteTable:
             self.r.forward.replay(m.ident, flt, since)
 
     def remove(self, m, flt: str) -> None:
+        self.r.forward.share_weight.pop((m.ident, flt), None)
         if m.filters.pop(flt, None) is None:
             return
         self.trie.remove(flt, m.ident)

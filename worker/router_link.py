@@ -254,7 +254,8 @@ class RouterBridge:
             key = (id(msg), member)
             if key not in sent and topic_matches(flt, msg.topic):
                 sent.add(key)
-                self.queue_data(o.PubTo(msg_to_wire(msg, self.broker.now), member))
+                # (the filter and the read time: the cluster agent replays to the nodes whose route is new)
+                self.queue_data(o.PubTo(msg_to_wire(msg, self.broker.now), member, flt, at))
 
     def forward_shared(self, msg, group: str, flt: str) -> None:
         self.queue(o.SharedPub(msg_to_wire(msg, self.broker.now), group, flt))

@@ -18,6 +18,8 @@
 # - Server Keep Alive 60 for a client asking 120 (test_server_keep_alive): that is
 #   Shoal's default SHOAL_MAX_KEEPALIVE; the script sets it anyway.
 # Last results (2026-11-29): 3.1.1 10/10 and 5.0 27/27 with 1, 2 and 4 workers.
+# Three nodes behind HAProxy: tests/interop/paho_cluster.py (2026-12-01: 10/10; 5.0 27/27 in one run,
+# 26/27 in another: test_subscribe_options, the same race between two processes' reads).
 # test_request_response publishes before the second client's SUBACK has arrived;
 # with several workers that publish races the subscription's route. Shoal replays
 # to the subscriber's worker what was read after the SUBSCRIBE (QoS 0: also up to

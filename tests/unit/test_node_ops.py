@@ -17,6 +17,7 @@ S = [2, "c", 300, None, [], None, 1, None, None, [], [], []]  # a session record
 WIRE = [
     (o.Hello(1, ["a/#"], ["c"], [M]), [1, 1, ["a/#"], ["c"], [M]]),
     (o.RouteAdd("a/#", 12.5), [2, "a/#", 12.5]),
+    (o.RouteAdd("$share/g/a", None, 3), [2, "$share/g/a", None, 3]),  # the agent: a group on 3 other nodes
     (o.RouteDel("a/#"), [3, "a/#"]),
     (o.Pub(M, 7, 12.5), [4, M, 7, 12.5]),
     (o.Retain(M, 7), [5, M, 7]),
@@ -31,12 +32,15 @@ WIRE = [
     (o.Delivered([b"w1", 5]), [14, [b"w1", 5]]),
     (o.Direct(M, "c", 1, False, [3]), [15, M, "c", 1, False, [3]]),
     (o.PubTo(M, "w2"), [16, M, "w2"]),
+    (o.PubTo(M, "agent", "a/#", 12.5), [16, M, "agent", "a/#", 12.5]),  # the filter and the read time
     (o.RemotePub(M, True, [["g", "t"]], 4, 12.5), [17, M, True, [["g", "t"]], 4, 12.5]),
     (o.Owned("c", 3, o.Own.REMOTE, S), [18, "c", 3, 2, S]),
     (o.Welcome(77, 9, [["w1", "a"]], [M]), [20, 77, 9, [["w1", "a"]], [M]]),
     (o.Routes(9, [[1, "w1", "a", 12.5], [-1, "w2", "b"]]), [21, 9, [[1, "w1", "a", 12.5], [-1, "w2", "b"]]]),
     (o.Deliver(M, True, [], [b"w1", 5]), [22, M, True, [], [b"w1", 5]]),
+    (o.Deliver(M, True, [], None, "a/#", 12.5), [22, M, True, [], None, "a/#", 12.5]),  # a replay, to the agent
     (o.Retained(M), [23, M]),
+    (o.Retained(M, [b"w1", 5]), [23, M, [b"w1", 5]]),  # to the agent: the PUBACK waits for it
     (o.Grant("c", 3, S), [24, "c", 3, S]),  # KEEP: no flag, as before
     (o.Grant("c", 3, S, o.Own.FRESH), [24, "c", 3, S, 1]),
     (o.Grant("c", 3, None, o.Own.REFUSED), [24, "c", 3, None, 3]),
@@ -80,6 +84,10 @@ def test_wire_form_is_the_old_list_and_decodes_back(op, wire):
 def test_shorter_forms_old_senders_wrote_still_decode_with_their_defaults():
     assert o.decode([2, "a"]) == o.RouteAdd("a", None)  # the agent's ROUTE_ADD: no since
     assert o.decode([5, M]) == o.Retain(M, None)  # the agent's RETAIN: no token
+    assert o.decode([2, "a", 12.5]) == o.RouteAdd("a", 12.5, None)  # a worker's: no weight
+    assert o.decode([16, M, "w2"]) == o.PubTo(M, "w2", None, None)  # before the replay fields
+    assert o.decode([22, M, True, [], [b"w1", 5]]) == o.Deliver(M, True, [], [b"w1", 5], None, None)
+    assert o.decode([23, M]) == o.Retained(M, None)  # no ref: nothing waits for the agent
     assert o.decode([22, M, False, [["g", "t"]]]) == o.Deliver(M, False, [["g", "t"]], None)
     assert o.decode([24, "c", 3, S]).flag == o.Own.KEEP
     assert o.decode([40, "w1", 42, True, 1.5e9]) == o.Beat("w1", 42, True, 1.5e9, None, 1)  # wire 1 then

@@ -229,6 +229,23 @@ def test_shared_group_gets_one_member_per_message_in_turn():
     assert got[0] != got[1]
 
 
+def test_the_agent_counts_once_per_other_node_holding_a_shared_group():
+    """ROUTE_ADD with a weight (the agent: the group is on 2 other nodes): of 6 messages the
+    agent gets 4, the node's one member 2, so that 3 nodes get 2 each."""
+    n = Node(workers=2)
+    n.hello(W1, ["$share/g/t"])
+    n.hello(b"agent")
+    n.hello(W2)
+    n.feed(b"agent", o.RouteAdd("$share/g/t", None, 2))
+    n.sock.clear()
+    for _ in range(6):
+        n.feed(W2, o.Pub(msg("t"), None, n.clock.t))
+    got = [ident for ident, op in n.sock.take(kind=o.Deliver)]
+    assert sorted(got) == [b"agent"] * 4 + [W1] * 2
+    n.feed(b"agent", o.RouteDel("$share/g/t"))  # the weight goes with the route
+    assert n.router.forward.share_weight == {}
+
+
 # -- the replay window --------------------------------------------------------------------------
 def test_a_publish_routed_after_a_subscription_was_made_reaches_it_when_its_route_arrives(node):
     made = node.clock.t
@@ -264,6 +281,26 @@ def test_replay_window_forgets_what_is_older_than_the_window(node):
     got = node.take(W2, o.Deliver)
     assert 0 < len(got) <= 257 and got[0].msg[0] == "t/999"  # (newest first)
     assert "t/0" not in {d.msg[0] for d in got}
+
+
+def test_replays_to_the_agent_carry_the_filter_and_the_read_time(node):
+    """cluster/replay.py: the agent sends them on to the nodes whose route is new."""
+    node.hello(b"agent")
+    t = node.clock.t
+    node.feed(W1, o.Pub(msg("t/a"), None, t + 0.001))  # nobody had a route for it
+    node.sock.clear()
+    node.feed(b"agent", o.RouteAdd("t/#", t))
+    (d,) = node.take(b"agent", o.Deliver)
+    assert (d.msg[0], d.filter, d.at) == ("t/a", "t/#", t + 0.001)
+    node.feed(W2, o.RouteAdd("t/a", t))  # to a worker: the plain form
+    (d,) = node.take(W2, o.Deliver)
+    assert d.to_wire() == [22, d.msg, True, [], None]
+    node.feed(W2, o.PubTo(msg("t/b"), "agent", "t/#", t))  # a worker's replay, to the agent
+    (d,) = node.take(b"agent", o.Deliver)
+    assert (d.msg[0], d.filter, d.at) == ("t/b", "t/#", t)
+    node.feed(b"agent", o.PubTo(msg("t/c"), "w2", "t/#", t))
+    (d,) = node.take(W2, o.Deliver)
+    assert d.filter is None and d.msg[0] == "t/c"
 
 
 # -- the session registry -------------------------------------------------------------------------
@@ -473,6 +510,24 @@ def test_retained_message_goes_to_the_other_members_and_is_confirmed(node):
     assert [m[0] for m in welcome.retained] == ["r"]
     node.feed(W2, o.Retain(msg("r", b"", retain=True)))  # cleared
     assert node.router.retained.messages == {}
+
+
+def test_a_retained_publish_is_confirmed_once_the_agent_answers_for_the_cluster(node):
+    node.hello(b"agent")
+    node.sock.clear()
+    node.feed(W1, o.Retain(msg("r", b"v", retain=True), 12))
+    (r,) = node.take(b"agent", o.Retained)
+    assert r.ref == [W1, 12]
+    (r,) = node.take(W2, o.Retained)
+    assert r.ref is None
+    assert node.take(W1, o.Confirm) == []  # waits for etcd and every live node
+    node.feed(b"agent", o.Delivered(r.ref or [W1, 12]))
+    (c,) = node.take(W1, o.Confirm)
+    assert (c.token, c.ok) == (12, True)
+    node.feed(W1, o.Retain(msg("$SYS/x", b"v", retain=True), 13))  # $SYS: not the cluster's
+    (c,) = node.take(W1, o.Confirm)
+    assert c.token == 13
+    assert node.take(b"agent", o.Retained)[0].ref is None
 
 
 # -- stats ----------------------------------------------------------------------------------------
