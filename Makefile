@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JS_STAMP := tests/js/node_modules/.installed
 
-.PHONY: install run cluster test test-unit test-integration bench chaos fuzz clean haproxy-tool
+.PHONY: install iproute run cluster test test-unit test-integration bench chaos fuzz clean haproxy-tool
 
 $(STAMP): pyproject.toml
 	@command -v mosquitto >/dev/null 2>&1 || { \
@@ -59,13 +59,22 @@ run: install
 cluster: install
 	$(PY) -m cluster.local
 
-test: install $(JS_STAMP) haproxy-tool
+# the partition tests (test_30_cluster_partitions.py) put nodes in network namespaces: root and iproute2
+IPROUTE := $(shell command -v ip 2>/dev/null)
+iproute:
+	@if [ -z "$(IPROUTE)" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing iproute2 (network namespaces of the partition tests)"; \
+	  apt-get install -y -qq iproute2 >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null) || \
+	  echo "warning: could not install iproute2; the partition tests will be skipped"; \
+	fi
+
+test: install $(JS_STAMP) iproute haproxy-tool
 	$(PY) -m pytest -q tests
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit
 
-test-integration: install $(JS_STAMP) haproxy-tool
+test-integration: install $(JS_STAMP) iproute haproxy-tool
 	$(PY) -m pytest -q tests/integration
 
 # faults (SIGKILL/SIGSTOP of nodes, agents, etcd members) under checker clients; stops by itself

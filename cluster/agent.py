@@ -149,6 +149,7 @@ class Agent:
         self.wills = Wills(self)  # wills/<client id>
         self.leader = Leader(self)  # the leader key and its duties
         self.drain = Drain(self)  # graceful leave: sessions to the other nodes
+        self.peer_seqs: dict[str, itertools.count] = {}  # node -> seqs of our links to it (cluster/peers.py)
         self.fence = Fence(self)  # lease lost: the node stops serving
         self.draining = False
         self.ops = AgentOps(self)
@@ -206,7 +207,10 @@ class Agent:
             await self.drain.leaving(DRAIN_TIMEOUT)  # issue 11: the workers' sessions to other nodes first
         code = 0
         for t in tasks:
-            if t in done and t.exception() is not None:
+            if t in done and t.cancelled():  # (not by us: we cancel them below)
+                log.error("agent task ended by a cancellation", extra=kv(task=t.get_coro().__qualname__))
+                code = 1
+            elif t in done and t.exception() is not None:
                 if isinstance(t.exception(), DuplicateName):
                     code = 4
                 else:
@@ -422,8 +426,13 @@ class Agent:
 
     def _flushed(self, gen: int) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
-        if not self.connected:
+        if not self.connected and not (self.fence.on and self.joined_once):
             fut.set_result(0)  # etcd unreachable: local clients go on; etcd sync reconciles later
+        elif not self.connected:
+            # issue 11: a node that held a lease serves only under one; its workers may accept
+            # clients again just before the full sync of a rejoin ends: their SUBACKs wait for
+            # the routes in etcd (released anyway if etcd is lost again)
+            self.flush_waiters.append((gen, fut))
         elif self.flushed_gen >= gen:
             fut.set_result(self.flushed_rev)
         else:

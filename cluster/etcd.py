@@ -1,6 +1,7 @@
 """The agent's etcd connection: aetcd, one endpoint at a time, the next one after a failure."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from urllib.parse import urlparse
 
@@ -48,14 +49,26 @@ class Etcd:
         return self.client
 
     async def reset(self) -> None:
-        """Drop the connection (after an error); the next connect tries the next endpoint."""
+        """Drop the connection (after an error); the next connect tries the next endpoint.
+
+        The old channel is closed only once every call still on it had its deadline: grpc.aio
+        ends a call on a closed channel with CancelledError, which the other tasks using the
+        client (leader rounds, owner claims, wills) would take for their own cancellation (an
+        agent died of it when a partition cut it off from etcd, issue 11)."""
         c, self.client = self.client, None
         self.i += 1
         if c is not None:
-            try:
-                await c.close()
-            except Exception:
-                pass
+            asyncio.get_running_loop().call_later(RPC_TIMEOUT + 1.0, _close_later, c)
+
+
+def _close_later(c: aetcd.Client) -> None:
+    async def close():
+        try:
+            await c.close()
+        except Exception:
+            pass
+
+    asyncio.get_running_loop().create_task(close())
 
 
 async def read_range(client: aetcd.Client, start: bytes, end: bytes) -> tuple[int, list]:

@@ -57,7 +57,10 @@ class Leader:
             try:
                 await self._round(client)
             except asyncio.CancelledError:
-                raise
+                if asyncio.current_task().cancelling():
+                    raise
+                # grpc.aio's answer for a call on a channel closed under it (cluster/etcd.py)
+                log.warning("leader round failed", extra=kv(error="etcd channel closed"))
             except Exception as e:
                 log.warning("leader round failed", extra=kv(error=(str(e) or type(e).__name__).splitlines()[0][:200]))
 

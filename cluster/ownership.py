@@ -289,10 +289,11 @@ class Ownership:
                                                  success=[tx.put(key, value, prev_lease)], failure=[])
                 self.owned.pop(cid, None)
                 log.warning("previous owner unreachable; CONNECT refused",
-                            extra=kv(client=cid, owner=prev_node, restored=ok))
+                            extra=kv(client=cid, owner=prev_node, restored=ok, token=token))
                 return Own.REFUSED, None
             if result == 2:  # NEWER: that node's claim is newer than ours
                 self.owned.pop(cid, None)
+                log.info("takeover refused: newer claim there", extra=kv(client=cid, owner=prev_node, token=token))
                 return Own.REFUSED, None
             if state is None or clean_start:
                 return Own.FRESH, None
@@ -352,6 +353,8 @@ class Ownership:
         state = await self.take_from_router(cid, request.clean_start)
         self._spawn(cid, self.agent.wills.forget, cid)  # its will record is not ours any more
         if state is None:
+            # (loadtest/ownership_history.py reads this line and the next: the id was let go for that token)
+            log.info("takeover asked: no session here", extra=kv(client=cid, peer=request.node, token=request.token))
             return pb.TakeoverReply(result=pb.TakeoverReply.NONE)
         self.taken_out += 1
         log.info("session handed to another node", extra=kv(client=cid, peer=request.node, token=request.token))

@@ -63,7 +63,11 @@ class PeerOut:
         self.unacked: OrderedDict[int, Entry] = OrderedDict()
         self.syncs: dict[int, tuple[int, asyncio.Future]] = {}
         self.new_syncs: list[int] = []
-        self._seq = itertools.count(1)
+        # seqs go on from the last link to that node: the receiver (the same process, when
+        # that node was cut off or frozen and came back) keeps the seqs it saw from this
+        # agent instance and drops them as sent again; numbering anew from 1 lost the next
+        # messages (issue 11, the partition tests and the chaos run)
+        self._seq = agent.peer_seqs.setdefault(node, itertools.count(1))
         self._sync_ids = itertools.count(1)
         self.wake = asyncio.Event()
         self.connected = False

@@ -114,9 +114,18 @@ class Wills:
                     ok, _ = await client.transaction(compare=[tx.mod(key) == cur.mod_revision],
                                                      success=[tx.delete(key)], failure=[])
         except Exception as e:
+            if ag.fence.on:
+                # issue 11: cut off from etcd meanwhile (a partition): if the lease expires the
+                # leader publishes it; whether it is still ours is asked again once the node
+                # holds a lease (a will published here fired twice once the link came back)
+                log.warning("could not settle a will in etcd; asking again once the lease is held",
+                            extra=kv(client=cid, error=str(e)[:200]))
+                await self._later(cid, msg)
+                return
             log.warning("could not settle a will in etcd; publishing it", extra=kv(client=cid, error=str(e)[:200]))
             ok = True
         if ok:
+            log.info("will published by its owner", extra=kv(client=cid))  # (audited by the chaos run)
             self.publish(msg)
         else:
             log.info("will not published: fired or cleared elsewhere", extra=kv(client=cid))
@@ -138,9 +147,9 @@ class Wills:
     async def _later(self, cid: str, msg) -> None:
         ag = self.agent
         deadline = time.monotonic() + 20 * ag.settings.cluster_lease_ttl
-        while not ag.connected and time.monotonic() < deadline:
+        while not (ag.connected and ag.fence.holding()) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-        if ag.connected:
+        if ag.connected and ag.fence.holding():
             ag.ownership._spawn(cid, self._fire, cid, msg)
         else:
             log.warning("will dropped: etcd unreachable for too long (the leader publishes it)", extra=kv(client=cid))

@@ -115,6 +115,13 @@ class Membership:
         log.warning("member silent, dropping its routes", extra=kv(member=m.name))
         r.sessions.holder_gone(m)
         r.forward.forget_pending(ident)
+        if ident == AGENT and r.settings.cluster_lease_loss == "disconnect" and r.sessions.lease_op is not None:
+            # issue 11: the other nodes' routes stay: with them dropped, a publish with subscribers
+            # on other nodes was confirmed at once and never reached them (the chaos run's losses
+            # after an agent SIGKILL). Such publishes now wait for the agent; a new agent refuses
+            # them (0x97, its hello above), and the workers fence once the lease runs out
+            r.out.pop(ident, None)
+            return
         m.lost = list(m.filters)
         for flt in m.lost:
             r.routes.remove(m, flt)

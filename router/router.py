@@ -244,7 +244,14 @@ class Router:
             self.send(m.ident, o.WillGo(op.msg))  # no agent: the node decides alone
 
     def _lease(self, m: Member, op: o.Lease, now: float) -> None:
-        self.sessions.lease_op = op
+        s = self.sessions
+        prev = s.lease_op
+        if prev is not None and (op.until is None or prev.until is None or prev.until <= now):
+            # issue 11: the lease lapsed (lost, or ran out before this news came): any id
+            # held here may have been owned elsewhere meanwhile, so etcd decides at the
+            # next claim of each (a fenced copy resumed after a partition healed)
+            s.unverified.update(s.registry)
+        s.lease_op = op
         for w in self.members.values():
             if w.alive and w.ident != AGENT:
                 self.send(w.ident, op)

@@ -25,6 +25,7 @@ class LeaseGuard:
             self.timer.cancel()
             self.timer = None
         now = time.monotonic()
+        log.debug("cluster lease news", extra=kv(left=None if until is None else round(until - now, 3)))
         if self.until is not None and now >= self.until:
             # the lease we served under ran out before this news came: when the whole node
             # was frozen (SIGSTOP) inside its poll, the news is read before the timer runs
@@ -41,8 +42,13 @@ class LeaseGuard:
 
     def _due(self) -> None:
         self.timer = None
-        if self.until is None or time.monotonic() >= self.until:
+        now = time.monotonic()
+        if self.until is None or now >= self.until:
             self.fence()
+        else:
+            # uvloop rounds timers to the millisecond and may run one a hair early: without
+            # this the guard never fenced (found by the partition tests, issue 11)
+            self.timer = asyncio.get_running_loop().call_later(self.until - now + 0.001, self._due)
 
     def fence(self) -> None:
         if self.fenced:

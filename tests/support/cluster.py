@@ -20,17 +20,18 @@ def etcd_binary() -> str:
 class Etcd:
     """One external etcd member on free loopback ports, data in a temporary directory."""
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1"):
         self.tmp = tempfile.mkdtemp(prefix="shoal-etcd", dir="/tmp")
         self.client_port = free_port()
         self.peer_port = free_port()
-        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.host = host  # (a partition test's bridge address, tests/support/netns.py)
+        self.url = f"http://{host}:{self.client_port}"
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(self.tmp, "etcd.log")
 
     def start(self) -> "Etcd":
         self._logf = open(self.log_path, "ab")
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        peer = f"http://{self.host}:{self.peer_port}"
         self.proc = subprocess.Popen(
             [etcd_binary(), "--name", "test", "--data-dir", os.path.join(self.tmp, "data"),
              "--listen-client-urls", self.url, "--advertise-client-urls", self.url,

@@ -45,6 +45,8 @@ class Node:
     def __init__(self, workers: int = 1, data_dir: str | None = None, **settings):
         self.workers = workers
         self.wait_join = settings.pop("wait_join", True)  # a cluster node: start() waits until its agent joined
+        # a tests/support/netns.py Namespace: circusd runs inside it (`ip netns exec <ns> circusd circus.ini`)
+        self.netns = settings.pop("netns", None)
         self.port = settings.pop("port", None) or free_port()
         self.tmp = tempfile.mkdtemp(prefix="shoal", dir="/tmp")
         self.data_dir = data_dir or os.path.join(self.tmp, "data")
@@ -67,7 +69,8 @@ class Node:
         self._log_mark = self._log_size()
         self._logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "circusd"), "circus.ini"], cwd=ROOT, env=self.env,
+            [*(self.netns.exec_prefix() if self.netns else []), str(VENV_BIN / "circusd"), "circus.ini"],
+            cwd=ROOT, env=self.env,
             stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:

@@ -418,6 +418,87 @@ def test_will_without_an_agent_is_published_by_the_worker(node):
     assert go.msg[0] == "will"
 
 
+# -- a node that held its cluster lease (issue 11: partitions) ----------------------------------
+AGENT = b"agent"
+
+
+def clustered(**settings) -> Node:
+    n = Node(etcd_endpoints="http://127.0.0.1:1", **settings)
+    n.hello(W1)
+    n.hello(W2)
+    n.hello(AGENT)
+    n.sock.clear()
+    return n
+
+
+def own(n: Node, ident: bytes, cid: str, req: int) -> None:
+    n.feed(ident, o.Claim(cid, req, False))
+    (ask,) = n.take(AGENT, o.TakeOwnership)
+    assert ask.client_id == cid
+    n.feed(AGENT, o.Owned(cid, req, Own.KEEP, None))
+    (g,) = n.take(ident, o.Grant)
+    assert g.flag == Own.KEEP
+
+
+@pytest.mark.parametrize("lapse", ["renewed", "lost", "ran out"])
+def test_ids_held_here_are_verified_in_etcd_again_after_the_lease_lapsed(lapse):
+    n = clustered()
+    n.feed(AGENT, o.Lease(n.clock.t + 5.0))
+    own(n, W1, "c", 1)
+    if lapse == "lost":
+        n.feed(AGENT, o.Lease(None))
+    elif lapse == "ran out":
+        n.clock.t += 5.0  # (the news of the renewal came after the lease it renewed expired)
+    n.feed(AGENT, o.Lease(n.clock.t + 5.0))
+    n.sock.clear()
+    n.feed(W2, o.Claim("c", 2, False))
+    asked = n.take(AGENT, o.TakeOwnership)
+    if lapse == "renewed":
+        assert asked == []  # owned by this node all along: a hand-over between workers
+        (t,) = n.take(W1, o.Takeover)
+        assert t.client_id == "c"
+    else:  # owned elsewhere meanwhile, maybe: etcd decides (never resume a fenced stale copy)
+        assert [(a.client_id, a.req) for a in asked] == [("c", 2)]
+        assert n.take(W1, o.Takeover) == []
+
+
+def agent_gone(n: Node) -> None:
+    n.clock.t += MEMBER_TIMEOUT / 2
+    n.feed(W1, o.Ping())
+    n.feed(W2, o.Ping())
+    n.clock.t += MEMBER_TIMEOUT / 2 + 0.1
+    n.feed(W1, o.Ping())
+    n.feed(W2, o.Ping())
+    n.tick(0.0)
+    assert not n.router.members[AGENT].alive
+
+
+def test_other_nodes_routes_stay_while_the_agent_of_a_node_that_held_a_lease_is_gone():
+    n = clustered()
+    n.feed(AGENT, o.RouteAdd("t"))  # a subscriber on another node
+    n.feed(AGENT, o.Lease(n.clock.t + 60.0))
+    agent_gone(n)
+    n.sock.clear()
+    n.feed(W1, o.Pub(msg("t", qos=1), 7, n.clock.t))
+    assert n.take(W1, o.Confirm) == []  # waits for the agent, never confirmed and lost
+    n.hello(AGENT)  # a new agent: what the old one was to own never reaches the other node
+    (c,) = n.take(W1, o.Confirm)
+    assert (c.token, c.ok) == (7, False)  # (the worker answers 0x97)
+
+
+@pytest.mark.parametrize("settings", [{}, {"cluster_lease_loss": "serve"}], ids=["never held a lease", "serve"])
+def test_without_a_lease_to_keep_the_gone_agents_routes_leave(settings):
+    n = clustered(**settings)
+    n.feed(AGENT, o.RouteAdd("t"))
+    if settings:
+        n.feed(AGENT, o.Lease(n.clock.t + 60.0))
+    agent_gone(n)
+    n.sock.clear()
+    n.feed(W1, o.Pub(msg("t", qos=1), 8, n.clock.t))
+    (c,) = n.take(W1, o.Confirm)
+    assert (c.token, c.ok) == (8, True)  # nobody here wants it: the node decides alone
+
+
 # -- retained -----------------------------------------------------------------------------------
 def test_retained_message_goes_to_the_other_members_and_is_confirmed(node):
     node.feed(W1, o.Retain(msg("r", b"v", retain=True), 11))
