@@ -1,9 +1,7 @@
 """The worker's side of cluster/fence.py: serve only while the node holds its etcd lease."""
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 
 from common.logs import kv
 from mqtt import ReasonCode
@@ -14,6 +12,7 @@ log = logging.getLogger("shoal.broker")
 class LeaseGuard:
     def __init__(self, broker):
         self.broker = broker
+        self.clock = broker.clock  # the worker's one clock (worker/timers.py): now and call_later
         self.until: float | None = None
         # a node that never held a lease (etcd unreachable since it started, or misconfigured)
         # serves its local clients as issue 10 says; once it held one, it never serves without
@@ -24,7 +23,7 @@ class LeaseGuard:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        now = time.monotonic()
+        now = self.clock()
         log.debug("cluster lease news", extra=kv(left=None if until is None else round(until - now, 3)))
         if self.until is not None and now >= self.until:
             # the lease we served under ran out before this news came: when the whole node
@@ -38,17 +37,17 @@ class LeaseGuard:
             log.info("cluster lease held: accepting clients")
         self.fenced = False
         # (a process frozen inside its poll reads what waited before this runs: see above)
-        self.timer = asyncio.get_running_loop().call_later(until - now, self._due)
+        self.timer = self.clock.call_later(until - now, self._due)
 
     def _due(self) -> None:
         self.timer = None
-        now = time.monotonic()
+        now = self.clock()
         if self.until is None or now >= self.until:
             self.fence()
         else:
             # uvloop rounds timers to the millisecond and may run one a hair early: without
             # this the guard never fenced (found by the partition tests, issue 11)
-            self.timer = asyncio.get_running_loop().call_later(self.until - now + 0.001, self._due)
+            self.timer = self.clock.call_later(self.until - now + 0.001, self._due)
 
     def fence(self) -> None:
         if self.fenced:

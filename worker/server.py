@@ -6,7 +6,6 @@ import logging
 import os
 import signal
 import socket
-import time
 
 from common.logs import kv
 from common.settings import Settings
@@ -22,6 +21,7 @@ from .protocol import Connection, Writer
 from .router_link import RouterBridge
 from .passwd import PasswordError, PasswordFile
 from .store import Store, quiet_gc
+from .timers import Clock
 from .sys_topics import publish_sys, publish_version
 
 log = logging.getLogger("shoal.worker")
@@ -42,15 +42,18 @@ def listen_socket(settings: Settings, fd: int | None, port: int | None = None) -
 
 
 class WorkerServer:
-    def __init__(self, settings: Settings, worker_id: int = 1, fd: int | None = None, bridge=None):
+    def __init__(self, settings: Settings, worker_id: int = 1, fd: int | None = None, bridge=None, clock=None):
         self.settings = settings
+        # the one clock of this worker: the broker, its router link, the authenticator, the
+        # lease guard and the server's own timing all read it (tests hand in a fake one)
+        self.clock = clock if clock is not None else Clock()
         self.worker_id = worker_id
         self.fd = fd
         acl = Acl.load(settings.acl_file) if settings.acl_file else None
         if bridge is None:
             # a cluster node always has a router (its agent is a member of it)
-            bridge = RouterBridge(settings, worker_id) if settings.workers > 1 or settings.clustered else LocalBridge()
-        self.broker = Broker(settings, time.monotonic, acl, bridge, worker_id)
+            bridge = RouterBridge(settings, worker_id, clock=self.clock) if settings.workers > 1 or settings.clustered else LocalBridge()
+        self.broker = Broker(settings, self.clock, acl, bridge, worker_id)
         self.passwords = PasswordFile.load(settings.password_file) if settings.password_file else None
         self.server: asyncio.AbstractServer | None = None
         self.stopping = asyncio.Event()
@@ -64,26 +67,26 @@ class WorkerServer:
         if not st.persistence:
             return
         path = os.path.join(str(st.data_path), f"worker-{self.worker_id}")
-        t0 = time.monotonic()
+        t0 = self.clock()
         store = Store(path, st.sync, loop)
         b = self.broker
         b.store = store
         store.on_recovered = b.resync_store
         with quiet_gc():
-            now = time.monotonic()
+            now = self.clock()
             sessions = store.load_sessions(now)
             retained = store.load_retained(now, st.max_retained_messages) if b.owns_retained else []
             b.restore(sessions, retained)
             store.ready()
             store.flush()
         log.info("store opened", extra=kv(path=path, sync=st.sync, sessions=len(b.sessions),
-                                          retained=len(retained), seconds=round(time.monotonic() - t0, 3)))
+                                          retained=len(retained), seconds=round(self.clock() - t0, 3)))
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.open_store(loop)
         self.broker.writer = Writer(loop)
-        self.broker.auth = Authenticator(self.settings, self.broker.metrics, time.monotonic, loop, self.passwords)
+        self.broker.auth = Authenticator(self.settings, self.broker.metrics, self.clock, loop, self.passwords)
         if self.passwords is not None:
             log.info("password file loaded", extra=kv(path=str(self.settings.password_file), users=len(self.passwords)))
         sock = listen_socket(self.settings, self.fd)
@@ -127,7 +130,7 @@ class WorkerServer:
 
     async def _tick_loop(self) -> None:
         interval = self.settings.sys_interval
-        next_sys = time.monotonic() + (interval if interval > 0 else float("inf"))
+        next_sys = self.clock() + (interval if interval > 0 else float("inf"))
         while True:
             await asyncio.sleep(1.0 if not interval or interval >= 1 else interval)
             b = self.broker
@@ -158,8 +161,8 @@ class WorkerServer:
             # session and published after the restart unless the client is back in time
             # (what mosquitto's shutdown FIXME says is right; mosquitto sends them all).
             conn.disconnect(ReasonCode.SERVER_SHUTTING_DOWN, "server shutting down")
-        deadline = time.monotonic() + timeout
-        while self.broker.connections and time.monotonic() < deadline:
+        deadline = self.clock() + timeout
+        while self.broker.connections and self.clock() < deadline:
             await asyncio.sleep(0.01)
         if self.settings.clustered and hasattr(self.broker.bridge, "drain"):
             moved = await self.broker.bridge.drain(4.0)  # issue 11: graceful leave

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -592,11 +591,3 @@ def test_any_session_content_reads_back_as_written(tmp_path_factory, cid, queued
     assert r.incoming_qos2 == qos2
     st.close()
 
-
-def test_restore_benchmark_runs_small(capsys):
-    from loadtest import restore_bench
-
-    assert restore_bench.main(["--sessions", "300", "--queued", "3", "--repeat", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "restored 300 sessions; 900 queued messages read afterwards" in out
-    assert re.search(r"restore: load_sessions \+ load_retained \+ Broker.restore .*: \d+\.\d+ / \d+\.\d+", out)
