@@ -76,17 +76,6 @@ def test_worker_sigkill_restarted_sessions_found_others_serve(multinode, clients
 
     old_pid = n.worker_pids()[victim]
     mark = n._log_size()
-    os.kill(old_pid, signal.SIGKILL)
-    plain.expect_closed()  # its clients lose their connection...
-    # ...and come back at once: the node answers once the session's worker is back
-    back4 = open_on(clients, n, 4, all_workers(n) - {victim})
-    back4.send(Connect(client_id="f21-x4", clean_start=False, keepalive=60, version=4))
-    back5 = open_on(clients, n, 5, all_workers(n) - {victim})
-    back5.send(Connect(client_id="f21-x5", clean_start=False, keepalive=60, version=5,
-                       properties={Prop.SESSION_EXPIRY_INTERVAL: 300}))
-    again = connect_on(clients, n, "f21-plain", 5, all_workers(n) - {victim})
-    assert again.ack.session_present is False
-
     rounds = []  # for each round trip: was the victim down while it ran?
 
     def served_until_restarted() -> bool:
@@ -99,6 +88,20 @@ def test_worker_sigkill_restarted_sessions_found_others_serve(multinode, clients
         rounds.append(down and not registered_again(n, mark, [victim]))
         pid = n.worker_pids().get(victim)
         return pid not in (None, old_pid) and registered_again(n, mark, [victim])
+
+    os.kill(old_pid, signal.SIGKILL)
+    # a round trip at once, while circus has not yet started the new worker (under load the
+    # reconnections below took longer than the restart, and no round ran while it was down)
+    served_until_restarted()
+    plain.expect_closed()  # its clients lose their connection...
+    # ...and come back at once: the node answers once the session's worker is back
+    back4 = open_on(clients, n, 4, all_workers(n) - {victim})
+    back4.send(Connect(client_id="f21-x4", clean_start=False, keepalive=60, version=4))
+    back5 = open_on(clients, n, 5, all_workers(n) - {victim})
+    back5.send(Connect(client_id="f21-x5", clean_start=False, keepalive=60, version=5,
+                       properties={Prop.SESSION_EXPIRY_INTERVAL: 300}))
+    again = connect_on(clients, n, "f21-plain", 5, all_workers(n) - {victim})
+    assert again.ack.session_present is False
 
     wait_for(served_until_restarted, 30, 0.1, "the killed worker restarted by circus")
     assert any(rounds), "no round trip ran while the killed worker was down"
