@@ -73,6 +73,13 @@ class FakeTransport:
         assert not self.closed, "write after close"
         self.data += data
 
+    def writelines(self, parts) -> None:
+        for part in parts:
+            self.write(part)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
     def take(self) -> bytes:
         """What was written since the last take."""
         out = bytes(self.data)

@@ -13,6 +13,7 @@ from common.settings import Settings
 from worker.bridge import LocalBridge
 from worker.broker import Broker
 from worker.protocol import Connection
+from tests.support.fakes import FakeTransport
 
 
 # -- MQTT 5.0 bytes, written out -------------------------------------------------------
@@ -129,42 +130,9 @@ def parse_publish(first: int, body: bytes) -> dict:
             "sub_ids": sub_ids}
 
 
-class Transport:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.closing = False
-
-    def write(self, data) -> None:
-        self.data += data
-
-    def can_write_eof(self) -> bool:
-        return False
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def get_extra_info(self, name, default=None):
-        return default
-
-    def set_write_buffer_limits(self, high=None, low=None) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
 class Client:
     def __init__(self, broker: Broker) -> None:
-        self.conn, self.t = Connection(broker), Transport()
+        self.conn, self.t = Connection(broker), FakeTransport()
         self.conn.connection_made(self.t)
         self.seen = 0
 

@@ -12,6 +12,7 @@ import asyncio
 from common.settings import Settings
 from worker.broker import Broker
 from worker.protocol import Connection
+from tests.support.fakes import FakeTransport
 
 # v5 CONNECT "s", clean start 0, keepalive 60, Session Expiry Interval 300
 CONNECT_S = bytes.fromhex("1013 00044d515454 05 00 003c 05 110000012c 000173")
@@ -30,39 +31,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-class Transport:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.closing = False
-
-    def write(self, data) -> None:
-        self.data += data
-
-    def can_write_eof(self) -> bool:
-        return False
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def get_extra_info(self, name, default=None):
-        return default
-
-    def set_write_buffer_limits(self, high=None, low=None) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 def packets(data: bytes) -> list[tuple[int, bytes]]:
@@ -99,7 +67,7 @@ def message_expiry(first: int, body: bytes) -> int | None:
 
 
 def open_conn(broker: Broker) -> tuple[Connection, Transport]:
-    conn, t = Connection(broker), Transport()
+    conn, t = Connection(broker), FakeTransport()
     conn.connection_made(t)
     return conn, t
 

@@ -14,6 +14,7 @@ from worker.broker import Broker
 from worker.protocol import Connection
 from worker.router_link import CLAIM_TIMEOUT, REPLAY_MARGIN, RouterBridge
 from tests.support.fake_link import FakeClock, FakeDealer, FakeLoop
+from tests.support.fakes import FakeTransport
 
 # MQTT 3.1.1 packets, written out
 CONNECT_C = bytes.fromhex("100d 00044d515454 04 02 003c 0001 63")  # client "c", clean session
@@ -23,47 +24,6 @@ SUBSCRIBE_T = bytes.fromhex("8206 0001 0001 74 01")  # packet id 1, "t", QoS 1
 SUBACK_1 = bytes.fromhex("9003 0001 01")
 PUBLISH_T_QOS1 = bytes.fromhex("3206 0001 74 0002 78")  # "t", packet id 2, "x"
 PUBACK_2 = bytes.fromhex("40020002")
-
-
-class Transport:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.closing = False
-        self.paused = False
-
-    def write(self, data) -> None:
-        self.data += data
-
-    def writelines(self, parts) -> None:
-        for p in parts:
-            self.data += p
-
-    def can_write_eof(self) -> bool:
-        return False
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def get_extra_info(self, name, default=None):
-        return default
-
-    def set_write_buffer_limits(self, high=None, low=None) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
 
 
 def wire_msg(topic: str, payload: bytes = b"x", qos: int = 0) -> list:
@@ -96,7 +56,7 @@ class Worker:
         return [op for op in self.sock.ops() if kind is None or op.__class__ is kind]
 
     def client(self, connect: bytes) -> tuple[Connection, Transport]:
-        conn, t = Connection(self.broker), Transport()
+        conn, t = Connection(self.broker), FakeTransport()
         conn.connection_made(t)
         conn.data_received(connect)
         return conn, t
