@@ -52,28 +52,10 @@ from paho.mqtt.packettypes import PacketTypes
 
 from loadtest.bench.brokers import free_port
 from loadtest.cluster_bench import ClusterNode
+from common.proc import children, cmdline
 from mqtt import Connack, Connect, Framer, PingReq, PingResp, Prop, decode, encode
 
 HOST = "127.0.0.1"
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                out += [int(p) for p in f.read().split()]
-    except OSError:
-        pass
-    return out
-
-
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 class EtcdMembers:

@@ -12,27 +12,9 @@ import tempfile
 import pytest
 
 from tests.support.cluster import free_ports_for_local_cluster, publish, receive, subscribe
+from common.proc import children, cmdline
 from tests.support.node import ROOT, wait_for
 from tests.support.raw import connect
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                out += [int(p) for p in f.read().split()]
-    except OSError:
-        pass
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _environ(pid: int) -> dict:
@@ -101,10 +83,10 @@ def test_processes_end_with_circusd(local):
     """circusd of node 3 killed with SIGKILL: every process it started (router, worker,
     agent, etcd member) dies with it (PR_SET_PDEATHSIG); the other two nodes go on
     (two of three etcd members are a quorum)."""
-    circusds = [pid for pid in _children(local["proc"].pid) if "circusd" in _cmdline(pid)]
+    circusds = [pid for pid in children(local["proc"].pid) if "circusd" in cmdline(pid)]
     assert len(circusds) == 3
     victim = next(pid for pid in circusds if _environ(pid).get("SHOAL_PORT") == str(local["ports"][2]))
-    kids = {pid: _cmdline(pid) for pid in _children(victim)}
+    kids = {pid: cmdline(pid) for pid in children(victim)}
     assert sum("-m cluster" in cmd or "etcdbin/etcd" in cmd for cmd in kids.values()) == 2, kids  # agent, etcd member
     assert len(kids) == 4, kids  # and the router and the worker
     os.kill(victim, signal.SIGKILL)
@@ -135,9 +117,9 @@ def test_processes_end_with_circusd(local):
 def test_ctrl_c_stops_everything(local):
     proc = local["proc"]
     everything = []
-    for c in _children(proc.pid):
+    for c in children(proc.pid):
         everything.append(c)
-        everything += _children(c)
+        everything += children(c)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     assert proc.wait(60) == 0
     for pid in everything:

@@ -11,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common.proc import children
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 
@@ -164,14 +166,7 @@ class Node:
             return ""
 
     def children(self) -> list[int]:
-        pids = []
-        try:
-            for task in os.listdir(f"/proc/{self.proc.pid}/task"):
-                with open(f"/proc/{self.proc.pid}/task/{task}/children") as f:
-                    pids += [int(p) for p in f.read().split()]
-        except OSError:
-            pass
-        return pids
+        return children(self.proc.pid)
 
     def worker_pids(self) -> dict[int, int]:
         """worker id -> pid of the live worker process."""
