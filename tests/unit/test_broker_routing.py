@@ -14,6 +14,7 @@ from worker.bridge import LocalBridge
 from worker.broker import Broker
 from worker.protocol import Connection
 from tests.support.fakes import FakeTransport
+from tests.support.wire import frames
 
 
 # -- MQTT 5.0 bytes, written out -------------------------------------------------------
@@ -76,23 +77,6 @@ DISCONNECT = packet(0xE0, b"")  # normal: no will
 
 
 # -- reading what the broker wrote ---------------------------------------------------------
-def frames(data: bytes) -> list[tuple[int, bytes]]:
-    out, i = [], 0
-    while i < len(data):
-        first, length, shift = data[i], 0, 0
-        i += 1
-        while True:
-            b = data[i]
-            i += 1
-            length |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
-        out.append((first, bytes(data[i:i + length])))
-        i += length
-    return out
-
-
 def read_varint(b: bytes, i: int) -> tuple[int, int]:
     n = shift = 0
     while True:

@@ -13,6 +13,7 @@ from common.settings import Settings
 from worker.broker import Broker
 from worker.protocol import Connection
 from tests.support.fakes import FakeTransport
+from tests.support.wire import frames as packets
 
 # v5 CONNECT "s", clean start 0, keepalive 60, Session Expiry Interval 300
 CONNECT_S = bytes.fromhex("1013 00044d515454 05 00 003c 05 110000012c 000173")
@@ -31,24 +32,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-def packets(data: bytes) -> list[tuple[int, bytes]]:
-    """(first byte, body) of each packet in data."""
-    out, i = [], 0
-    while i < len(data):
-        first, length, shift = data[i], 0, 0
-        i += 1
-        while True:
-            b = data[i]
-            i += 1
-            length |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
-        out.append((first, bytes(data[i:i + length])))
-        i += length
-    return out
 
 
 def message_expiry(first: int, body: bytes) -> int | None:
