@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 
 from . import clients
-from .node import VENV_BIN, Node, free_port, wait_for
+from .node import VENV_BIN, Node, end_process, free_port, log_tail, wait_for
 
 
 def etcd_binary() -> str:
@@ -59,20 +59,10 @@ class Etcd:
         return json.loads(out) if out else None
 
     def log(self) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode(errors="replace")[-4000:]
-        except OSError:
-            return ""
+        return log_tail(self.log_path)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        end_process(self.proc, 15)
         if getattr(self, "_logf", None) is not None:
             self._logf.close()
 

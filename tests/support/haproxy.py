@@ -12,12 +12,11 @@ import csv
 import io
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import urllib.request
 
-from .node import free_port, wait_for
+from .node import end_process, free_port, log_tail, wait_for
 
 CONFIG = """\
 # written by tests/support/haproxy.py
@@ -108,20 +107,10 @@ class HAProxy:
         return [name for name in self.backends for _ in range(now.get(name, 0) - before.get(name, 0))]
 
     def log(self) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode(errors="replace")[-4000:]
-        except OSError:
-            return ""
+        return log_tail(self.log_path)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        end_process(self.proc, 10)
         if self._logf is not None:
             self._logf.close()
             self._logf = None

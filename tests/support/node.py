@@ -17,6 +17,26 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 
 
+def log_tail(path, size: int = 4000) -> str:
+    """The last `size` characters of a helper process's log file ("" if there is none)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace")[-size:]
+    except OSError:
+        return ""
+
+
+def end_process(proc: subprocess.Popen | None, grace: float) -> None:
+    """SIGTERM, then SIGKILL if it is still there after `grace` seconds."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
