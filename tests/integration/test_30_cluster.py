@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-from types import SimpleNamespace
 
 import pytest
 
 from mqtt import PingResp, PubAck, Publish, SubAck, Subscribe, Subscription
-from tests.support.cluster import Etcd, cluster_node, publish, receive, status, subscribe, wait_nodes
+from tests.support.cluster import Etcd, cluster_node, publish, receive, running_cluster, status, subscribe, wait_nodes
 from tests.support.node import free_port, wait_for
 from tests.support.raw import connect
 
@@ -23,19 +22,10 @@ NAMES = {"n1", "n2", "n3"}
 
 @pytest.fixture(scope="module")
 def cluster():
-    etcd = Etcd().start()
     # lease TTL 5 s (the default), not the helpers' 3 s: test_link_resends_after_reconnect stops and
     # kills an agent and needs its replacement up within the lease, which took over 3 s on a loaded host
-    nodes = [cluster_node(name, etcd.url, sys_interval=1, metrics_port=free_port(), cluster_lease_ttl=5) for name in sorted(NAMES)]
-    try:
-        for n in nodes:
-            n.start(60)
-        wait_nodes(nodes, NAMES)
-        yield SimpleNamespace(etcd=etcd, nodes=nodes)
-    finally:
-        for n in nodes:
-            n.stop()
-        etcd.stop()
+    with running_cluster(NAMES, sys_interval=1, metrics_port=free_port, cluster_lease_ttl=5) as c:
+        yield c
 
 
 def http(n, path: str) -> tuple[int, str]:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import re
 import threading
-from types import SimpleNamespace
 
 import pytest
 
 from mqtt import Connack, Disconnect, Prop, PubComp, PubRec, PubRel, Publish, Will
-from tests.support.cluster import Etcd, cluster_node, freeze, publish, receive, subscribe, thaw, wait_nodes
+from tests.support.cluster import freeze, publish, receive, running_cluster, subscribe, thaw, wait_nodes
 from tests.support.node import wait_for
 from tests.support.raw import Closed, RawClient, connect
 
@@ -26,17 +25,8 @@ EXPIRY = {Prop.SESSION_EXPIRY_INTERVAL: 300}
 
 @pytest.fixture(scope="module")
 def cluster():
-    etcd = Etcd().start()
-    nodes = [cluster_node(name, etcd.url, cluster_lease_ttl=2, cluster_lease_loss="disconnect") for name in sorted(NAMES)]
-    try:
-        for n in nodes:
-            n.start(60)
-        wait_nodes(nodes, NAMES)
-        yield SimpleNamespace(etcd=etcd, nodes=nodes)
-    finally:
-        for n in nodes:
-            n.stop()
-        etcd.stop()
+    with running_cluster(NAMES, cluster_lease_ttl=2, cluster_lease_loss="disconnect") as c:
+        yield c
 
 
 def port(cluster, name: str) -> int:

@@ -29,7 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from tests.support.cluster import Etcd, cluster_node, wait_nodes
+from tests.support.cluster import running_cluster, wait_nodes
 from tests.support.haproxy import HAProxy
 from tests.support.node import wait_for
 
@@ -39,23 +39,14 @@ WAIT = 30.0  # seconds: every step has a deadline this generous (a shared machin
 
 @pytest.fixture(scope="module")
 def cluster():
-    etcd = Etcd().start()
     # issue 11's behaviour (sessions follow their client); a lease long enough for the
     # test that freezes an agent for a moment
-    nodes = [cluster_node(name, etcd.url, cluster_lease_ttl=10, cluster_lease_loss="disconnect") for name in NAMES]
-    proxy = None
-    try:
-        for n in nodes:
-            n.start(60)
-        wait_nodes(nodes, set(NAMES))
-        proxy = HAProxy({name: n.port for name, n in zip(NAMES, nodes)}).start()
-        yield SimpleNamespace(etcd=etcd, nodes=nodes, by_name=dict(zip(NAMES, nodes)), proxy=proxy)
-    finally:
-        if proxy is not None:
+    with running_cluster(NAMES, cluster_lease_ttl=10, cluster_lease_loss="disconnect") as c:
+        proxy = HAProxy({name: n.port for name, n in zip(NAMES, c.nodes)}).start()
+        try:
+            yield SimpleNamespace(etcd=c.etcd, nodes=c.nodes, by_name=dict(zip(NAMES, c.nodes)), proxy=proxy)
+        finally:
             proxy.stop()
-        for n in nodes:
-            n.stop()
-        etcd.stop()
 
 
 @pytest.fixture

