@@ -240,8 +240,16 @@ class Connection(asyncio.Protocol):
         self.write(PINGRESP_BYTES)
 
     def disconnect(self, code: int, reason: str = "") -> None:
-        """Server-side DISCONNECT (v5 only on the wire) and close."""
+        """Server-side DISCONNECT (v5 only on the wire) and close. A connection whose CONNECT
+        is read but not yet answered (its grant or password check pending) gets a refusing
+        CONNACK instead: v5 0x88 Server unavailable, 3.1.1 return code 3 (the codes a
+        DISCONNECT carries, such as 0x8B or 0x9C here, mean nothing to a client still waiting
+        for its CONNACK). Before, a node that lost its lease closed such a client without a
+        word."""
         if self.state == State.CLOSED:
+            return
+        if self.state == State.CONNECTING:
+            handlers.refuse_connect(self, MQTTError(ReasonCode.SERVER_UNAVAILABLE, reason))
             return
         if self.v5 and self.state == State.CONNECTED:
             props = {}

@@ -10,13 +10,18 @@ import logging
 from common.settings import Settings
 from core import ops as o
 from core.ops import WIRE_VERSION
+from mqtt import Prop
+from mqtt.packets import Connack
 from worker.broker import Broker
 from worker.protocol import Connection
 from worker.router_link import CLAIM_TIMEOUT, REPLAY_MARGIN, RouterBridge
 from tests.support.fake_link import FakeClock, FakeDealer, FakeLoop
+from tests.support import wire
 from tests.support.fakes import FakeTransport
 
 # MQTT 3.1.1 packets, written out
+CONNECT_C5 = bytes.fromhex("100e 00044d515454 05 02 003c 00 0001 63")  # v5, client "c", clean start
+CONNACK_3 = bytes.fromhex("20020003")  # 3.1.1: refused, server unavailable
 CONNECT_C = bytes.fromhex("100d 00044d515454 04 02 003c 0001 63")  # client "c", clean session
 CONNECT_P = bytes.fromhex("100d 00044d515454 04 02 003c 0001 70")  # client "p", clean session
 CONNACK_OK = bytes.fromhex("20020000")
@@ -33,11 +38,13 @@ def wire_msg(topic: str, payload: bytes = b"x", qos: int = 0) -> list:
 class Worker:
     """Worker 1 of a two-worker node, registered with a router whose epoch is 7."""
 
-    def __init__(self, registered: bool = True) -> None:
+    def __init__(self, registered: bool = True, clustered: bool = False) -> None:
         self.clock = FakeClock()
         self.loop = FakeLoop(self.clock)
         self.sock = FakeDealer()
-        settings = Settings(workers=2, persistence=False)
+        # clustered: the node has an etcd (never dialled here), so the bridge keeps a LeaseGuard
+        cluster = {"etcd_endpoints": "http://127.0.0.1:9"} if clustered else {}
+        settings = Settings(workers=2, persistence=False, **cluster)
         self.bridge = RouterBridge(settings, 1, clock=self.clock, sock=self.sock)
         self.broker = Broker(settings, self.clock, bridge=self.bridge)
         if registered:
@@ -235,4 +242,32 @@ def test_a_refused_grant_refuses_the_connect():
         w.router(o.Grant("c", claim.req, None, o.Own.REFUSED))
         assert bytes(t.data)[:2] == b"\x20\x02" and bytes(t.data)[3] != 0  # a CONNACK that refuses
         conn.connection_lost(None)
+    run(body)
+
+
+def test_a_connect_waiting_for_its_grant_when_the_lease_goes_gets_a_refusing_connack():
+    """The node lost its lease while a CONNECT waited for the router's grant: the client gets
+    CONNACK 3 (3.1.1) / 0x88 (v5) and the late grant is given back. Before, the lease guard
+    closed such a connection without any CONNACK (seen in test_30_cluster_embedded)."""
+    def body():
+        w = Worker(clustered=True)
+        w.router(o.Lease(w.clock() + 5.0))
+        old, t_old = w.client(CONNECT_P)
+        w.granted("p")
+        assert bytes(t_old.data) == CONNACK_OK
+        waiting = [w.client(CONNECT_C), w.client(CONNECT_C5)]
+        claims = w.ops(o.Claim)
+        assert [c.client_id for c in claims] == ["c", "c"]
+        assert all(bytes(t.data) == b"" for _, t in waiting)
+        w.router(o.Lease(None))  # the agent lost the node's lease
+        assert bytes(waiting[0][1].data) == CONNACK_3
+        (ack,) = wire.decode_all(bytes(waiting[1][1].data), 5)
+        assert isinstance(ack, Connack) and ack.reason_code == 0x88 and not ack.session_present
+        assert "lease" in ack.properties[Prop.REASON_STRING]
+        assert old.closed and bytes(t_old.data) == CONNACK_OK  # 3.1.1: closed, no DISCONNECT
+        for claim in claims:
+            w.router(o.Grant("c", claim.req, None))
+        assert [op.client_id for op in w.ops(o.Release)] == ["p", "c", "c"]
+        fresh, t = w.client(CONNECT_C)  # fenced: a new CONNECT is refused at once
+        assert bytes(t.data) == CONNACK_3 and fresh.closed
     run(body)
