@@ -48,13 +48,17 @@ def encode(frame: pb.Frame) -> bytes:
 
 
 class FrameReader:
-    """Bytes in, Frames out. At most `max_frame` bytes per frame."""
+    """Bytes in, Frames out. At most `max_frame` bytes per frame. The frames before
+    bad bytes are returned; `error` then says what was wrong (and feed raises it)."""
 
     def __init__(self, max_frame: int):
         self.max_frame = max_frame
         self.buf = bytearray()
+        self.error: FrameError | None = None
 
     def feed(self, data: bytes) -> list[pb.Frame]:
+        if self.error is not None:
+            raise self.error
         buf = self.buf
         buf += data
         out = []
@@ -63,17 +67,23 @@ class FrameReader:
         while n - pos >= 4:
             (size,) = HEADER.unpack_from(buf, pos)
             if size > self.max_frame:
-                raise FrameError(f"frame of {size} bytes, more than {self.max_frame}")
+                self.error = FrameError(f"frame of {size} bytes, more than {self.max_frame}")
+                break
             if n - pos - 4 < size:
                 break
             frame = pb.Frame()
             try:
                 frame.ParseFromString(bytes(buf[pos + 4:pos + 4 + size]))
             except DecodeError as e:
-                raise FrameError(f"not a frame: {e}") from None
+                self.error = FrameError(f"not a frame: {e}")
+                break
             out.append(frame)
             pos += 4 + size
-        if pos:
+        if self.error is not None:
+            buf.clear()
+            if not out:
+                raise self.error
+        elif pos:
             del buf[:pos]
         return out
 
@@ -99,12 +109,14 @@ class _Stream(asyncio.Protocol):
         try:
             frames = self.reader.feed(data)
         except FrameError as e:
+            frames = []
             self.error = e
-            self.transport.abort()
-            return
         if frames:
             self.frames.extend(frames)
             self._wake()
+        if self.reader.error is not None:  # (the frames before the bad bytes are read first)
+            self.error = self.reader.error
+            self.transport.abort()
 
     def eof_received(self):
         return False  # close
