@@ -392,10 +392,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--breakdown", action="store_true", help="also print the CPU-seconds of every process per run")
     ap.add_argument("--link", choices=("grpc", "tcp"), default=None,
                     help="SHOAL_CLUSTER_LINK of the nodes (default: the node's default)")
+    ap.add_argument("--set", action="append", default=[], metavar="SHOAL_NAME=VALUE",
+                    help="one more setting of every node (repeatable), e.g. --set SHOAL_ROUTER_BATCH_MS=0")
     ap.add_argument("--paths", default="cross,same,mosquitto",
                     help="which runs at each rate: cross (n1 -> n2), same (n2 -> n2), mosquitto")
     args = ap.parse_args(argv)
     paths = set(args.paths.split(","))
+    node_env = dict(kv.split("=", 1) for kv in args.set)
+    if args.link:
+        node_env["SHOAL_CLUSTER_LINK"] = args.link
     rates = [int(r) for r in args.rates.split(",") if r]
     rows = []
     breakdowns: list[str] = []
@@ -407,8 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("n1", "n2", "n3"):
             d = tmp / name
             d.mkdir()
-            nodes.append(ClusterNode(args.workers, d, name, etcd.url,
-                                     {"SHOAL_CLUSTER_LINK": args.link} if args.link else None))
+            nodes.append(ClusterNode(args.workers, d, name, etcd.url, node_env))
         mq_dir = tmp / "mosquitto"
         mq_dir.mkdir()
         mosq = Mosquitto(1, mq_dir)
