@@ -266,6 +266,7 @@ class Origin:
         self.acks: list[int] = []
         self.synced: list[int] = []
         self.wake = asyncio.Event()
+        self.link: object | None = None  # the newest Link of this origin (PeerService.Link): it answers
 
     def mark(self, seq: int) -> bool | None:
         """None: new; False: in progress; True: owned already."""
@@ -311,11 +312,16 @@ class PeerService(pbg.PeerServicer):
                 del self.origins[k]
             origin = self.origins[key] = Origin(hello.node, hello.instance, 2 * agent.settings.cluster_max_queued + 1000)
         await context.write(pb.Frame(hello=pb.Hello(node=agent.node, wire=CLUSTER_WIRE, instance=agent.instance)))
-        writer = asyncio.get_running_loop().create_task(self._answer(context, origin))
+        # the newest link of an origin answers for it: an older one may sit on a connection
+        # that died unseen (a partition: no FIN came), and acks written there were lost while
+        # the dialler, on its new link, waited for them
+        me = origin.link = object()
+        origin.wake.set()  # (an older link's answering task wakes and ends)
+        writer = asyncio.get_running_loop().create_task(self._answer(context, origin, me))
         try:
             while True:
                 frame = await context.read()
-                if frame is grpc.aio.EOF:
+                if frame is grpc.aio.EOF or origin.link is not me:
                     break
                 agent.frames_received += 1
                 try:
@@ -331,12 +337,14 @@ class PeerService(pbg.PeerServicer):
     async def AdoptSession(self, request, context):  # noqa: N802 (gRPC's name)
         return await self.agent.drain.adopt_asked(request)
 
-    async def _answer(self, context, origin: Origin) -> None:
-        while True:
+    async def _answer(self, context, origin: Origin, me: object) -> None:
+        while origin.link is me:
             if not origin.acks and not origin.synced:
                 origin.wake.clear()
                 await origin.wake.wait()
                 await asyncio.sleep(0)
+                if origin.link is not me:
+                    return  # a newer link answers (what is waiting stays for it)
             acks, origin.acks = origin.acks, []
             synced, origin.synced = origin.synced, []
             self.agent.frames_sent += 1
