@@ -50,6 +50,10 @@ class Sessions:
         # this node's in etcd
         self.unverified: set[str] = set()
         self.lease_op: o.Lease | None = None  # the agent's last LEASE, for workers that register later
+        # a node that was a cluster member before this start (Settings.cluster_member_file)
+        # never decides alone: its client ids may be owned elsewhere by now
+        st = router.settings
+        self.member_before = st.clustered and st.cluster_member_file.exists()
         self.handover_seconds = Histogram()  # CLAIM to GRANT of the claims another worker answered (HANDOFF)
 
     # -- members coming and going -------------------------------------------------------
@@ -191,10 +195,10 @@ class Sessions:
         if c.owning or c.claimant == AGENT or not st.clustered:
             return False
         if self._agent() is None:
-            if st.cluster_lease_loss == "disconnect" and self.lease_op is not None:
+            if st.cluster_lease_loss == "disconnect" and (self.lease_op is not None or self.member_before):
                 self._grant(c, None, Own.REFUSED)  # the node held a lease: nobody can own it for us now
                 return True
-            return False  # no agent (restarting): the node decides alone, as before issue 11
+            return False  # no agent yet, and never a member: the node decides alone (issue 10)
         if holder is not None and holder in self.r.members and c.client_id not in self.unverified:
             return False  # held here, owned by this node: a hand-over between workers
         c.owning = 1

@@ -627,3 +627,19 @@ def test_another_nodes_claim_of_an_id_whose_holder_seems_gone_makes_the_holder_d
     (t,) = n.take(W1, o.Takeover)
     assert (t.client_id, t.clean_start) == ("c", True)
     assert "c" not in n.router.sessions.registry
+
+
+@pytest.mark.parametrize("member_before", [False, True])
+def test_without_an_agent_a_node_that_was_a_member_refuses_claims(tmp_path, member_before):
+    """Right after a restart (the agent not registered yet): a node that never joined a
+    cluster decides alone (issue 10); one that was a member refuses, since the id may live on
+    another node by now (issue 11: a twin in the chaos run)."""
+    if member_before:
+        (tmp_path / "cluster-member").write_text("{}\n")
+    n = Node(etcd_endpoints="http://127.0.0.1:1", data_dir=str(tmp_path))
+    n.hello(W1)
+    n.hello(W2)
+    n.sock.clear()
+    n.feed(W1, o.Claim("c", 1, False))
+    (g,) = n.take(W1, o.Grant)
+    assert g.flag == (Own.REFUSED if member_before else Own.KEEP)
