@@ -167,6 +167,7 @@ class Agent:
         self.frames_sent = 0  # gRPC frames on the peer links, both directions (acks included)
         self.frames_received = 0
         self.lease_file = os.path.join(str(settings.data_path), "cluster-lease")
+        self.member_before = settings.cluster_member_file.exists()  # (a member before this start)
         self.status_file = os.path.join(str(settings.run_dir), f"shoal-{settings.port}-cluster.json")
 
     # -- lifecycle -----------------------------------------------------------------
@@ -443,7 +444,7 @@ class Agent:
 
     def _flushed(self, gen: int) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
-        if not self.connected and not (self.fence.on and self.joined_once):
+        if not self.connected and not (self.fence.on and self.owner_once):
             fut.set_result(0)  # etcd unreachable: local clients go on; etcd sync reconciles later
         elif not self.connected:
             # issue 11: a node that held a lease serves only under one; its workers may accept
@@ -838,6 +839,20 @@ class Agent:
                 pass
             backoff = min(backoff * 2, BACKOFF_MAX)
 
+    def _mark_member(self) -> None:
+        path = self.settings.cluster_member_file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"node": self.node, "joined": time.time()}) + "\n")
+            self.member_before = True
+        except OSError as e:
+            log.warning("could not write the cluster member mark", extra=kv(path=str(path), error=str(e)[:200]))
+
+    @property
+    def owner_once(self) -> bool:
+        """This node held a lease, in this agent's life or before (cluster_member_file)."""
+        return self.joined_once or self.member_before
+
     def _read_lease_file(self) -> int:
         try:
             with open(self.lease_file) as f:
@@ -981,6 +996,8 @@ class Agent:
         self.routes_resync = True
         self.connected = True
         self.joined_once = True
+        if not self.member_before:
+            self._mark_member()
         self.etcd_retained = set(retained)
         self._merge_retained()
         self.first_sync.set()

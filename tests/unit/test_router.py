@@ -607,3 +607,39 @@ def test_a_remote_message_not_taken_is_routed_again_when_resent_and_a_new_instan
     assert [(c.token, c.ok) for c in n.take(AGENT, o.Confirm)] == [(2, True)]
     remote(n, 3, 5, instance="i2")  # seq 5 of n2's next agent instance is another message
     assert len(n.take(W1, o.Deliver)) == 1
+
+
+def test_another_nodes_claim_of_an_id_whose_holder_seems_gone_makes_the_holder_drop_it_when_back():
+    """The worker holding "c" was only slow (taken for gone): another node's claim gets no
+    session from it, and once it speaks again it closes that client and drops its copy, so
+    the id is not live on two nodes (a twin in the chaos run)."""
+    n = clustered_node()
+    n.feed(W1, o.Claim("c", 1, False))
+    (own,) = n.take(AGENT, o.TakeOwnership)
+    n.feed(AGENT, o.Owned("c", 1, Own.FRESH, None))
+    assert n.take(W1, o.Grant)
+    n.router.membership.gone(W1)
+    n.sock.clear()
+    n.feed(AGENT, o.Claim("c", 9, False))  # another node's TakeoverSession
+    (g,) = n.take(AGENT, o.Grant)
+    assert (g.client_id, g.req, g.state) == ("c", 9, None)
+    n.feed(W1, o.Ping())  # it was only slow
+    (t,) = n.take(W1, o.Takeover)
+    assert (t.client_id, t.clean_start) == ("c", True)
+    assert "c" not in n.router.sessions.registry
+
+
+@pytest.mark.parametrize("member_before", [False, True])
+def test_without_an_agent_a_node_that_was_a_member_refuses_claims(tmp_path, member_before):
+    """Right after a restart (the agent not registered yet): a node that never joined a
+    cluster decides alone (issue 10); one that was a member refuses, since the id may live on
+    another node by now (issue 11: a twin in the chaos run)."""
+    if member_before:
+        (tmp_path / "cluster-member").write_text("{}\n")
+    n = Node(etcd_endpoints="http://127.0.0.1:1", data_dir=str(tmp_path))
+    n.hello(W1)
+    n.hello(W2)
+    n.sock.clear()
+    n.feed(W1, o.Claim("c", 1, False))
+    (g,) = n.take(W1, o.Grant)
+    assert g.flag == (Own.REFUSED if member_before else Own.KEEP)
