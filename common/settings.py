@@ -95,6 +95,14 @@ class Settings(BaseSettings):
     # seconds a cleared retained message is remembered in etcd (an empty record under a lease),
     # so that a node that was away and comes back with the old message does not bring it back
     cluster_retained_tombstone_ttl: int = 86_400
+    # -- the subscribe path at scale (issue 10, subscribe helper) --
+    # SUBSCRIBEs of one connection handled while earlier ones still wait for their routes
+    # (SUBACK = routed on every worker and node); beyond, that connection is not read
+    max_subscribes_waiting: int = Field(default=16, ge=1)
+    # new filters of one worker waiting for their routes; beyond, a connection's next
+    # SUBSCRIBE waits (its reading pauses) until some are routed. The node's bound is
+    # SHOAL_WORKERS times this. One SUBSCRIBE with more filters still goes alone.
+    max_filters_waiting: int = Field(default=2_000, ge=1)
 
     @property
     def clustered(self) -> bool:
