@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     # new filters of one worker waiting for their routes; beyond, a connection's next
     # SUBSCRIBE waits (its reading pauses) until some are routed. The node's bound is
     # SHOAL_WORKERS times this. One SUBSCRIBE with more filters still goes alone.
-    max_filters_waiting: int = Field(default=2_000, ge=1)
+    max_filters_waiting: int = Field(default=5_000, ge=1)
 
     @property
     def clustered(self) -> bool:

@@ -128,8 +128,11 @@ class Membership:
         r.out.pop(ident, None)
 
     def check(self, now: float) -> None:
+        # (measured up to the last time the router had read everything sent to it: a
+        # member whose PING waits unread behind a backlog of route ops is not silent)
+        upto = now if self.r.read_all_at is None else min(now, self.r.read_all_at)
         for ident, m in list(self.members.items()):
-            if m.alive and now - m.last_seen > MEMBER_TIMEOUT:
+            if m.alive and upto - m.last_seen > MEMBER_TIMEOUT:
                 self.gone(ident)
 
     def check_settled(self, now: float) -> None:

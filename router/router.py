@@ -61,6 +61,10 @@ class Router:
         self.sessions = Sessions(self)
         self.retained = RetainedSet(self)
         self.leaving = 0.0  # cluster: SIGTERM received, stop at this time (or once every member said BYE)
+        # when the socket was last read empty: a member is silent only if nothing of it was read
+        # for MEMBER_TIMEOUT before then, never because this router had a backlog to read
+        # (a SUBSCRIBE flood); None: read everything up to now (tests drive handle() directly)
+        self.read_all_at: float | None = None
         if sock is None:
             sock = zmq.Context.instance().socket(zmq.ROUTER)
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -155,12 +159,15 @@ class Router:
                     try:
                         ident, data = self.sock.recv_multipart(flags=zmq.NOBLOCK)
                     except zmq.Again:
+                        self.read_all_at = self.clock()
                         break
                     except ValueError:  # not two frames: not one of ours
                         self.malformed += 1
                         continue
                     self.handle(ident, data)
             now = self.clock()
+            if self.sock not in events and not backlog:
+                self.read_all_at = now  # (the socket had nothing to read: nothing is left unread)
             if self.leaving and (now >= self.leaving or self.membership.all_done()):
                 self.running = False
             ops.poll(events, now)

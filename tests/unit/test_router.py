@@ -134,6 +134,17 @@ def test_a_silent_member_is_gone_its_routes_leave_and_it_comes_back_on_its_next_
     assert [d for r in node.take(W1, o.Routes) for d in r.delta] == [[1, "w2", "t", None]]
 
 
+def test_a_member_is_not_silent_while_the_router_has_not_read_its_socket_empty(node):
+    """A router busy with a backlog (a SUBSCRIBE flood) has not read the PINGs behind it:
+    silence counts up to the last time it read everything, not up to now."""
+    node.router.read_all_at = node.clock.t  # read empty now, then busy
+    node.tick(MEMBER_TIMEOUT + 1.0)
+    assert node.router.members[W1].alive and node.router.members[W2].alive
+    node.router.read_all_at = node.clock.t  # it read everything: nothing of w1 or w2 came
+    node.tick(0.1)
+    assert not node.router.members[W1].alive and not node.router.members[W2].alive
+
+
 def test_publishes_wait_for_every_worker_to_register_or_the_settle_timeout():
     n = Node(workers=3)
     n.hello(W1, ["t"])
