@@ -26,7 +26,7 @@ AGENT = b"agent"  # the cluster agent's identity (cluster/routerlink.py)
 class Member:
     ident: bytes
     name: str
-    filters: dict = field(default_factory=dict)  # filter -> True
+    count: int = 0  # filters it holds (the route table's trie says which)
     last_seen: float = 0.0
     alive: bool = True
     stats: dict = field(default_factory=dict)
@@ -61,7 +61,7 @@ class Membership:
         routes, sessions = r.routes, r.sessions
         old = self.members.get(ident)
         if old is not None:
-            for flt in list(old.filters):
+            for flt in routes.member_filters(ident):
                 routes.remove(old, flt)
             r.forward.forget_pending(ident)  # the member restarted: what it had not confirmed it never will
         m = Member(ident, name, last_seen=now)
@@ -71,7 +71,7 @@ class Membership:
         sessions.registered(ident, op.client_ids)
         for msg in op.retained or ():
             r.retained.retain(None, msg)
-        table = [[other.name, flt] for other in self.members.values() if other.ident != ident for flt in other.filters]
+        table = routes.table(ident)
         # WELCOME carries the table as of the version after this member's own deltas
         routes.flush_delta()
         # the member has the table at this version (the WELCOME below); not one more:
@@ -98,7 +98,7 @@ class Membership:
         r.routes.flush_delta()
         m.acked = r.routes.version
         now = r.clock()
-        table = [[other.name, flt] for other in self.members.values() if other.ident != m.ident for flt in other.filters]
+        table = r.routes.table(m.ident)
         r.send(m.ident, o.Welcome(r.epoch, r.routes.version, table, r.retained.wire(now)))
         for cid in m.orphans:
             if r.sessions.registry.get(cid) != m.ident:
@@ -122,7 +122,7 @@ class Membership:
             # them (0x97, its hello above), and the workers fence once the lease runs out
             r.out.pop(ident, None)
             return
-        m.lost = list(m.filters)
+        m.lost = r.routes.member_filters(ident)
         for flt in m.lost:
             r.routes.remove(m, flt)
         r.out.pop(ident, None)

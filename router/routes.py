@@ -22,22 +22,37 @@ class RouteTable:
         # sender ident -> its SYNCs (token, version, deadline) waiting for members to apply routes
         self.syncs: dict[bytes, deque] = {}
 
+    # Which member holds which filter is the trie alone (filter -> member idents): a dict of
+    # filters per member beside it kept every filter's whole string as well, about 100 bytes
+    # per route (1,000,000 routes: 100 MiB); a member keeps only its count. What needs one
+    # member's filters (it registered again, went silent, the admin list) walks the trie.
     def add(self, m, flt: str, since: float | None = None) -> None:
-        if flt in m.filters:
+        if not self.trie.add(flt, m.ident, True):
             return
-        m.filters[flt] = True
+        m.count += 1
         self.r.membership.by_name[m.name] = m.ident
-        self.trie.add(flt, m.ident, True)
         self.delta.append([1, m.name, flt, since])
         if since is not None and not flt.startswith("$share/"):
             self.r.forward.replay(m.ident, flt, since)
 
     def remove(self, m, flt: str) -> None:
         self.r.forward.share_weight.pop((m.ident, flt), None)
-        if m.filters.pop(flt, None) is None:
+        if not self.trie.remove(flt, m.ident):
             return
-        self.trie.remove(flt, m.ident)
+        m.count -= 1
         self.delta.append([-1, m.name, flt])
+
+    def member_filters(self, ident: bytes) -> list[str]:
+        """The filters one member holds (a walk of the whole table)."""
+        if not self.r.members.get(ident) or not self.r.members[ident].count:
+            return []
+        return [flt for flt, key in self.trie.pairs() if key == ident]
+
+    def table(self, but: bytes) -> list:
+        """[member name, filter] of every route of every member but `but` (a WELCOME)."""
+        members = self.r.members
+        names = {i: m.name for i, m in members.items() if i != but}
+        return [[names[key], flt] for flt, key in self.trie.pairs() if key in names]
 
     def flush_delta(self) -> None:
         """Turn the route changes so far into one versioned ROUTES op for every member."""
@@ -93,4 +108,4 @@ class RouteTable:
                 del self.syncs[ident]
 
     def size(self) -> int:
-        return sum(len(m.filters) for m in self.r.members.values() if m.alive)
+        return sum(m.count for m in self.r.members.values() if m.alive)
