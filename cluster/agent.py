@@ -47,6 +47,7 @@ FIRST_SYNC_WAIT = 2.0  # seconds the agent waits for etcd before it registers wi
 WRITE_RETRY = 0.5  # seconds before a failed etcd write is tried again
 TXN_OPS = 100  # operations per etcd transaction (etcd's default limit is 128)
 TXN_BYTES = 1024 * 1024  # bytes of keys and values per transaction (etcd's default request limit is 1.5 MiB)
+TXN_PARALLEL = 8  # transactions of one writer pass in flight at once
 BACKOFF_MAX = 5.0  # seconds between etcd reconnect attempts at most
 DRAIN_TIMEOUT = 7.0  # seconds a stopping agent waits for its workers' sessions (circus waits 10)
 
@@ -908,9 +909,14 @@ class Agent:
 
     async def _keepalive(self, client) -> None:
         ttl = self.settings.cluster_lease_ttl
+        every = max(0.3, ttl / 3.0)
         while True:
-            await asyncio.sleep(max(0.3, ttl / 3.0))
+            due = time.monotonic() + every
+            await asyncio.sleep(every)
             sent = time.monotonic()
+            if sent - due > every / 2:
+                # (the loop was busy that long: what starves the keep-alive fences the node)
+                log.warning("lease keep-alive late", extra=kv(late_s=round(sent - due, 3), ttl=ttl))
             reply = await client.refresh_lease(self.lease_id)
             if reply is None or reply.TTL <= 0:
                 self.fence.lost()
@@ -1075,8 +1081,17 @@ class Agent:
                         sized.append((tx.put(key, value, await self._tombstone_lease(client)), len(key) + len(value), topic))
                     else:
                         sized.append((tx.put(key, value), len(key) + len(value), topic))
-                for chunk in _txn_chunks(sized):
-                    rev = max(rev, await self._write_txn(client, chunk))
+                # the transactions of one pass go TXN_PARALLEL at a time, not one round trip
+                # each in turn (their keys are distinct: a filter is added or deleted, a
+                # retained topic written once per pass, so their order does not matter)
+                chunks = _txn_chunks(sized)
+                for i in range(0, len(chunks), TXN_PARALLEL):
+                    revs = await asyncio.gather(*(self._write_txn(client, c) for c in chunks[i:i + TXN_PARALLEL]),
+                                                return_exceptions=True)
+                    for r in revs:
+                        if isinstance(r, BaseException):
+                            raise r
+                    rev = max(rev, *revs)
             except Exception as e:
                 # (etcd electing a leader, or gone: the SUBACKs waiting for this write wait
                 # on; the router's SYNC deadline bounds them, and a lost connection releases
