@@ -350,7 +350,8 @@ class Agent:
             self.refs.clear()  # the old router's publishes: its workers send them again
             for token, (origin, seq, body, normal, groups) in self.remote_tokens.items():
                 # what the old router never confirmed goes to the new one
-                self.link.queue_remote_pub(body, normal, groups, token, time.monotonic())
+                self.link.queue_remote_pub(body, normal, groups, token, time.monotonic(),
+                                           [origin.node, origin.instance, seq])
 
     def welcome(self, op) -> None:
         epoch, version, routes, retained = op.epoch, op.version, op.routes, op.retained
@@ -613,10 +614,12 @@ class Agent:
                     continue  # still on its way here: the ack follows
                 token = next(self.tokens)
             groups = [[g.group, g.filter] for g in p.groups]
+            where = None
             if token is not None:
                 self.remote_tokens[token] = (origin, p.seq, body, p.normal, groups)
+                where = [origin.node, origin.instance, p.seq]  # (the router takes each once)
             self.received_count += 1
-            link.queue_remote_pub(body, p.normal, groups, token, now)
+            link.queue_remote_pub(body, p.normal, groups, token, now, where)
         for s in frame.syncs:
             asyncio.get_running_loop().create_task(self._answer_sync(origin, s.id, s.revision))
 

@@ -111,7 +111,8 @@ class Sessions:
     def _holder_gone(self, c: Claim, holder) -> None:
         """The worker holding the claimed client id is gone (killed, or silent)."""
         if c.claimant == AGENT:
-            self._agent_handoff(None, c, None)  # its session stays in that worker's store, stale soon
+            self._orphan(holder, c.client_id)  # dropped if it speaks again; stale in its store if restarted
+            self._agent_handoff(None, c, None)
             return
         if c.clean_start:
             # nothing of the old session is wanted: grant at once; the old holder
@@ -230,9 +231,19 @@ class Sessions:
         the session over; it leaves the node."""
         m = self.r.members.get(holder) if holder is not None else None
         if m is None or holder == AGENT or not m.alive:
+            if m is not None and holder != AGENT:
+                self._orphan(m, c.client_id)
             self._agent_handoff(None, c, None)
             return
         self.r.send(holder, o.Takeover(c.client_id, c.req, c.clean_start))
+
+    def _orphan(self, m, client_id: str) -> None:
+        """Another node takes client_id while its holder here is taken for gone: if the holder
+        was only slow (a loaded or frozen host) and speaks again, it must close that client and
+        drop its copy (revive), or the id had a live session on two nodes."""
+        if self.registry.get(client_id) == m.ident:
+            del self.registry[client_id]
+        m.orphans.add(client_id)
 
     def _agent_handoff(self, ident: bytes | None, c: Claim, state) -> None:
         cid = c.client_id
