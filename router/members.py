@@ -79,7 +79,10 @@ class Membership:
         m.acked = routes.version
         r.send(ident, o.Welcome(r.epoch, routes.version, table, r.retained.wire(now)))
         if sessions.lease_op is not None and ident != AGENT:
-            r.send(ident, sessions.lease_op)
+            if r.lease_path is not None:
+                r.lease_path.push_lease(sessions.lease_op)  # (the ops channel: the only path then)
+            else:
+                r.send(ident, sessions.lease_op)
         log.info("member joined", extra=kv(member=m.name, filters=len(op.filters), sessions=len(op.client_ids)))
         self.check_settled(now)
         sessions.member_back(ident)

@@ -65,6 +65,7 @@ class Router:
         # for MEMBER_TIMEOUT before then, never because this router had a backlog to read
         # (a SUBSCRIBE flood); None: read everything up to now (tests drive handle() directly)
         self.read_all_at: float | None = None
+        self.lease_path = None  # router/ops.Ops once running; None (unit tests): LEASE on the data path
         if sock is None:
             sock = zmq.Context.instance().socket(zmq.ROUTER)
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -150,6 +151,7 @@ class Router:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         ops = OpsService(self, poller)  # /metrics, /health, /ready, the admin API (router/admin.py)
+        self.lease_path = ops.ops  # the workers' LEASE goes on the ops channel (router/ops.py)
         next_check = self.clock() + 0.5
         while self.running:
             backlog = bool(self.out)
@@ -260,6 +262,9 @@ class Router:
             # next claim of each (a fenced copy resumed after a partition healed)
             s.unverified.update(s.registry)
         s.lease_op = op
+        if self.lease_path is not None:
+            self.lease_path.push_lease(op)
+            return
         for w in self.members.values():
             if w.alive and w.ident != AGENT:
                 self.send(w.ident, op)
