@@ -90,7 +90,11 @@ class SubscribeGate:
         if answers is None:
             return
         while answers and answers[0][0]:
+            # the SUBACK and its retained messages go out now, before the live deliveries
+            # held meanwhile (which stay held until the last SUBACK)
+            held, conn.held = conn.held, None
             answers.popleft()[1]()
+            conn.held = held
             if conn.closed:
                 return
         if answers:

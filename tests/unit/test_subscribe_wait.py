@@ -7,11 +7,12 @@ import asyncio
 
 from common.settings import Settings
 from core import ops as o
-from mqtt.packets import PubAck, SubAck
+from mqtt.packets import PubAck, Publish, SubAck
 from tests.support import wire
 from tests.support.fake_link import FakeClock, FakeDealer, FakeLoop
 from tests.support.fakes import FakeTransport
 from worker.broker import Broker
+from worker.message import Message
 from worker.protocol import Connection
 from worker.router_link import RouterBridge
 
@@ -165,4 +166,26 @@ def test_a_subscribe_bigger_than_the_bound_still_goes_and_a_closed_connection_fr
         w.router(*[o.Synced(op.token) for op in ops if isinstance(op, o.Sync)])
         assert subacks(tb) == [SubAck(1, [0])]
         b.connection_lost(None)
+    run(body)
+
+
+def test_the_retained_messages_of_a_suback_come_before_live_messages_held_meanwhile():
+    def body():
+        w = Worker()
+        w.broker.set_retained(Message("r", b"retained", 0, True, {}, None, ""))
+        sub, ts = w.client("sub")
+        pub, tp = w.client("pub")
+        sub.data_received(wire.subscribe(1, [("r", 0)]) + wire.subscribe(2, [("r2", 0)]))
+        syncs = [op.token for op in w.ops() if isinstance(op, o.Sync)]
+        pub.data_received(wire.publish("r", b"live") + wire.publish("r2", b"live2"))  # held: the SUBACKs wait
+        assert ts.take() == b""
+        w.router(o.Synced(syncs[0]))
+        got = wire.decode_all(ts.take(), 4)
+        assert [(type(p).__name__, getattr(p, "payload", None)) for p in got] == [("SubAck", None), ("Publish", b"retained")]
+        w.router(o.Synced(syncs[1]))
+        got = wire.decode_all(ts.take(), 4)
+        assert got[0] == SubAck(2, [0])
+        assert [p.payload for p in got[1:] if isinstance(p, Publish)] == [b"live", b"live2"]
+        sub.connection_lost(None)
+        pub.connection_lost(None)
     run(body)
