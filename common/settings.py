@@ -104,6 +104,14 @@ class Settings(BaseSettings):
     cluster_link_addr: str = ""  # host:port of the tcp link; default: SHOAL_CLUSTER_ADDR's host, a free port
     cluster_max_frame: int = 64 * 1024 * 1024  # bytes of one peer frame received at most (gRPC and tcp)
     cluster_frame_bytes: int = 1024 * 1024  # a frame leaves once its messages reach this many bytes
+    # -- the subscribe path at scale (issue 10, subscribe helper) --
+    # SUBSCRIBEs of one connection handled while earlier ones still wait for their routes
+    # (SUBACK = routed on every worker and node); beyond, that connection is not read
+    max_subscribes_waiting: int = Field(default=16, ge=1)
+    # new filters of one worker waiting for their routes; beyond, a connection's next
+    # SUBSCRIBE waits (its reading pauses) until some are routed. The node's bound is
+    # SHOAL_WORKERS times this. One SUBSCRIBE with more filters still goes alone.
+    max_filters_waiting: int = Field(default=5_000, ge=1)
 
     @property
     def clustered(self) -> bool:

@@ -58,7 +58,11 @@ class EtcdServer:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(20)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:  # (with 1,000,000 keys it took longer: the run's figures go first)
+                self.proc.kill()
+                self.proc.wait(20)
 
 
 class ClusterNode(Shoal):
@@ -334,6 +338,7 @@ def memory_run(nodes: list, etcd: "EtcdServer", mosq, total: int, conns: int, pe
     head = [f"{total:,} subscriptions (unique filters, {per_packet} per SUBSCRIBE, at most {outstanding} SUBSCRIBEs "
             f"unanswered, {conns} connections spread "
             f"over {len(nodes)} nodes): all SUBACKs after {dt:.1f} s ({total / dt:,.0f} subscribes/s cluster-wide)", ""]
+    print("\n".join(head + lines), file=sys.stderr, flush=True)  # (at once: a later step may fail)
     mq_before = rss_kib(mosq.proc.pid)
     mq_rss: list[int] = []
     print(f"subscribing {total:,} filters over {conns} connections on mosquitto ...", file=sys.stderr, flush=True)
