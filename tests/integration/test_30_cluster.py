@@ -222,7 +222,7 @@ def test_link_resends_after_reconnect(cluster, clients):
     wait_for(lambda: "process=agent event='joined the cluster'" in n2.log(since=mark), 60, 0.1, "n2's new agent")
     assert pub.expect(PubAck, timeout=30).packet_id == 3
     assert [p.payload for p in receive(sub, 1)] == [b"again"]
-    assert "peer link up again" in node(cluster, "n1").log()
+    wait_for(lambda: "peer link up again" in node(cluster, "n1").log(), 20, what="n1 logging its link up again")
     wait_nodes(cluster.nodes, NAMES)
 
 

@@ -10,7 +10,7 @@ import tempfile
 from types import SimpleNamespace
 
 from . import clients
-from .node import VENV_BIN, Node, end_process, free_port, log_tail, reserve_port, wait_for
+from .node import VENV_BIN, Node, end_process, free_port, log_tail, reserve_port, start_all, wait_for
 
 
 def etcd_binary() -> str:
@@ -88,8 +88,10 @@ def running_cluster(names, **settings):
     nodes = [cluster_node(name, etcd.url, **{k: v() if callable(v) else v for k, v in settings.items()})
              for name in ordered]
     try:
-        for n in nodes:
-            n.start(60)
+        # the first node joins alone, so it is the leader the tests expect (test_30_cluster_sessions:
+        # "s3 joined last"); the others boot side by side
+        nodes[0].start(60)
+        start_all(nodes[1:], 60)
         wait_nodes(nodes, set(ordered))
         yield SimpleNamespace(etcd=etcd, nodes=nodes)
     finally:

@@ -130,6 +130,16 @@ class Node:
 
     # -- lifecycle --------------------------------------------------------
     def start(self, timeout: float = 30.0) -> "Node":
+        self.launch()
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()  # no process or open file outlives a failed start
+            raise
+        return self
+
+    def launch(self) -> "Node":
+        """`circusd circus.ini`, not waiting for it (start() waits; start_all() starts several at once)."""
         self._log_mark = self._log_size()
         self._logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -137,11 +147,6 @@ class Node:
             cwd=ROOT, env=self.env,
             stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        try:
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop()  # no process or open file outlives a failed start
-            raise
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -260,3 +265,18 @@ class Node:
         found = re.findall(r"""event='router serving' .*?pid=(\d+)|"event": "router serving".*?"pid": (\d+)""", self.log())
         pids = [int(a or b) for a, b in found if int(a or b) in live]
         return pids[-1] if pids else None
+
+
+def start_all(nodes: list[Node], timeout: float = 60.0) -> list[Node]:
+    """Start the nodes side by side, as a cluster's hosts boot, and wait until each is ready;
+    if one fails, every one is stopped."""
+    try:
+        for n in nodes:
+            n.launch()
+        for n in nodes:
+            n.wait_ready(timeout)
+    except BaseException:
+        for n in nodes:
+            n.stop()
+        raise
+    return nodes
