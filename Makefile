@@ -68,11 +68,11 @@ iproute:
 	  echo "warning: could not install iproute2; the partition tests will be skipped"; \
 	fi
 
-# test files run TEST_JOBS at a time (pytest-xdist, whole files per process, so module fixtures
+# test files run TEST_JOBS at a time (one per core here) (pytest-xdist, whole files per process, so module fixtures
 # stay one per file); each test picks its own ports, directories and namespaces, so files never meet.
 # Most of a file's time is spent waiting on nodes, timers and sockets, not on the CPU.
 # TEST_JOBS=0 runs them one after another in this process.
-TEST_JOBS ?= 3
+TEST_JOBS ?= 2
 test: install $(JS_STAMP) iproute haproxy-tool
 	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile tests
 

@@ -22,9 +22,10 @@ NAMES = {"n1", "n2", "n3"}
 
 @pytest.fixture(scope="module")
 def cluster():
-    # lease TTL 5 s (the default), not the helpers' 3 s: test_link_resends_after_reconnect stops and
-    # kills an agent and needs its replacement up within the lease, which took over 3 s on a loaded host
-    with running_cluster(NAMES, sys_interval=1, metrics_port=free_port, cluster_lease_ttl=5) as c:
+    # lease TTL 10 s, not the helpers' 3 s: test_link_resends_after_reconnect stops and kills an
+    # agent and needs its replacement up within the lease, which took over 3 s on a loaded host,
+    # and 5 s (the default TTL, n2 left) with the suite's files run side by side beside other load
+    with running_cluster(NAMES, sys_interval=1, metrics_port=free_port, cluster_lease_ttl=10) as c:
         yield c
 
 
