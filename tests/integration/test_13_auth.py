@@ -240,6 +240,7 @@ def storm_round(port, cid, username, password, source, width, answers, stop):
             c.close()
 
 
+@pytest.mark.alone  # saturates the CPU on purpose and times the good client: not beside other files
 def test_storm_of_bad_logins_does_not_starve_a_good_client(users_file):
     """From 127.0.0.2, 160 CONNECTs at a time keep arriving with wrong passwords for a
     user whose hash costs 400,000 PBKDF2 rounds (throttle off, so each is hashed:
@@ -293,6 +294,7 @@ def test_storm_of_bad_logins_does_not_starve_a_good_client(users_file):
         assert answers.get(ReasonCode.BAD_USER_NAME_OR_PASSWORD, 0) >= 2
 
 
+@pytest.mark.alone  # a storm of connections that times the good client: not beside other files
 def test_storm_with_the_default_throttle_is_banned_and_cheap(users_file):
     """Default settings: a storm from 127.0.0.2 is refused (0x8A) after ten failures;
     a good client from 127.0.0.1 connects within the deadline throughout."""
