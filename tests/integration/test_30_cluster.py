@@ -571,8 +571,12 @@ def test_shoalctl_lists_and_kicks_across_the_cluster(cluster, clients):
         assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
         return r
 
-    nodes = json.loads(ctl("--json", "nodes").stdout)["nodes"]
-    assert sorted(x["node"] for x in nodes) == sorted(NAMES)
+    def listed() -> list[str]:
+        return sorted(x["node"] for x in json.loads(ctl("--json", "nodes").stdout)["nodes"])
+
+    # (the node before was SIGKILLed and came back: n1's router hears of it with its agent's
+    # next beat, a second at most after the agent saw it join)
+    wait_for(lambda: listed() == sorted(NAMES), 10, 0.2, "shoalctl nodes to list the three nodes")
     answer = json.loads(ctl("--json", "clients").stdout)
     assert answer["answers"] == 3
     where = {row["client"]: row["node"] for row in answer["clients"]}
