@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import signal
+import shutil
 import subprocess
 import tempfile
 from types import SimpleNamespace
@@ -67,6 +68,8 @@ class Etcd:
         end_process(self.proc, 15)
         if getattr(self, "_logf", None) is not None:
             self._logf.close()
+        # etcd preallocates its WAL (64 MiB a member): a suite's worth filled /tmp; the log stays
+        shutil.rmtree(os.path.join(self.tmp, "data"), ignore_errors=True)
 
 
 def cluster_node(name: str, etcd_url: str, **settings) -> Node:
