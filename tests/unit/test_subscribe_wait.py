@@ -3,58 +3,32 @@ Connections fed MQTT bytes, the RouterBridge on a fake DEALER socket (the router
 answers fed in by hand) and a fake loop on a fake clock."""
 from __future__ import annotations
 
-import asyncio
 
-from common.settings import Settings
 from core import ops as o
 from mqtt.packets import PubAck, Publish, SubAck
 from tests.support import wire
-from tests.support.fake_link import FakeClock, FakeDealer, FakeLoop
+from tests.support import worker_rig as rig
 from tests.support.fakes import FakeTransport
-from worker.broker import Broker
 from worker.message import Message
 from worker.protocol import Connection
-from worker.router_link import RouterBridge
 
 
-class Worker:
+class Worker(rig.Worker):
     """Worker 1 of a two-worker node, registered with its router."""
 
     def __init__(self, **settings) -> None:
-        self.clock = FakeClock()
-        self.loop = FakeLoop(self.clock)
-        self.sock = FakeDealer()
-        st = Settings(workers=2, persistence=False, **settings)
-        self.bridge = RouterBridge(st, 1, clock=self.clock, sock=self.sock)
-        self.broker = Broker(st, self.clock, bridge=self.bridge)
-        self.bridge.connect(loop=self.loop)
-        self.loop.run()
-        self.router(o.Welcome(7, 0, [], []))
+        super().__init__(True, **settings)
         self.ops()
 
-    def router(self, *ops) -> None:
-        self.sock.feed(*ops)
-        self.bridge._readable()
-        self.loop.run()
-
-    def ops(self, kind=None) -> list:
-        self.loop.run()
-        return [op for op in self.sock.ops() if kind is None or op.__class__ is kind]
-
     def client(self, client_id: str) -> tuple[Connection, FakeTransport]:
-        conn, t = Connection(self.broker), FakeTransport()
-        conn.connection_made(t)
-        conn.data_received(wire.connect(client_id))
+        conn, t = self.connection(wire.connect(client_id))
         (claim,) = self.ops(o.Claim)
         self.router(o.Grant(client_id, claim.req, None))
         t.take()
         return conn, t
 
 
-def run(fn):
-    async def main():
-        fn()
-    asyncio.run(main())
+run = rig.run
 
 
 def subacks(t: FakeTransport) -> list:
