@@ -70,8 +70,9 @@ class ClusterNode(Shoal):
     def __init__(self, workers: int, tmp: Path, name: str, etcd: str, env: dict[str, str] | None = None):
         self.name = name
         self.etcd = etcd
-        self.extra_env = env or {}  # more SHOAL_* settings (--link)
-        super().__init__(workers, tmp)
+        # more SHOAL_* settings (--link, --set); given to Broker, which keeps them (set here
+        # before, Broker.__init__ replaced them with none: --link and --set did nothing)
+        super().__init__(workers, tmp, env=env)
 
     @property
     def label(self) -> str:
