@@ -291,6 +291,8 @@ class Agent:
             "dropped_qos0_total": self.dropped_qos0,
             "malformed_total": self.malformed,
             "expired_in_queue_total": self.expired_in_queue,
+            "data_links": sum(1 for p in peers if p.data is not None),  # SHOAL_CLUSTER_LINK=direct
+            "data_resent_total": sum(p.resent for p in peers),
             "paused": int(self.link.paused),
         }
 
