@@ -188,3 +188,32 @@ def test_full_peer_queue_pushes_back_on_the_direct_link(clients):
         a.stop()
         b.stop()
         etcd.stop()
+
+
+def test_a_direct_node_and_a_grpc_node_reach_each_other_over_the_link(clients):
+    """A node on `direct` next to one on `grpc` (a rolling change of the setting): the grpc
+    node's record names no data address, so the direct node sends to it over the Link, and
+    the grpc node never uses the direct node's data port; QoS 1 both ways, PUBACK for each."""
+    etcd = Etcd().start()
+    a = cluster_node("mxa", etcd.url, cluster_link="direct")
+    b = cluster_node("mxb", etcd.url, cluster_link="grpc")
+    try:
+        a.start(60)
+        b.start(60)
+        wait_nodes([a, b], {"mxa", "mxb"})
+        assert "data" in etcd.get_json("nodes/mxa") and "data" not in etcd.get_json("nodes/mxb")
+        sub_a = clients.connect(a.port, "mxa-sub")
+        subscribe(sub_a, "c30m/#", 1)
+        sub_b = clients.connect(b.port, "mxb-sub")
+        subscribe(sub_b, "c30m/#", 1)
+        pub_a = clients.connect(a.port, "mxa-pub")
+        pub_b = clients.connect(b.port, "mxb-pub")
+        assert publish(pub_a, "c30m/a", b"from a", 1) == 0
+        assert publish(pub_b, "c30m/b", b"from b", 1) == 0
+        for sub in (sub_a, sub_b):
+            assert sorted(p.payload for p in receive(sub, 2)) == [b"from a", b"from b"]
+        assert "direct data link" not in a.log() + b.log()
+    finally:
+        a.stop()
+        b.stop()
+        etcd.stop()
