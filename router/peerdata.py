@@ -55,7 +55,11 @@ class PeerData:
             s.setsockopt(zmq.SNDHWM, 100_000)
             s.setsockopt(zmq.RCVHWM, 100_000)
             s.setsockopt(zmq.MAXMSGSIZE, max(st.cluster_max_frame, st.max_packet_size + 65536))
-        self.sock.bind(f"tcp://{host}:{'*' if port in ('', '0') else port}")
+        try:
+            self.sock.bind(f"tcp://{host}:{'*' if port in ('', '0') else port}")
+        except zmq.ZMQError as e:
+            log.error("cannot start: cannot listen on SHOAL_CLUSTER_DATA_ADDR", extra=kv(addr=addr, error=str(e)))
+            raise SystemExit(3) from None
         endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT)
         endpoint = endpoint.decode() if isinstance(endpoint, bytes) else endpoint
         self.address = endpoint.removeprefix("tcp://")
