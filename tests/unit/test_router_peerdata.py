@@ -133,3 +133,17 @@ def test_confirms_to_a_dialler_that_cannot_take_them_are_dropped_not_held():
     n.router.peer_data.sock.slow.clear()
     from_peer(n, pub(3))
     assert n.take(W1, o.Deliver) == [] and confirms(n) == [(3, True)]
+
+
+def test_an_address_that_cannot_be_bound_stops_the_router_saying_so(caplog):
+    import pytest
+
+    n = Node(etcd_endpoints="http://127.0.0.1:1", cluster_link="direct", cluster_data_addr="192.0.2.1:9")
+    try:
+        with caplog.at_level(logging.ERROR, logger="shoal.router"), pytest.raises(SystemExit) as e:
+            n.router.peer_data.bind()  # (TEST-NET-1: no interface of this host has it)
+        assert e.value.code == 3
+        (rec,) = caplog.records
+        assert "SHOAL_CLUSTER_DATA_ADDR" in rec.getMessage() and rec.kv["addr"] == "192.0.2.1:9"
+    finally:
+        n.router.peer_data.close()
