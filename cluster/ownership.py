@@ -350,6 +350,9 @@ class Ownership:
         if mine is not None and mine > request.token:
             return pb.TakeoverReply(result=pb.TakeoverReply.NEWER)
         self.owned.pop(cid, None)
+        if not request.clean_start:
+            # (before the CLAIM: what the router forwards for the session comes with its GRANT)
+            self.agent.moves.handed(cid, request.node)
         state = await self.take_from_router(cid, request.clean_start)
         self._spawn(cid, self.agent.wills.forget, cid)  # its will record is not ours any more
         if state is None:

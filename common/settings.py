@@ -95,6 +95,14 @@ class Settings(BaseSettings):
     # seconds a cleared retained message is remembered in etcd (an empty record under a lease),
     # so that a node that was away and comes back with the old message does not bring it back
     cluster_retained_tombstone_ttl: int = 86_400
+    # -- a session moving between nodes (issue 11 point 2, move helper) --
+    # seconds after a session went to another node during which what still arrives here for
+    # it is forwarded to that node (router/away.py), and during which that node drops a
+    # message that reached the session both ways
+    cluster_move_window: float = 5.0
+    # messages forwarded per moved session in that window at most (beyond: dropped, counted,
+    # logged with the client id); also the ids the new node remembers per arrived session
+    cluster_move_max_messages: int = 10_000
 
     @property
     def clustered(self) -> bool:
@@ -203,6 +211,8 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "max_connections": (0, None),
     "max_publish_rate": (0, None),
     "cluster_retained_tombstone_ttl": (10, 9_000_000_000),
+    "cluster_move_window": (0.1, 600),  # (move helper)
+    "cluster_move_max_messages": (1, 10_000_000),
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # SHOAL_ variables that are not settings but are read elsewhere

@@ -65,6 +65,7 @@ class Broker:
         self.store = None  # worker.store.Store when persistence is on
         self.route_version = 0
         self.moved = SubscriptionTrie()  # subscriptions of sessions just handed to another worker
+        self.arrivals: dict = {}  # client id -> ids of messages given to a session just arrived from another node
         self.auth = None  # worker.auth.Authenticator (set by the server; None: no checks but allow_anonymous)
         self.admitted = 0  # connections past CONNECT's connection-limit check (SHOAL_MAX_CONNECTIONS)
         self.writer = None  # protocol.Writer once an event loop runs

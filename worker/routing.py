@@ -167,6 +167,8 @@ class Routing:
                     self.enqueue(session, d)
 
     def deliver(self, s: Session, d: Delivery) -> None:
+        if self.b.arrivals and d.msg.mid is not None and self.b.moves.doubled(s, d.msg.mid):
+            return  # it came both ways to a session that moved here (worker/moved.py)
         conn = s.conn
         if conn is not None:
             conn.deliver(d)
