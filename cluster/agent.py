@@ -1063,7 +1063,13 @@ class Agent:
             client = self.etcd.client
             gen = self.gen
             refs, published = self.local_refs, self.published
-            if self.routes_resync:
+            if not self.welcomed.is_set():
+                # this node's filters are known once its router welcomed this agent; until then
+                # etcd keeps what the last agent wrote (under the same lease). Writing the empty
+                # set deleted every route of the node for a moment after an agent restart, and
+                # publishes from other nodes meanwhile were confirmed and lost (chaos run)
+                adds = dels = set()
+            elif self.routes_resync:
                 self.routes_resync = False
                 self.route_dirty = set()
                 adds = refs.keys() - published

@@ -33,40 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 USER, PASSWORD = "bench", "bench-secret"
 
 
-class ShoalWith(Shoal):
-    def __init__(self, workers: int, tmp: Path, env: dict[str, str], label: str):
-        self.extra = env
-        self._label = label
-        super().__init__(workers, tmp)
-
-    @property
-    def label(self) -> str:
-        return self._label
-
-    def command(self):
-        argv, env, cwd = super().command()
-        env.update(self.extra)
-        return argv, env, cwd
-
-
-class MosquittoWith(Mosquitto):
-    def __init__(self, tmp: Path, password_file: Path | None, label: str):
-        self.password_file = password_file
-        self._label = label
-        super().__init__(1, tmp)
-
-    @property
-    def label(self) -> str:
-        return self._label
-
-    def command(self):
-        argv, env, cwd = super().command()
-        if self.password_file is not None:
-            conf = Path(argv[-1])
-            conf.write_text(conf.read_text() + f"password_file {self.password_file}\n")
-        return argv, env, cwd
-
-
 def storm(port: int, clients: int, auth: bool, version: int) -> dict:
     cmd = [sys.executable, "-m", "loadtest", "conn", "-p", str(port), "-c", str(clients), "-i", "0",
            "--max-connecting", "50", "--processes", "2", "--hold", "0", "-V", str(version), "--json"]
@@ -93,17 +59,18 @@ def main(argv: list[str] | None = None) -> int:
         iterations = pw.read_text().split("$")[2]
         w = args.workers
         runs = [
-            (MosquittoWith(_mk(tmp, "mq-plain"), None, "mosquitto, plain TCP"), False),
-            (MosquittoWith(_mk(tmp, "mq-auth"), pw, "mosquitto, password_file"), True),
-            (ShoalWith(w, _mk(tmp, "sh-plain"), {}, f"shoal {w}w, plain TCP"), False),
-            (ShoalWith(w, _mk(tmp, "sh-auth"), {"SHOAL_PASSWORD_FILE": str(pw)},
-                       f"shoal {w}w, password file (cache on, default)"), True),
-            (ShoalWith(w, _mk(tmp, "sh-nocache"), {"SHOAL_PASSWORD_FILE": str(pw), "SHOAL_AUTH_CACHE": "0"},
-                       f"shoal {w}w, password file, SHOAL_AUTH_CACHE=0 (every connect hashed, in place)"), True),
-            (ShoalWith(w, _mk(tmp, "sh-pool"), {"SHOAL_PASSWORD_FILE": str(pw), "SHOAL_AUTH_CACHE": "0",
-                                                "SHOAL_AUTH_INLINE_ITERATIONS": "0"},
-                       f"shoal {w}w, password file, SHOAL_AUTH_CACHE=0 SHOAL_AUTH_INLINE_ITERATIONS=0 "
-                       "(every connect hashed in the thread pool)"), True),
+            (Mosquitto(1, _mk(tmp, "mq-plain"), "mosquitto, plain TCP"), False),
+            (Mosquitto(1, _mk(tmp, "mq-auth"), "mosquitto, password_file", conf={"password_file": str(pw)}), True),
+            (Shoal(w, _mk(tmp, "sh-plain"), f"shoal {w}w, plain TCP"), False),
+            (Shoal(w, _mk(tmp, "sh-auth"), f"shoal {w}w, password file (cache on, default)",
+                   env={"SHOAL_PASSWORD_FILE": str(pw)}), True),
+            (Shoal(w, _mk(tmp, "sh-nocache"),
+                   f"shoal {w}w, password file, SHOAL_AUTH_CACHE=0 (every connect hashed, in place)",
+                   env={"SHOAL_PASSWORD_FILE": str(pw), "SHOAL_AUTH_CACHE": "0"}), True),
+            (Shoal(w, _mk(tmp, "sh-pool"), f"shoal {w}w, password file, SHOAL_AUTH_CACHE=0 "
+                   "SHOAL_AUTH_INLINE_ITERATIONS=0 (every connect hashed in the thread pool)",
+                   env={"SHOAL_PASSWORD_FILE": str(pw), "SHOAL_AUTH_CACHE": "0",
+                        "SHOAL_AUTH_INLINE_ITERATIONS": "0"}), True),
         ]
         for rnd in range(args.rounds):
             for broker, auth in runs:

@@ -525,7 +525,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.keep_logs:
                 os.makedirs(args.keep_logs, exist_ok=True)
                 for f in tmp.rglob("*.log"):
-                    shutil.copy(f, os.path.join(args.keep_logs, f.name))
+                    if f.parent.name in ("data", "etcd") or f.name[:1].isdigit():
+                        continue  # LevelDB's and etcd's own files, not logs to read
+                    try:
+                        shutil.copy(f, os.path.join(args.keep_logs, f.name))
+                    except OSError as e:
+                        print(f"could not keep {f}: {e}", file=sys.stderr)
     return code
 
 

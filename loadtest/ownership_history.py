@@ -25,14 +25,15 @@ from urllib.parse import urlparse
 OWNERS = b"owners/"
 
 
-async def _history(endpoint: str, quiet: float = 3.0) -> list:
+async def _history(endpoint: str, prefix: bytes = OWNERS, quiet: float = 3.0) -> list:
     import aetcd
 
     u = urlparse(endpoint)
     client = aetcd.Client(u.hostname, u.port, timeout=10)
     events = []
     try:
-        watch = await client.watch(OWNERS, range_end=b"owners0", start_revision=1)
+        end = prefix[:-1] + bytes([prefix[-1] + 1])  # every key with that prefix
+        watch = await client.watch(prefix, range_end=end, start_revision=1)
         it = watch.__aiter__()
         while True:
             try:
@@ -50,12 +51,13 @@ async def _history(endpoint: str, quiet: float = 3.0) -> list:
     return events
 
 
-def history(endpoints: str) -> list:
-    """Every event of owners/ from revision 1: (revision, put, key, value, lease)."""
+def history(endpoints: str, prefix: bytes = OWNERS, quiet: float = 3.0) -> list:
+    """Every event of the keys under prefix (owners/) from revision 1: (revision, put, key,
+    value, lease); the watch ends once it brought nothing for `quiet` seconds."""
     last = None
     for ep in endpoints.split(","):
         try:
-            return asyncio.run(_history(ep.strip()))
+            return asyncio.run(_history(ep.strip(), prefix, quiet))
         except Exception as e:  # (a member down: the next one)
             last = e
     raise RuntimeError(f"no etcd endpoint answered: {last}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -24,42 +23,6 @@ from pathlib import Path
 from loadtest.bench.brokers import Mosquitto, Shoal
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class ShoalWith(Shoal):
-    def __init__(self, workers: int, tmp: Path, env: dict[str, str], label: str):
-        self.extra = env
-        self._label = label
-        super().__init__(workers, tmp)
-
-    @property
-    def label(self) -> str:
-        return self._label
-
-    def command(self):
-        argv, env, cwd = super().command()
-        env.update(self.extra)
-        return argv, env, cwd
-
-
-class MosquittoWith(Mosquitto):
-    def __init__(self, tmp: Path, persist: bool, label: str):
-        self.persist = persist
-        self._label = label
-        super().__init__(1, tmp)
-
-    @property
-    def label(self) -> str:
-        return self._label
-
-    def command(self):
-        argv, env, cwd = super().command()
-        if self.persist:
-            conf = Path(argv[-1])
-            text = conf.read_text().replace("persistence false", "persistence true")
-            text += f"persistence_location {self.tmp}/\nautosave_interval 1\n"
-            conf.write_text(text)
-        return argv, env, cwd
 
 
 def load(port: int, pairs: int, messages: int, duration: float) -> dict:
@@ -95,13 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="pbench") as tmpdir:
         tmp = Path(tmpdir)
+        mq1 = _mk(tmp, "mq1")
         brokers = [
-            ShoalWith(1, _mk(tmp, "none"), {"SHOAL_PERSISTENCE": "false"}, "shoal, no persistence"),
-            MosquittoWith(_mk(tmp, "mq0"), False, "mosquitto, no persistence"),
-            ShoalWith(1, _mk(tmp, "off"), {"SHOAL_SYNC": "off"}, "shoal, sync=off"),
-            ShoalWith(1, _mk(tmp, "batch"), {"SHOAL_SYNC": "batch"}, "shoal, sync=batch"),
-            MosquittoWith(_mk(tmp, "mq1"), True, "mosquitto, persistence (autosave 1 s)"),
-            ShoalWith(1, _mk(tmp, "always"), {"SHOAL_SYNC": "always"}, "shoal, sync=always"),
+            Shoal(1, _mk(tmp, "none"), "shoal, no persistence", env={"SHOAL_PERSISTENCE": "false"}),
+            Mosquitto(1, _mk(tmp, "mq0"), "mosquitto, no persistence"),
+            Shoal(1, _mk(tmp, "off"), "shoal, sync=off", env={"SHOAL_SYNC": "off"}),
+            Shoal(1, _mk(tmp, "batch"), "shoal, sync=batch", env={"SHOAL_SYNC": "batch"}),
+            Mosquitto(1, mq1, "mosquitto, persistence (autosave 1 s)",
+                      conf={"persistence": "true", "persistence_location": f"{mq1}/", "autosave_interval": "1"}),
+            Shoal(1, _mk(tmp, "always"), "shoal, sync=always", env={"SHOAL_SYNC": "always"}),
         ]
         for b in brokers:
             print(f"running {b.label} ...", file=sys.stderr, flush=True)

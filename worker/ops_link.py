@@ -9,16 +9,14 @@ the figures are read from the counters when asked.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
 
-import zmq
-
 from common.logs import kv
 from core import ops as o
-from core.ops import WIRE_VERSION, pack, unpack_ops
+from core.ops import WIRE_VERSION
+from core.opschannel import OpsChannel
 from mqtt import ReasonCode
 
 log = logging.getLogger("shoal.ops")
@@ -27,18 +25,16 @@ BEAT_INTERVAL = 1.0
 LINK_FIGURES = ("link_sends", "link_pauses", "link_forwarded", "link_delivered")
 
 
-class OpsLink:
+class OpsLink(OpsChannel):
     def __init__(self, server):
         self.server = server
         self.broker = server.broker
         self.settings = server.settings
         self.worker_id = server.worker_id
         self.name = f"w{self.worker_id}"
+        self.identity = self.name.encode()
         self.started = time.time()
-        self.sock = None
-        self.loop = None
         self._timer = None
-        self._reading = False
         self.answers = {
             "stats": self.stats,
             "clients": self.clients,
@@ -50,22 +46,13 @@ class OpsLink:
 
     # -- lifecycle ------------------------------------------------------------
     def connect(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.IDENTITY, self.name.encode())
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 100)
-        self.sock.connect(self.settings.ops_endpoint)
-        self.loop.add_reader(self.sock.getsockopt(zmq.FD), self._readable)
+        self.open(self.settings.ops_endpoint)
         self.beat()
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if self.sock is not None:
-            self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
-            self.sock.close(0)
-            self.sock = None
+        self.shut()
 
     def serving(self) -> bool:
         """Listening, not shutting down, and registered with the router when there
@@ -82,45 +69,9 @@ class OpsLink:
         if self.sock is not None:
             self._send([o.Beat(self.name, os.getpid(), self.serving(), self.started, None, WIRE_VERSION)])
 
-    def _send(self, ops: list) -> None:
-        try:
-            self.sock.send(pack(ops), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # the router is not there (yet): it asks again, and beats come every second
-        if not self._reading:
-            self._readable()  # the zmq fd is edge-triggered: look for input after a send
-
-    def _readable(self) -> None:
-        self._reading = True
-        try:
-            self._read_all()
-        finally:
-            self._reading = False
-
-    def _read_all(self) -> None:
-        sock = self.sock
-        while sock is not None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            try:
-                data = sock.recv(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            try:
-                ops = unpack_ops(data)
-            except Exception:
-                log.warning("undecodable ops message from the router")
-                continue
-            for op in ops:
-                if op.__class__ is not o.Ask:
-                    continue
-                req, what, args = op.req, op.what, op.args
-                fn = self.answers.get(what)
-                try:
-                    payload = fn(args or {}) if fn is not None else {"error": f"unknown question {what!r}"}
-                except Exception as e:
-                    log.exception("error answering an admin question", extra=kv(what=what))
-                    payload = {"error": f"{type(e).__name__}: {e}"}
-                self._send([o.Answer(req, payload)])
-                sock = self.sock
+    def answer(self, what: str, args: dict) -> dict:
+        fn = self.answers.get(what)
+        return fn(args) if fn is not None else {"error": f"unknown question {what!r}"}
 
     # -- answers ------------------------------------------------------------------
     def _limit(self, args: dict) -> int:

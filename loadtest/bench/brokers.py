@@ -67,11 +67,17 @@ def probe(port: int, timeout: float = 2.0) -> bool:
 
 
 class Broker:
+    """One broker of a benchmark run. `label` names it in the figures (default: its kind);
+    `env` adds SHOAL_* settings (Shoal), `conf` sets mosquitto.conf options (Mosquitto)."""
     kind: BrokerKind
 
-    def __init__(self, workers: int, tmp: Path):
+    def __init__(self, workers: int, tmp: Path, label: str | None = None,
+                 env: dict[str, str] | None = None, conf: dict[str, str] | None = None):
         self.workers = workers
         self.tmp = tmp
+        self._label = label
+        self.extra_env = env or {}
+        self.extra_conf = conf or {}
         self.port = free_port()
         self.log_path = tmp / f"{self.label}.log"
         self.proc: subprocess.Popen | None = None
@@ -79,7 +85,7 @@ class Broker:
 
     @property
     def label(self) -> str:
-        return self.kind.word
+        return self._label or self.kind.word
 
     def command(self) -> tuple[list[str], dict[str, str], Path]:
         raise NotImplementedError
@@ -136,18 +142,16 @@ class Mosquitto(Broker):
     def command(self) -> tuple[list[str], dict[str, str], Path]:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         conf = self.tmp / "mosquitto.conf"
+        options = {"allow_anonymous": "true", "max_queued_messages": str(MAX_QUEUED),
+                   "max_inflight_messages": str(MAX_INFLIGHT), "max_connections": "-1",
+                   "persistence": "false", "set_tcp_nodelay": "true", "connection_messages": "false",
+                   **self.extra_conf}
         conf.write_text("\n".join([
             f"listener {self.port} {HOST}",
-            "allow_anonymous true",
-            f"max_queued_messages {MAX_QUEUED}",
-            f"max_inflight_messages {MAX_INFLIGHT}",
-            "max_connections -1",
-            "persistence false",
-            "set_tcp_nodelay true",
+            *(f"{k} {v}" for k, v in options.items()),
             "log_dest stderr",
             "log_type error",
             "log_type warning",
-            "connection_messages false",
             "",
         ]))
         return [exe, "-c", str(conf)], dict(os.environ), self.tmp
@@ -172,6 +176,7 @@ class Shoal(Broker):
             "SHOAL_LOG_LEVEL": "WARNING",
             "SHOAL_MAX_QUEUED_MESSAGES": str(MAX_QUEUED),
             "SHOAL_MAX_INFLIGHT": str(MAX_INFLIGHT),
+            **self.extra_env,
         })
         return [exe, "circus.ini"], env, ROOT
 

@@ -405,14 +405,30 @@ def test_router_sigkill_cluster_routes_recover(cluster, clients):
 def test_agent_sigkill_routes_converge(cluster, clients):
     """n2's agent killed with SIGKILL: circus restarts it, it rejoins under the same
     lease, and routes both ways work again; new subscriptions after it too."""
+    from loadtest.ownership_history import history
+
     n2 = node(cluster, "n2")
     old_sub = clients.connect(port(cluster, "n1"), "conv-old-sub")
     subscribe(old_sub, "c30/conv/old", 1)
+    kept_sub = clients.connect(port(cluster, "n2"), "conv-kept-sub")
+    subscribe(kept_sub, "c30/conv/kept", 1)
     pub2 = clients.connect(port(cluster, "n2"), "conv-pub2")
     mark = n2._log_size()
     agent = n2.agent_pid()
     os.kill(agent, signal.SIGKILL)
-    wait_for(lambda: "process=agent event='joined the cluster'" in n2.log(since=mark), 60, 0.1, "n2's agent back")
+    wait_for(lambda: "process=agent event='registered with the router'" in n2.log(since=mark), 60, 0.1,
+             "n2's agent back")
+    # n2's routes stay in etcd through the restart (under the same lease): the new agent used to
+    # delete them when it joined, before its router told it the node's filters, and re-add them
+    # a moment later; publishes from other nodes meanwhile were confirmed and lost (chaos run)
+    events = history(cluster.etcd.url, b"routes/n2/c30/conv/kept", quiet=1.0)
+    puts = [e for e in events if e[1]]
+    assert puts, events
+    if puts[-1][4] == puts[0][4]:  # (revision, put, key, value, lease): the lease outlived the restart
+        assert not [e for e in events if not e[1]], events
+    # else the restart outlasted SHOAL_CLUSTER_LEASE_TTL (a loaded host): etcd dropped the routes
+    # with the lease, the node fenced itself, and the new lease put them back
+    assert puts[-1][4] == int(json.loads(cluster.etcd.ctl("get", "nodes/n2", "-w", "json").stdout)["kvs"][0]["lease"])
     # n2 -> n1 over the routes n2's new agent reads from etcd
     seq = iter(range(1, 1000))
 
