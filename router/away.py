@@ -106,7 +106,8 @@ class Away:
             return None
         origin = msg[6]
         agg: dict[str, list] = {}
-        for cid, (_flt, qos, no_local, rap, _rh, sid) in matches:
+        for cid, sub in matches:  # (a subscription record: filter, qos, no_local, rap, rh, sub_id)
+            qos, no_local, rap, sid = sub[1], sub[2], sub[3], sub[5]
             if no_local and cid == origin:
                 continue
             a = agg.get(cid)

@@ -117,6 +117,7 @@ class Receiver:
         self.seen: set[bytes] = set()
         self.awaiting_rel: set[int] = set()
         self.doubled: list[bytes] = []
+        self.ended = ""  # why the last read stopped early (for the assertion messages)
 
     def read(self, c: RawClient, count: int, timeout: float = 30) -> int:
         """Handle packets until count new messages came; returns how many came."""
@@ -124,7 +125,8 @@ class Receiver:
         while new < count:
             try:
                 p = c.recv(timeout)
-            except (Closed, TimeoutError):
+            except (Closed, TimeoutError) as e:
+                self.ended = type(e).__name__
                 break
             if isinstance(p, Publish):
                 if p.qos == 2 and p.packet_id in self.awaiting_rel:
@@ -169,7 +171,7 @@ def test_messages_in_flight_follow_the_moving_session(cluster, clients):
             c.close()  # (what m1 sent there and we did not read is redelivered or queued)
             c = nxt
             moves += 1
-            assert r.read(c, 20) == 20, (i, name, len(stream.acked), stream.error)
+            assert r.read(c, 20) == 20, (i, name, r.ended, len(stream.acked), stream.error, r.got[-3:])
     finally:
         stream.stop.set()
         stream.join(60)
