@@ -69,8 +69,9 @@ class Stream(threading.Thread):
     acknowledgement; `acked` holds the payloads the broker acknowledged (PUBACK, or
     PUBREC below 0x80)."""
 
-    def __init__(self, port: int, topic: str, name: str):
+    def __init__(self, port: int, topic: str, name: str, prefix: str = ""):
         super().__init__(daemon=True)
+        self.prefix = prefix
         self.c = RawClient(port, 5, timeout=30)
         ack = self.c.connect(name, clean_start=True)
         assert ack.reason_code == 0, ack
@@ -87,7 +88,7 @@ class Stream(threading.Thread):
                 n += 1
                 qos = 1 if n % 2 else 2
                 pid = n % 60000 + 1
-                payload = f"{qos}-{n}".encode()
+                payload = f"{self.prefix}{qos}-{n}".encode()
                 self.c.send(Publish(self.topic, payload, qos, packet_id=pid))
                 ack = self.c.recv()
                 if qos == 1:
@@ -149,10 +150,10 @@ class Receiver:
 
 
 def test_messages_in_flight_follow_the_moving_session(cluster, clients):
-    """A steady stream of QoS 1 and QoS 2 from m3 while the persistent subscriber moves
-    m1 -> m2 -> m1 -> ... (each CONNECT takes the session over from the other node while
-    the stream runs): every message acknowledged to the publisher is received, no QoS 2
-    message twice."""
+    """A steady stream of QoS 1 and QoS 2 from m3 (and one from m1, a node the session
+    keeps leaving) while the persistent subscriber moves m1 -> m2 -> m1 -> ... (each
+    CONNECT takes the session over from the other node while the streams run): every
+    message acknowledged to a publisher is received, no QoS 2 message twice."""
     run = uuid.uuid4().hex[:6]
     topic = f"m33/stream/{run}"
     cid = f"mv-stream-{run}"
@@ -160,7 +161,9 @@ def test_messages_in_flight_follow_the_moving_session(cluster, clients):
     c, _ = resume(clients, cluster, "m1", cid, clean_start=True)
     subscribe(c, topic, 2)
     stream = Stream(port(cluster, "m3"), topic, f"mv-stream-pub-{run}")
+    local = Stream(port(cluster, "m1"), topic, f"mv-stream-local-{run}", "l")
     stream.start()
+    local.start()
     moves = 0
     try:
         assert r.read(c, 20) == 20  # the stream reaches the session on m1
@@ -171,13 +174,16 @@ def test_messages_in_flight_follow_the_moving_session(cluster, clients):
             c.close()  # (what m1 sent there and we did not read is redelivered or queued)
             c = nxt
             moves += 1
-            assert r.read(c, 20) == 20, (i, name, r.ended, len(stream.acked), stream.error, r.got[-3:])
+            assert r.read(c, 20) == 20, (i, name, r.ended, len(stream.acked), stream.error, local.error, r.got[-3:])
     finally:
-        stream.stop.set()
-        stream.join(60)
-    assert stream.error is None, stream.error
-    assert not stream.refused, stream.refused[:5]
-    acked = set(stream.acked)
+        for s in (stream, local):
+            s.stop.set()
+        for s in (stream, local):
+            s.join(60)
+    for s in (stream, local):
+        assert s.error is None, s.error
+        assert not s.refused, s.refused[:5]
+    acked = set(stream.acked) | set(local.acked)
     # everything acknowledged comes (what is still on its way, then nothing more)
     while not acked <= r.seen:
         if r.read(c, 1, timeout=30) == 0:
