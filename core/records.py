@@ -4,8 +4,8 @@ the hand-over of a session between workers (through the router), the node ops,
 and later gRPC and etcd.
 
     message       [topic, payload, qos, retain, props, expiry, origin(, mid)]
-                  (mid, in a cluster: the id the publishing node's router gave it, see
-                  router/away.py; absent when the message never passed a router)
+                  (mid, in a cluster: the message's id, given where it was published,
+                  see router/away.py; absent on a single node)
     subscription  [filter, qos, no_local, retain_as_published, retain_handling, sub_id]
     will          [message, delay]          (the message's expiry is its *interval*, not a deadline)
     delivery      [DELIVERY, message, qos, retain, sub_ids, group, state, packet_id]

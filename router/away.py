@@ -12,10 +12,10 @@ from the TakeoverSession call), where it goes straight to the session. A QoS 1/2
 publish is confirmed to its sender only once that node owns the copy too.
 
 A message can reach the new node both ways (routed there by its publisher's node,
-and forwarded from here); every message carries the id its publishing node's router
-gave it (``mid``, stamped here on what the node's members publish), and the new
-node's worker drops a second delivery of one id to an arrived session
-(worker/moved.py ``Arrivals``). At most ``SHOAL_CLUSTER_MOVE_MAX_MESSAGES`` are
+and forwarded from here); every message carries an id given where it was published
+(``mid``: the worker that read the PUBLISH gives it, worker/routing.py; the router
+stamps what a member sent without one), and the new node's worker drops a second
+delivery of one id to an arrived session (worker/moved.py ``arrived``). At most ``SHOAL_CLUSTER_MOVE_MAX_MESSAGES`` are
 forwarded per moved session; beyond, dropped, counted and logged.
 """
 from __future__ import annotations
