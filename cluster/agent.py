@@ -164,6 +164,7 @@ class Agent:
         self.frames_sent = 0  # gRPC frames on the peer links, both directions (acks included)
         self.frames_received = 0
         self.lease_file = os.path.join(str(settings.data_path), "cluster-lease")
+        self.member_before = settings.cluster_member_file.exists()  # (a member before this start)
         self.status_file = os.path.join(str(settings.run_dir), f"shoal-{settings.port}-cluster.json")
 
     # -- lifecycle -----------------------------------------------------------------
@@ -347,7 +348,8 @@ class Agent:
             self.refs.clear()  # the old router's publishes: its workers send them again
             for token, (origin, seq, body, normal, groups) in self.remote_tokens.items():
                 # what the old router never confirmed goes to the new one
-                self.link.queue_remote_pub(body, normal, groups, token, time.monotonic())
+                self.link.queue_remote_pub(body, normal, groups, token, time.monotonic(),
+                                           [origin.node, origin.instance, seq])
 
     def welcome(self, op) -> None:
         epoch, version, routes, retained = op.epoch, op.version, op.routes, op.retained
@@ -429,7 +431,7 @@ class Agent:
 
     def _flushed(self, gen: int) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
-        if not self.connected and not (self.fence.on and self.joined_once):
+        if not self.connected and not (self.fence.on and self.owner_once):
             fut.set_result(0)  # etcd unreachable: local clients go on; etcd sync reconciles later
         elif not self.connected:
             # issue 11: a node that held a lease serves only under one; its workers may accept
@@ -622,10 +624,12 @@ class Agent:
                     continue  # still on its way here: the ack follows
                 token = next(self.tokens)
             groups = [[g.group, g.filter] for g in p.groups]
+            where = None
             if token is not None:
                 self.remote_tokens[token] = (origin, p.seq, body, p.normal, groups)
+                where = [origin.node, origin.instance, p.seq]  # (the router takes each once)
             self.received_count += 1
-            link.queue_remote_pub(body, p.normal, groups, token, now)
+            link.queue_remote_pub(body, p.normal, groups, token, now, where)
         for s in frame.syncs:
             asyncio.get_running_loop().create_task(self._answer_sync(origin, s.id, s.revision))
 
@@ -831,6 +835,20 @@ class Agent:
                 pass
             backoff = min(backoff * 2, BACKOFF_MAX)
 
+    def _mark_member(self) -> None:
+        path = self.settings.cluster_member_file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"node": self.node, "joined": time.time()}) + "\n")
+            self.member_before = True
+        except OSError as e:
+            log.warning("could not write the cluster member mark", extra=kv(path=str(path), error=str(e)[:200]))
+
+    @property
+    def owner_once(self) -> bool:
+        """This node held a lease, in this agent's life or before (cluster_member_file)."""
+        return self.joined_once or self.member_before
+
     def _read_lease_file(self) -> int:
         try:
             with open(self.lease_file) as f:
@@ -971,6 +989,8 @@ class Agent:
         self.routes_resync = True
         self.connected = True
         self.joined_once = True
+        if not self.member_before:
+            self._mark_member()
         self.etcd_retained = set(retained)
         self._merge_retained()
         self.first_sync.set()

@@ -37,9 +37,11 @@ class Fence:
     def holding(self) -> bool:
         return not self.on or time.monotonic() < self.until
 
-    # A node that never held a lease (etcd unreachable since it started, or a wrong
+    # A node that was never a member (etcd unreachable since its first start, or a wrong
     # SHOAL_ETCD_INITIAL_CLUSTER) serves its local clients alone, as issue 10 asks; it owns
     # nothing in etcd then, so such a node must not share client ids with a running cluster.
+    # One that was (Settings.cluster_member_file) refuses claims until it holds a lease
+    # (cluster/ownership.py, router/sessions.py).
 
     async def joined(self, client, sent: float) -> None:
         """Right after (re)joining: one keep-alive, so that the deadline is known."""

@@ -240,7 +240,7 @@ class Ownership:
         client = ag.etcd.client
         if ag.draining:
             return Own.REFUSED, None  # leaving (SIGTERM): the client connects elsewhere
-        if ag.fence.on and ag.joined_once and (not ag.connected or client is None or not ag.fence.holding()):
+        if ag.fence.on and ag.owner_once and (not ag.connected or client is None or not ag.fence.holding()):
             return Own.REFUSED, None  # no lease: this node owns nothing now (cluster/fence.py)
         if not ag.connected or client is None:
             # etcd unreachable, SHOAL_CLUSTER_LEASE_LOSS=serve: served anyway (issue 10), the node decides alone

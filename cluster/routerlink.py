@@ -71,10 +71,14 @@ class RouterLink:
         self.out.insert(0, self.packer.pack(op.to_wire()))
         self._schedule()
 
-    def queue_remote_pub(self, body: bytes, normal: bool, groups: list, token, at: float) -> None:
-        """[REMOTE_PUB, msg, normal, groups, token, at] with msg the bytes as they came."""
+    def queue_remote_pub(self, body: bytes, normal: bool, groups: list, token, at: float,
+                         origin: list | None = None) -> None:
+        """[REMOTE_PUB, msg, normal, groups, token, at(, origin)] with msg the bytes as they came."""
         p = self.packer.pack
-        self.out.append(b"\x96" + _REMOTE_PUB + body + p(normal) + p(groups) + p(token) + p(at))
+        if origin is None:
+            self.out.append(b"\x96" + _REMOTE_PUB + body + p(normal) + p(groups) + p(token) + p(at))
+        else:
+            self.out.append(b"\x97" + _REMOTE_PUB + body + p(normal) + p(groups) + p(token) + p(at) + p(origin))
         self._schedule()
 
     def _schedule(self) -> None:

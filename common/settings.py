@@ -155,6 +155,14 @@ class Settings(BaseSettings):
         return self.data_dir if self.data_dir is not None else Path("data") / str(self.port)
 
     @property
+    def cluster_member_file(self) -> Path:
+        """Written by the agent when the node first joins a cluster and never removed: a node
+        that was a member (restarted after a crash or a SIGTERM) serves clients only under a
+        lease, since its client ids may be owned elsewhere by now (issue 11); a node that never
+        joined serves its local clients alone until it does (issue 10)."""
+        return self.data_path / "cluster-member"
+
+    @property
     def node(self) -> str:
         if self.node_name:
             return self.node_name

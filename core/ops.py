@@ -289,6 +289,16 @@ class RemotePub:
     groups: list
     token: int | None
     at: float | None
+    # QoS 1/2: [sending node, its agent instance, seq] of the peer link. A peer resends what
+    # the agent had not acknowledged when it died; the router, which outlives the agent,
+    # takes each origin once (router/forward.py RemoteSeen)
+    origin: list | None = None
+
+    def to_wire(self) -> list:  # the origin travels only when there is one (as before it was added)
+        w = [Op.REMOTE_PUB.value, self.msg, self.normal, self.groups, self.token, self.at]
+        if self.origin is not None:
+            w.append(self.origin)
+        return w
 
 
 @_wire_op(Op.OWNED)

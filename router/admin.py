@@ -87,6 +87,7 @@ class AdminApp:
             "retained_messages": len(r.retained.messages),
             "wire_refused": r.wire.refused,
             "malformed_ops": r.malformed,
+            "remote_repeats": r.forward.remote_repeats,
             "cluster_enabled": self.ops.cluster(now) is not None,
             "cluster_joined": bool(self.ops.cluster(now)),
             "cluster_peers": len(self.ops.peers),

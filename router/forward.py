@@ -8,7 +8,7 @@ late still gets what was published after it was made.
 """
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 
 from core import ops as o
 from mqtt import topic_matches
@@ -20,10 +20,55 @@ REPLAY_WINDOW = 0.5  # seconds of routed publishes kept for subscriptions whose 
 REPLAY_MARGIN = 0.05  # QoS 0 read this long before a SUBSCRIBE counts as concurrent (worker/router_link.py)
 
 
+class RemoteSeen:
+    """QoS 1/2 messages from other nodes by origin: (sending node, its agent's instance, the
+    peer link's seq). The sending agent resends what this node's agent had not acknowledged;
+    when this node's agent died after passing a message on, the new agent cannot know it came
+    already, and the router, which outlived it, takes each origin once (QoS 2 exactly once
+    across an agent SIGKILL: the chaos run's duplicates). Per sending node, its latest
+    instance's last `keep` seqs (the sender holds at most SHOAL_CLUSTER_MAX_QUEUED unacked)."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.nodes: dict[str, tuple[str, OrderedDict]] = {}  # node -> (instance, seq -> state)
+
+    def mark(self, origin: list):
+        """None: new (now in progress); True: taken already; a list: in progress, of the
+        (sender, token) pairs waiting for its outcome."""
+        node, instance, seq = origin
+        got = self.nodes.get(node)
+        if got is None or got[0] != instance:
+            got = self.nodes[node] = (instance, OrderedDict())  # a new instance: the old one's seqs go
+        seen = got[1]
+        st = seen.get(seq)
+        if st is None:
+            seen[seq] = []
+            while len(seen) > self.keep:
+                seen.popitem(last=False)
+        return st
+
+    def done(self, origin: list, ok: bool) -> list:
+        """The outcome of an origin in progress: its waiters. Taken (ok): repeats are confirmed
+        at once from now on; not taken: forgotten, so that the next resend is routed anew."""
+        node, instance, seq = origin
+        got = self.nodes.get(node)
+        if got is None or got[0] != instance:
+            return []
+        st = got[1].get(seq)
+        if ok:
+            got[1][seq] = True
+        else:
+            got[1].pop(seq, None)
+        return st if isinstance(st, list) else []
+
+
 class Forwarder:
     def __init__(self, router):
         self.r = router
         self.pending: dict[tuple, set] = {}  # (sender, token) -> members that have not confirmed
+        self.remote_seen = RemoteSeen(2 * router.settings.cluster_max_queued + 1000)
+        self.origin_of: dict[tuple, list] = {}  # (sender, token) -> origin of a remote publish in progress
+        self.remote_repeats = 0  # remote publishes taken once already (resent across an agent restart)
         self.recent: deque = deque()  # (at, sender, msg, targets) of the last REPLAY_WINDOW seconds
         self.shared_cursor: dict[tuple, int] = {}
         self.share_weight: dict[tuple, int] = {}  # (agent, "$share/g/f") -> other nodes holding the group
@@ -46,9 +91,20 @@ class Forwarder:
             groups_for.setdefault(chosen, []).append([group.group, group.topic_filter])
         self._dispatch(sender, msg, normal, groups_for, token, at)
 
-    def remote_publish(self, sender: bytes, msg: list, normal: bool, groups: list, token, at) -> None:
+    def remote_publish(self, sender: bytes, msg: list, normal: bool, groups: list, token, at,
+                       origin: list | None = None) -> None:
         """A message another node sent (through the cluster agent, the sender): to
         this node's members only, so it is never forwarded to a third node."""
+        if origin is not None and token is not None:
+            st = self.remote_seen.mark(origin)
+            if st is not None:
+                self.remote_repeats += 1
+                if st is True:
+                    self.r.send(sender, o.Confirm(token, True))
+                else:
+                    st.append((sender, token))  # confirmed with the first copy's outcome
+                return
+            self.origin_of[(sender, token)] = origin
         topic = msg[0]
         trie = self.r.routes.trie
         targets = {ident for ident, _ in trie.match(topic) if ident != sender} if normal else set()
@@ -103,7 +159,15 @@ class Forwarder:
         waiting.discard(ident)
         if not waiting:
             del self.pending[key]
-            self.r.send(key[0], o.Confirm(key[1], True))
+            self._confirm(key[0], key[1], True)
+
+    def _confirm(self, sender: bytes, token, ok: bool) -> None:
+        self.r.send(sender, o.Confirm(token, ok))
+        if self.origin_of:
+            origin = self.origin_of.pop((sender, token), None)
+            if origin is not None:
+                for waiter, t in self.remote_seen.done(origin, ok):
+                    self.r.send(waiter, o.Confirm(t, ok))
 
     # -- internals ---------------------------------------------------------------------
     def _dispatch(self, sender: bytes, msg: list, normal: set, groups_for: dict, token, at,
@@ -119,7 +183,7 @@ class Forwarder:
                 ref = [sender, token]
                 self.pending[(sender, token)] = set(targets)
             else:
-                send(sender, o.Confirm(token, True))
+                self._confirm(sender, token, True)
         for ident in targets:
             send(ident, o.Deliver(msg, ident in normal, groups_for.get(ident, []), ref))
             self.forwarded += 1
@@ -131,7 +195,7 @@ class Forwarder:
                     self.pending[key].update(waiting)
                 elif not self.pending[key]:
                     del self.pending[key]
-                    send(sender, o.Confirm(token, True))
+                    self._confirm(sender, token, True)
         if at is not None and not msg[3]:  # retained messages reach new subscribers as retained
             recent = self.recent
             recent.append((at, sender, msg, set(targets)))
@@ -175,10 +239,15 @@ class Forwarder:
         for key, waiting in list(self.pending.items()):
             if key[0] == ident:
                 del self.pending[key]
+                origin = self.origin_of.pop(key, None)
+                if origin is not None:
+                    # the agent died after this router sent the message on to its members: it is
+                    # here, and the copy the sending node resends to the next agent is not routed again
+                    self.remote_seen.done(origin, True)
             elif ident in waiting or (ident == AGENT and any(w[:1] == b"\x00" for w in waiting)):
                 waiting.discard(ident)
                 if ident == AGENT:  # (the copies for moved sessions went with it)
                     waiting.difference_update([w for w in waiting if w[:1] == b"\x00"])
                 if not waiting:  # a receiver died before it owned the message
                     del self.pending[key]
-                    self.r.send(key[0], o.Confirm(key[1], False))
+                    self._confirm(key[0], key[1], False)

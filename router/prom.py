@@ -207,6 +207,8 @@ ROUTER = {
     "retained_messages": (GaugeMetricFamily, "retained messages in the router's node-wide set"),
     "wire_refused": (CounterMetricFamily, "HELLOs and BEATs refused: the member speaks another WIRE_VERSION (core/ops.py)"),
     "malformed_ops": (CounterMetricFamily, "ops from members the router could not decode or handle, dropped"),
+    "remote_repeats": (CounterMetricFamily, "QoS 1/2 messages from other nodes that came again (resent across an "
+                                            "agent restart) and were taken once"),
 }
 
 

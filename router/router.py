@@ -80,7 +80,8 @@ class Router:
         self.handlers = {  # op class -> fn(member, op, now)
             o.Pub: lambda mb, op, now: f.publish(mb.ident, op.msg, op.token, op.at),
             o.Delivered: lambda mb, op, now: f.delivered(mb.ident, op.ref),
-            o.RemotePub: lambda mb, op, now: f.remote_publish(mb.ident, op.msg, op.normal, op.groups, op.token, op.at),
+            o.RemotePub: lambda mb, op, now: f.remote_publish(mb.ident, op.msg, op.normal, op.groups, op.token, op.at,
+                                                                 op.origin),
             o.Direct: lambda mb, op, now: f.direct(mb.ident, op),
             o.PubTo: lambda mb, op, now: f.publish_to(mb.ident, op.msg, op.member, op.filter, op.at),
             o.SharedPub: lambda mb, op, now: f.shared_publish(mb.ident, op.msg, op.group, op.filter),

@@ -50,6 +50,10 @@ class Sessions:
         # this node's in etcd
         self.unverified: set[str] = set()
         self.lease_op: o.Lease | None = None  # the agent's last LEASE, for workers that register later
+        # a node that was a cluster member before this start (Settings.cluster_member_file)
+        # never decides alone: its client ids may be owned elsewhere by now
+        st = router.settings
+        self.member_before = st.clustered and st.cluster_member_file.exists()
         self.handover_seconds = Histogram()  # CLAIM to GRANT of the claims another worker answered (HANDOFF)
 
     # -- members coming and going -------------------------------------------------------
@@ -111,7 +115,8 @@ class Sessions:
     def _holder_gone(self, c: Claim, holder) -> None:
         """The worker holding the claimed client id is gone (killed, or silent)."""
         if c.claimant == AGENT:
-            self._agent_handoff(None, c, None)  # its session stays in that worker's store, stale soon
+            self._orphan(holder, c.client_id)  # dropped if it speaks again; stale in its store if restarted
+            self._agent_handoff(None, c, None)
             return
         if c.clean_start:
             # nothing of the old session is wanted: grant at once; the old holder
@@ -192,10 +197,10 @@ class Sessions:
         if c.owning or c.claimant == AGENT or not st.clustered:
             return False
         if self._agent() is None:
-            if st.cluster_lease_loss == "disconnect" and self.lease_op is not None:
+            if st.cluster_lease_loss == "disconnect" and (self.lease_op is not None or self.member_before):
                 self._grant(c, None, Own.REFUSED)  # the node held a lease: nobody can own it for us now
                 return True
-            return False  # no agent (restarting): the node decides alone, as before issue 11
+            return False  # no agent yet, and never a member: the node decides alone (issue 10)
         if holder is not None and holder in self.r.members and c.client_id not in self.unverified:
             return False  # held here, owned by this node: a hand-over between workers
         c.owning = 1
@@ -232,9 +237,19 @@ class Sessions:
         the session over; it leaves the node."""
         m = self.r.members.get(holder) if holder is not None else None
         if m is None or holder == AGENT or not m.alive:
+            if m is not None and holder != AGENT:
+                self._orphan(m, c.client_id)
             self._agent_handoff(None, c, None)
             return
         self.r.send(holder, o.Takeover(c.client_id, c.req, c.clean_start))
+
+    def _orphan(self, m, client_id: str) -> None:
+        """Another node takes client_id while its holder here is taken for gone: if the holder
+        was only slow (a loaded or frozen host) and speaks again, it must close that client and
+        drop its copy (revive), or the id had a live session on two nodes."""
+        if self.registry.get(client_id) == m.ident:
+            del self.registry[client_id]
+        m.orphans.add(client_id)
 
     def _agent_handoff(self, ident: bytes | None, c: Claim, state) -> None:
         cid = c.client_id

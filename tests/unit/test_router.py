@@ -537,3 +537,109 @@ def test_node_stats_sum_the_members_figures(node):
     (s,) = node.take(W1, o.NodeStats)[-1:]
     assert s.sums["messages_received"] == 5 and s.sums["uptime"] == 9
     assert set(s.members) == {"w1", "w2"}
+
+
+# -- messages from other nodes across an agent restart ---------------------------------------
+AGENT = b"agent"
+
+
+def clustered_node() -> Node:
+    n = Node(etcd_endpoints="http://127.0.0.1:1")
+    n.hello(W1, ["t"])
+    n.hello(W2)
+    n.hello(AGENT)
+    n.sock.clear()
+    return n
+
+
+def remote(n: Node, token: int, seq: int, instance: str = "i1") -> None:
+    n.feed(AGENT, o.RemotePub(msg("t", qos=2), True, [], token, n.clock.t, ["n2", instance, seq]))
+
+
+def test_a_remote_message_resent_after_the_agent_restarted_is_taken_once():
+    """The agent passed n2's message 7 on and died before acknowledging it to n2; n2 resends
+    it to the new agent, which cannot know: the router takes it once (chaos run: QoS 2 twice)."""
+    n = clustered_node()
+    remote(n, 1, 7)
+    (d,) = n.take(W1, o.Deliver)
+    n.feed(W1, o.Delivered(d.ref))
+    assert [(c.token, c.ok) for c in n.take(AGENT, o.Confirm)] == [(1, True)]
+    remote(n, 2, 8)  # on its way to w1 when the agent dies
+    (d8,) = n.take(W1, o.Deliver)
+    n.hello(AGENT)  # the agent restarted: its tokens start again
+    n.sock.clear()
+    remote(n, 1, 7)  # n2 resends both, the new agent numbers them anew
+    remote(n, 2, 8)
+    assert n.take(W1, o.Deliver) == []
+    assert [(c.token, c.ok) for c in n.take(AGENT, o.Confirm)] == [(1, True), (2, True)]
+    assert n.router.forward.remote_repeats == 2
+    n.feed(W1, o.Delivered(d8.ref))  # the old agent's late answer confirms nothing of the new one
+    assert n.take(AGENT, o.Confirm) == []
+    remote(n, 3, 9)  # new messages are routed as ever
+    (d,) = n.take(W1, o.Deliver)
+    assert d.msg[0] == "t"
+
+
+def test_a_repeat_while_the_first_copy_is_in_progress_gets_its_outcome():
+    n = clustered_node()
+    remote(n, 1, 5)
+    (d,) = n.take(W1, o.Deliver)
+    remote(n, 2, 5)  # the same message again before w1 owned it
+    assert n.take(W1, o.Deliver) == [] and n.take(AGENT, o.Confirm) == []
+    n.feed(W1, o.Delivered(d.ref))
+    assert sorted((c.token, c.ok) for c in n.take(AGENT, o.Confirm)) == [(1, True), (2, True)]
+
+
+def test_a_remote_message_not_taken_is_routed_again_when_resent_and_a_new_instance_starts_afresh():
+    n = clustered_node()
+    remote(n, 1, 5)
+    n.take(W1, o.Deliver)
+    n.clock.t += MEMBER_TIMEOUT / 2
+    n.feed(AGENT, o.Ping())
+    n.feed(W2, o.Ping())
+    n.tick(MEMBER_TIMEOUT / 2 + 0.1)  # w1 silent: gone before it owned message 5
+    assert [(c.token, c.ok) for c in n.take(AGENT, o.Confirm)] == [(1, False)]
+    n.hello(W1, ["t"])
+    n.sock.clear()
+    remote(n, 2, 5)  # resent: routed anew
+    (d,) = n.take(W1, o.Deliver)
+    n.feed(W1, o.Delivered(d.ref))
+    assert [(c.token, c.ok) for c in n.take(AGENT, o.Confirm)] == [(2, True)]
+    remote(n, 3, 5, instance="i2")  # seq 5 of n2's next agent instance is another message
+    assert len(n.take(W1, o.Deliver)) == 1
+
+
+def test_another_nodes_claim_of_an_id_whose_holder_seems_gone_makes_the_holder_drop_it_when_back():
+    """The worker holding "c" was only slow (taken for gone): another node's claim gets no
+    session from it, and once it speaks again it closes that client and drops its copy, so
+    the id is not live on two nodes (a twin in the chaos run)."""
+    n = clustered_node()
+    n.feed(W1, o.Claim("c", 1, False))
+    (own,) = n.take(AGENT, o.TakeOwnership)
+    n.feed(AGENT, o.Owned("c", 1, Own.FRESH, None))
+    assert n.take(W1, o.Grant)
+    n.router.membership.gone(W1)
+    n.sock.clear()
+    n.feed(AGENT, o.Claim("c", 9, False))  # another node's TakeoverSession
+    (g,) = n.take(AGENT, o.Grant)
+    assert (g.client_id, g.req, g.state) == ("c", 9, None)
+    n.feed(W1, o.Ping())  # it was only slow
+    (t,) = n.take(W1, o.Takeover)
+    assert (t.client_id, t.clean_start) == ("c", True)
+    assert "c" not in n.router.sessions.registry
+
+
+@pytest.mark.parametrize("member_before", [False, True])
+def test_without_an_agent_a_node_that_was_a_member_refuses_claims(tmp_path, member_before):
+    """Right after a restart (the agent not registered yet): a node that never joined a
+    cluster decides alone (issue 10); one that was a member refuses, since the id may live on
+    another node by now (issue 11: a twin in the chaos run)."""
+    if member_before:
+        (tmp_path / "cluster-member").write_text("{}\n")
+    n = Node(etcd_endpoints="http://127.0.0.1:1", data_dir=str(tmp_path))
+    n.hello(W1)
+    n.hello(W2)
+    n.sock.clear()
+    n.feed(W1, o.Claim("c", 1, False))
+    (g,) = n.take(W1, o.Grant)
+    assert g.flag == (Own.REFUSED if member_before else Own.KEEP)
