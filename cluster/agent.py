@@ -41,6 +41,7 @@ from .etcd import NODES, RANGE_END, RANGE_START, RETAINED, ROUTES, Etcd, read_ra
 from .peers import CLUSTER_WIRE, PeerOut, PeerService
 from .replay import Replay, parse_since
 from .routerlink import RouterLink
+from . import tcplink
 
 log = logging.getLogger("shoal.agent")
 
@@ -156,6 +157,10 @@ class Agent:
         self.draining = False
         self.ops = AgentOps(self)
         self.server: grpc.aio.Server | None = None
+        # bytes of one peer frame received at most: the setting, and always room for one message
+        self.max_frame = max(settings.cluster_max_frame, settings.max_packet_size + 65536)
+        self.link_server = None  # SHOAL_CLUSTER_LINK=tcp (cluster/tcplink.py)
+        self.link_address: str | None = None  # its host:port, in this node's record
         self.dropped_qos0 = 0
         self.malformed = 0  # messages from peers that were not a message
         self.expired_in_queue = 0  # messages whose Message Expiry ran out while queued for this node
@@ -175,7 +180,7 @@ class Agent:
         if "/" in self.node or not self.node:
             log.error("cannot start: SHOAL_NODE_NAME must be set and hold no '/'", extra=kv(name=self.node))
             return 3
-        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", self.max_frame)])
         self.service_handler = self.service
         from proto import cluster_pb2_grpc as pbg
 
@@ -189,6 +194,14 @@ class Agent:
             log.error("cannot start: cannot listen on SHOAL_CLUSTER_ADDR", extra=kv(addr=addr))
             return 3
         await self.server.start()
+        if self.settings.cluster_link == "tcp":
+            link_addr = self.settings.cluster_link_addr or f"{addr.rpartition(':')[0]}:0"
+            try:
+                self.link_server = await tcplink.serve(link_addr, self.service.Link, self.max_frame)
+            except OSError as e:
+                log.error("cannot start: cannot listen on SHOAL_CLUSTER_LINK_ADDR", extra=kv(addr=link_addr, error=str(e)))
+                return 3
+            self.link_address = f"{link_addr.rpartition(':')[0]}:{self.link_server.port}"
         self.ops.connect()  # at once: /ready needs the node joined; /metrics shows stats()
         tasks = [loop.create_task(self._etcd_main()), loop.create_task(self._writer())]
         tasks.append(loop.create_task(self.leader.run()))  # issue 11: leader and its duties
@@ -202,7 +215,8 @@ class Agent:
         self.link.connect()
         self.hello()
         ping = loop.create_task(self._ping())
-        log.info("agent serving", extra=kv(addr=addr, etcd=",".join(self.etcd.endpoints), pid=os.getpid()))
+        log.info("agent serving", extra=kv(addr=addr, link=self.link_address or "grpc", etcd=",".join(self.etcd.endpoints),
+                                           pid=os.getpid()))
         self.write_status()
         stop = loop.create_task(self.stopping.wait())
         done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -243,6 +257,8 @@ class Agent:
         for p in self.peers.values():
             p.close()
         await self.ownership.close()
+        if self.link_server is not None:
+            self.link_server.close()
         if self.server is not None:
             await self.server.stop(0.5)
         await self.etcd.reset()
@@ -723,11 +739,14 @@ class Agent:
                       extra=kv(peer=node, wire=info.get("wire"), ours=CLUSTER_WIRE))
             return
         peer = self.peers.get(node)
-        if peer is not None and peer.addr != info.get("addr"):
-            self._drop_peer(node)
-            peer = None
+        # SHOAL_CLUSTER_LINK=tcp and the peer serves it: its frames on a plain TCP link; else gRPC
+        link = info.get("link") if self.settings.cluster_link == "tcp" else None
+        if peer is not None and (peer.addr != info.get("addr") or peer.link_addr != link):
+            # (a tcp link's port is new at every agent start) the queue stays: what that
+            # node did not confirm goes again on the new link, as after a link flap
+            peer.relink(info["addr"], link)
         if peer is None:
-            p = self.peers[node] = PeerOut(self, node, info["addr"])
+            p = self.peers[node] = PeerOut(self, node, info["addr"], link)
             p.acked_hook = self.check_pressure
         if old is None:
             log.info("node joined", extra=kv(peer=node, addr=info.get("addr"), nodes=len(self.members)))
@@ -875,8 +894,11 @@ class Agent:
         key = NODES + self.node.encode()
         st = self.settings
         api = f"http://{st.metrics_host or st.host}:{st.metrics_port}" if st.metrics_port else None
-        value = _json({"addr": self.settings.cluster_address, "workers": self.settings.workers, "api": api,
-                       "wire": CLUSTER_WIRE, "instance": self.instance, "mqtt": f"{self.settings.host}:{self.settings.port}"})
+        record = {"addr": self.settings.cluster_address, "workers": self.settings.workers, "api": api,
+                  "wire": CLUSTER_WIRE, "instance": self.instance, "mqtt": f"{self.settings.host}:{self.settings.port}"}
+        if self.link_address:
+            record["link"] = self.link_address  # SHOAL_CLUSTER_LINK=tcp: peers dial this for Peer.Link's frames
+        value = _json(record)
         tx = client.transactions
         ok, _ = await client.transaction(compare=[tx.create(key) == 0], success=[tx.put(key, value, lease_id)], failure=[])
         if not ok:

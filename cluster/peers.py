@@ -21,6 +21,8 @@ from common.logs import kv
 from proto import cluster_pb2 as pb
 from proto import cluster_pb2_grpc as pbg
 
+from . import tcplink
+
 log = logging.getLogger("shoal.agent")
 
 CLUSTER_WIRE = 1  # version of the node-to-node protocol; a peer speaking another is refused
@@ -32,13 +34,28 @@ class WireMismatch(Exception):
 
 
 class Entry:
-    __slots__ = ("seq", "pub", "ref", "at")
+    __slots__ = ("seq", "pub", "ref", "at", "size")
 
-    def __init__(self, seq, pub, ref, at):
+    def __init__(self, seq, pub, ref, at, size=0):
         self.seq = seq
         self.pub = pub
         self.ref = ref  # (router ident, token) of the publish this node must confirm, or None
         self.at = at  # monotonic time it was queued (its wait counts against Message Expiry)
+        self.size = size  # bytes of the message (a frame holds SHOAL_CLUSTER_FRAME_BYTES or one message)
+
+
+def take(queue: deque, most: int, most_bytes: int) -> list:
+    """The entries of the next frame, from the front of queue: at most `most` of
+    them and, past the first, at most `most_bytes` bytes of messages."""
+    out = []
+    size = 0
+    while queue and len(out) < most:
+        e = queue[0]
+        size += e.size
+        if out and size > most_bytes:
+            break
+        out.append(queue.popleft())
+    return out
 
 
 def _aged(entries, now: float) -> list:
@@ -55,10 +72,11 @@ def _aged(entries, now: float) -> list:
 class PeerOut:
     """The Link this node dials to one other node."""
 
-    def __init__(self, agent, node: str, addr: str):
+    def __init__(self, agent, node: str, addr: str, link_addr: str | None = None):
         self.agent = agent
         self.node = node
-        self.addr = addr
+        self.addr = addr  # gRPC
+        self.link_addr = link_addr  # SHOAL_CLUSTER_LINK=tcp: the peer's tcp link (None: Peer.Link over gRPC)
         self.queue: deque[Entry] = deque()
         self.unacked: OrderedDict[int, Entry] = OrderedDict()
         self.syncs: dict[int, tuple[int, asyncio.Future]] = {}
@@ -70,6 +88,7 @@ class PeerOut:
         self._seq = agent.peer_seqs.setdefault(node, itertools.count(1))
         self._sync_ids = itertools.count(1)
         self.wake = asyncio.Event()
+        self.retry = asyncio.Event()
         self.connected = False
         self.closed = False
         self.failures = 0
@@ -86,8 +105,18 @@ class PeerOut:
                      groups=[pb.Group(group=g, filter=f) for g, f in groups])
         if direct is not None:
             pub.direct.CopyFrom(direct)
-        self.queue.append(Entry(seq, pub, ref, time.monotonic()))
+        self.queue.append(Entry(seq, pub, ref, time.monotonic(), len(body)))
         self.wake.set()
+
+    def relink(self, addr: str, link_addr: str | None) -> None:
+        """The node's record names other addresses: end the link; it is made again there
+        (and sends again what that node did not confirm)."""
+        self.addr, self.link_addr = addr, link_addr
+        if self._call is not None:
+            self._call.cancel()
+        self.retry.set()
+
+    _call = None
 
     def request_sync(self, revision: int) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
@@ -115,9 +144,14 @@ class PeerOut:
         backoff = 0.05
         me = self.agent
         while not self.closed:
-            channel = grpc.aio.insecure_channel(self.addr)
+            channel = call = None
             try:
-                call = pbg.PeerStub(channel).Link()
+                if self.link_addr:
+                    call = await tcplink.dial(self.link_addr, me.max_frame)
+                else:
+                    channel = grpc.aio.insecure_channel(self.addr)
+                    call = pbg.PeerStub(channel).Link()
+                self._call = call
                 await call.write(pb.Frame(hello=pb.Hello(node=me.node, wire=CLUSTER_WIRE, instance=me.instance)))
                 first = await call.read()
                 if first is grpc.aio.EOF:
@@ -127,7 +161,7 @@ class PeerOut:
                                        "run the same Shoal version on every node")
                 self.connected = True
                 if self.failures:
-                    log.info("peer link up again", extra=kv(peer=self.node, addr=self.addr, resent=len(self.unacked)))
+                    log.info("peer link up again", extra=kv(peer=self.node, addr=self.link_addr or self.addr, resent=len(self.unacked)))
                 self.failures = 0
                 backoff = 0.05
                 # what the peer did not confirm goes again, in order, before anything new
@@ -147,7 +181,10 @@ class PeerOut:
                         raise t.exception()
                 raise ConnectionError("stream ended")
             except asyncio.CancelledError:
-                await channel.close(None)
+                if channel is not None:
+                    await channel.close(None)
+                elif call is not None:
+                    call.cancel()
                 raise
             except WireMismatch as e:
                 log.error("peer refused: %s", e, extra=kv(peer=self.node, addr=self.addr))
@@ -155,31 +192,38 @@ class PeerOut:
             except Exception as e:
                 self.failures += 1
                 if self.failures == 1 or self.failures % 50 == 0:
-                    log.warning("peer link down, reconnecting", extra=kv(peer=self.node, addr=self.addr,
+                    log.warning("peer link down, reconnecting", extra=kv(peer=self.node, addr=self.link_addr or self.addr,
                                                                         error=str(e).splitlines()[0][:200] if str(e) else type(e).__name__,
                                                                         queued=self.size()))
             self.connected = False
-            await channel.close(None)
+            self._call = None
+            if channel is not None:
+                await channel.close(None)
+            elif call is not None:
+                call.cancel()
             if self.closed:
                 return
-            await asyncio.sleep(backoff)
+            self.retry.clear()
+            try:  # (relink() ends the wait: the node's record names a new address)
+                await asyncio.wait_for(self.retry.wait(), backoff)
+            except asyncio.TimeoutError:
+                pass
             backoff = min(backoff * 2, RECONNECT_MAX)
 
     async def _write(self, call, resend: list) -> None:
         batch_max = self.agent.settings.cluster_batch
+        bytes_max = self.agent.settings.cluster_frame_bytes
+        resend = deque(resend)
         while resend:
-            await call.write(pb.Frame(pubs=_aged(resend[:batch_max], time.monotonic())))
-            del resend[:batch_max]
+            await call.write(pb.Frame(pubs=_aged(take(resend, batch_max, bytes_max), time.monotonic())))
         while True:
             if not self.queue and not self.new_syncs:
                 self.wake.clear()
                 await self.wake.wait()
                 await asyncio.sleep(0)  # one loop pass more: gather what that pass queues
-            out = []
-            queue, unacked = self.queue, self.unacked
-            while queue and len(out) < batch_max:
-                e = queue.popleft()
-                out.append(e)
+            out = take(self.queue, batch_max, bytes_max)
+            unacked = self.unacked
+            for e in out:
                 if e.seq:
                     unacked[e.seq] = e
             pubs = _aged(out, time.monotonic())
@@ -225,6 +269,7 @@ class Origin:
         self.acks: list[int] = []
         self.synced: list[int] = []
         self.wake = asyncio.Event()
+        self.link: object | None = None  # the newest Link of this origin (PeerService.Link): it answers
 
     def mark(self, seq: int) -> bool | None:
         """None: new; False: in progress; True: owned already."""
@@ -270,11 +315,16 @@ class PeerService(pbg.PeerServicer):
                 del self.origins[k]
             origin = self.origins[key] = Origin(hello.node, hello.instance, 2 * agent.settings.cluster_max_queued + 1000)
         await context.write(pb.Frame(hello=pb.Hello(node=agent.node, wire=CLUSTER_WIRE, instance=agent.instance)))
-        writer = asyncio.get_running_loop().create_task(self._answer(context, origin))
+        # the newest link of an origin answers for it: an older one may sit on a connection
+        # that died unseen (a partition: no FIN came), and acks written there were lost while
+        # the dialler, on its new link, waited for them
+        me = origin.link = object()
+        origin.wake.set()  # (an older link's answering task wakes and ends)
+        writer = asyncio.get_running_loop().create_task(self._answer(context, origin, me))
         try:
             while True:
                 frame = await context.read()
-                if frame is grpc.aio.EOF:
+                if frame is grpc.aio.EOF or origin.link is not me:
                     break
                 agent.frames_received += 1
                 try:
@@ -290,12 +340,14 @@ class PeerService(pbg.PeerServicer):
     async def AdoptSession(self, request, context):  # noqa: N802 (gRPC's name)
         return await self.agent.drain.adopt_asked(request)
 
-    async def _answer(self, context, origin: Origin) -> None:
-        while True:
+    async def _answer(self, context, origin: Origin, me: object) -> None:
+        while origin.link is me:
             if not origin.acks and not origin.synced:
                 origin.wake.clear()
                 await origin.wake.wait()
                 await asyncio.sleep(0)
+                if origin.link is not me:
+                    return  # a newer link answers (what is waiting stays for it)
             acks, origin.acks = origin.acks, []
             synced, origin.synced = origin.synced, []
             self.agent.frames_sent += 1

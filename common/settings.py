@@ -95,6 +95,15 @@ class Settings(BaseSettings):
     # seconds a cleared retained message is remembered in etcd (an empty record under a lease),
     # so that a node that was away and comes back with the old message does not bring it back
     cluster_retained_tombstone_ttl: int = 86_400
+    # -- the cross-node publish hop (issue 10, hop helper) --
+    # what carries the peer Link between agents: `grpc` (Peer.Link, proto/cluster.proto) or
+    # `tcp`: the same Frames, length-prefixed on a plain TCP connection the event loop reads
+    # itself (cluster/tcplink.py; a node advertises its address in etcd, a peer that does
+    # not is dialled over gRPC). TakeoverSession and AdoptSession stay on gRPC.
+    cluster_link: Literal["grpc", "tcp"] = "grpc"
+    cluster_link_addr: str = ""  # host:port of the tcp link; default: SHOAL_CLUSTER_ADDR's host, a free port
+    cluster_max_frame: int = 64 * 1024 * 1024  # bytes of one peer frame received at most (gRPC and tcp)
+    cluster_frame_bytes: int = 1024 * 1024  # a frame leaves once its messages reach this many bytes
     # -- a session moving between nodes (issue 11 point 2, move helper) --
     # seconds after a session went to another node during which what still arrives here for
     # it is forwarded to that node (router/away.py), and during which that node drops a
@@ -196,6 +205,8 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "workers": (1, 1024),
     "router_batch_ms": (0, 1000),
     "max_packet_size": (16, 268_435_455),
+    "cluster_max_frame": (65_536, 2_147_483_647),  # (hop helper)
+    "cluster_frame_bytes": (1, None),  # (hop helper)
     "receive_maximum": (1, 65535),
     "max_inflight": (1, 65535),
     "max_queued_messages": (0, None),

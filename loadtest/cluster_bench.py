@@ -62,9 +62,10 @@ class EtcdServer:
 
 
 class ClusterNode(Shoal):
-    def __init__(self, workers: int, tmp: Path, name: str, etcd: str):
+    def __init__(self, workers: int, tmp: Path, name: str, etcd: str, env: dict[str, str] | None = None):
         self.name = name
         self.etcd = etcd
+        self.extra_env = env or {}  # more SHOAL_* settings (--link)
         super().__init__(workers, tmp)
 
     @property
@@ -74,7 +75,7 @@ class ClusterNode(Shoal):
     def command(self):
         argv, env, cwd = super().command()
         env.update({"SHOAL_NODE_NAME": self.name, "SHOAL_ETCD_ENDPOINTS": self.etcd,
-                    "SHOAL_CLUSTER_ADDR": f"127.0.0.1:{free_port()}"})
+                    "SHOAL_CLUSTER_ADDR": f"127.0.0.1:{free_port()}", **self.extra_env})
         return argv, env, cwd
 
     def wait_ready(self) -> None:
@@ -389,10 +390,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-outstanding", type=int, default=64,
                     help="SUBSCRIBEs (50 filters each) unanswered at once over all connections, memory mode")
     ap.add_argument("--breakdown", action="store_true", help="also print the CPU-seconds of every process per run")
+    ap.add_argument("--link", choices=("grpc", "tcp"), default=None,
+                    help="SHOAL_CLUSTER_LINK of the nodes (default: the node's default)")
+    ap.add_argument("--set", action="append", default=[], metavar="SHOAL_NAME=VALUE",
+                    help="one more setting of every node (repeatable), e.g. --set SHOAL_ROUTER_BATCH_MS=0")
     ap.add_argument("--paths", default="cross,same,mosquitto",
                     help="which runs at each rate: cross (n1 -> n2), same (n2 -> n2), mosquitto")
     args = ap.parse_args(argv)
     paths = set(args.paths.split(","))
+    node_env = dict(kv.split("=", 1) for kv in args.set)
+    if args.link:
+        node_env["SHOAL_CLUSTER_LINK"] = args.link
     rates = [int(r) for r in args.rates.split(",") if r]
     rows = []
     breakdowns: list[str] = []
@@ -404,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("n1", "n2", "n3"):
             d = tmp / name
             d.mkdir()
-            nodes.append(ClusterNode(args.workers, d, name, etcd.url))
+            nodes.append(ClusterNode(args.workers, d, name, etcd.url, node_env))
         mq_dir = tmp / "mosquitto"
         mq_dir.mkdir()
         mosq = Mosquitto(1, mq_dir)

@@ -188,7 +188,10 @@ def test_failing_address_is_slowed_then_refused_then_let_in(users_file, version)
             ack = c.connect("a13-banned", username="alice", password=b"secret")
             assert ack.reason_code == BANNED[version]
             assert c.expect_closed() == []
-        line = re.search(r".*event='address banned after failed logins'.*", n.log()).group(0)
+        # (the worker's log line reaches circusd's output a moment after the CONNACK)
+        found = wait_for(lambda: re.search(r".*event='address banned after failed logins'.*", n.log()), 20, 0.1,
+                         what="the ban's log line")
+        line = found.group(0)
         assert "client=a13-f3" in line and "address=127.0.0.2" in line and "worker=1" in line
         # the ban ends by itself
         wait_for(lambda: attempt(n.port, version, "a13-back", "alice", b"secret", source=bad) == 0, 20, 0.3,
