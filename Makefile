@@ -68,8 +68,15 @@ iproute:
 	  echo "warning: could not install iproute2; the partition tests will be skipped"; \
 	fi
 
+# Test files run TEST_JOBS at a time, one per core here (pytest-xdist, each file whole in one process,
+# so module fixtures stay one per file); each test picks its own ports, directories and namespaces,
+# so files never meet. Most of a file's time is spent waiting on nodes, timers and sockets, not on
+# the CPU. TEST_JOBS=0 runs them one after another. Tests marked `alone` (a CPU storm that times a
+# client) then run by themselves.
+TEST_JOBS ?= 2
 test: install $(JS_STAMP) iproute haproxy-tool
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not alone" tests
+	$(PY) -m pytest -q -m alone tests
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit

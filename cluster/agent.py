@@ -49,6 +49,7 @@ FIRST_SYNC_WAIT = 2.0  # seconds the agent waits for etcd before it registers wi
 WRITE_RETRY = 0.5  # seconds before a failed etcd write is tried again
 TXN_OPS = 100  # operations per etcd transaction (etcd's default limit is 128)
 TXN_BYTES = 1024 * 1024  # bytes of keys and values per transaction (etcd's default request limit is 1.5 MiB)
+TXN_PARALLEL = 8  # transactions of one writer pass in flight at once
 BACKOFF_MAX = 5.0  # seconds between etcd reconnect attempts at most
 DRAIN_TIMEOUT = 7.0  # seconds a stopping agent waits for its workers' sessions (circus waits 10)
 
@@ -129,9 +130,12 @@ class Agent:
         self.connected = False
         self.joined_once = False
         self.members: dict[str, dict] = {}  # node -> its nodes/ value (this node included)
-        self.remote: dict[str, set[str]] = {}  # node -> its filters
-        self.union: dict[str, int] = {}  # filter -> nodes holding it (this node excluded)
-        self.trie = SubscriptionTrie()  # filter -> nodes, for matching
+        # the other nodes' routes: filter -> nodes, in one trie that is both the table and its
+        # matcher (a set of filters per node and a count per filter beside it cost about 150
+        # bytes per route: 100 MiB at 666,667 routes); node names are interned (one str each)
+        self.trie = SubscriptionTrie()
+        self.remote_filters = 0  # distinct filters other nodes hold
+        self._names: dict[str, str] = {}
         self.retained_revs: dict[str, int] = {}  # topic -> mod revision applied
         self.applied_rev = 0
         self.rev_waiters: list[tuple[int, asyncio.Future]] = []
@@ -279,7 +283,7 @@ class Agent:
             "nodes": len(self.members),
             "peers_connected": sum(1 for p in peers if p.connected),
             "peer_queued": sum(p.size() for p in peers),
-            "remote_filters": len(self.union),
+            "remote_filters": self.remote_filters,
             "local_filters": len(self.local_refs),
             "forwarded_total": self.forwarded,
             "received_total": self.received_count,
@@ -311,10 +315,12 @@ class Agent:
 
     def hello(self) -> None:
         """HELLO goes before anything queued meanwhile (the router ignores a member it does not know)."""
-        self.link.queue_first(o.Hello(WIRE_VERSION, list(self.union), [], []))
-        for flt, n in self.union.items():
-            if n > 1 and flt.startswith("$share/"):
-                self.link.queue(o.RouteAdd(flt, None, n))  # (the router weighs us by the nodes)
+        self.link.queue_first(o.Hello(WIRE_VERSION, list(self.trie.filters()), [], []))
+        for flt in self.trie.filters():
+            if flt.startswith("$share/"):
+                n = self.trie.count(flt)
+                if n > 1:
+                    self.link.queue(o.RouteAdd(flt, None, n))  # (the router weighs us by the nodes)
 
     # -- the router ---------------------------------------------------------------------
     def on_router_ops(self, ops: list) -> None:
@@ -690,16 +696,18 @@ class Agent:
             self._rev_check = asyncio.get_running_loop().call_soon(self._check_rev_waiters)
 
     # -- the cluster's routes ----------------------------------------------------------------
+    def _name(self, node: str) -> str:
+        """The one str of a node's name (each route event decodes a new one)."""
+        return self._names.setdefault(node, node)
+
     def _remote_add(self, node: str, flt: str, since: float | None = None) -> None:
-        filters = self.remote.setdefault(node, set())
-        if flt in filters:
-            return
-        filters.add(flt)
-        self.trie.add(flt, node, True)
+        node = self._name(node)
+        if not self.trie.add(flt, node, True):
+            return  # (already held)
         self.replay.route_added(node, flt, since)
-        n = self.union.get(flt, 0)
-        self.union[flt] = n + 1
+        n = self.trie.count(flt) - 1  # nodes that held it before
         if n == 0:
+            self.remote_filters += 1
             log.debug("remote route added", extra=kv(peer=node, filter=flt))
             # (with the SUBSCRIBE's moment: router and workers hand back what raced it)
             self.link.queue(o.RouteAdd(flt, since))
@@ -707,22 +715,15 @@ class Agent:
             self.link.queue(o.RouteAdd(flt, None, n + 1))  # the router weighs us by the nodes
 
     def _remote_del(self, node: str, flt: str) -> None:
-        filters = self.remote.get(node)
-        if not filters or flt not in filters:
+        if not self.trie.remove(flt, node):
             return
-        filters.discard(flt)
-        if not filters:
-            del self.remote[node]
-        self.trie.remove(flt, node)
         self.replay.route_removed(node, flt)
-        n = self.union.get(flt, 0) - 1
+        n = self.trie.count(flt)
         if n <= 0:
-            self.union.pop(flt, None)
+            self.remote_filters -= 1
             self.link.queue(o.RouteDel(flt))
-        else:
-            self.union[flt] = n
-            if flt.startswith("$share/"):
-                self.link.queue(o.RouteAdd(flt, None, n))
+        elif flt.startswith("$share/"):
+            self.link.queue(o.RouteAdd(flt, None, n))
 
     def _member_put(self, node: str, value: bytes) -> None:
         try:
@@ -963,9 +964,14 @@ class Agent:
 
     async def _keepalive(self, client) -> None:
         ttl = self.settings.cluster_lease_ttl
+        every = max(0.3, ttl / 3.0)
         while True:
-            await asyncio.sleep(max(0.3, ttl / 3.0))
+            due = time.monotonic() + every
+            await asyncio.sleep(every)
             sent = time.monotonic()
+            if sent - due > every / 2:
+                # (the loop was busy that long: what starves the keep-alive fences the node)
+                log.warning("lease keep-alive late", extra=kv(late_s=round(sent - due, 3), ttl=ttl))
             reply = await client.refresh_lease(self.lease_id)
             if reply is None or reply.TTL <= 0:
                 self.fence.lost()
@@ -996,9 +1002,9 @@ class Agent:
             self._member_del(node)
         for node, value in nodes.items():
             self._member_put(node, value)
-        for node in list(self.remote):
-            for flt in list(self.remote[node] - routes.get(node, set())):
-                self._remote_del(node, flt)
+        gone = [(flt, node) for flt, node in self.trie.pairs() if flt not in routes.get(node, ())]
+        for flt, node in gone:
+            self._remote_del(node, flt)
         for node, flts in routes.items():
             for flt in flts:
                 self._remote_add(node, flt)
@@ -1019,7 +1025,7 @@ class Agent:
         self._applied(rev)
         self._changed()  # the writer makes etcd agree with the local routes
         log.info("joined the cluster", extra=kv(nodes=",".join(sorted(self.members)), revision=rev,
-                                                remote_filters=len(self.union), lease=self.lease_id))
+                                                remote_filters=self.remote_filters, lease=self.lease_id))
         self.publish_sys()
         return rev
 
@@ -1138,8 +1144,17 @@ class Agent:
                         sized.append((tx.put(key, value, await self._tombstone_lease(client)), len(key) + len(value), topic))
                     else:
                         sized.append((tx.put(key, value), len(key) + len(value), topic))
-                for chunk in _txn_chunks(sized):
-                    rev = max(rev, await self._write_txn(client, chunk))
+                # the transactions of one pass go TXN_PARALLEL at a time, not one round trip
+                # each in turn (their keys are distinct: a filter is added or deleted, a
+                # retained topic written once per pass, so their order does not matter)
+                chunks = _txn_chunks(sized)
+                for i in range(0, len(chunks), TXN_PARALLEL):
+                    revs = await asyncio.gather(*(self._write_txn(client, c) for c in chunks[i:i + TXN_PARALLEL]),
+                                                return_exceptions=True)
+                    for r in revs:
+                        if isinstance(r, BaseException):
+                            raise r
+                    rev = max(rev, *revs)
             except Exception as e:
                 # (etcd electing a leader, or gone: the SUBACKs waiting for this write wait
                 # on; the router's SYNC deadline bounds them, and a lost connection releases

@@ -3,7 +3,8 @@
 etcd expires the node's lease TTL seconds after the last keep-alive it got; a
 keep-alive this agent sent at time t (monotonic) therefore keeps the lease
 until t + TTL at least. The agent tells its workers, after every keep-alive,
-that they may serve until t + TTL - MARGIN (``LEASE``). A worker past that time
+that they may serve until t + TTL - MARGIN (``LEASE``; the router passes it to the
+workers on the ops channel, not behind the data path's routes). A worker past that time
 (the agent is cut off from etcd, or the whole node was frozen by SIGSTOP or a
 stall) disconnects every client (v5 DISCONNECT 0x9C, use another server: the
 other nodes own these ids once the lease is gone) and refuses CONNECTs

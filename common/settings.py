@@ -112,6 +112,14 @@ class Settings(BaseSettings):
     # messages forwarded per moved session in that window at most (beyond: dropped, counted,
     # logged with the client id); also the ids the new node remembers per arrived session
     cluster_move_max_messages: int = 10_000
+    # -- the subscribe path at scale (issue 10, subscribe helper) --
+    # SUBSCRIBEs of one connection handled while earlier ones still wait for their routes
+    # (SUBACK = routed on every worker and node); beyond, that connection is not read
+    max_subscribes_waiting: int = Field(default=16, ge=1)
+    # new filters of one worker waiting for their routes; beyond, a connection's next
+    # SUBSCRIBE waits (its reading pauses) until some are routed. The node's bound is
+    # SHOAL_WORKERS times this. One SUBSCRIBE with more filters still goes alone.
+    max_filters_waiting: int = Field(default=5_000, ge=1)
 
     @property
     def clustered(self) -> bool:

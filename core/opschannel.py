@@ -29,6 +29,9 @@ class OpsChannel:
     def answer(self, what: str, args: dict) -> dict:
         return {"error": f"unknown question {what!r}"}
 
+    def on_op(self, op) -> None:
+        """An op from the router other than ASK (the workers: LEASE)."""
+
     # -- the socket ------------------------------------------------------------------
     def open(self, endpoint: str) -> None:
         self.loop = asyncio.get_running_loop()
@@ -79,6 +82,7 @@ class OpsChannel:
                 continue
             for op in ops:
                 if op.__class__ is not o.Ask:
+                    self.on_op(op)
                     continue
                 try:
                     payload = self.answer(op.what, op.args or {})

@@ -134,23 +134,15 @@ class ChaosNode(ClusterNode):
     def wait_ready(self) -> None:
         if self.ns is None:
             return super().wait_ready()
-        deadline = time.monotonic() + 60
-        status = self.tmp / "run" / f"shoal-{self.port}-cluster.json"
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
-            try:
-                import json
 
+        def accepting() -> bool:  # (from the bridge: the node listens inside its namespace)
+            try:
                 with socket.create_connection((self.host, self.port), timeout=2):
-                    pass
-                if json.loads(status.read_text()).get("joined"):
-                    return
-            except (OSError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not join:\n{self.log_tail()}")
-            time.sleep(0.1)  # the node is starting, its agent joining
+                    return True
+            except OSError:
+                return False
+
+        self.wait_joined(time.monotonic() + 60, accepting)
 
     def start(self) -> None:
         try:

@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from common.proc import rss_kib as proc_rss_kib
 from loadtest.bench.brokers import Mosquitto, Shoal, free_port
 from loadtest.bench.procstat import CLK_TCK, CpuMeter
 
@@ -58,7 +59,11 @@ class EtcdServer:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(20)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:  # (with 1,000,000 keys it took longer: the run's figures go first)
+                self.proc.kill()
+                self.proc.wait(20)
 
 
 class ClusterNode(Shoal):
@@ -80,17 +85,25 @@ class ClusterNode(Shoal):
 
     def wait_ready(self) -> None:
         super().wait_ready()
-        status = self.tmp / "run" / f"shoal-{self.port}-cluster.json"
-        deadline = time.monotonic() + 60
+        self.wait_joined(time.monotonic() + 60)
+
+    def joined(self) -> bool:
+        """The agent's status file says the node joined (it writes it when it did)."""
+        try:
+            return bool(json.loads((self.tmp / "run" / f"shoal-{self.port}-cluster.json").read_text()).get("joined"))
+        except (OSError, ValueError):
+            return False
+
+    def wait_joined(self, deadline: float, accepting=None) -> None:
+        """Until joined() (and `accepting()`, when given), or RuntimeError at the deadline."""
         while True:
-            try:
-                if json.loads(status.read_text()).get("joined"):
-                    return
-            except (OSError, ValueError):
-                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
+            if (accepting is None or accepting()) and self.joined():
+                return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} did not join:\n{self.log_tail()}")
-            time.sleep(0.1)  # the agent writes the status file when it joined
+            time.sleep(0.1)  # the node is starting, its agent joining
 
 
 def process_name(pid: int) -> str:
@@ -203,14 +216,7 @@ def subscribe_rate(port: int, n: int, prefix: str, conns: int = 50) -> float:
 
 
 def rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return proc_rss_kib(pid) or 0  # (0 once the process is gone)
 
 
 def node_rss(node: "ClusterNode") -> list[tuple[str, int]]:
@@ -334,6 +340,7 @@ def memory_run(nodes: list, etcd: "EtcdServer", mosq, total: int, conns: int, pe
     head = [f"{total:,} subscriptions (unique filters, {per_packet} per SUBSCRIBE, at most {outstanding} SUBSCRIBEs "
             f"unanswered, {conns} connections spread "
             f"over {len(nodes)} nodes): all SUBACKs after {dt:.1f} s ({total / dt:,.0f} subscribes/s cluster-wide)", ""]
+    print("\n".join(head + lines), file=sys.stderr, flush=True)  # (at once: a later step may fail)
     mq_before = rss_kib(mosq.proc.pid)
     mq_rss: list[int] = []
     print(f"subscribing {total:,} filters over {conns} connections on mosquitto ...", file=sys.stderr, flush=True)

@@ -401,6 +401,35 @@ class SubscriptionTrie:
             return None
         return path[-1].subs.get(group)
 
+    def count(self, topic_filter: str) -> int:
+        """How many keys hold ``topic_filter`` (the members of a shared group for
+        ``$share/g/f``): a table that needs only this keeps no count of its own."""
+        if _is_share_form(topic_filter):
+            sg = self.shared_group(topic_filter)
+            return 0 if sg is None else len(sg.members)
+        path = _path(self._root, topic_filter.split("/"))
+        if path is None:
+            return 0
+        subs = path[-1].subs
+        if subs is None:
+            return 0
+        return 1 if type(subs) is _One else len(subs)
+
+    def pairs(self) -> Iterator[tuple[str, Hashable]]:
+        """Every (filter, key) held; shared ones as ``$share/g/f``."""
+        for topic, subs in _walk(self._root):
+            if subs:
+                if type(subs) is _One:
+                    yield topic, subs.key
+                else:
+                    for key in subs:
+                        yield topic, key
+        for topic, groups in _walk(self._shared):
+            if groups:
+                for group, sg in groups.items():
+                    for key in sg.members:
+                        yield f"{_SHARE_PREFIX}{group}/{topic}", key
+
     def filters(self) -> Iterator[str]:
         """Each distinct filter held once; shared ones as ``$share/g/f``."""
         for topic, subs in _walk(self._root):

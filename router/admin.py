@@ -156,7 +156,8 @@ class AdminApp:
         out = []
         for m in self.router.members.values():
             if m.alive and not m.name.startswith("w"):
-                out += [{"filter": f, "member": m.name, "node": self.node} for f in m.filters]
+                out += [{"filter": f, "member": m.name, "node": self.node}
+                        for f in self.router.routes.member_filters(m.ident)]
         return out
 
     def kick(self, cid: str, respond, now: float) -> None:

@@ -26,7 +26,7 @@ AGENT = b"agent"  # the cluster agent's identity (cluster/routerlink.py)
 class Member:
     ident: bytes
     name: str
-    filters: dict = field(default_factory=dict)  # filter -> True
+    count: int = 0  # filters it holds (the route table's trie says which)
     last_seen: float = 0.0
     alive: bool = True
     stats: dict = field(default_factory=dict)
@@ -61,7 +61,7 @@ class Membership:
         routes, sessions = r.routes, r.sessions
         old = self.members.get(ident)
         if old is not None:
-            for flt in list(old.filters):
+            for flt in routes.member_filters(ident):
                 routes.remove(old, flt)
             r.forward.forget_pending(ident)  # the member restarted: what it had not confirmed it never will
         m = Member(ident, name, last_seen=now)
@@ -71,7 +71,7 @@ class Membership:
         sessions.registered(ident, op.client_ids)
         for msg in op.retained or ():
             r.retained.retain(None, msg)
-        table = [[other.name, flt] for other in self.members.values() if other.ident != ident for flt in other.filters]
+        table = routes.table(ident)
         # WELCOME carries the table as of the version after this member's own deltas
         routes.flush_delta()
         # the member has the table at this version (the WELCOME below); not one more:
@@ -79,7 +79,10 @@ class Membership:
         m.acked = routes.version
         r.send(ident, o.Welcome(r.epoch, routes.version, table, r.retained.wire(now)))
         if sessions.lease_op is not None and ident != AGENT:
-            r.send(ident, sessions.lease_op)
+            if r.lease_path is not None:
+                r.lease_path.push_lease(sessions.lease_op)  # (the ops channel: the only path then)
+            else:
+                r.send(ident, sessions.lease_op)
         log.info("member joined", extra=kv(member=m.name, filters=len(op.filters), sessions=len(op.client_ids)))
         self.check_settled(now)
         sessions.member_back(ident)
@@ -98,7 +101,7 @@ class Membership:
         r.routes.flush_delta()
         m.acked = r.routes.version
         now = r.clock()
-        table = [[other.name, flt] for other in self.members.values() if other.ident != m.ident for flt in other.filters]
+        table = r.routes.table(m.ident)
         r.send(m.ident, o.Welcome(r.epoch, r.routes.version, table, r.retained.wire(now)))
         for cid in m.orphans:
             if r.sessions.registry.get(cid) != m.ident:
@@ -122,14 +125,17 @@ class Membership:
             # them (0x97, its hello above), and the workers fence once the lease runs out
             r.out.pop(ident, None)
             return
-        m.lost = list(m.filters)
+        m.lost = r.routes.member_filters(ident)
         for flt in m.lost:
             r.routes.remove(m, flt)
         r.out.pop(ident, None)
 
     def check(self, now: float) -> None:
+        # (measured up to the last time the router had read everything sent to it: a
+        # member whose PING waits unread behind a backlog of route ops is not silent)
+        upto = now if self.r.read_all_at is None else min(now, self.r.read_all_at)
         for ident, m in list(self.members.items()):
-            if m.alive and now - m.last_seen > MEMBER_TIMEOUT:
+            if m.alive and upto - m.last_seen > MEMBER_TIMEOUT:
                 self.gone(ident)
 
     def check_settled(self, now: float) -> None:

@@ -66,6 +66,10 @@ class Ops:
         self.pending: dict[int, Pending] = {}
         self._req = itertools.count(1)
         self.peers: list[dict] = []  # other nodes: [{"node": ..., "api": "http://host:port"}] (the agent's beat)
+        # the node's cluster LEASE for the workers (issue 11), sent on this channel and only on
+        # this one: on the data path it waited behind the ROUTES of a subscription flood past
+        # its deadline and the workers fenced a node whose lease was renewed on time
+        self.lease = None
         self.sock = zmq.Context.instance().socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -116,9 +120,24 @@ class Ops:
         elif m.pid != op.pid:
             log.info("ops member restarted", extra=kv(member=name, pid=op.pid))
         m.pid, m.serving, m.started, m.last_beat = op.pid, bool(op.serving), op.started, now
+        if self.lease is not None and name.startswith("w"):
+            self._to(ident, self.lease)  # (every beat: a worker that just came up learns it within a second)
         if name == "agent" and isinstance(op.peers, list):
             self.peers = [{"node": str(p.get("node")), "api": p.get("api") if isinstance(p.get("api"), str) else None}
                           for p in op.peers[:MAX_PEERS] if isinstance(p, dict)]
+
+    def push_lease(self, op) -> None:
+        """The node's lease changed (the agent's LEASE): to every worker at once."""
+        self.lease = op
+        for m in self.members.values():
+            if m.name.startswith("w"):
+                self._to(m.ident, op)
+
+    def _to(self, ident: bytes, op) -> None:
+        try:
+            self.sock.send_multipart([ident, pack([op])], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # (gone, or not reading: the next beat brings the lease as it is then)
 
     def answer(self, ident: bytes, op: o.Answer, now: float) -> None:
         name = ident.decode(errors="replace")

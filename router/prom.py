@@ -34,6 +34,7 @@ COUNTERS = [
     ("auth_bans", "auth_address_bans", "addresses refused for SHOAL_AUTH_BAN_TIME after failed logins"),
     ("auth_cache_hits", "auth_cache_hits", "logins verified from the cache, no hash computed"),
     ("publish_throttled", "publish_rate_pauses", "times a client's reading paused for SHOAL_MAX_PUBLISH_RATE"),
+    ("subscribe_limit_pauses", "subscribe_limit_pauses", "times a SUBSCRIBE waited for room under SHOAL_MAX_FILTERS_WAITING"),
 ]
 # (metric name, help, label, {label value: snapshot key})
 LABELLED_COUNTERS = [

@@ -63,6 +63,11 @@ class Router:
         self.sessions = Sessions(self)
         self.retained = RetainedSet(self)
         self.leaving = 0.0  # cluster: SIGTERM received, stop at this time (or once every member said BYE)
+        # when the socket was last read empty: a member is silent only if nothing of it was read
+        # for MEMBER_TIMEOUT before then, never because this router had a backlog to read
+        # (a SUBSCRIBE flood); None: read everything up to now (tests drive handle() directly)
+        self.read_all_at: float | None = None
+        self.lease_path = None  # router/ops.Ops once running; None (unit tests): LEASE on the data path
         if sock is None:
             sock = zmq.Context.instance().socket(zmq.ROUTER)
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -148,6 +153,7 @@ class Router:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         ops = OpsService(self, poller)  # /metrics, /health, /ready, the admin API (router/admin.py)
+        self.lease_path = ops.ops  # the workers' LEASE goes on the ops channel (router/ops.py)
         next_check = self.clock() + 0.5
         while self.running:
             backlog = bool(self.out)
@@ -158,12 +164,15 @@ class Router:
                     try:
                         ident, data = self.sock.recv_multipart(flags=zmq.NOBLOCK)
                     except zmq.Again:
+                        self.read_all_at = self.clock()
                         break
                     except ValueError:  # not two frames: not one of ours
                         self.malformed += 1
                         continue
                     self.handle(ident, data)
             now = self.clock()
+            if self.sock not in events and not backlog:
+                self.read_all_at = now  # (the socket had nothing to read: nothing is left unread)
             if self.leaving and (now >= self.leaving or self.membership.all_done()):
                 self.running = False
             ops.poll(events, now)
@@ -255,6 +264,9 @@ class Router:
             # next claim of each (a fenced copy resumed after a partition healed)
             s.unverified.update(s.registry)
         s.lease_op = op
+        if self.lease_path is not None:
+            self.lease_path.push_lease(op)
+            return
         for w in self.members.values():
             if w.alive and w.ident != AGENT:
                 self.send(w.ident, op)

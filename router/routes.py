@@ -7,6 +7,8 @@ every other live member applied the version it was made at.
 """
 from __future__ import annotations
 
+from collections import deque
+
 from core import ops as o
 from mqtt import SubscriptionTrie
 
@@ -17,24 +19,40 @@ class RouteTable:
         self.trie = SubscriptionTrie()  # filter -> member idents
         self.version = 0
         self.delta: list = []  # changes not yet sent: [+1, member, filter, since] | [-1, member, filter]
-        self.syncs: list = []  # [ident, token, version, deadline] waiting for members to apply routes
+        # sender ident -> its SYNCs (token, version, deadline) waiting for members to apply routes
+        self.syncs: dict[bytes, deque] = {}
 
+    # Which member holds which filter is the trie alone (filter -> member idents): a dict of
+    # filters per member beside it kept every filter's whole string as well, about 100 bytes
+    # per route (1,000,000 routes: 100 MiB); a member keeps only its count. What needs one
+    # member's filters (it registered again, went silent, the admin list) walks the trie.
     def add(self, m, flt: str, since: float | None = None) -> None:
-        if flt in m.filters:
+        if not self.trie.add(flt, m.ident, True):
             return
-        m.filters[flt] = True
+        m.count += 1
         self.r.membership.by_name[m.name] = m.ident
-        self.trie.add(flt, m.ident, True)
         self.delta.append([1, m.name, flt, since])
         if since is not None and not flt.startswith("$share/"):
             self.r.forward.replay(m.ident, flt, since)
 
     def remove(self, m, flt: str) -> None:
         self.r.forward.share_weight.pop((m.ident, flt), None)
-        if m.filters.pop(flt, None) is None:
+        if not self.trie.remove(flt, m.ident):
             return
-        self.trie.remove(flt, m.ident)
+        m.count -= 1
         self.delta.append([-1, m.name, flt])
+
+    def member_filters(self, ident: bytes) -> list[str]:
+        """The filters one member holds (a walk of the whole table)."""
+        if not self.r.members.get(ident) or not self.r.members[ident].count:
+            return []
+        return [flt for flt, key in self.trie.pairs() if key == ident]
+
+    def table(self, but: bytes) -> list:
+        """[member name, filter] of every route of every member but `but` (a WELCOME)."""
+        members = self.r.members
+        names = {i: m.name for i, m in members.items() if i != but}
+        return [[names[key], flt] for flt, key in self.trie.pairs() if key in names]
 
     def flush_delta(self) -> None:
         """Turn the route changes so far into one versioned ROUTES op for every member."""
@@ -55,33 +73,39 @@ class RouteTable:
 
     def sync(self, ident: bytes, token, now: float) -> None:
         self.flush_delta()
-        self.syncs.append([ident, token, self.version, now + self.r.sync_timeout])
-        self.check_syncs(now)
+        q = self.syncs.get(ident)
+        if q is None:
+            q = self.syncs[ident] = deque()
+        q.append((token, self.version, now + self.r.sync_timeout))
+        self.check_syncs(now, ident)
 
-    def check_syncs(self, now: float) -> None:
+    def check_syncs(self, now: float, only: bytes | None = None) -> None:
         """Answer the SYNCs whose route version every other live member has applied.
 
         Called on every SYNC and ROUTE_ACK, with thousands waiting while clients
-        subscribe in bulk: what every other member applied is worked out once per
-        call, not per SYNC, and the SYNCs are in version and deadline order (both
-        only grow), so the scan stops at the first one no member can answer yet."""
+        subscribe in bulk (a worker pipelines them): what every other member applied
+        is worked out once per call, not per SYNC, and each sender's SYNCs are in
+        version and deadline order (both only grow), so each sender's queue is read
+        only up to its first SYNC that cannot be answered yet: a call costs the SYNCs
+        it answers plus one per sender. `only`: look at that sender's queue alone
+        (a new SYNC changes nothing for the others)."""
         acked = [(i, m.acked) for i, m in self.r.members.items() if m.alive]
         inf = float("inf")
-        lowest = {i: min((a for j, a in acked if j != i), default=inf) for i, _ in acked}
         anyone = min((a for _, a in acked), default=inf)  # for a sender that is not (or no longer) alive
-        best = max([anyone, *lowest.values()])
-        waiting = []
-        syncs = self.syncs
-        for k, s in enumerate(syncs):
-            ident, token, version, deadline = s
-            if now >= deadline or version <= lowest.get(ident, anyone):
-                self.r.send(ident, o.Synced(token))
-            elif version > best:
-                waiting.extend(syncs[k:])  # later ones have higher versions and later deadlines
-                break
+        send = self.r.send
+        for ident in ([only] if only is not None else list(self.syncs)):
+            q = self.syncs.get(ident)
+            if not q:
+                continue
+            m = self.r.members.get(ident)
+            if m is not None and m.alive:
+                low = min((a for j, a in acked if j != ident), default=inf)
             else:
-                waiting.append(s)
-        self.syncs = waiting
+                low = anyone
+            while q and (q[0][1] <= low or now >= q[0][2]):
+                send(ident, o.Synced(q.popleft()[0]))
+            if not q:
+                del self.syncs[ident]
 
     def size(self) -> int:
-        return sum(len(m.filters) for m in self.r.members.values() if m.alive)
+        return sum(m.count for m in self.r.members.values() if m.alive)

@@ -26,6 +26,7 @@ def pytest_runtest_makereport(item, call):
             n = item.funcargs.get(name) if hasattr(item, "funcargs") else None
             if isinstance(n, Node):
                 rep.sections.append((f"{name} log (tail)", n.log()[-6000:]))
+                rep.sections.append((f"{name} listeners on its port", n.listeners()))
         c = item.funcargs.get("cluster") if hasattr(item, "funcargs") else None
         for n in getattr(c, "nodes", ()):  # the cluster tests' nodes
             rep.sections.append((f"{n.env.get('SHOAL_NODE_NAME')} log (tail)", n.log()[-5000:]))

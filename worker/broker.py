@@ -40,6 +40,7 @@ from .routing import Routing
 from .session import Session
 from .sessions import Sessions
 from .subscriptions import Subscriptions
+from .subwait import SubscribeGate
 from .timers import Clock, KeepaliveWheel, TimerHeap
 from .wills import Wills, will_from_connect  # noqa: F401 (will_from_connect: re-exported for handlers)
 
@@ -83,6 +84,7 @@ class Broker:
         self.routing = Routing(self)
         self.moves = Moved(self)
         self.persist = Persist(self)
+        self.subgate = SubscribeGate(self)  # SUBSCRIBEs waiting for routes, bounded
 
         # the facade: what the rest of the worker calls, bound to the part that does it
         lc, wl, sb, rt, ro, mv, ps = (self.lifecycle, self.wills, self.subscriptions, self.retain, self.routing,

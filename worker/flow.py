@@ -23,11 +23,12 @@ class Pause(IntEnum):
     SUBSCRIBING = 2  # a SUBSCRIBE waits until every other worker routes its filters here
     RATE = 3  # over SHOAL_MAX_PUBLISH_RATE until the bucket has a token again (limits.py)
     ROUTER = 4  # the router link cannot take more (router_link.RouterBridge)
+    SUBSCRIBE_LIMIT = 5  # its worker has SHOAL_MAX_FILTERS_WAITING new filters waiting for routes
 
 
 # reasons whose packets, already read, wait too (Connection.backlog): the
 # router link only stops the socket, what was read before it is handled
-HOLDS_PACKETS = frozenset((Pause.CONNECTING, Pause.SUBSCRIBING, Pause.RATE))
+HOLDS_PACKETS = frozenset((Pause.CONNECTING, Pause.SUBSCRIBING, Pause.RATE, Pause.SUBSCRIBE_LIMIT))
 
 
 class FlowControl:

@@ -443,21 +443,11 @@ def handle_subscribe(conn, p) -> None:
                     continue
                 conn.deliver(Delivery(msg, min(msg.qos, qos), True, (sub_id,) if sub_id else ()))
 
-    if broker.bridge.remote and len(broker._filter_refs) != routes_before:
-        # SUBACK once every worker of the node forwards matching publishes to us
-        conn.suspend(Pause.SUBSCRIBING)
-        conn.hold()
-
-        def synced() -> None:
-            if conn.closed:
-                return
-            held = conn.release()
-            answer()
-            for d in held:
-                conn.deliver(d)
-            conn.resume(Pause.SUBSCRIBING)
-
-        broker.bridge.sync(synced)
+    new_routes = len(broker._filter_refs) - routes_before
+    if broker.bridge.remote and (new_routes or conn.sub_answers is not None):
+        # SUBACK once every worker of the node (and, clustered, every node) forwards
+        # matching publishes to us, after the SUBACKs of earlier SUBSCRIBEs (subwait.py)
+        broker.subgate.wait(conn, new_routes, answer)
         return
     answer()
 

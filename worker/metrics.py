@@ -37,6 +37,7 @@ class Metrics:
     auth_cache_hits: int = 0  # logins verified from the cache (no hash computed)
     refused_max_connections: int = 0  # CONNECTs refused (0x97) past SHOAL_MAX_CONNECTIONS
     publish_throttled: int = 0  # times a client's reading paused for SHOAL_MAX_PUBLISH_RATE
+    subscribe_limit_pauses: int = 0  # times a SUBSCRIBE waited for room under SHOAL_MAX_FILTERS_WAITING
     # TLS and WebSocket listeners (worker/tls.py, worker/websocket.py)
     tls_handshake_failures: int = 0  # failed or timed-out TLS handshakes
     ws_handshake_failures: int = 0  # refused or timed-out WebSocket upgrades

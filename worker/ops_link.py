@@ -69,6 +69,14 @@ class OpsLink(OpsChannel):
         if self.sock is not None:
             self._send([o.Beat(self.name, os.getpid(), self.serving(), self.started, None, WIRE_VERSION)])
 
+    def on_op(self, op) -> None:
+        if op.__class__ is o.Lease:
+            # the node's cluster lease comes on this channel, apart from the routes and
+            # messages of the data path (router/ops.py says why)
+            handle = getattr(self.broker.bridge, "handle", None)
+            if handle is not None:
+                handle(op)
+
     def answer(self, what: str, args: dict) -> dict:
         fn = self.answers.get(what)
         return fn(args) if fn is not None else {"error": f"unknown question {what!r}"}

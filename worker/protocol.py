@@ -64,7 +64,7 @@ class Connection(asyncio.Protocol):
         "session", "keepalive", "last_rx", "expiry_interval", "will", "send_window",
         "client_max_packet", "aliases", "congested", "backlog", "peer", "request_problem_info",
         "normal_disconnect", "connect_timer", "incoming_max", "_connack_extra", "out", "out_alias_max",
-        "out_aliases", "held", "claim_at", "admitted", "rate", "flow", "__weakref__",
+        "out_aliases", "held", "claim_at", "admitted", "rate", "flow", "sub_answers", "__weakref__",
     )
 
     def __init__(self, broker):
@@ -100,6 +100,7 @@ class Connection(asyncio.Protocol):
         self.admitted = False  # counted in broker.admitted (SHOAL_MAX_CONNECTIONS)
         self.rate = None  # limits.PublishRate when SHOAL_MAX_PUBLISH_RATE is set
         self.flow = FlowControl(None)  # the one owner of this connection's reading (flow.py)
+        self.sub_answers = None  # SUBACKs waiting for routes, in order (subwait.py)
 
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -145,6 +146,18 @@ class Connection(asyncio.Protocol):
             self.protocol_error(e)
 
     def handle_frame(self, first: int, body: bytes) -> None:
+        if self.state == State.CONNECTED:
+            # SUBSCRIBEs waiting for routes are bounded (subwait.py): a SUBSCRIBE waits for
+            # room in the worker; any other packet waits for the SUBACKs before it
+            if first >> 4 == PacketType.SUBSCRIBE:
+                gate = self.broker.subgate
+                if gate.full():
+                    gate.park(self, (first, body))
+                    return
+            elif self.sub_answers is not None:
+                self.suspend(Pause.SUBSCRIBING)
+                self.backlog.insert(0, (first, body))
+                return
         try:
             packet = decode(first, body, self.version)
             ptype = packet.TYPE

@@ -361,6 +361,22 @@ class RouterBridge:
         sock = self.sock
         self.broker.now = self.broker.clock()  # what the router sends is handled at the time it arrives
         n = 0
+        # the ROUTES of one read batch get one ROUTE_ACK and one $SYS routes/version (a flood
+        # of subscriptions brings hundreds per pass: a retained $SYS publish each cost the
+        # worker a sixth of its time)
+        self._batch_routes = True
+        try:
+            self._read_batch(sock, n)
+        finally:
+            self._batch_routes = False
+            if self._routes_due:
+                self._routes_due = False
+                self._routes_applied()
+
+    _batch_routes = False
+    _routes_due = False
+
+    def _read_batch(self, sock, n: int) -> None:
         while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             if n >= READ_BATCH:
                 # let the loop breathe (clients, the PING timer: a worker busy with a flood of
@@ -429,6 +445,12 @@ class RouterBridge:
                     self._replay(member, flt, since, sent)
             else:
                 self._route_del(member, flt)
+        if self._batch_routes:
+            self._routes_due = True
+        else:
+            self._routes_applied()
+
+    def _routes_applied(self) -> None:
         self.queue(o.RouteAck(self.route_version))
         self.broker.routes_changed(self.route_version)
 

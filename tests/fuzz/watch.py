@@ -10,20 +10,10 @@ import socket
 import subprocess
 import time
 
+from common.proc import rss_kib
 from tests.support.node import VENV_BIN, Node
 
 WATCHERS = ("router", "worker")
-
-
-def rss_kib(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def open_fds(pid: int) -> int:

@@ -4,6 +4,7 @@ process of a node ends when its circusd ends, however it ends."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +62,10 @@ def local():
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
         log.close()
+        # three etcd members' preallocated WALs (about 250 MB a run): the log stays
+        for p in ports:
+            shutil.rmtree(os.path.join(data, str(p)), ignore_errors=True)
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def test_three_embedded_nodes_route(local):

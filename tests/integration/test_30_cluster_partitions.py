@@ -24,7 +24,7 @@ import pytest
 from mqtt import Connack, Disconnect, Prop, Publish, Will
 from tests.support import netns
 from tests.support.cluster import Etcd, cluster_node, publish, receive, status, subscribe, wait_nodes
-from tests.support.node import free_port, wait_for
+from tests.support.node import free_port, start_all, wait_for
 from tests.support.raw import Closed, RawClient
 
 NAMES = ["p1", "p2", "p3"]
@@ -47,8 +47,8 @@ def cluster():
             nodes.append(cluster_node(
                 name, etcd.url, netns=ns, host="0.0.0.0", cluster_addr=f"{ns.addr}:{free_port()}",
                 cluster_lease_ttl=TTL, cluster_lease_loss="disconnect"))
-        for n in nodes:
-            n.start(90)
+        nodes[0].start(90)  # the first joins alone and leads; the others boot side by side
+        start_all(nodes[1:], 90)
         wait_nodes(nodes, set(NAMES), 60)
         yield SimpleNamespace(net=net, etcd=etcd, nodes=nodes, spaces=spaces)
     finally:

@@ -304,7 +304,8 @@ def test_dead_node_ids_connect_elsewhere_fenced_copy(cluster, clients):
     # the wills of s3's clients: once each, published by the leader
     assert sorted(p.payload for p in receive(wsub, 2, timeout=30)) == [b"will-dw-0", b"will-dw-2"]
     assert cluster.etcd.keys("wills/dw-") == []
-    assert "fired by the leader" in cluster.nodes[int(leader[1:]) - 1].log()
+    wait_for(lambda: "fired by the leader" in cluster.nodes[int(leader[1:]) - 1].log(), 20,
+             what="the leader logging the wills it fired")
     wait_nodes(cluster.nodes[:2], {"s1", "s2"})
     c1, ack = persistent(clients, cluster, "s1", cid)
     assert not ack.session_present

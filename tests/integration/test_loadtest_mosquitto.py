@@ -14,15 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.node import free_port
+
 DEADLINE = 30.0  # seconds; a run here takes about two
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None,
                                 reason="mosquitto is not installed (make install adds it)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, log: Path, deadline: float) -> None:

@@ -5,12 +5,13 @@ import contextlib
 import json
 import os
 import signal
+import shutil
 import subprocess
 import tempfile
 from types import SimpleNamespace
 
 from . import clients
-from .node import VENV_BIN, Node, end_process, free_port, log_tail, wait_for
+from .node import VENV_BIN, Node, end_process, free_port, log_tail, reserve_port, start_all, wait_for
 
 
 def etcd_binary() -> str:
@@ -67,6 +68,8 @@ class Etcd:
         end_process(self.proc, 15)
         if getattr(self, "_logf", None) is not None:
             self._logf.close()
+        # etcd preallocates its WAL (64 MiB a member): a suite's worth filled /tmp; the log stays
+        shutil.rmtree(os.path.join(self.tmp, "data"), ignore_errors=True)
 
 
 def cluster_node(name: str, etcd_url: str, **settings) -> Node:
@@ -88,8 +91,10 @@ def running_cluster(names, **settings):
     nodes = [cluster_node(name, etcd.url, **{k: v() if callable(v) else v for k, v in settings.items()})
              for name in ordered]
     try:
-        for n in nodes:
-            n.start(60)
+        # the first node joins alone, so it is the leader the tests expect (test_30_cluster_sessions:
+        # "s3 joined last"); the others boot side by side
+        nodes[0].start(60)
+        start_all(nodes[1:], 60)
         wait_nodes(nodes, set(ordered))
         yield SimpleNamespace(etcd=etcd, nodes=nodes)
     finally:
@@ -152,26 +157,12 @@ def receive(c, count: int, timeout: float = 20.0) -> list:
 
 def free_ports_for_local_cluster(n: int = 3) -> list[int]:
     """n consecutive MQTT ports whose derived ports (+10000 agent, +20000 etcd client,
-    +30000 etcd peer) are free too, as `python -m cluster.local` uses them."""
+    +30000 etcd peer) are free too, as `python -m cluster.local` uses them; each one
+    reserved for this process (tests/support/node.py's reserve_port)."""
     import random
-    import socket
 
     for _ in range(200):
         base = random.randrange(1100, 2700)  # every derived port stays below the ephemeral range (32768)
-        ports = [base + i for i in range(n)]
-        ok = True
-        for p in ports:
-            for off in (0, 10000, 20000, 30000):
-                with socket.socket() as s:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (TIME_WAIT is no obstacle)
-                    try:
-                        s.bind(("127.0.0.1", p + off))
-                    except OSError:
-                        ok = False
-                if not ok:
-                    break
-            if not ok:
-                break
-        if ok:
-            return ports
+        if all(reserve_port(base + i + off) for i in range(n) for off in (0, 10000, 20000, 30000)):
+            return [base + i for i in range(n)]
     raise RuntimeError("no free port block")

@@ -37,10 +37,52 @@ def end_process(proc: subprocess.Popen | None, grace: float) -> None:
             proc.wait(5)
 
 
+# -- ports ------------------------------------------------------------------
+# A port is picked from a range below the kernel's ephemeral range (32768-60999 here), so
+# neither a bind(("", 0)) elsewhere nor a client's outgoing connection can take it between
+# the pick and the node's bind. Processes that run beside each other (pytest-xdist workers,
+# other checkouts' suites) share one lock file: each port handed out is a one-byte fcntl
+# lock at that offset, held until the process ends, so no two of them hand out the same
+# port. (Workers bind the MQTT port with SO_REUSEPORT: two nodes given one port would both
+# bind it and split the connections between them, silently.) The range also stays clear
+# of the blocks of free_ports_for_local_cluster (tests/support/cluster.py).
+PORT_RANGE = (13000, 21000)
+PORT_LOCKS = "/tmp/shoal-test-ports.lock"
+_port_lock_fd: int | None = None
+_ports_taken: set[int] = set()  # fcntl locks do not exclude the process holding them
+
+
+def reserve_port(port: int) -> bool:
+    """Take `port` for this process: False if this or another process has it, or it is bound."""
+    import fcntl
+
+    global _port_lock_fd
+    if port in _ports_taken:
+        return False
+    if _port_lock_fd is None:
+        _port_lock_fd = os.open(PORT_LOCKS, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.lockf(_port_lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
+    except OSError:
+        return False  # another process's
+    _ports_taken.add(port)  # ours from now on, usable or not
+    with socket.socket() as s:  # no SO_REUSEADDR: a port left in TIME_WAIT is skipped too
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port nobody else uses or will be handed (see PORT_RANGE)."""
+    import random
+
+    for _ in range(2000):
+        port = random.randrange(*PORT_RANGE)
+        if reserve_port(port):
+            return port
+    raise RuntimeError(f"no free port in {PORT_RANGE}")
 
 
 def wait_for(cond, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
@@ -88,6 +130,16 @@ class Node:
 
     # -- lifecycle --------------------------------------------------------
     def start(self, timeout: float = 30.0) -> "Node":
+        self.launch()
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()  # no process or open file outlives a failed start
+            raise
+        return self
+
+    def launch(self) -> "Node":
+        """`circusd circus.ini`, not waiting for it (start() waits; start_all() starts several at once)."""
         self._log_mark = self._log_size()
         self._logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -95,11 +147,6 @@ class Node:
             cwd=ROOT, env=self.env,
             stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        try:
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop()  # no process or open file outlives a failed start
-            raise
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -188,6 +235,15 @@ class Node:
     def children(self) -> list[int]:
         return children(self.proc.pid)
 
+    def listeners(self) -> str:
+        """`ss` on the node's MQTT port, with the owning processes: after a failure, shows
+        whether anything but this node's workers listened there."""
+        try:
+            return subprocess.run(["ss", "-Hltnp", f"sport = :{self.port}"], capture_output=True,
+                                  text=True, timeout=10).stdout or "(none)"
+        except (OSError, subprocess.SubprocessError) as e:
+            return f"(ss: {e})"
+
     def worker_pids(self) -> dict[int, int]:
         """worker id -> pid of the live worker process."""
         live = set(self.children())
@@ -209,3 +265,18 @@ class Node:
         found = re.findall(r"""event='router serving' .*?pid=(\d+)|"event": "router serving".*?"pid": (\d+)""", self.log())
         pids = [int(a or b) for a, b in found if int(a or b) in live]
         return pids[-1] if pids else None
+
+
+def start_all(nodes: list[Node], timeout: float = 60.0) -> list[Node]:
+    """Start the nodes side by side, as a cluster's hosts boot, and wait until each is ready;
+    if one fails, every one is stopped."""
+    try:
+        for n in nodes:
+            n.launch()
+        for n in nodes:
+            n.wait_ready(timeout)
+    except BaseException:
+        for n in nodes:
+            n.stop()
+        raise
+    return nodes

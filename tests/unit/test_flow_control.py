@@ -112,7 +112,7 @@ def test_a_granted_connect_stays_paused_while_the_router_link_is_blocked():
 
 def test_a_subscribe_answered_while_the_link_is_blocked_stays_paused():
     async def go():
-        rig = Rig()
+        rig = Rig(max_subscribes_waiting=1)  # (one SUBSCRIBE waiting is the bound: reading pauses)
         try:
             conn, t = await connected(rig, "c1", 4)
             await rig.drain_link()

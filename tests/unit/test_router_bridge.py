@@ -4,20 +4,15 @@ router's ops fed in, the worker's ops collected) and a fake loop whose timers ru
 clock (issue 9, point 5)."""
 from __future__ import annotations
 
-import asyncio
 import logging
 
-from common.settings import Settings
 from core import ops as o
 from core.ops import WIRE_VERSION
 from mqtt import Prop
 from mqtt.packets import Connack
-from worker.broker import Broker
-from worker.protocol import Connection
-from worker.router_link import CLAIM_TIMEOUT, REPLAY_MARGIN, RouterBridge
-from tests.support.fake_link import FakeClock, FakeDealer, FakeLoop
+from worker.router_link import CLAIM_TIMEOUT, REPLAY_MARGIN
+from tests.support import worker_rig as rig
 from tests.support import wire
-from tests.support.fakes import FakeTransport
 
 # MQTT 3.1.1 packets, written out
 CONNECT_C5 = bytes.fromhex("100e 00044d515454 05 02 003c 00 0001 63")  # v5, client "c", clean start
@@ -35,38 +30,13 @@ def wire_msg(topic: str, payload: bytes = b"x", qos: int = 0) -> list:
     return [topic, payload, qos, False, None, None, ""]
 
 
-class Worker:
-    """Worker 1 of a two-worker node, registered with a router whose epoch is 7."""
-
+class Worker(rig.Worker):
     def __init__(self, registered: bool = True, clustered: bool = False) -> None:
-        self.clock = FakeClock()
-        self.loop = FakeLoop(self.clock)
-        self.sock = FakeDealer()
         # clustered: the node has an etcd (never dialled here), so the bridge keeps a LeaseGuard
-        cluster = {"etcd_endpoints": "http://127.0.0.1:9"} if clustered else {}
-        settings = Settings(workers=2, persistence=False, **cluster)
-        self.bridge = RouterBridge(settings, 1, clock=self.clock, sock=self.sock)
-        self.broker = Broker(settings, self.clock, bridge=self.bridge)
-        if registered:
-            self.bridge.connect(loop=self.loop)
-            self.loop.run()
-            self.router(o.Welcome(7, 0, [], []))
+        super().__init__(registered, **({"etcd_endpoints": "http://127.0.0.1:9"} if clustered else {}))
 
-    def router(self, *ops) -> None:
-        """Ops from the router arrive (the zmq fd is readable)."""
-        self.sock.feed(*ops)
-        self.bridge._readable()
-        self.loop.run()
-
-    def ops(self, kind=None) -> list:
-        self.loop.run()
-        return [op for op in self.sock.ops() if kind is None or op.__class__ is kind]
-
-    def client(self, connect: bytes) -> tuple[Connection, Transport]:
-        conn, t = Connection(self.broker), FakeTransport()
-        conn.connection_made(t)
-        conn.data_received(connect)
-        return conn, t
+    def client(self, connect: bytes):
+        return self.connection(connect)
 
     def granted(self, client_id: str) -> None:
         (claim,) = self.ops(o.Claim)
@@ -74,11 +44,7 @@ class Worker:
         self.router(o.Grant(client_id, claim.req, None))
 
 
-def run(fn):
-    """Connections need a running asyncio loop for their own timers; the bridge has the fake one."""
-    async def main():
-        fn()
-    asyncio.run(main())
+run = rig.run
 
 
 def test_hello_goes_first_and_pings_follow_on_the_clock():
