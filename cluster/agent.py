@@ -891,6 +891,8 @@ class Agent:
             os.makedirs(os.path.dirname(self.lease_file) or ".", exist_ok=True)
             with open(self.lease_file, "w") as f:
                 f.write(str(lease_id))
+        if lease_id != self.lease_id:
+            self.ownership.lease_changed()  # (the records under the old lease went with it)
         self.lease_id = lease_id
         key = NODES + self.node.encode()
         st = self.settings

@@ -12,7 +12,11 @@ On B: a direct Pub goes to the router as DIRECT for that client id (the router h
 it to the worker holding the session; the worker drops an id the session got
 already). One that comes while B's claim of the id is still being decided (the
 TakeoverSession answer and the Link are two streams) waits until the router has the
-grant, so that it finds the session.
+grant, so that it finds the session. B takes a direct message only from the node
+whose TakeoverSession answer gave B that session, within the window (``took``); any
+other is dropped, counted and logged: a node that handed a session nobody asked for
+any more (a takeover request that reached it late, after a partition healed: its
+fenced, stale copy) never has its messages delivered to the live session.
 """
 from __future__ import annotations
 
@@ -38,6 +42,8 @@ class Moves:
         self.received = 0
         self.lost = 0  # (the node it went to is gone)
         self.held: dict[str, list] = {}  # client id -> direct messages waiting for our claim of it
+        self.came: dict[str, tuple[str, float]] = {}  # client id -> (node we took its session from, until)
+        self.refused = 0  # direct messages from a node we did not take that session from (dropped)
 
     # -- A: the session left -------------------------------------------------------
     def handed(self, client_id: str, node: str) -> None:
@@ -73,6 +79,19 @@ class Moves:
             ag.link.pause(True)
 
     # -- B: a message that followed a session here -----------------------------------
+    def took(self, client_id: str, node: str) -> None:
+        """Our claim of client_id got its session from node (TakeoverSession): what node
+        forwards for it is taken for twice the window (the worker's dedup window)."""
+        now = time.monotonic()
+        self.came[client_id] = (node, now + 2 * self.agent.settings.cluster_move_window + 1.0)
+        if len(self.came) > 1000:
+            for cid in [c for c, (_, until) in self.came.items() if until <= now]:
+                del self.came[cid]
+
+    def _from_giver(self, client_id: str, node: str) -> bool:
+        entry = self.came.get(client_id)
+        return entry is not None and entry[0] == node and time.monotonic() < entry[1]
+
     def arrived(self, origin, p, w: list) -> None:
         if p.seq:
             st = origin.mark(p.seq)
@@ -104,6 +123,15 @@ class Moves:
             self._give(op, origin, seq)
 
     def _give(self, op, origin, seq: int) -> None:
-        self.agent.link.queue(op)
+        if self._from_giver(op.client_id, origin.node):
+            self.agent.link.queue(op)
+        else:
+            # not the node our claim took this session from (or past the window): that node
+            # handed a copy nobody asked for any more (a late takeover request reached it;
+            # its copy was fenced) and what it forwards is not this session's
+            self.refused += 1
+            log.warning("message for a moved session refused: not from the node it came from",
+                        extra=kv(client=op.client_id, peer=origin.node, topic=op.msg[0][:200],
+                                 came_from=(self.came.get(op.client_id) or ("",))[0], refused=self.refused))
         if seq:
-            origin.owned(seq)
+            origin.owned(seq)  # (acknowledged either way: nothing here will take it)

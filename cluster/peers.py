@@ -335,7 +335,7 @@ class PeerService(pbg.PeerServicer):
             writer.cancel()
 
     async def TakeoverSession(self, request, context):  # noqa: N802 (gRPC's name)
-        return await self.agent.ownership.takeover_asked(request)
+        return await self.agent.ownership.takeover_asked(request, context)
 
     async def AdoptSession(self, request, context):  # noqa: N802 (gRPC's name)
         return await self.agent.drain.adopt_asked(request)

@@ -213,3 +213,141 @@ def test_connack_of_a_session_from_another_node_waits_for_its_routes():
     assert [f >> 4 for f, _ in got] == [2, 3, 3]
     assert got[0][1][0] == 1  # session present
     assert [parse_publish(f, body)["payload"] for f, body in got[1:]] == [b"queued", b"live"]
+
+
+# -- the agents' side (cluster/moves.py, cluster/ownership.py): a real Agent, no etcd ----------
+# A takeover request that reached the node the session was on late (sent during a partition,
+# it waited in the asker's TCP send queue and arrived when the link came back) made that node
+# hand its fenced, stale copy over and forward what came for it: the asker, which had given up
+# on that request and started the session afresh, delivered the stale copy's message
+# (test_30_cluster_partitions' c33/stale).
+
+def agent_ops(ag) -> list:
+    """The ops the agent queued for its router (core/ops.py types), taken."""
+    import msgpack
+
+    out = [o.decode(msgpack.unpackb(b, raw=False, strict_map_key=False)) for b in ag.link.out]
+    ag.link.out.clear()
+    return out
+
+
+def with_agent(fn):
+    """fn(agent) on a running loop: an Agent of node "b" (constructed only: no etcd, no router)."""
+    import asyncio
+    import tempfile
+
+    from cluster.agent import Agent
+
+    def run():
+        async def main():
+            with tempfile.TemporaryDirectory() as tmp:
+                ag = Agent(Settings(node_name="b", etcd_endpoints="http://127.0.0.1:1", data_dir=tmp, run_dir=tmp,
+                                    cluster_move_window=WINDOW))
+                try:
+                    await fn(ag)
+                finally:
+                    ag.link.sock.close(0)
+        asyncio.run(main())
+    run.__name__, run.__doc__ = fn.__name__, fn.__doc__  # (not functools.wraps: pytest would want fn's argument)
+    return run
+
+
+def direct_pub(seq: int, cid: str = "c", topic: str = "t/1"):
+    from proto import cluster_pb2 as pb
+
+    w = [topic, b"x", 1, False, None, None, "pub", 7]
+    p = pb.Pub(seq=seq, topic=topic, normal=False)
+    p.direct.CopyFrom(pb.Direct(client_id=cid, qos=1, retain=False, sub_ids=[]))
+    return p, w
+
+
+@with_agent
+async def test_a_direct_message_is_taken_only_from_the_node_the_session_came_from(ag):
+    from cluster.peers import Origin
+
+    a, x = Origin("a", "i-a", 100), Origin("x", "i-x", 100)
+    ag.link.out.clear()
+    # no takeover of ours gave us c: what a node forwards for it is refused (and acknowledged)
+    ag.moves.arrived(a, *direct_pub(1))
+    assert agent_ops(ag) == [] and a.acks == [1] and ag.moves.refused == 1
+    ag.moves.took("c", "a")  # our claim got c's session from a (TakeoverSession)
+    ag.moves.arrived(a, *direct_pub(2))
+    (d,) = agent_ops(ag)
+    assert isinstance(d, o.Direct) and d.client_id == "c" and a.acks == [1, 2]
+    ag.moves.arrived(x, *direct_pub(1))  # another node's: not the session's
+    assert agent_ops(ag) == [] and x.acks == [1] and ag.moves.refused == 2
+
+
+@with_agent
+async def test_direct_messages_waiting_for_our_claim_go_only_if_it_took_the_session_from_their_node(ag):
+    import asyncio
+
+    from cluster.ownership import Pending
+    from cluster.peers import Origin
+
+    a = Origin("a", "i-a", 100)
+    for took in (False, True):
+        ag.link.out.clear()
+        p = ag.ownership.claiming["c"] = Pending()
+        ag.moves.arrived(a, *direct_pub(10 + took))
+        assert agent_ops(ag) == [] and not a.acks  # (held until the claim is decided)
+        if took:
+            ag.moves.took("c", "a")
+        p.done.set()
+        del ag.ownership.claiming["c"]
+        for _ in range(100):  # (loop passes, no time: the held ones go once the claim is done)
+            if a.acks:
+                break
+            await asyncio.sleep(0)
+        got = agent_ops(ag)
+        assert [type(op) for op in got] == ([o.Direct] if took else []) and a.acks == [10 + took]
+        a.acks.clear()
+
+
+class Aborted(Exception):
+    pass
+
+
+class Context:
+    """grpc.aio's servicer context, as far as takeover_asked uses it."""
+
+    def __init__(self):
+        self.code = None
+
+    async def abort(self, code, details=""):
+        self.code = code
+        raise Aborted(details)
+
+
+@with_agent
+async def test_a_node_without_its_lease_hands_nothing_over(ag):
+    import grpc
+    import pytest
+
+    from proto import cluster_pb2 as pb
+
+    ag.joined_once = True  # it held a lease; the fence has no deadline now (lost)
+    ag.link.out.clear()
+    ctx = Context()
+    with pytest.raises(Aborted):
+        await ag.ownership.takeover_asked(pb.TakeoverRequest(client_id="c", node="a", token=15), ctx)
+    assert ctx.code == grpc.StatusCode.UNAVAILABLE  # as an unreachable node: the asker refuses its CONNECT
+    assert agent_ops(ag) == []  # no CLAIM: the copy stays where it is
+    assert "c" not in ag.moves.to  # and nothing is forwarded for it
+
+
+@with_agent
+async def test_a_copy_owned_under_a_lease_since_lost_is_never_handed_over(ag):
+    import time
+
+    from proto import cluster_pb2 as pb
+
+    ag.joined_once = True
+    ag.fence.until = time.monotonic() + 60  # holding a lease: the new one
+    ag.ownership.owned["c"] = 10  # written under the old lease
+    ag.ownership.lease_changed()
+    ag.link.out.clear()
+    for token in (15, 16):  # (two late requests: neither gets it)
+        reply = await ag.ownership.takeover_asked(pb.TakeoverRequest(client_id="c", node="a", token=token))
+        assert reply.result == pb.TakeoverReply.NONE  # the asker starts afresh
+    assert agent_ops(ag) == [] and "c" not in ag.moves.to
