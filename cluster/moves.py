@@ -12,7 +12,7 @@ On B: a direct Pub goes to the router as DIRECT for that client id (the router h
 it to the worker holding the session; the worker drops an id the session got
 already). One that comes while B's claim of the id is still being decided (the
 TakeoverSession answer and the Link are two streams) waits until the router has the
-grant, so that it finds the session. B takes a direct message only from the node
+grant, so that it finds the session. B takes a direct message only from a node
 whose TakeoverSession answer gave B that session, within the window (``took``); any
 other is dropped, counted and logged: a node that handed a session nobody asked for
 any more (a takeover request that reached it late, after a partition healed: its
@@ -42,7 +42,7 @@ class Moves:
         self.received = 0
         self.lost = 0  # (the node it went to is gone)
         self.held: dict[str, list] = {}  # client id -> direct messages waiting for our claim of it
-        self.came: dict[str, tuple[str, float]] = {}  # client id -> (node we took its session from, until)
+        self.came: dict[str, dict[str, float]] = {}  # client id -> {node we took its session from: until}
         self.refused = 0  # direct messages from a node we did not take that session from (dropped)
 
     # -- A: the session left -------------------------------------------------------
@@ -83,14 +83,16 @@ class Moves:
         """Our claim of client_id got its session from node (TakeoverSession): what node
         forwards for it is taken for twice the window (the worker's dedup window)."""
         now = time.monotonic()
-        self.came[client_id] = (node, now + 2 * self.agent.settings.cluster_move_window + 1.0)
+        givers = self.came.setdefault(client_id, {})
+        # (a session that went on and came back within the window: each giver's messages count)
+        givers[node] = now + 2 * self.agent.settings.cluster_move_window + 1.0
         if len(self.came) > 1000:
-            for cid in [c for c, (_, until) in self.came.items() if until <= now]:
+            for cid in [c for c, g in self.came.items() if max(g.values()) <= now]:
                 del self.came[cid]
 
     def _from_giver(self, client_id: str, node: str) -> bool:
-        entry = self.came.get(client_id)
-        return entry is not None and entry[0] == node and time.monotonic() < entry[1]
+        until = self.came.get(client_id, {}).get(node)
+        return until is not None and time.monotonic() < until
 
     def arrived(self, origin, p, w: list) -> None:
         if p.seq:
@@ -132,6 +134,6 @@ class Moves:
             self.refused += 1
             log.warning("message for a moved session refused: not from the node it came from",
                         extra=kv(client=op.client_id, peer=origin.node, topic=op.msg[0][:200],
-                                 came_from=(self.came.get(op.client_id) or ("",))[0], refused=self.refused))
+                                 came_from=",".join(sorted(self.came.get(op.client_id, ()))), refused=self.refused))
         if seq:
             origin.owned(seq)  # (acknowledged either way: nothing here will take it)

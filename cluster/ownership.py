@@ -413,6 +413,7 @@ class Ownership:
     # -- a session ended here -------------------------------------------------------------
     async def _disown(self, cid: str) -> None:
         self.owned.pop(cid, None)
+        self.stale.discard(cid)  # (the copy here ended)
         ag = self.agent
         client = ag.etcd.client
         if not ag.connected or client is None:

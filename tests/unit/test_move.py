@@ -276,6 +276,11 @@ async def test_a_direct_message_is_taken_only_from_the_node_the_session_came_fro
     assert isinstance(d, o.Direct) and d.client_id == "c" and a.acks == [1, 2]
     ag.moves.arrived(x, *direct_pub(1))  # another node's: not the session's
     assert agent_ops(ag) == [] and x.acks == [1] and ag.moves.refused == 2
+    # the session went on to x and came back from it within the window: both nodes' count
+    ag.moves.took("c", "x")
+    ag.moves.arrived(x, *direct_pub(2))
+    ag.moves.arrived(a, *direct_pub(3))
+    assert [type(op) for op in agent_ops(ag)] == [o.Direct, o.Direct] and ag.moves.refused == 2
 
 
 @with_agent
