@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 
 import msgpack
 
@@ -37,21 +38,27 @@ CLAIM_WAIT = 6.0  # seconds a direct message waits for this node's claim of its 
 class Moves:
     def __init__(self, agent):
         self.agent = agent
-        self.to: dict[str, tuple[str, float]] = {}  # client id -> (node it went to, until)
+        # client id -> (node it went to, until); oldest first, so expired ones go from the front
+        self.to: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self.forwarded = 0
         self.received = 0
         self.lost = 0  # (the node it went to is gone)
         self.held: dict[str, list] = {}  # client id -> direct messages waiting for our claim of it
-        self.came: dict[str, dict[str, float]] = {}  # client id -> {node we took its session from: until}
+        # client id -> {node we took its session from: until}; oldest first, as ``to``
+        self.came: OrderedDict[str, dict[str, float]] = OrderedDict()
         self.refused = 0  # direct messages from a node we did not take that session from (dropped)
 
     # -- A: the session left -------------------------------------------------------
     def handed(self, client_id: str, node: str) -> None:
         now = time.monotonic()
-        self.to[client_id] = (node, now + self.agent.settings.cluster_move_window + 1.0)
-        if len(self.to) > 1000:
-            for cid in [c for c, (_, until) in self.to.items() if until <= now]:
-                del self.to[cid]
+        to = self.to
+        to[client_id] = (node, now + self.agent.settings.cluster_move_window + 1.0)
+        to.move_to_end(client_id)
+        while to:  # (each entry goes once: a takeover storm costs O(1) per takeover here)
+            first = next(iter(to.values()))
+            if first[1] > now:
+                break
+            to.popitem(last=False)
 
     def on_direct(self, op: o.DeliverDirect) -> None:
         ag = self.agent
@@ -83,12 +90,16 @@ class Moves:
         """Our claim of client_id got its session from node (TakeoverSession): what node
         forwards for it is taken for twice the window (the worker's dedup window)."""
         now = time.monotonic()
-        givers = self.came.setdefault(client_id, {})
+        came = self.came
+        givers = came.setdefault(client_id, {})
         # (a session that went on and came back within the window: each giver's messages count)
         givers[node] = now + 2 * self.agent.settings.cluster_move_window + 1.0
-        if len(self.came) > 1000:
-            for cid in [c for c, g in self.came.items() if max(g.values()) <= now]:
-                del self.came[cid]
+        came.move_to_end(client_id)
+        while came:  # (the front entry's newest giver is the oldest of all: expired ones go)
+            first = next(iter(came.values()))
+            if max(first.values()) > now:
+                break
+            came.popitem(last=False)
 
     def _from_giver(self, client_id: str, node: str) -> bool:
         until = self.came.get(client_id, {}).get(node)
