@@ -95,7 +95,12 @@ class Away:
                     self.r.routes.delta.append([-1, AWAY_MEMBER, flt])
 
     def check(self, now: float) -> None:
-        for cid in [c for c, e in self.sessions.items() if now >= e[0]]:
+        ended = []
+        for cid, e in self.sessions.items():  # oldest first (each goes in at its hand-over): stop at a live one
+            if now < e[0]:
+                break
+            ended.append(cid)
+        for cid in ended:
             self.back(cid)
 
     # -- publishes -----------------------------------------------------------------
