@@ -36,9 +36,9 @@ class WireMismatch(Exception):
 
 
 class Entry:
-    __slots__ = ("seq", "topic", "body", "normal", "groups", "ref", "at", "size", "msg", "sent")
+    __slots__ = ("seq", "topic", "body", "normal", "groups", "ref", "at", "size", "msg", "sent", "direct")
 
-    def __init__(self, seq, topic, body, normal, groups, ref, at, msg=None):
+    def __init__(self, seq, topic, body, normal, groups, ref, at, msg=None, direct=None):
         self.seq = seq
         self.topic = topic
         self.body = body  # the message packed (core/records.py's wire form)
@@ -49,6 +49,7 @@ class Entry:
         self.size = len(body)  # bytes of the message (a frame holds SHOAL_CLUSTER_FRAME_BYTES or one message)
         self.msg = msg  # the message decoded, when known (the direct link counts its expiry down itself)
         self.sent = 0.0  # monotonic time it last went on the direct data link
+        self.direct = direct  # a pb.Direct: for a session that moved (cluster/moves.py); only on the Link
 
 
 def take(queue: deque, most: int, most_bytes: int) -> list:
@@ -71,6 +72,8 @@ def _aged(entries, now: float) -> list:
     for e in entries:
         pub = pb.Pub(seq=e.seq, topic=e.topic, msg=e.body, normal=e.normal,
                      groups=[pb.Group(group=g, filter=f) for g, f in e.groups])
+        if e.direct is not None:
+            pub.direct.CopyFrom(e.direct)
         ms = int((now - e.at) * 1000)
         if ms:
             pub.queued_ms = ms
@@ -112,6 +115,7 @@ class PeerOut:
         self.resend_after = RESEND_AFTER
         self.resent = 0
         self.queue: deque[Entry] = deque()
+        self.link_queue: deque[Entry] = deque()  # (direct link on) messages for a moved session: on the Link
         self.unacked: OrderedDict[int, Entry] = OrderedDict()
         self.syncs: dict[int, tuple[int, asyncio.Future]] = {}
         self.new_syncs: list[int] = []
@@ -132,11 +136,20 @@ class PeerOut:
             self.set_data(data_addr)
 
     def size(self) -> int:
-        return len(self.queue) + len(self.unacked)
+        return len(self.queue) + len(self.link_queue) + len(self.unacked)
 
-    def send(self, topic: str, body: bytes, normal: bool, groups: list, ref, qos: int, msg: list | None = None) -> None:
+    def send(self, topic: str, body: bytes, normal: bool, groups: list, ref, qos: int, direct=None,
+             msg: list | None = None) -> None:
+        """direct: a pb.Direct, for the one session named there (cluster/moves.py); such a
+        message always goes on the Link (the receiving agent hands it over), also when the
+        others go on the direct data link."""
         seq = next(self._seq) if qos > 0 else 0
-        self.queue.append(Entry(seq, topic, body, normal, groups, ref, time.monotonic(), msg))
+        e = Entry(seq, topic, body, normal, groups, ref, time.monotonic(), msg, direct)
+        if direct is not None and self.data is not None:
+            self.link_queue.append(e)
+            self.wake.set()
+            return
+        self.queue.append(e)
         if self.data is not None:
             if self._data_flush is None:
                 self._data_flush = asyncio.get_running_loop().call_soon(self._flush_data)
@@ -164,7 +177,7 @@ class PeerOut:
         self.data = DataLink(self, addr)
         log.info("direct data link to the peer's router", extra=kv(peer=self.node, addr=addr, resent=len(self.unacked)))
         if self.unacked:
-            self._send_entries(deque(self.unacked.values()), time.monotonic(), False)
+            self._send_entries(deque(e for e in self.unacked.values() if e.direct is None), time.monotonic(), False)
         if self.queue and self._data_flush is None:
             self._data_flush = asyncio.get_running_loop().call_soon(self._flush_data)
         if self._resender is None:
@@ -186,6 +199,10 @@ class PeerOut:
             ops = []
             sent = []
             for e in out:
+                if e.direct is not None:  # (queued before the data link came) for a moved session: the Link
+                    self.link_queue.append(e)
+                    self.wake.set()
+                    continue
                 op = _data_op(e, now)
                 if op is None:  # its Message Expiry ran out while it waited here
                     self.agent.expired_in_queue += 1
@@ -229,7 +246,7 @@ class PeerOut:
         if self.data is None or not self.unacked:
             return 0
         limit = now - self.resend_after
-        due = deque(e for e in self.unacked.values() if e.sent <= limit)
+        due = deque(e for e in self.unacked.values() if e.sent <= limit and e.direct is None)
         if not due:
             return 0
         n = len(due)
@@ -280,8 +297,10 @@ class PeerOut:
         self.syncs.clear()
         refs = [e.ref for e in self.unacked.values() if e.ref is not None]
         refs += [e.ref for e in self.queue if e.ref is not None]
+        refs += [e.ref for e in self.link_queue if e.ref is not None]
         self.unacked.clear()
         self.queue.clear()
+        self.link_queue.clear()
         return refs
 
     async def run(self) -> None:
@@ -310,7 +329,7 @@ class PeerOut:
                 backoff = 0.05
                 # what the peer did not confirm goes again, in order, before anything new
                 # (on the direct data link, when there is one: cluster/datalink.py)
-                resend = list(self.unacked.values()) if self.data is None else []
+                resend = [e for e in self.unacked.values() if self.data is None or e.direct is not None]
                 self.new_syncs = list(self.syncs)
                 loop = asyncio.get_running_loop()
                 reader = loop.create_task(self._read(call))
@@ -362,11 +381,16 @@ class PeerOut:
         while resend:
             await call.write(pb.Frame(pubs=_aged(take(resend, batch_max, bytes_max), time.monotonic())))
         while True:
-            if not (self.queue and self.data is None) and not self.new_syncs:
+            if not (self.queue and self.data is None) and not self.link_queue and not self.new_syncs:
                 self.wake.clear()
                 await self.wake.wait()
                 await asyncio.sleep(0)  # one loop pass more: gather what that pass queues
-            out = take(self.queue, batch_max, bytes_max) if self.data is None else []
+            if self.data is None:
+                self.queue.extendleft(reversed(self.link_queue))  # (the data link went: all on the Link)
+                self.link_queue.clear()
+                out = take(self.queue, batch_max, bytes_max)
+            else:
+                out = take(self.link_queue, batch_max, bytes_max)
             unacked = self.unacked
             for e in out:
                 if e.seq:
@@ -480,7 +504,7 @@ class PeerService(pbg.PeerServicer):
             writer.cancel()
 
     async def TakeoverSession(self, request, context):  # noqa: N802 (gRPC's name)
-        return await self.agent.ownership.takeover_asked(request)
+        return await self.agent.ownership.takeover_asked(request, context)
 
     async def AdoptSession(self, request, context):  # noqa: N802 (gRPC's name)
         return await self.agent.drain.adopt_asked(request)
