@@ -165,6 +165,7 @@ class Agent:
         self.max_frame = max(settings.cluster_max_frame, settings.max_packet_size + 65536)
         self.link_server = None  # SHOAL_CLUSTER_LINK=tcp (cluster/tcplink.py)
         self.link_address: str | None = None  # its host:port, in this node's record
+        self.data_address: str | None = None  # SHOAL_CLUSTER_LINK=direct: the router's data link (from WELCOME)
         self.dropped_qos0 = 0
         self.malformed = 0  # messages from peers that were not a message
         self.expired_in_queue = 0  # messages whose Message Expiry ran out while queued for this node
@@ -292,6 +293,8 @@ class Agent:
             "dropped_qos0_total": self.dropped_qos0,
             "malformed_total": self.malformed,
             "expired_in_queue_total": self.expired_in_queue,
+            "data_links": sum(1 for p in peers if p.data is not None),  # SHOAL_CLUSTER_LINK=direct
+            "data_resent_total": sum(p.resent for p in peers),
             "paused": int(self.link.paused),
         }
 
@@ -376,6 +379,9 @@ class Agent:
     def welcome(self, op) -> None:
         epoch, version, routes, retained = op.epoch, op.version, op.routes, op.retained
         self.epoch = epoch
+        if op.data_addr != self.data_address and self.settings.cluster_link == "direct":
+            self.data_address = op.data_addr  # where the router takes other nodes' publishes
+            self._record_task = asyncio.get_running_loop().create_task(self._put_record())
         refs: dict[str, int] = {}
         for member, flt in routes:
             if member != "agent":
@@ -587,7 +593,7 @@ class Agent:
                 if self.dropped_qos0 == 1 or self.dropped_qos0 % 1000 == 0:
                     log.warning("peer queue full: QoS 0 message dropped", extra=kv(peer=node, topic=topic, dropped=self.dropped_qos0))
                 continue
-            peer.send(topic, body, nrm, grs, key, qos)
+            peer.send(topic, body, nrm, grs, key, qos, msg=msg)
             self.forwarded += 1
             if peer.size() >= self.settings.cluster_max_queued:
                 full = True
@@ -742,12 +748,16 @@ class Agent:
         peer = self.peers.get(node)
         # SHOAL_CLUSTER_LINK=tcp and the peer serves it: its frames on a plain TCP link; else gRPC
         link = info.get("link") if self.settings.cluster_link == "tcp" else None
+        # SHOAL_CLUSTER_LINK=direct and the peer's router listens for publishes: they go there
+        data = info.get("data") if self.settings.cluster_link == "direct" else None
         if peer is not None and (peer.addr != info.get("addr") or peer.link_addr != link):
             # (a tcp link's port is new at every agent start) the queue stays: what that
             # node did not confirm goes again on the new link, as after a link flap
             peer.relink(info["addr"], link)
+        if peer is not None:
+            peer.set_data(data)  # (its router restarted: a new port; what it did not confirm goes again)
         if peer is None:
-            p = self.peers[node] = PeerOut(self, node, info["addr"], link)
+            p = self.peers[node] = PeerOut(self, node, info["addr"], link, data)
             p.acked_hook = self.check_pressure
         if old is None:
             log.info("node joined", extra=kv(peer=node, addr=info.get("addr"), nodes=len(self.members)))
@@ -895,13 +905,7 @@ class Agent:
             self.ownership.lease_changed()  # (the records under the old lease went with it)
         self.lease_id = lease_id
         key = NODES + self.node.encode()
-        st = self.settings
-        api = f"http://{st.metrics_host or st.host}:{st.metrics_port}" if st.metrics_port else None
-        record = {"addr": self.settings.cluster_address, "workers": self.settings.workers, "api": api,
-                  "wire": CLUSTER_WIRE, "instance": self.instance, "mqtt": f"{self.settings.host}:{self.settings.port}"}
-        if self.link_address:
-            record["link"] = self.link_address  # SHOAL_CLUSTER_LINK=tcp: peers dial this for Peer.Link's frames
-        value = _json(record)
+        value = self._record()
         tx = client.transactions
         ok, _ = await client.transaction(compare=[tx.create(key) == 0], success=[tx.put(key, value, lease_id)], failure=[])
         if not ok:
@@ -924,6 +928,30 @@ class Agent:
                     pass
                 raise DuplicateName(msg)
             await client.put(key, value, lease=lease_id)
+
+    _record_task = None
+
+    def _record(self) -> bytes:
+        """This node's nodes/ value."""
+        st = self.settings
+        api = f"http://{st.metrics_host or st.host}:{st.metrics_port}" if st.metrics_port else None
+        record = {"addr": st.cluster_address, "workers": st.workers, "api": api,
+                  "wire": CLUSTER_WIRE, "instance": self.instance, "mqtt": f"{st.host}:{st.port}"}
+        if self.link_address:
+            record["link"] = self.link_address  # SHOAL_CLUSTER_LINK=tcp: peers dial this for Peer.Link's frames
+        if self.data_address:
+            record["data"] = self.data_address  # SHOAL_CLUSTER_LINK=direct: peers send publishes to our router there
+        return _json(record)
+
+    async def _put_record(self) -> None:
+        """The record again (the router's data address is new: it (re)started)."""
+        client = self.etcd.client
+        if not self.connected or client is None or not self.lease_id:
+            return  # (the next join writes it)
+        try:
+            await client.put(NODES + self.node.encode(), self._record(), lease=self.lease_id)
+        except Exception as e:
+            log.warning("could not update this node's record", extra=kv(error=str(e)[:200]))
 
     async def _write_txn(self, client, chunk: list) -> int:
         """One transaction; one that etcd refuses as too large is split, and a retained

@@ -22,6 +22,8 @@ from proto import cluster_pb2 as pb
 from proto import cluster_pb2_grpc as pbg
 
 from . import tcplink
+from .datalink import RESEND_AFTER, RESEND_CHECK, RESEND_MAX, SEND_RETRY, DataLink
+from core import peerdata
 
 log = logging.getLogger("shoal.agent")
 
@@ -34,14 +36,20 @@ class WireMismatch(Exception):
 
 
 class Entry:
-    __slots__ = ("seq", "pub", "ref", "at", "size")
+    __slots__ = ("seq", "topic", "body", "normal", "groups", "ref", "at", "size", "msg", "sent", "direct")
 
-    def __init__(self, seq, pub, ref, at, size=0):
+    def __init__(self, seq, topic, body, normal, groups, ref, at, msg=None, direct=None):
         self.seq = seq
-        self.pub = pub
+        self.topic = topic
+        self.body = body  # the message packed (core/records.py's wire form)
+        self.normal = normal
+        self.groups = groups
         self.ref = ref  # (router ident, token) of the publish this node must confirm, or None
         self.at = at  # monotonic time it was queued (its wait counts against Message Expiry)
-        self.size = size  # bytes of the message (a frame holds SHOAL_CLUSTER_FRAME_BYTES or one message)
+        self.size = len(body)  # bytes of the message (a frame holds SHOAL_CLUSTER_FRAME_BYTES or one message)
+        self.msg = msg  # the message decoded, when known (the direct link counts its expiry down itself)
+        self.sent = 0.0  # monotonic time it last went on the direct data link
+        self.direct = direct  # a pb.Direct: for a session that moved (cluster/moves.py); only on the Link
 
 
 def take(queue: deque, most: int, most_bytes: int) -> list:
@@ -62,22 +70,52 @@ def _aged(entries, now: float) -> list:
     """The entries' Pubs, each saying how long it waited here (whole milliseconds)."""
     pubs = []
     for e in entries:
+        pub = pb.Pub(seq=e.seq, topic=e.topic, msg=e.body, normal=e.normal,
+                     groups=[pb.Group(group=g, filter=f) for g, f in e.groups])
+        if e.direct is not None:
+            pub.direct.CopyFrom(e.direct)
         ms = int((now - e.at) * 1000)
         if ms:
-            e.pub.queued_ms = ms
-        pubs.append(e.pub)
+            pub.queued_ms = ms
+        pubs.append(pub)
     return pubs
+
+
+def _data_op(e: Entry, now: float) -> bytes | None:
+    """The entry's REMOTE_PUB for the direct data link; its Message Expiry counts the time it
+    waited here (None: it ran out meanwhile)."""
+    body = e.body
+    m = e.msg
+    if m is not None and m[5] is not None:
+        waited = now - e.at
+        if waited >= 0.001:
+            left = m[5] - waited
+            if left <= 0:
+                return None
+            m = list(m)
+            m[5] = left
+            body = peerdata.packb(m)
+    return peerdata.remote_pub(body, e.normal, e.groups, e.seq)
 
 
 class PeerOut:
     """The Link this node dials to one other node."""
 
-    def __init__(self, agent, node: str, addr: str, link_addr: str | None = None):
+    def __init__(self, agent, node: str, addr: str, link_addr: str | None = None, data_addr: str | None = None):
         self.agent = agent
         self.node = node
         self.addr = addr  # gRPC
         self.link_addr = link_addr  # SHOAL_CLUSTER_LINK=tcp: the peer's tcp link (None: Peer.Link over gRPC)
+        # SHOAL_CLUSTER_LINK=direct: the publishes go to the peer's router (cluster/datalink.py),
+        # the Link carries the route syncs only
+        self.data_addr: str | None = None
+        self.data: DataLink | None = None
+        self._data_flush = None
+        self._resender: asyncio.Task | None = None
+        self.resend_after = RESEND_AFTER
+        self.resent = 0
         self.queue: deque[Entry] = deque()
+        self.link_queue: deque[Entry] = deque()  # (direct link on) messages for a moved session: on the Link
         self.unacked: OrderedDict[int, Entry] = OrderedDict()
         self.syncs: dict[int, tuple[int, asyncio.Future]] = {}
         self.new_syncs: list[int] = []
@@ -94,19 +132,135 @@ class PeerOut:
         self.failures = 0
         self.acked_hook = None  # called after acknowledgements came (the agent's push back check)
         self.task = asyncio.get_running_loop().create_task(self.run())
+        if data_addr:
+            self.set_data(data_addr)
 
     def size(self) -> int:
-        return len(self.queue) + len(self.unacked)
+        return len(self.queue) + len(self.link_queue) + len(self.unacked)
 
-    def send(self, topic: str, body: bytes, normal: bool, groups: list, ref, qos: int, direct=None) -> None:
-        """direct: a pb.Direct, for the one session named there (cluster/moves.py)."""
+    def send(self, topic: str, body: bytes, normal: bool, groups: list, ref, qos: int, direct=None,
+             msg: list | None = None) -> None:
+        """direct: a pb.Direct, for the one session named there (cluster/moves.py); such a
+        message always goes on the Link (the receiving agent hands it over), also when the
+        others go on the direct data link."""
         seq = next(self._seq) if qos > 0 else 0
-        pub = pb.Pub(seq=seq, topic=topic, msg=body, normal=normal,
-                     groups=[pb.Group(group=g, filter=f) for g, f in groups])
-        if direct is not None:
-            pub.direct.CopyFrom(direct)
-        self.queue.append(Entry(seq, pub, ref, time.monotonic(), len(body)))
-        self.wake.set()
+        e = Entry(seq, topic, body, normal, groups, ref, time.monotonic(), msg, direct)
+        if direct is not None and self.data is not None:
+            self.link_queue.append(e)
+            self.wake.set()
+            return
+        self.queue.append(e)
+        if self.data is not None:
+            if self._data_flush is None:
+                self._data_flush = asyncio.get_running_loop().call_soon(self._flush_data)
+        else:
+            self.wake.set()
+
+    # -- the direct data link (SHOAL_CLUSTER_LINK=direct) ---------------------------------
+    def set_data(self, addr: str | None) -> None:
+        """The peer's router listens for our publishes at addr (None: it does not: they go
+        on the Link again). What it did not confirm goes again at once on the new link."""
+        if addr == self.data_addr:
+            return
+        old = self.data
+        self.data_addr = addr
+        if old is not None:
+            old.close()
+            self.data = None
+        if not addr:
+            if self._resender is not None:
+                self._resender.cancel()
+                self._resender = None
+            self.relink(self.addr, self.link_addr)  # (the Link's reconnect sends the unconfirmed again)
+            self.wake.set()
+            return
+        self.data = DataLink(self, addr)
+        log.info("direct data link to the peer's router", extra=kv(peer=self.node, addr=addr, resent=len(self.unacked)))
+        if self.unacked:
+            self._send_entries(deque(e for e in self.unacked.values() if e.direct is None), time.monotonic(), False)
+        if self.queue and self._data_flush is None:
+            self._data_flush = asyncio.get_running_loop().call_soon(self._flush_data)
+        if self._resender is None:
+            self._resender = asyncio.get_running_loop().create_task(self._resend_loop())
+
+    def _flush_data(self) -> None:
+        self._data_flush = None
+        if self.data is not None and self.queue:
+            self._send_entries(self.queue, time.monotonic(), True)
+
+    def _send_entries(self, entries: deque, now: float, from_queue: bool) -> None:
+        """Send entries (popped from the left) in batches on the data link. When the socket
+        is full, what is left stays: in the queue (from_queue; retried shortly) or in
+        unacked (a resend: retried at the next resend check)."""
+        st = self.agent.settings
+        data = self.data
+        while entries and data is not None:
+            out = take(entries, st.cluster_batch, st.cluster_frame_bytes)
+            ops = []
+            sent = []
+            for e in out:
+                if e.direct is not None:  # (queued before the data link came) for a moved session: the Link
+                    self.link_queue.append(e)
+                    self.wake.set()
+                    continue
+                op = _data_op(e, now)
+                if op is None:  # its Message Expiry ran out while it waited here
+                    self.agent.expired_in_queue += 1
+                    self.unacked.pop(e.seq, None)
+                    if e.ref is not None:
+                        self.agent.peer_confirmed(self.node, e.ref)
+                    continue
+                ops.append(op)
+                sent.append(e)
+            if not ops:
+                continue
+            if not data.send(peerdata.batch(ops)):
+                if from_queue:
+                    entries.extendleft(reversed(sent))
+                    self._data_flush = asyncio.get_running_loop().call_later(SEND_RETRY, self._flush_data)
+                return
+            self.agent.frames_sent += 1
+            unacked = self.unacked
+            for e in sent:
+                if e.seq:
+                    e.sent = now
+                    unacked[e.seq] = e
+
+    def confirmed(self, seqs: list) -> None:
+        """The peer's router owns these (every member that got them does)."""
+        got = False
+        for seq in seqs:
+            e = self.unacked.pop(seq, None)
+            if e is not None:
+                got = True
+                if e.ref is not None:
+                    self.agent.peer_confirmed(self.node, e.ref)
+        if got:
+            self.resend_after = RESEND_AFTER
+            if self.acked_hook is not None:
+                self.acked_hook()
+
+    def resend_due(self, now: float) -> int:
+        """Send again what waited resend_after unconfirmed; the wait doubles (to RESEND_MAX)
+        while the peer confirms nothing. Returns how many went again."""
+        if self.data is None or not self.unacked:
+            return 0
+        limit = now - self.resend_after
+        due = deque(e for e in self.unacked.values() if e.sent <= limit and e.direct is None)
+        if not due:
+            return 0
+        n = len(due)
+        self.resent += n
+        log.warning("peer router did not confirm: sending again", extra=kv(peer=self.node, addr=self.data_addr,
+                                                                         resent=n, waited_s=self.resend_after))
+        self._send_entries(due, now, False)
+        self.resend_after = min(self.resend_after * 2, RESEND_MAX)
+        return n
+
+    async def _resend_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RESEND_CHECK)
+            self.resend_due(time.monotonic())
 
     def relink(self, addr: str, link_addr: str | None) -> None:
         """The node's record names other addresses: end the link; it is made again there
@@ -130,14 +284,23 @@ class PeerOut:
         """The node left: stop, and return the refs it will never confirm."""
         self.closed = True
         self.task.cancel()
+        if self.data is not None:
+            self.data.close()
+            self.data = None
+        if self._resender is not None:
+            self._resender.cancel()
+        if self._data_flush is not None:
+            self._data_flush.cancel()
         for _, fut in self.syncs.values():
             if not fut.done():
                 fut.set_result(False)
         self.syncs.clear()
         refs = [e.ref for e in self.unacked.values() if e.ref is not None]
         refs += [e.ref for e in self.queue if e.ref is not None]
+        refs += [e.ref for e in self.link_queue if e.ref is not None]
         self.unacked.clear()
         self.queue.clear()
+        self.link_queue.clear()
         return refs
 
     async def run(self) -> None:
@@ -165,7 +328,8 @@ class PeerOut:
                 self.failures = 0
                 backoff = 0.05
                 # what the peer did not confirm goes again, in order, before anything new
-                resend = list(self.unacked.values())
+                # (on the direct data link, when there is one: cluster/datalink.py)
+                resend = [e for e in self.unacked.values() if self.data is None or e.direct is not None]
                 self.new_syncs = list(self.syncs)
                 loop = asyncio.get_running_loop()
                 reader = loop.create_task(self._read(call))
@@ -217,11 +381,16 @@ class PeerOut:
         while resend:
             await call.write(pb.Frame(pubs=_aged(take(resend, batch_max, bytes_max), time.monotonic())))
         while True:
-            if not self.queue and not self.new_syncs:
+            if not (self.queue and self.data is None) and not self.link_queue and not self.new_syncs:
                 self.wake.clear()
                 await self.wake.wait()
                 await asyncio.sleep(0)  # one loop pass more: gather what that pass queues
-            out = take(self.queue, batch_max, bytes_max)
+            if self.data is None:
+                self.queue.extendleft(reversed(self.link_queue))  # (the data link went: all on the Link)
+                self.link_queue.clear()
+                out = take(self.queue, batch_max, bytes_max)
+            else:
+                out = take(self.link_queue, batch_max, bytes_max)
             unacked = self.unacked
             for e in out:
                 if e.seq:

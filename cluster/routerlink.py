@@ -87,7 +87,7 @@ class RouterLink:
 
     def _flush(self, final: bool = False) -> None:
         self._flush_handle = None
-        if not self.out:
+        if not self.out or self.sock.closed:  # (an op queued while the agent stops, after close)
             return
         ops, self.out = self.out, []
         data = _array_header(len(ops)) + b"".join(ops)

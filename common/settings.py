@@ -100,10 +100,14 @@ class Settings(BaseSettings):
     # `tcp`: the same Frames, length-prefixed on a plain TCP connection the event loop reads
     # itself (cluster/tcplink.py; a node advertises its address in etcd, a peer that does
     # not is dialled over gRPC). TakeoverSession and AdoptSession stay on gRPC.
-    cluster_link: Literal["grpc", "tcp"] = "grpc"
+    cluster_link: Literal["grpc", "tcp", "direct"] = "grpc"
     cluster_link_addr: str = ""  # host:port of the tcp link; default: SHOAL_CLUSTER_ADDR's host, a free port
     cluster_max_frame: int = 64 * 1024 * 1024  # bytes of one peer frame received at most (gRPC and tcp)
     cluster_frame_bytes: int = 1024 * 1024  # a frame leaves once its messages reach this many bytes
+    # -- the direct data link (issue 10, hopcpu helper): SHOAL_CLUSTER_LINK=direct --
+    # where the router takes the other nodes' publishes (ZeroMQ tcp); default: the host of
+    # SHOAL_CLUSTER_ADDR, a free port (it goes in the node's etcd record)
+    cluster_data_addr: str = ""
     # -- a session moving between nodes (issue 11 point 2, move helper) --
     # seconds after a session went to another node during which what still arrives here for
     # it is forwarded to that node (router/away.py), and during which that node drops a

@@ -319,6 +319,15 @@ class Welcome:
     version: int
     routes: list  # [[member, filter], ...]
     retained: list
+    # to the cluster agent, SHOAL_CLUSTER_LINK=direct: host:port where this router takes the
+    # other nodes' publishes (core/peerdata.py); the agent puts it in the node's etcd record
+    data_addr: str | None = None
+
+    def to_wire(self) -> list:  # the address travels only when there is one (as before it was added)
+        w = [Op.WELCOME.value, self.epoch, self.version, self.routes, self.retained]
+        if self.data_addr is not None:
+            w.append(self.data_addr)
+        return w
 
 
 @_wire_op(Op.ROUTES)

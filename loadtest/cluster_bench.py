@@ -70,8 +70,9 @@ class ClusterNode(Shoal):
     def __init__(self, workers: int, tmp: Path, name: str, etcd: str, env: dict[str, str] | None = None):
         self.name = name
         self.etcd = etcd
-        self.extra_env = env or {}  # more SHOAL_* settings (--link)
-        super().__init__(workers, tmp)
+        # more SHOAL_* settings (--link, --set); given to Broker, which keeps them (set here
+        # before, Broker.__init__ replaced them with none: --link and --set did nothing)
+        super().__init__(workers, tmp, env=env)
 
     @property
     def label(self) -> str:
@@ -397,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-outstanding", type=int, default=64,
                     help="SUBSCRIBEs (50 filters each) unanswered at once over all connections, memory mode")
     ap.add_argument("--breakdown", action="store_true", help="also print the CPU-seconds of every process per run")
-    ap.add_argument("--link", choices=("grpc", "tcp"), default=None,
+    ap.add_argument("--link", choices=("grpc", "tcp", "direct"), default=None,
                     help="SHOAL_CLUSTER_LINK of the nodes (default: the node's default)")
     ap.add_argument("--set", action="append", default=[], metavar="SHOAL_NAME=VALUE",
                     help="one more setting of every node (repeatable), e.g. --set SHOAL_ROUTER_BATCH_MS=0")

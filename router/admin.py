@@ -88,6 +88,10 @@ class AdminApp:
             "wire_refused": r.wire.refused,
             "malformed_ops": r.malformed,
             "remote_repeats": r.forward.remote_repeats,
+            # SHOAL_CLUSTER_LINK=direct (router/peerdata.py)
+            "peer_publishes": r.peer_data.received if r.peer_data is not None else 0,
+            "peer_refused": r.peer_data.refused if r.peer_data is not None else 0,
+            "peer_malformed": r.peer_data.malformed if r.peer_data is not None else 0,
             "cluster_enabled": self.ops.cluster(now) is not None,
             "cluster_joined": bool(self.ops.cluster(now)),
             "cluster_peers": len(self.ops.peers),

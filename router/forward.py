@@ -93,8 +93,9 @@ class Forwarder:
 
     def remote_publish(self, sender: bytes, msg: list, normal: bool, groups: list, token, at,
                        origin: list | None = None) -> None:
-        """A message another node sent (through the cluster agent, the sender): to
-        this node's members only, so it is never forwarded to a third node."""
+        """A message another node sent (through the cluster agent, or straight from that
+        node's agent on the direct data link, router/peerdata.py): to this node's members
+        only, never to this node's agent, so it is never forwarded to a third node."""
         if origin is not None and token is not None:
             st = self.remote_seen.mark(origin)
             if st is not None:
@@ -107,13 +108,13 @@ class Forwarder:
             self.origin_of[(sender, token)] = origin
         topic = msg[0]
         trie = self.r.routes.trie
-        targets = {ident for ident, _ in trie.match(topic) if ident != sender} if normal else set()
+        targets = {ident for ident, _ in trie.match(topic) if ident != sender and ident != AGENT} if normal else set()
         groups_for: dict[bytes, list] = {}
         if groups:
             wanted = {(g, f) for g, f in groups}
             for group in trie.match_shared(topic):
                 if (group.group, group.topic_filter) in wanted:
-                    members = [m for m in group.members if m != sender]
+                    members = [m for m in group.members if m != sender and m != AGENT]
                     if members:
                         chosen = self._pick(group, members)
                         groups_for.setdefault(chosen, []).append([group.group, group.topic_filter])

@@ -77,7 +77,7 @@ class Membership:
         # the member has the table at this version (the WELCOME below); not one more:
         # a SYNC must wait for it to apply the next ROUTES
         m.acked = routes.version
-        r.send(ident, o.Welcome(r.epoch, routes.version, table, r.retained.wire(now)))
+        r.send(ident, o.Welcome(r.epoch, routes.version, table, r.retained.wire(now), r.data_addr(ident)))
         if sessions.lease_op is not None and ident != AGENT:
             if r.lease_path is not None:
                 r.lease_path.push_lease(sessions.lease_op)  # (the ops channel: the only path then)
@@ -102,7 +102,7 @@ class Membership:
         m.acked = r.routes.version
         now = r.clock()
         table = r.routes.table(m.ident)
-        r.send(m.ident, o.Welcome(r.epoch, r.routes.version, table, r.retained.wire(now)))
+        r.send(m.ident, o.Welcome(r.epoch, r.routes.version, table, r.retained.wire(now), r.data_addr(m.ident)))
         for cid in m.orphans:
             if r.sessions.registry.get(cid) != m.ident:
                 r.send(m.ident, o.Takeover(cid, 0, True))

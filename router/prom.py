@@ -210,6 +210,11 @@ ROUTER = {
     "malformed_ops": (CounterMetricFamily, "ops from members the router could not decode or handle, dropped"),
     "remote_repeats": (CounterMetricFamily, "QoS 1/2 messages from other nodes that came again (resent across an "
                                             "agent restart) and were taken once"),
+    "peer_publishes": (CounterMetricFamily, "publishes other nodes' agents sent straight to this router "
+                                            "(SHOAL_CLUSTER_LINK=direct), resent ones included"),
+    "peer_refused": (CounterMetricFamily, "messages on the direct data port from a dialler that is not a Shoal agent "
+                                          "of this data wire, dropped"),
+    "peer_malformed": (CounterMetricFamily, "messages and publishes on the direct data port that were not ours, dropped"),
 }
 
 

@@ -35,6 +35,7 @@ from .admin import OpsService
 from .forward import Forwarder
 from .away import Away
 from .members import AGENT, MEMBER_TIMEOUT, Member, Membership  # noqa: F401  (names importable from here)
+from .peerdata import PeerData
 from .retained import RetainedSet, StoreError
 from .routes import RouteTable
 from .sessions import CLAIM_TIMEOUT, Claim, Sessions  # noqa: F401
@@ -76,6 +77,8 @@ class Router:
             sock.setsockopt(zmq.SNDHWM, 100_000)
             sock.setsockopt(zmq.RCVHWM, 100_000)
         self.sock = sock
+        # SHOAL_CLUSTER_LINK=direct: other nodes' agents send their publishes here (router/peerdata.py)
+        self.peer_data = PeerData(self) if settings.clustered and settings.cluster_link == "direct" else None
         self.endpoint = settings.router_endpoint
         self.running = True
         # a SYNC (SUBACK) waits for every member; with a cluster agent that means every
@@ -133,8 +136,13 @@ class Router:
         """Send the batched ops; True when everything went out."""
         self.routes.flush_delta()
         done = True
+        peer_data = self.peer_data
         for ident in list(self.out):
             ops = self.out[ident]
+            if peer_data is not None and peer_data.is_peer(ident):
+                peer_data.send(ident, ops, pack)  # (CONFIRMs to another node's agent)
+                del self.out[ident]
+                continue
             try:
                 self.sock.send_multipart([ident, pack(ops)], flags=zmq.NOBLOCK)
             except zmq.Again:
@@ -152,12 +160,19 @@ class Router:
         self.bind()
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        peer_sock = None
+        if self.peer_data is not None:
+            self.peer_data.bind()
+            peer_sock = self.peer_data.sock
+            poller.register(peer_sock, zmq.POLLIN)
         ops = OpsService(self, poller)  # /metrics, /health, /ready, the admin API (router/admin.py)
         self.lease_path = ops.ops  # the workers' LEASE goes on the ops channel (router/ops.py)
         next_check = self.clock() + 0.5
         while self.running:
             backlog = bool(self.out)
             poller.modify(self.sock, zmq.POLLOUT if backlog else zmq.POLLIN)
+            if peer_sock is not None:
+                poller.modify(peer_sock, 0 if backlog else zmq.POLLIN)  # (a slow member: push back on peers too)
             events = dict(poller.poll(100))
             if self.sock in events and not backlog:
                 for _ in range(1000):  # a bounded batch per pass
@@ -170,6 +185,8 @@ class Router:
                         self.malformed += 1
                         continue
                     self.handle(ident, data)
+            if peer_sock is not None and peer_sock in events and not backlog:
+                self.peer_data.read(self.clock())
             now = self.clock()
             if self.sock not in events and not backlog:
                 self.read_all_at = now  # (the socket had nothing to read: nothing is left unread)
@@ -183,6 +200,8 @@ class Router:
             self.flush()
         ops.close()
         self.retained.close()
+        if self.peer_data is not None:
+            self.peer_data.close()
         self.sock.close(0)
 
     # -- ops ------------------------------------------------------------------
@@ -234,6 +253,12 @@ class Router:
         fn = self.handlers.get(cls)
         if fn is not None:
             fn(m, op, now)
+
+    def data_addr(self, ident: bytes) -> str | None:
+        """For the agent's WELCOME: where this router takes other nodes' publishes (direct link)."""
+        if ident == AGENT and self.peer_data is not None:
+            return self.peer_data.address
+        return None
 
     def _agent(self) -> Member | None:
         return self.membership.alive(AGENT)

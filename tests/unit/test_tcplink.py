@@ -65,7 +65,7 @@ def test_bytes_that_are_no_frame_raise_frame_error_only():
 
 
 def _entry(seq: int, size: int) -> Entry:
-    return Entry(seq, pb.Pub(seq=seq), None, 0.0, size)
+    return Entry(seq, "t", b"x" * size, True, [], None, 0.0)
 
 
 def test_take_bounds_a_frame_by_count_and_by_bytes():

@@ -1,0 +1,85 @@
+"""The direct data link (SHOAL_CLUSTER_LINK=direct): a node's agent sends its publishes for
+another node straight to that node's router, over ZeroMQ (tcp), so a message crossing nodes
+passes worker -> router -> agent -> router -> worker (five processes, not six).
+
+Both sides live here (the agent and the router import core/, never each other):
+- the dialler (the sending agent) connects a DEALER whose identity names it:
+  ``shoal-data/<wire>/<node>/<agent instance>``;
+- one ZeroMQ message is one msgpack array of REMOTE_PUB ops (core/ops.py), the message as
+  the bytes the sender packed; the token is the peer link's seq (0 / None for QoS 0), and
+  the receiving router takes (node, instance, seq) as the message's origin, so a message
+  sent again is taken once (router/forward.py RemoteSeen);
+- the router answers with CONFIRM(seq, ok) ops once every member that got it owns it.
+"""
+from __future__ import annotations
+
+import struct
+
+import msgpack
+
+from .ops import Op
+
+DATA_WIRE = 1  # version of the direct data link; a dialler speaking another is refused
+PREFIX = b"shoal-data/"
+_REMOTE_PUB = msgpack.packb(int(Op.REMOTE_PUB))
+_NIL = b"\xc0"
+_TRUE = b"\xc3"
+_FALSE = b"\xc2"
+_EMPTY = b"\x90"
+
+
+class BadIdentity(ValueError):
+    """A dialler whose identity is not ours (or speaks another DATA_WIRE)."""
+
+
+def identity(node: str, instance: str) -> bytes:
+    return PREFIX + f"{DATA_WIRE}/{node}/{instance}".encode()
+
+
+def parse_identity(ident: bytes) -> tuple[str, str]:
+    """(node, instance) of a dialler; BadIdentity when it is not one of ours."""
+    if not ident.startswith(PREFIX):
+        raise BadIdentity("not a Shoal data link")
+    try:
+        wire, node, instance = ident[len(PREFIX):].decode().split("/")
+    except ValueError:
+        raise BadIdentity("malformed data link identity") from None
+    if wire != str(DATA_WIRE):
+        raise BadIdentity(f"data link wire {wire}, this node speaks {DATA_WIRE}: run the same Shoal version on every node")
+    if not node or not instance:
+        raise BadIdentity("malformed data link identity")
+    return node, instance
+
+
+def array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 65536:
+        return b"\xdc" + struct.pack(">H", n)
+    return b"\xdd" + struct.pack(">I", n)
+
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def packb(obj) -> bytes:
+    return _packer.pack(obj)
+
+
+def remote_pub(body: bytes, normal: bool, groups: list, seq: int) -> bytes:
+    """One REMOTE_PUB op, body (the packed message) spliced in as it is: [17, msg, normal,
+    groups, token, at]; at is None (the receiving router stamps its own clock)."""
+    g = _packer.pack(groups) if groups else _EMPTY
+    return b"\x96" + _REMOTE_PUB + body + (_TRUE if normal else _FALSE) + g + (_packer.pack(seq) if seq else _NIL) + _NIL
+
+
+def batch(ops: list[bytes]) -> bytes:
+    return array_header(len(ops)) + b"".join(ops)
+
+
+def well_formed(w) -> bool:
+    """A message from another node, checked before it reaches the members (one bad message
+    costs only itself): [topic, payload, qos, retain, properties, expiry, origin, ...]."""
+    return (type(w) is list and len(w) >= 7 and type(w[0]) is str and type(w[1]) is bytes
+            and w[2] in (0, 1, 2) and type(w[3]) is bool and (w[4] is None or type(w[4]) is dict)
+            and (w[5] is None or type(w[5]) in (int, float)) and type(w[6]) is str)
