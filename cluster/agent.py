@@ -150,7 +150,7 @@ class Agent:
         self._peer_syncs: dict[int, asyncio.Task] = {}  # etcd revision -> the Sync round for it
         self.service = PeerService(self)
         self.replay = Replay(self)  # publishes that raced a subscription on another node
-        self.ownership = Ownership(self)  # owners/<client id> (issue 11)
+        self.ownership = Ownership(self)  # sessions/owners/<client id> (issue 11)
         self.wills = Wills(self)  # wills/<client id>
         self.leader = Leader(self)  # the leader key and its duties
         self.drain = Drain(self)  # graceful leave: sessions to the other nodes

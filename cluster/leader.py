@@ -13,7 +13,7 @@ Duties of the leader:
   the record orphaned (cluster/wills.py: a compare-and-swap delete decides who
   publishes). A new leader looks at every record again, so the duty goes on
   when the leader dies meanwhile.
-- a dead node's owners/ and routes/ records go by themselves with its lease;
+- a dead node's sessions/owners/ and routes/ records go by themselves with its lease;
   its shared-subscription members are routes/ records too.
 """
 from __future__ import annotations

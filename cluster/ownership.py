@@ -1,6 +1,6 @@
 """One owner per client id across the cluster (issue 11), the agent's side.
 
-Each client id with a session on some node has a record ``owners/<client id>``
+Each client id with a session on some node has a record ``sessions/owners/<client id>``
 in etcd: ``{"lease": <lease>, "node": <node>}``, attached to the owner node's
 lease, so it vanishes with the node (a dead node's ids are free once its lease
 expired). It is only ever written with a compare-and-swap, and its etcd
@@ -49,7 +49,10 @@ from core.ops import Own
 
 log = logging.getLogger("shoal.agent")
 
-OWNERS = b"owners/"
+# outside the range the agents read and watch (cluster/etcd.py RANGE_START..RANGE_END): every
+# CONNECT writes one and its end deletes it, and each agent had every node's owner events on
+# its watch, to be thrown away (issue 11's connect rate: about a fifth of a cluster connect's CPU)
+OWNERS = b"sessions/owners/"
 CAS_ATTEMPTS = 5  # compare-and-swap rounds before a claim is refused (each lost round: someone else wrote)
 TAKEOVER_TIMEOUT = 4.0  # seconds the previous owner has to hand a session over
 ROUTER_TIMEOUT = 6.0  # seconds this node's router has to give a session up
@@ -161,7 +164,7 @@ class Pending:
 class Ownership:
     def __init__(self, agent):
         self.agent = agent
-        self.owned: dict[str, int] = {}  # client id -> revision of our owners/ record (the token)
+        self.owned: dict[str, int] = {}  # client id -> revision of our owner record (the token)
         self.claiming: dict[str, Pending] = {}
         self.takes: dict[int, asyncio.Future] = {}  # our CLAIM req to the router -> future of the state
         self._req = itertools.count(1 << 40)  # apart from the workers' request numbers

@@ -7,7 +7,7 @@ measures:
 - connect rate: clients that CONNECT (new client id, clean start), wait for
   CONNACK and DISCONNECT, --concurrency at a time, for --seconds: on the node
   alone; on the three cluster nodes at once (one load per node, the figure per
-  node); on mosquitto. In the cluster every such connect writes owners/<id> in
+  node); on mosquitto. In the cluster every such connect writes sessions/owners/<id> in
   etcd (a compare-and-swap) and its end deletes it.
 - takeover latency: one v5 client id with a persistent session connects in turn
   on node 1 and node 2 (each CONNECT takes the session over from the other node:

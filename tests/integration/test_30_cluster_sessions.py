@@ -1,5 +1,5 @@
 """Sessions across the cluster (issue 11): one owner per client id in etcd
-(owners/<client id>, written with compare-and-swap), takeover between nodes with
+(sessions/owners/<client id>, written with compare-and-swap), takeover between nodes with
 the whole session, clean start cluster-wide, racing CONNECTs, a dead node's ids.
 
 One module-scoped cluster of three one-worker nodes and one external etcd; a short
@@ -34,7 +34,7 @@ def port(cluster, name: str) -> int:
 
 
 def owner(cluster, cid: str):
-    rec = cluster.etcd.get_json(f"owners/{cid}")
+    rec = cluster.etcd.get_json(f"sessions/owners/{cid}")
     return rec["node"] if rec else None
 
 
@@ -50,9 +50,9 @@ def test_owner_record(cluster, clients):
     the record goes when the session ends."""
     c = clients.connect(port(cluster, "s1"), "own-1")
     assert owner(cluster, "own-1") == "s1"
-    rec = cluster.etcd.get_json("owners/own-1")
+    rec = cluster.etcd.get_json("sessions/owners/own-1")
     node_kv = json.loads(cluster.etcd.ctl("get", "-w", "json", "nodes/s1").stdout)["kvs"][0]
-    owner_kv = json.loads(cluster.etcd.ctl("get", "-w", "json", "owners/own-1").stdout)["kvs"][0]
+    owner_kv = json.loads(cluster.etcd.ctl("get", "-w", "json", "sessions/owners/own-1").stdout)["kvs"][0]
     assert rec["lease"] == node_kv["lease"] == owner_kv["lease"]  # it goes with the node
     c.send(Disconnect(0))
     c.expect_closed()
