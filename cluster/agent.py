@@ -291,6 +291,9 @@ class Agent:
             "malformed_total": self.malformed,
             "expired_in_queue_total": self.expired_in_queue,
             "paused": int(self.link.paused),
+            # owner records (cluster/ownership.py Batcher): transactions, records they carried
+            "owner_txns_total": self.ownership.batcher.txns,
+            "owner_records_total": self.ownership.batcher.records,
         }
 
     def write_status(self) -> None:
