@@ -3,29 +3,32 @@
 Each client id with a session on some node has a record ``sessions/owners/<client id>``
 in etcd: ``{"lease": <lease>, "node": <node>}``, attached to the owner node's
 lease, so it vanishes with the node (a dead node's ids are free once its lease
-expired). It is only ever written with a compare-and-swap, and its etcd
-revision is the fencing token of the session that went with it: a takeover
-asked with an older token than the asked node's own is refused (``NEWER``).
+expired). A claim writes it with one atomic swap (a put that returns the record
+it replaced, ``prev_kv``: the compare-and-swap of a read and a put on its
+revision, in one round trip), a session's end deletes it with a compare of its
+value; its etcd revision is the fencing token of the session that went with it:
+a takeover asked with an older token than the asked node's own is refused
+(``NEWER``).
 
 The router asks (``OWN``) when a CONNECT claims an id this node does not hold,
 or holds only from its store (restored after a restart: it may be stale). The
 agent answers (``OWNED``):
 
-- ``FRESH``: no record existed, or it named a dead node or an old lease of this
+- ``FRESH``: no record was there, or it named a dead node or an old lease of this
   one: this node owns the id now; any copy of the session here is stale and is
   dropped without its will.
-- ``KEEP``: the record names this node under its current lease: the node
+- ``KEEP``: the record named this node under its current lease: the node
   decides alone, exactly as without a cluster (workers hand over among
   themselves).
-- ``REMOTE``: the record named another live node: the agent wrote itself over
-  it (CAS on the old record's revision), then asked that node's agent for the
-  session (gRPC ``TakeoverSession``). That agent takes the session off its
+- ``REMOTE``: the record named another live node: the agent's swap wrote
+  itself over it, then it asked that node's agent for the session (gRPC ``TakeoverSession``). That agent takes the session off its
   router as a worker would (``CLAIM``: the holding worker closes the connection
   with v5 DISCONNECT 0x8E and hands over the whole record) and returns it; the
   router here grants it to the claiming worker, which answers session present
   = 1 and redelivers the inflight messages with DUP before the queue.
 - ``REFUSED``: a newer CONNECT of the id won on another node, or the previous
-  owner is alive but cannot be reached (the record is put back to it): the
+  owner is alive but cannot be reached (the record is put back to it, compared
+  on the revision of ours): the
   CONNECT is refused with 0x88 / 3 (server unavailable), so that an id never
   has two live sessions.
 
@@ -53,7 +56,6 @@ log = logging.getLogger("shoal.agent")
 # CONNECT writes one and its end deletes it, and each agent had every node's owner events on
 # its watch, to be thrown away (issue 11's connect rate: about a fifth of a cluster connect's CPU)
 OWNERS = b"sessions/owners/"
-CAS_ATTEMPTS = 5  # compare-and-swap rounds before a claim is refused (each lost round: someone else wrote)
 TAKEOVER_TIMEOUT = 4.0  # seconds the previous owner has to hand a session over
 ROUTER_TIMEOUT = 6.0  # seconds this node's router has to give a session up
 BATCH = 100  # records per etcd transaction (etcd's default limit is 128 operations)
@@ -61,30 +63,32 @@ INFLIGHT = 2  # owner transactions under way at once; what comes meanwhile waits
 
 
 class Batcher:
-    """Creates and deletes of owner records gathered into few etcd transactions: one
-    transaction holds both (a create compares that the key is absent, a delete that it
-    still holds this node's value), and at most INFLIGHT transactions are under way, so
-    what gathers meanwhile goes in the next one (group commit). A connect storm costs one
-    round trip per batch, not per CONNECT, and fewer, fuller transactions under load
-    (measured: each transaction cost the agent about as much CPU as three CONNECTs' own
-    work). A batch whose compares do not all hold tells, from its failure branch (read at
-    the same revision), which compare failed: those are answered (a create: the record that
-    exists; a delete: not ours any more, nothing to do), the others go in the next batch."""
+    """Claims and deletes of owner records gathered into few etcd transactions. A claim is
+    a put that returns the record it replaced (``prev_kv``): one round trip both makes this
+    node the owner and says who was (none, an old lease of ours, a node that is gone, or a
+    live node to take the session from); it is atomic, so it is the compare-and-swap of a
+    read followed by a put on its revision, without the second round trip. A delete
+    compares that the key still holds this node's value. One transaction holds both, and
+    at most INFLIGHT transactions are under way, so what gathers meanwhile goes in the next
+    one (group commit): a connect storm costs one round trip per batch, not per CONNECT.
+    When a delete's compare fails the claims go on in the failure branch all the same,
+    and the failure branch's reads (at the same revision) tell which deletes were no
+    longer ours (nothing to do) and which go in the next batch."""
 
     def __init__(self, own):
         self.own = own
-        self.creates: list = []  # (key, value, future)
+        self.claims: list = []  # (key, value, future)
         self.deletes: list = []  # (key, value, future)
         self.scheduled = False
         self.inflight = 0
-        # figures (tests, loadtest): transactions sent, records they carried
+        # figures (/metrics, loadtest): transactions sent, records they carried
         self.txns = 0
         self.records = 0
 
-    def create(self, key: bytes, value: bytes) -> asyncio.Future:
-        """Future of (True, revision, None) if created, else (False, 0, (value, meta) | None)."""
+    def claim(self, key: bytes, value: bytes) -> asyncio.Future:
+        """Future of (revision of our record, the value it replaced or None, that value's lease)."""
         fut = asyncio.get_running_loop().create_future()
-        self.creates.append((key, value, fut))
+        self.claims.append((key, value, fut))
         self._schedule()
         return fut
 
@@ -101,22 +105,22 @@ class Batcher:
 
     def _go(self) -> None:
         self.scheduled = False
-        while self.inflight < INFLIGHT and (self.creates or self.deletes):
-            creates, self.creates = self.creates[:BATCH], self.creates[BATCH:]
-            room = BATCH - len(creates)
+        while self.inflight < INFLIGHT and (self.claims or self.deletes):
+            claims, self.claims = self.claims[:BATCH], self.claims[BATCH:]
+            room = BATCH - len(claims)
             deletes, self.deletes = self.deletes[:room], self.deletes[room:]
             self.inflight += 1
-            self.own._spawn_task(self._run(creates, deletes))
+            self.own._spawn_task(self._run(claims, deletes))
 
-    async def _run(self, creates: list, deletes: list) -> None:
+    async def _run(self, claims: list, deletes: list) -> None:
         try:
-            await self._txn(creates, deletes)
+            await self._txn(claims, deletes)
         finally:
             self.inflight -= 1
-            if self.creates or self.deletes:
+            if self.claims or self.deletes:
                 self._schedule()
 
-    async def _txn(self, creates: list, deletes: list) -> None:
+    async def _txn(self, claims: list, deletes: list) -> None:
         try:
             client = self.own.agent.etcd.client
             if client is None:
@@ -124,13 +128,14 @@ class Batcher:
             tx = client.transactions
             lease = self.own.agent.lease_id
             self.txns += 1
-            self.records += len(creates) + len(deletes)
+            self.records += len(claims) + len(deletes)
+            puts = [tx.put(k, v, lease, prev_kv=True) for k, v, _ in claims]
             ok, responses = await client.transaction(
-                compare=[tx.create(k) == 0 for k, _, _ in creates] + [tx.value(k) == v for k, v, _ in deletes],
-                success=[tx.put(k, v, lease) for k, v, _ in creates] + [tx.delete(k) for k, _, _ in deletes],
-                failure=[tx.get(k) for k, _, _ in creates] + [tx.get(k) for k, _, _ in deletes])
+                compare=[tx.value(k) == v for k, v, _ in deletes],
+                success=puts + [tx.delete(k) for k, _, _ in deletes],
+                failure=puts + [tx.get(k) for k, _, _ in deletes])
         except Exception as e:
-            for _, _, fut in creates:
+            for _, _, fut in claims:
                 if not fut.done():
                     fut.set_exception(e)
             if deletes:
@@ -140,38 +145,31 @@ class Batcher:
                 if not fut.done():
                     fut.set_result(None)
             return
+        for (_, _, fut), r in zip(claims, responses):
+            if not fut.done():
+                put = r.response_put
+                prev = put.prev_kv if put.HasField("prev_kv") else None
+                fut.set_result((put.header.revision, prev.value if prev is not None else None,
+                                prev.lease if prev is not None else 0))
         if ok:
-            for (_, _, fut), r in zip(creates, responses):
-                if not fut.done():
-                    fut.set_result((True, r.response_put.header.revision, None))
             for _, _, fut in deletes:
                 if not fut.done():
                     fut.set_result(None)
             return
-        again_c, again_d = [], []
-        for (k, v, fut), r in zip(creates, responses):
-            if fut.done():
-                continue
-            if r:
-                fut.set_result((False, 0, r[0]))  # it exists: the claim looks at whose it is
-            else:
-                again_c.append((k, v, fut))  # absent: its compare held
-        for (k, v, fut), r in zip(deletes, responses[len(creates):]):
+        again = []
+        for (k, v, fut), r in zip(deletes, responses[len(claims):]):
             if fut.done():
                 continue
             if r and r[0][0] == v:
-                again_d.append((k, v, fut))  # still ours: its compare held
+                again.append((k, v, fut))  # still ours: its compare held
             else:
                 fut.set_result(None)  # gone, or another node's now: not ours to delete
-        if len(again_c) + len(again_d) == len(creates) + len(deletes):
+        if len(again) == len(deletes):
             # no compare failed as read back (cannot be at one revision; never loop on it)
-            for _, _, fut in again_c:
-                fut.set_result((False, 0, None))  # the claim looks again
-            for _, _, fut in again_d:
+            for _, _, fut in again:
                 fut.set_result(None)
             return
-        self.creates[:0] = again_c
-        self.deletes[:0] = again_d
+        self.deletes[:0] = again
 
 
 class Pending:
@@ -285,54 +283,38 @@ class Ownership:
         tx = client.transactions
         key = OWNERS + cid.encode()
         mine = self._value()
-        for _ in range(CAS_ATTEMPTS):
-            if p.superseded:
-                return Own.REFUSED, None
-            ok, rev, existing = await self.batcher.create(key, mine)
-            if ok:
-                p.token = self.owned[cid] = rev
-                p.written.set()
-                return Own.FRESH, None
-            if existing is None:
-                continue  # deleted meanwhile: create it
-            value, meta = existing
-            if value == mine:
-                p.token = self.owned[cid] = meta.mod_revision
-                p.written.set()
-                return Own.KEEP, None
-            try:
-                prev = json.loads(value)
-                prev_node, prev_lease = prev["node"], int(prev["lease"])
-            except (ValueError, KeyError, TypeError):
-                prev_node, prev_lease = "", 0
-            if p.superseded:
-                return Own.REFUSED, None
-            ok, responses = await client.transaction(compare=[tx.mod(key) == meta.mod_revision],
-                                                     success=[tx.put(key, mine, ag.lease_id)], failure=[])
-            if not ok:
-                continue  # another node wrote it meanwhile: look again
-            token = p.token = self.owned[cid] = responses[0].response_put.header.revision
-            p.written.set()
-            if prev_node == ag.node or prev_node not in ag.members:
-                return Own.FRESH, None  # an old lease of ours, or a node that is gone: its copy is stale
-            result, state = await self._ask(prev_node, cid, clean_start, token)
-            if result is None:
-                # alive but unreachable: put its record back, refuse here (never two live sessions)
-                ok, _ = await client.transaction(compare=[tx.mod(key) == token],
-                                                 success=[tx.put(key, value, prev_lease)], failure=[])
-                self.owned.pop(cid, None)
-                log.warning("previous owner unreachable; CONNECT refused",
-                            extra=kv(client=cid, owner=prev_node, restored=ok, token=token))
-                return Own.REFUSED, None
-            if result == 2:  # NEWER: that node's claim is newer than ours
-                self.owned.pop(cid, None)
-                log.info("takeover refused: newer claim there", extra=kv(client=cid, owner=prev_node, token=token))
-                return Own.REFUSED, None
-            if state is None or clean_start:
-                return Own.FRESH, None
-            self.taken_in += 1
-            return Own.REMOTE, state
-        return Own.REFUSED, None
+        if p.superseded:
+            return Own.REFUSED, None
+        token, value, prev_lease = await self.batcher.claim(key, mine)
+        p.token = self.owned[cid] = token
+        p.written.set()
+        if value is None:
+            return Own.FRESH, None  # no owner before
+        if value == mine:
+            return Own.KEEP, None  # ours under this lease already: the node decides alone
+        try:
+            prev_node = json.loads(value)["node"]
+        except (ValueError, KeyError, TypeError):
+            prev_node = ""
+        if prev_node == ag.node or prev_node not in ag.members:
+            return Own.FRESH, None  # an old lease of ours, or a node that is gone: its copy is stale
+        result, state = await self._ask(prev_node, cid, clean_start, token)
+        if result is None:
+            # alive but unreachable: put its record back, refuse here (never two live sessions)
+            ok, _ = await client.transaction(compare=[tx.mod(key) == token],
+                                             success=[tx.put(key, value, prev_lease)], failure=[])
+            self.owned.pop(cid, None)
+            log.warning("previous owner unreachable; CONNECT refused",
+                        extra=kv(client=cid, owner=prev_node, restored=ok, token=token))
+            return Own.REFUSED, None
+        if result == 2:  # NEWER: that node's claim is newer than ours
+            self.owned.pop(cid, None)
+            log.info("takeover refused: newer claim there", extra=kv(client=cid, owner=prev_node, token=token))
+            return Own.REFUSED, None
+        if state is None or clean_start:
+            return Own.FRESH, None
+        self.taken_in += 1
+        return Own.REMOTE, state
 
     async def _ask(self, node: str, cid: str, clean_start: bool, token: int):
         """TakeoverSession on node: (result, state) or (None, None) when unreachable."""
