@@ -60,6 +60,7 @@ TAKEOVER_TIMEOUT = 4.0  # seconds the previous owner has to hand a session over
 ROUTER_TIMEOUT = 6.0  # seconds this node's router has to give a session up
 BATCH = 100  # records per etcd transaction (etcd's default limit is 128 operations)
 INFLIGHT = 2  # owner transactions under way at once; what comes meanwhile waits for the next
+DELETE_LINGER = 0.02  # seconds a session end's delete waits for claims to go with
 
 
 class Batcher:
@@ -81,6 +82,8 @@ class Batcher:
         self.deletes: list = []  # (key, value, future)
         self.scheduled = False
         self.inflight = 0
+        self.linger: asyncio.TimerHandle | None = None  # when the deletes go without claims
+        self.due = False  # the deletes go with the next transaction, claims or not
         # figures (/metrics, loadtest): transactions sent, records they carried
         self.txns = 0
         self.records = 0
@@ -93,10 +96,22 @@ class Batcher:
         return fut
 
     def delete(self, key: bytes, value: bytes) -> asyncio.Future:
-        fut = asyncio.get_running_loop().create_future()
+        """Nobody waits for a delete but the next op of its id (flush()): it rides along with
+        the next claims' transaction, or goes DELETE_LINGER seconds later."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self.deletes.append((key, value, fut))
-        self._schedule()
+        if self.linger is None:
+            self.linger = loop.call_later(DELETE_LINGER, self.flush)
         return fut
+
+    def flush(self) -> None:
+        """The deletes go now (the linger is over, or an op of one of their ids waits)."""
+        if self.linger is not None:
+            self.linger.cancel()
+            self.linger = None
+        self.due = True
+        self._schedule()
 
     def _schedule(self) -> None:
         if not self.scheduled and self.inflight < INFLIGHT:
@@ -105,10 +120,15 @@ class Batcher:
 
     def _go(self) -> None:
         self.scheduled = False
-        while self.inflight < INFLIGHT and (self.claims or self.deletes):
+        while self.inflight < INFLIGHT and (self.claims or (self.deletes and self.due)):
             claims, self.claims = self.claims[:BATCH], self.claims[BATCH:]
             room = BATCH - len(claims)
             deletes, self.deletes = self.deletes[:room], self.deletes[room:]
+            if not self.deletes:
+                self.due = False
+                if self.linger is not None:
+                    self.linger.cancel()
+                    self.linger = None
             self.inflight += 1
             self.own._spawn_task(self._run(claims, deletes))
 
@@ -117,8 +137,10 @@ class Batcher:
             await self._txn(claims, deletes)
         finally:
             self.inflight -= 1
-            if self.claims or self.deletes:
+            if self.claims or (self.deletes and self.due):
                 self._schedule()
+            elif self.deletes and self.linger is None:
+                self.linger = asyncio.get_running_loop().call_later(DELETE_LINGER, self.flush)
 
     async def _txn(self, claims: list, deletes: list) -> None:
         try:
@@ -170,6 +192,7 @@ class Batcher:
                 fut.set_result(None)
             return
         self.deletes[:0] = again
+        self.due = True
 
 
 class Pending:
@@ -215,6 +238,8 @@ class Ownership:
     def _spawn(self, cid: str, fn, *args) -> None:
         """One op at a time per client id, in the router's order (a DISOWN then an OWN)."""
         prev = self.chain.get(cid)
+        if prev is not None and self.batcher.deletes:
+            self.batcher.flush()  # (its DISOWN's delete may be lingering)
 
         async def run():
             if prev is not None:
@@ -398,6 +423,8 @@ class Ownership:
         await self.batcher.delete(OWNERS + cid.encode(), self._value())
 
     async def close(self) -> None:
+        if self.batcher.linger is not None:
+            self.batcher.linger.cancel()  # (the records go with the lease)
         for t in list(self.tasks):
             t.cancel()
         for _, ch in self.channels.values():
