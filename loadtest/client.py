@@ -358,12 +358,18 @@ class BenchClient(asyncio.Protocol):
         elif o.verb is Verb.PUB:
             self.phase = Phase.ACTIVE
             self.template = PublishTemplate(self.topic, o.payload_size, o.qos, o.retain, o.version)
-            self.pub_start = self.proc.loop.time()
             self.proc.client_ready(self)
-            self.pump()
+            if not self.proc.held:
+                self.start_publishing()
         else:
             self.phase = Phase.ACTIVE
             self.proc.client_ready(self)
+
+    def start_publishing(self) -> None:
+        """A connected publisher's first pump (held back under -w until every publisher is in)."""
+        if self.phase is Phase.ACTIVE and self.template is not None and not self.pub_start:
+            self.pub_start = self.proc.loop.time()
+            self.pump()
 
     def _on_suback(self, suback) -> None:
         if self.phase is not Phase.SUBSCRIBING:

@@ -40,6 +40,12 @@ class Settled:
 
 
 @dataclass(slots=True, frozen=True)
+class Publish:
+    """Parent to children, with ``-w``: every process settled (each publisher connected or
+    failed); the publishers start."""
+
+
+@dataclass(slots=True, frozen=True)
 class Crashed:
     """Child to parent: the process failed before its last report."""
 

@@ -52,6 +52,7 @@ class Options:
     json: bool = False
     inflight: int = 1
     batch: int = 64
+    wait_before_publishing: bool = False
     max_connecting: int = 100
     connect_timeout: float = 30.0
 
@@ -149,6 +150,8 @@ def _messaging(p: argparse.ArgumentParser, *, pub: bool) -> None:
             help="unacknowledged QoS 1/2 publishes per client; 0: as many as the broker's Receive Maximum "
                  "(default: 1, as emqtt-bench)")
         add("--batch", type=_positive_int, default=64, help="QoS 0 publishes per write with -I 0 (default: 64)")
+        add("-w", "--wait-before-publishing", dest="wait_before_publishing", action="store_true",
+            help="publish only once every publisher of every process has connected or failed (as emqtt-bench)")
     else:
         add("-L", "--limit", type=_non_negative_int, default=0,
             help="messages of the whole run, over all subscribers, then stop (default: 0, no limit)")

@@ -14,7 +14,7 @@ import uvloop
 
 from loadtest.budget import Budget
 from loadtest.client import BenchClient, Phase, Wire
-from loadtest.messages import Crashed, Go, LimitReached, Ready, Settled, Stop
+from loadtest.messages import Crashed, Go, LimitReached, Publish, Ready, Settled, Stop
 from loadtest.naming import client_id, client_indices, expand_topic, username
 from loadtest.options import Options, Verb
 from loadtest.pacer import Pacer
@@ -52,6 +52,7 @@ class LoadProcess:
         self.conn = conn
         self.budget = budget  # -L: the messages of the whole run, over every process
         self.limit_hit = False
+        self.held = opts.wait_before_publishing  # -w: publishers wait for Publish
         self.counters = Counters()
         self.wire = Wire(opts.version)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -123,6 +124,8 @@ class LoadProcess:
                     self.stop()
                 elif isinstance(msg, LimitReached):
                     self.limit_reached()
+                elif isinstance(msg, Publish):
+                    self.release()
         except (EOFError, OSError):  # the parent is gone: wind down
             self.loop.remove_reader(self.conn.fileno())
             if not self.go.done():
@@ -213,6 +216,14 @@ class LoadProcess:
         self.conn.send(Settled(self.proc, self.ready))
         if self.opts.verb is Verb.CONN and self.opts.hold is not None:
             self.loop.call_later(self.opts.hold, self.stop)
+
+    def release(self) -> None:
+        """-w: every publisher of the run has connected or failed; the connected ones start."""
+        if not self.held:
+            return
+        self.held = False
+        for c in self.clients:
+            c.start_publishing()
 
     def limit_reached(self) -> None:
         """The run's -L is spent (seen here, or told by the parent): launch no more

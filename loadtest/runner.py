@@ -13,7 +13,7 @@ from multiprocessing.connection import Connection, wait
 from typing import TextIO
 
 from loadtest.budget import Budget
-from loadtest.messages import Crashed, Go, LimitReached, Ready, Settled, Stop
+from loadtest.messages import Crashed, Go, LimitReached, Publish, Ready, Settled, Stop
 from loadtest.options import Options, Verb
 from loadtest.proc import CLOSE_GRACE, child_main
 from loadtest.stats import Report, Totals
@@ -134,21 +134,20 @@ class Run:
         """Every process hears that -L is spent (the one whose client spent it knows already)."""
         self.limit_at = now
         print(limit_line(self.opts, now - self.start), file=self.err, flush=True)
+        self._tell(LimitReached())
+
+    def _tell(self, msg) -> None:
+        """Send ``msg`` to every child that has not ended."""
         for c in self.children:
             if c.state < ChildState.DONE:
                 try:
-                    c.conn.send(LimitReached())
+                    c.conn.send(msg)
                 except OSError:
                     pass
 
     def _stop(self) -> None:
         self.stop_sent_at = time.monotonic()
-        for c in self.children:
-            if c.state < ChildState.DONE:
-                try:
-                    c.conn.send(Stop())
-                except OSError:
-                    pass
+        self._tell(Stop())
 
     def _reap(self) -> None:
         deadline = time.monotonic() + 2.0
@@ -198,6 +197,8 @@ class Run:
                 self.settled_s = time.monotonic() - self.start
                 ready = sum(ch.ready for ch in self.children)
                 print(settled_line(ready, self.settled_s, self.opts), file=self.err, flush=True)
+                if self.opts.wait_before_publishing:
+                    self._tell(Publish())
         elif isinstance(msg, Ready):
             c.state = ChildState.READY
         elif isinstance(msg, Crashed):

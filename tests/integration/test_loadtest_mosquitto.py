@@ -117,7 +117,8 @@ def test_qos1_v5_fan_in_over_two_processes(mosquitto):
     ready = sub.wait_settled()
     assert ready["ready"] == 2, sub.log()
     pub = LoadRun("pub", "-h", "127.0.0.1", "-p", port, "-c", "3", "--processes", "2", "-q", "1", "-V", "5",
-                  "-t", "fanin/%i/%c", "-I", "0", "-L", "600", "-s", "64", "--inflight", "10", "--prefix", "t1")
+                  "-t", "fanin/%i/%c", "-I", "0", "-L", "600", "-s", "64", "--inflight", "10", "--prefix", "t1",
+                  "-w")  # all three connected before any publishes: else the first may spend -L alone
     pub_code, p = pub.finish()
     sub_code, s = sub.finish()
     log = pub.log() + sub.log()
@@ -130,6 +131,23 @@ def test_qos1_v5_fan_in_over_two_processes(mosquitto):
     assert sum(r["recv"] for r in sub.series()) == 1200, log
     assert s["first_recv_ns"] >= p["first_sent_ns"] and s["last_recv_ns"] >= p["last_sent_ns"], log
     assert p["send_rate"] > 0 and s["recv_rate"] > 0, log
+
+
+def test_wait_before_publishing_holds_publishers_until_all_connected(mosquitto):
+    """-w (emqtt-bench's --wait-before-publishing): the third publisher connects 0.6 s after
+    the first (-i 300 over both processes); no message leaves before it is in."""
+    sub = LoadRun("sub", "-h", "127.0.0.1", "-p", str(mosquitto), "-c", "1", "--processes", "1", "-q", "1",
+                  "-t", "held/#", "-L", "60", "--prefix", "t1w")
+    assert sub.wait_settled()["ready"] == 1, sub.log()
+    pub = LoadRun("pub", "-h", "127.0.0.1", "-p", str(mosquitto), "-c", "3", "--processes", "2", "-q", "1",
+                  "-i", "300", "-t", "held/%i", "-I", "0", "-L", "60", "--inflight", "5", "--prefix", "t1w", "-w")
+    pub_code, p = pub.finish()
+    sub_code, s = sub.finish()
+    log = pub.log() + sub.log()
+    assert (pub_code, sub_code) == (0, 0), log
+    assert (p["sent"], p["acked"], p["errors"], p["connected_max"]) == (60, 60, 0, 3), log
+    assert p["first_sent_ns"] >= p["start_ns"] + 600_000_000, log
+    assert s["received"] == 60, log
 
 
 def test_qos2_v311_shared_group_gets_each_message_once(mosquitto):
