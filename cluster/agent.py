@@ -750,6 +750,7 @@ class Agent:
             return
         log.info("node left", extra=kv(peer=node, nodes=len(self.members)))
         self._drop_peer(node)
+        self.leader.node_left(node)
         self.publish_sys()
 
     def _drop_peer(self, node: str) -> None:

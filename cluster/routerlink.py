@@ -87,8 +87,8 @@ class RouterLink:
 
     def _flush(self, final: bool = False) -> None:
         self._flush_handle = None
-        if not self.out:
-            return
+        if not self.out or self.sock.closed:
+            return  # (an op queued while the agent stops, after close(): dropped)
         ops, self.out = self.out, []
         data = _array_header(len(ops)) + b"".join(ops)
         try:
