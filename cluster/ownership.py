@@ -229,7 +229,10 @@ class Ownership:
         if op.__class__ is o.TakeOwnership:
             self._spawn(op.client_id, self._own, op.client_id, op.req, bool(op.clean_start))
         elif op.__class__ is o.Disown:
-            self._spawn(op.client_id, self._disown, op.client_id)
+            if op.client_id in self.chain:
+                self._spawn(op.client_id, self._disown, op.client_id)
+            else:
+                self._disown_now(op.client_id)  # (most ends: no task, the delete's future is the chain)
         elif op.__class__ is o.Grant:
             fut = self.takes.pop(op.req, None)
             if fut is not None and not fut.done():
@@ -242,11 +245,14 @@ class Ownership:
             self.batcher.flush()  # (its DISOWN's delete may be lingering)
 
         async def run():
-            if prev is not None:
-                await asyncio.wait([prev])
+            await asyncio.wait([prev])
             await fn(*args)
 
-        t = self._spawn_task(run())
+        t = self._spawn_task(run() if prev is not None else fn(*args))
+        self._chain(cid, t)
+
+    def _chain(self, cid: str, t: asyncio.Future) -> None:
+        """t is cid's last op: the next one waits for it."""
         self.chain[cid] = t
 
         def done(t):
@@ -415,12 +421,21 @@ class Ownership:
 
     # -- a session ended here -------------------------------------------------------------
     async def _disown(self, cid: str) -> None:
+        fut = self._delete(cid)
+        if fut is not None:
+            await fut
+
+    def _disown_now(self, cid: str) -> None:
+        fut = self._delete(cid)
+        if fut is not None:
+            self._chain(cid, fut)
+
+    def _delete(self, cid: str) -> asyncio.Future | None:
         self.owned.pop(cid, None)
         ag = self.agent
-        client = ag.etcd.client
-        if not ag.connected or client is None:
-            return
-        await self.batcher.delete(OWNERS + cid.encode(), self._value())
+        if not ag.connected or ag.etcd.client is None:
+            return None
+        return self.batcher.delete(OWNERS + cid.encode(), self._value())
 
     async def close(self) -> None:
         if self.batcher.linger is not None:
