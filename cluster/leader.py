@@ -5,8 +5,9 @@ its node's lease: when the node dies (or cannot keep its lease) the key goes
 with the lease and the next node to try takes it. Every agent tries every
 SHOAL_CLUSTER_LEASE_TTL / 4 seconds (at most 0.5 s), and at once when the
 watch says the leader's node left (its lease expired: the key went with it), so
-a new leader is there one etcd round trip after the old leader's lease expired. Every node publishes
-the leader's name as ``$SYS/broker/cluster/leader`` (retained).
+a new leader is there one etcd round trip after the old leader's lease expired.
+Every node publishes the leader's name as ``$SYS/broker/cluster/leader``
+(retained).
 
 Duties of the leader:
 - the wills of nodes that are gone (wills/<client id> whose node holds no

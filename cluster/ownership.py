@@ -21,19 +21,20 @@ agent answers (``OWNED``):
   decides alone, exactly as without a cluster (workers hand over among
   themselves).
 - ``REMOTE``: the record named another live node: the agent's swap wrote
-  itself over it, then it asked that node's agent for the session (gRPC ``TakeoverSession``). That agent takes the session off its
-  router as a worker would (``CLAIM``: the holding worker closes the connection
-  with v5 DISCONNECT 0x8E and hands over the whole record) and returns it; the
-  router here grants it to the claiming worker, which answers session present
-  = 1 and redelivers the inflight messages with DUP before the queue.
+  itself over it, then it asked that node's agent for the session (gRPC
+  ``TakeoverSession``). That agent takes the session off its router as a worker
+  would (``CLAIM``: the holding worker closes the connection with v5 DISCONNECT
+  0x8E and hands over the whole record) and returns it; the router here grants
+  it to the claiming worker, which answers session present = 1 and redelivers
+  the inflight messages with DUP before the queue.
 - ``REFUSED``: a newer CONNECT of the id won on another node, or the previous
   owner is alive but cannot be reached (the record is put back to it, compared
-  on the revision of ours): the
-  CONNECT is refused with 0x88 / 3 (server unavailable), so that an id never
-  has two live sessions.
+  on the revision of ours): the CONNECT is refused with 0x88 / 3 (server
+  unavailable), so that an id never has two live sessions.
 
 When a session ends on this node (``DISOWN``), the record goes (a delete that
-compares the value: only this node's own record under its lease).
+compares the value: only this node's own record under its lease), batched with
+the claims (``Batcher``).
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ log = logging.getLogger("shoal.agent")
 
 # outside the range the agents read and watch (cluster/etcd.py RANGE_START..RANGE_END): every
 # CONNECT writes one and its end deletes it, and each agent had every node's owner events on
-# its watch, to be thrown away (issue 11's connect rate: about a fifth of a cluster connect's CPU)
+# its watch, to be thrown away (measured: about a quarter of a cluster connect's CPU)
 OWNERS = b"sessions/owners/"
 TAKEOVER_TIMEOUT = 4.0  # seconds the previous owner has to hand a session over
 ROUTER_TIMEOUT = 6.0  # seconds this node's router has to give a session up
@@ -216,7 +217,7 @@ class Ownership:
         self._req = itertools.count(1 << 40)  # apart from the workers' request numbers
         self.channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
         self.tasks: set[asyncio.Task] = set()
-        self.chain: dict[str, asyncio.Task] = {}  # client id -> its last op's task
+        self.chain: dict[str, asyncio.Future] = {}  # client id -> its last op (a task, or a delete's future)
         self.batcher = Batcher(self)
         self._value_for: tuple = (None, b"")  # (lease, this node's record under it)
         # figures ($SYS/broker/cluster/sessions/..., logs)
