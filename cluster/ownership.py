@@ -60,7 +60,7 @@ OWNERS = b"sessions/owners/"
 TAKEOVER_TIMEOUT = 4.0  # seconds the previous owner has to hand a session over
 ROUTER_TIMEOUT = 6.0  # seconds this node's router has to give a session up
 BATCH = 100  # records per etcd transaction (etcd's default limit is 128 operations)
-INFLIGHT = 2  # owner transactions under way at once; what comes meanwhile waits for the next
+INFLIGHT = 8  # owner transactions under way at once; what comes meanwhile waits for the next
 DELETE_LINGER = 0.02  # seconds a session end's delete waits for claims to go with
 
 
