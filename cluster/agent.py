@@ -33,6 +33,7 @@ from mqtt import SubscriptionTrie
 from .drain import Drain
 from .fence import Fence
 from .leader import Leader
+from .moves import Moves
 from .ownership import Ownership
 from .wills import Wills
 from .opslink import AgentOps
@@ -154,6 +155,7 @@ class Agent:
         self.wills = Wills(self)  # wills/<client id>
         self.leader = Leader(self)  # the leader key and its duties
         self.drain = Drain(self)  # graceful leave: sessions to the other nodes
+        self.moves = Moves(self)  # what arrives for a session that moved between nodes
         self.peer_seqs: dict[str, itertools.count] = {}  # node -> seqs of our links to it (cluster/peers.py)
         self.fence = Fence(self)  # lease lost: the node stops serving
         self.draining = False
@@ -337,6 +339,7 @@ class Agent:
                 o.TakeOwnership: self.ownership.on_op, o.Disown: self.ownership.on_op, o.Grant: self.ownership.on_op,
                 o.Will: self.wills.on_op, o.WillFire: self.wills.on_op,
                 o.Drained: self.drain.on_op,
+                o.DeliverDirect: self.moves.on_direct,
                 o.Pong: self._pong,
             }
         for op in ops:
@@ -519,6 +522,15 @@ class Agent:
         finally:
             self.link.queue(o.Delivered(ref))
 
+    async def routes_cluster_wide(self) -> None:
+        """The routes this node's router has so far (an adopted session's) are in etcd and
+        applied on every live node: a router SYNC (its ROUTES come before its SYNCED),
+        then the SUBACK's wait (_ack_when_routed)."""
+        await self.router_sync()
+        rev = await self._flushed(self.gen)
+        if rev:
+            await self._peers_synced(rev)
+
     async def router_sync(self) -> None:
         """Every other member of this node applied the routes sent so far."""
         token = next(self.tokens)
@@ -594,7 +606,7 @@ class Agent:
         waiting.discard(node)
         if not waiting:
             del self.refs[key]
-            self.link.queue(o.Delivered([key[0], key[1]]))
+            self.link.queue(o.Delivered(list(key)))  # ([sender, token], or a moved session's [.., client id])
 
     def check_pressure(self) -> None:
         if self.link.paused and all(p.size() < self.settings.cluster_max_queued // 2 for p in self.peers.values()):
@@ -624,6 +636,9 @@ class Agent:
                     continue
                 w[5] = left
                 body = msgpack.packb(w, use_bin_type=True)
+            if p.HasField("direct"):  # for a session that moved here (cluster/moves.py)
+                self.moves.arrived(origin, p, w)
+                continue
             token = None
             if p.seq:
                 st = origin.mark(p.seq)
@@ -880,6 +895,8 @@ class Agent:
             os.makedirs(os.path.dirname(self.lease_file) or ".", exist_ok=True)
             with open(self.lease_file, "w") as f:
                 f.write(str(lease_id))
+        if lease_id != self.lease_id:
+            self.ownership.lease_changed()  # (the records under the old lease went with it)
         self.lease_id = lease_id
         key = NODES + self.node.encode()
         st = self.settings

@@ -135,4 +135,11 @@ class Drain:
         state = msgpack.unpackb(request.session, raw=False, strict_map_key=False, use_list=True)
         ag.link.queue(o.Adopt(cid, state))
         self.adopted_in += 1
+        # the leaving node goes once we answer: the adopted session's routes are in cluster-wide
+        # first (as a SUBACK's), so that no publish made meanwhile misses the session
+        # (bounded well inside the leaver's ADOPT_TIMEOUT: a late answer would leave it a copy)
+        try:
+            await asyncio.wait_for(ag.routes_cluster_wide(), ADOPT_TIMEOUT / 2)
+        except asyncio.TimeoutError:
+            log.info("adopted session's routes not yet everywhere; answering anyway", extra=kv(client=cid))
         return pb.AdoptReply(ok=True)

@@ -35,6 +35,15 @@ agent answers (``OWNED``):
 When a session ends on this node (``DISOWN``), the record goes (a delete that
 compares the value: only this node's own record under its lease), batched with
 the claims (``Batcher``).
+
+A node that does not hold its lease (cluster/fence.py) hands nothing over: it
+answers a TakeoverSession as an unreachable node would (gRPC UNAVAILABLE: the
+asker puts the record back and refuses its CONNECT). A copy whose record this
+node wrote under a lease it no longer holds is stale (``stale``: another node may
+have owned the id since) and is never handed over (``NONE``: the asker starts
+afresh). Both happen when a takeover request reaches a node late: sent during a
+partition, it waits in the asker's TCP send queue (the asker gave up on it and
+went on) and arrives when the link comes back.
 """
 from __future__ import annotations
 
@@ -212,6 +221,8 @@ class Ownership:
     def __init__(self, agent):
         self.agent = agent
         self.owned: dict[str, int] = {}  # client id -> revision of our owner record (the token)
+        # client ids whose record we wrote under a lease we no longer hold (lease_changed)
+        self.stale: set[str] = set()
         self.claiming: dict[str, Pending] = {}
         self.takes: dict[int, asyncio.Future] = {}  # our CLAIM req to the router -> future of the state
         self._req = itertools.count(1 << 40)  # apart from the workers' request numbers
@@ -276,8 +287,15 @@ class Ownership:
                                                  sort_keys=True).encode())
         return self._value_for[1]
 
+    def lease_changed(self) -> None:
+        """The node holds a new lease: the records written under the old one went with it,
+        and the copies here of those sessions may have been owned elsewhere since."""
+        self.stale.update(self.owned)
+        self.owned.clear()
+
     async def _own(self, cid: str, req: int, clean_start: bool) -> None:
         verdict, state = Own.REFUSED, None
+        self.stale.discard(cid)  # (decided anew: a stale copy here is dropped with FRESH)
         t0 = time.monotonic()
         p = Pending()
         self.claiming[cid] = p
@@ -345,6 +363,7 @@ class Ownership:
             return Own.REFUSED, None
         if state is None or clean_start:
             return Own.FRESH, None
+        self.agent.moves.took(cid, prev_node)  # (what prev_node forwards for it is taken: cluster/moves.py)
         self.taken_in += 1
         return Own.REMOTE, state
 
@@ -373,10 +392,25 @@ class Ownership:
         return int(reply.result), None
 
     # -- another node takes a session of ours --------------------------------------------
-    async def takeover_asked(self, request):
+    async def takeover_asked(self, request, context=None):
         from proto import cluster_pb2 as pb
 
         cid = request.client_id
+        ag = self.agent
+        if ag.fence.on and ag.owner_once and not ag.fence.holding():
+            # no lease: this node owns nothing now, and its copy may be stale: as unreachable
+            # (as its own CONNECTs are refused meanwhile: _decide)
+            log.info("takeover asked while this node holds no lease: not answered",
+                     extra=kv(client=cid, peer=request.node, token=request.token))
+            if context is not None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "this node holds no lease")
+            return pb.TakeoverReply(result=pb.TakeoverReply.NEWER)  # (no context: refused all the same)
+        if cid in self.stale and cid not in self.owned:
+            # our record went with a lease we lost: the copy here is fenced, never handed over
+            # (it is dropped at the next claim of the id here)
+            log.info("takeover asked for a stale copy: not handed over",
+                     extra=kv(client=cid, peer=request.node, token=request.token))
+            return pb.TakeoverReply(result=pb.TakeoverReply.NONE)
         p = self.claiming.get(cid)
         if p is not None:
             try:
@@ -397,6 +431,9 @@ class Ownership:
         if mine is not None and mine > request.token:
             return pb.TakeoverReply(result=pb.TakeoverReply.NEWER)
         self.owned.pop(cid, None)
+        if not request.clean_start:
+            # (before the CLAIM: what the router forwards for the session comes with its GRANT)
+            self.agent.moves.handed(cid, request.node)
         state = await self.take_from_router(cid, request.clean_start)
         self._spawn(cid, self.agent.wills.forget, cid)  # its will record is not ours any more
         if state is None:
@@ -433,6 +470,7 @@ class Ownership:
 
     def _delete(self, cid: str) -> asyncio.Future | None:
         self.owned.pop(cid, None)
+        self.stale.discard(cid)  # (the copy here ended)
         ag = self.agent
         if not ag.connected or ag.etcd.client is None:
             return None

@@ -98,10 +98,13 @@ class PeerOut:
     def size(self) -> int:
         return len(self.queue) + len(self.unacked)
 
-    def send(self, topic: str, body: bytes, normal: bool, groups: list, ref, qos: int) -> None:
+    def send(self, topic: str, body: bytes, normal: bool, groups: list, ref, qos: int, direct=None) -> None:
+        """direct: a pb.Direct, for the one session named there (cluster/moves.py)."""
         seq = next(self._seq) if qos > 0 else 0
         pub = pb.Pub(seq=seq, topic=topic, msg=body, normal=normal,
                      groups=[pb.Group(group=g, filter=f) for g, f in groups])
+        if direct is not None:
+            pub.direct.CopyFrom(direct)
         self.queue.append(Entry(seq, pub, ref, time.monotonic(), len(body)))
         self.wake.set()
 
@@ -332,7 +335,7 @@ class PeerService(pbg.PeerServicer):
             writer.cancel()
 
     async def TakeoverSession(self, request, context):  # noqa: N802 (gRPC's name)
-        return await self.agent.ownership.takeover_asked(request)
+        return await self.agent.ownership.takeover_asked(request, context)
 
     async def AdoptSession(self, request, context):  # noqa: N802 (gRPC's name)
         return await self.agent.drain.adopt_asked(request)

@@ -104,6 +104,14 @@ class Settings(BaseSettings):
     cluster_link_addr: str = ""  # host:port of the tcp link; default: SHOAL_CLUSTER_ADDR's host, a free port
     cluster_max_frame: int = 64 * 1024 * 1024  # bytes of one peer frame received at most (gRPC and tcp)
     cluster_frame_bytes: int = 1024 * 1024  # a frame leaves once its messages reach this many bytes
+    # -- a session moving between nodes (issue 11 point 2, move helper) --
+    # seconds after a session went to another node during which what still arrives here for
+    # it is forwarded to that node (router/away.py), and during which that node drops a
+    # message that reached the session both ways
+    cluster_move_window: float = 5.0
+    # messages forwarded per moved session in that window at most (beyond: dropped, counted,
+    # logged with the client id); also the ids the new node remembers per arrived session
+    cluster_move_max_messages: int = 10_000
     # -- the subscribe path at scale (issue 10, subscribe helper) --
     # SUBSCRIBEs of one connection handled while earlier ones still wait for their routes
     # (SUBACK = routed on every worker and node); beyond, that connection is not read
@@ -230,6 +238,8 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "max_connections": (0, None),
     "max_publish_rate": (0, None),
     "cluster_retained_tombstone_ttl": (10, 9_000_000_000),
+    "cluster_move_window": (0.1, 600),  # (move helper)
+    "cluster_move_max_messages": (1, 10_000_000),
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # SHOAL_ variables that are not settings but are read elsewhere

@@ -25,6 +25,9 @@ class Message:
     properties: dict  # only FORWARDED properties
     expires_at: float | None = None  # clock time, None = never
     origin: str = ""  # client id of the publisher ("" for the broker itself)
+    # cluster: its id, given where it was published (unique cluster-wide), so that a session
+    # that moved between nodes gets a message once when it came both ways (router/away.py)
+    mid: int | None = None
     _cache: tuple | dict | None = field(default=None, repr=False)
 
     @classmethod

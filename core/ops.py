@@ -415,11 +415,20 @@ class Confirm:
 @_wire_op(Op.DELIVER_DIRECT)
 @dataclass(slots=True)
 class DeliverDirect:
+    """ref, to the cluster agent only: [sender, token, client id] of a QoS 1/2 publish
+    forwarded to a session that went to another node (router/away.py): answer DELIVERED
+    ref once that node owns it."""
     msg: list
     client_id: str
     qos: int
     retain: bool
     sub_ids: list
+    ref: list | None = None
+
+    def to_wire(self) -> list:  # ref travels only when set
+        if self.ref is not None:
+            return [Op.DELIVER_DIRECT.value, self.msg, self.client_id, self.qos, self.retain, self.sub_ids, self.ref]
+        return [Op.DELIVER_DIRECT.value, self.msg, self.client_id, self.qos, self.retain, self.sub_ids]
 
 
 @_wire_op(Op.MOVED)

@@ -3,7 +3,9 @@ as msgpack arrays. ONE field order for every use: the stores (worker and router)
 the hand-over of a session between workers (through the router), the node ops,
 and later gRPC and etcd.
 
-    message       [topic, payload, qos, retain, props, expiry, origin]
+    message       [topic, payload, qos, retain, props, expiry, origin(, mid)]
+                  (mid, in a cluster: the message's id, given where it was published,
+                  see router/away.py; absent on a single node)
     subscription  [filter, qos, no_local, retain_as_published, retain_handling, sub_id]
     will          [message, delay]          (the message's expiry is its *interval*, not a deadline)
     delivery      [DELIVERY, message, qos, retain, sub_ids, group, state, packet_id]
@@ -100,6 +102,8 @@ def message_record(m: Message, now: float, base: float | None = RELATIVE) -> lis
     t = m.expires_at
     if t is not None:
         t = max(0.0, t - now) if base is None else base + (t - now)
+    if m.mid is not None:
+        return [m.topic, m.payload, m.qos, m.retain, props_to_wire(m.properties), t, m.origin, m.mid]
     return [m.topic, m.payload, m.qos, m.retain, props_to_wire(m.properties), t, m.origin]
 
 
@@ -107,7 +111,7 @@ def message_from(w: list, now: float, base: float | None = RELATIVE) -> Message:
     topic, payload, qos, retain, props, t, origin = w[:7]
     if t is not None:
         t = now + t if base is None else now + (t - base)
-    return Message(topic, payload, qos, retain, props_from_wire(props), t, origin)
+    return Message(topic, payload, qos, retain, props_from_wire(props), t, origin, w[7] if len(w) > 7 else None)
 
 
 def msg_to_wire(m: Message, now: float) -> list:

@@ -13,6 +13,7 @@ from collections import OrderedDict, deque
 from core import ops as o
 from mqtt import topic_matches
 
+from .away import marker
 from .members import AGENT
 
 REPLAY_WINDOW = 0.5  # seconds of routed publishes kept for subscriptions whose route is late
@@ -75,6 +76,9 @@ class Forwarder:
 
     # -- from members ---------------------------------------------------------------
     def publish(self, sender: bytes, msg: list, token=None, at: float | None = None) -> None:
+        away = self.r.away
+        if away.stamp and len(msg) == 7:
+            msg.append(away.mid())  # the message's id cluster-wide (router/away.py)
         topic = msg[0]
         trie = self.r.routes.trie
         normal = {ident for ident, _ in trie.match(topic) if ident != sender}
@@ -113,7 +117,7 @@ class Forwarder:
                     if members:
                         chosen = self._pick(group, members)
                         groups_for.setdefault(chosen, []).append([group.group, group.topic_filter])
-        self._dispatch(sender, msg, targets, groups_for, token, at)
+        self._dispatch(sender, msg, targets, groups_for, token, at, normal)
 
     def shared_publish(self, sender: bytes, msg: list, group_name: str, flt: str) -> None:
         for group in self.r.routes.trie.match_shared(msg[0]):
@@ -125,10 +129,14 @@ class Forwarder:
                 return
 
     def direct(self, sender: bytes, op: o.Direct) -> None:
-        """For a session that just moved: to the member holding it now."""
+        """For a session that just moved: to the member holding it now (from the agent: a
+        message that followed a session from another node, router/away.py); a session
+        that has left the node since goes on to the node that has it, once."""
         holder = self.r.sessions.registry.get(op.client_id)
         if holder is not None and holder != sender:
             self.r.send(holder, o.DeliverDirect(op.msg, op.client_id, op.qos, op.retain, op.sub_ids))
+        elif holder is None and sender != AGENT:
+            self.r.away.direct(op.msg, op.client_id, op.qos, op.retain, op.sub_ids)
 
     def publish_to(self, sender: bytes, msg: list, member: str, flt: str | None = None,
                    at: float | None = None) -> None:
@@ -143,6 +151,8 @@ class Forwarder:
 
     def delivered(self, ident: bytes, ref: list) -> None:
         key = (ref[0], ref[1])
+        if len(ref) > 2:  # the agent: the copy for a moved session is owned there
+            ident = marker(ref[2])
         waiting = self.pending.get(key)
         if waiting is None:
             return
@@ -160,12 +170,16 @@ class Forwarder:
                     self.r.send(waiter, o.Confirm(t, ok))
 
     # -- internals ---------------------------------------------------------------------
-    def _dispatch(self, sender: bytes, msg: list, normal: set, groups_for: dict, token, at) -> None:
+    def _dispatch(self, sender: bytes, msg: list, normal: set, groups_for: dict, token, at,
+                  follow: bool = True) -> None:
         targets = normal | groups_for.keys()
         send = self.r.send
+        away = self.r.away
+        # for a session that went to another node moments ago (router/away.py)
+        follows = away.match(msg) if away.sessions and follow else None
         ref = None
         if token is not None:
-            if targets:
+            if targets or follows:
                 ref = [sender, token]
                 self.pending[(sender, token)] = set(targets)
             else:
@@ -173,6 +187,15 @@ class Forwarder:
         for ident in targets:
             send(ident, o.Deliver(msg, ident in normal, groups_for.get(ident, []), ref))
             self.forwarded += 1
+        if follows:
+            waiting = away.forward(follows, msg, ref)
+            if ref is not None:
+                key = (sender, token)
+                if waiting:
+                    self.pending[key].update(waiting)
+                elif not self.pending[key]:
+                    del self.pending[key]
+                    self._confirm(sender, token, True)
         if at is not None and not msg[3]:  # retained messages reach new subscribers as retained
             recent = self.recent
             recent.append((at, sender, msg, set(targets)))
@@ -221,8 +244,10 @@ class Forwarder:
                     # the agent died after this router sent the message on to its members: it is
                     # here, and the copy the sending node resends to the next agent is not routed again
                     self.remote_seen.done(origin, True)
-            elif ident in waiting:
+            elif ident in waiting or (ident == AGENT and any(w[:1] == b"\x00" for w in waiting)):
                 waiting.discard(ident)
+                if ident == AGENT:  # (the copies for moved sessions went with it)
+                    waiting.difference_update([w for w in waiting if w[:1] == b"\x00"])
                 if not waiting:  # a receiver died before it owned the message
                     del self.pending[key]
                     self._confirm(key[0], key[1], False)

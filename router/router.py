@@ -33,6 +33,7 @@ from core.sums import node_sums
 
 from .admin import OpsService
 from .forward import Forwarder
+from .away import Away
 from .members import AGENT, MEMBER_TIMEOUT, Member, Membership  # noqa: F401  (names importable from here)
 from .retained import RetainedSet, StoreError
 from .routes import RouteTable
@@ -58,6 +59,7 @@ class Router:
         self.members = self.membership.members
         self.routes = RouteTable(self)
         self.forward = Forwarder(self)
+        self.away = Away(self)  # sessions handed to another node (issue 11 point 2)
         self.sessions = Sessions(self)
         self.retained = RetainedSet(self)
         self.leaving = 0.0  # cluster: SIGTERM received, stop at this time (or once every member said BYE)
@@ -287,6 +289,8 @@ class Router:
             self.routes.check_syncs(now)
         self.retained.check(now)
         self.sessions.check(now)
+        if self.away.sessions:
+            self.away.check(now)
         self.membership.check(now)
 
     def broadcast_stats(self) -> None:

@@ -132,6 +132,8 @@ class Sessions:
         if flag == Own.REFUSED:
             self.r.send(c.claimant, o.Grant(c.client_id, c.req, None, flag))
         else:
+            if self.r.away.sessions:
+                self.r.away.back(c.client_id)  # (it came back: served here again)
             self.registry[c.client_id] = c.claimant
             self.r.send(c.claimant, o.Grant(c.client_id, c.req, state, flag))
         self._next(c)
@@ -253,6 +255,8 @@ class Sessions:
         cid = c.client_id
         if ident is not None and self.registry.get(cid) == ident:
             del self.registry[cid]
+        if state is not None and not c.clean_start:
+            self.r.away.gone(cid, state, self.r.clock())  # what still comes here follows it
         self.unverified.discard(cid)
         self.r.send(AGENT, o.Grant(cid, c.req, state))
         self._next(c)

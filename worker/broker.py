@@ -19,7 +19,9 @@ in, and the broker calls back into connections only through `conn.deliver`,
 """
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 
 from common.logs import kv
 from common.settings import Settings
@@ -66,6 +68,9 @@ class Broker:
         self.store = None  # worker.store.Store when persistence is on
         self.route_version = 0
         self.moved = SubscriptionTrie()  # subscriptions of sessions just handed to another worker
+        self.arrivals: dict = {}  # client id -> ids of messages given to a session just arrived from another node
+        # cluster: ids of the messages published here, unique cluster-wide (a random prefix per process)
+        self.mids = itertools.count(int.from_bytes(os.urandom(4), "big") << 32) if settings.clustered else None
         self.auth = None  # worker.auth.Authenticator (set by the server; None: no checks but allow_anonymous)
         self.admitted = 0  # connections past CONNECT's connection-limit check (SHOAL_MAX_CONNECTIONS)
         self.writer = None  # protocol.Writer once an event loop runs

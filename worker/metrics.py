@@ -24,6 +24,7 @@ class Metrics:
     takeovers_local: int = 0  # a CONNECT here displaced a live connection of this worker
     takeovers_remote: int = 0  # a live connection here gave its client id to another worker
     sessions_moved_in: int = 0  # sessions handed to this worker by another worker
+    moved_doubles_dropped: int = 0  # messages that reached a session just moved from another node twice (dropped)
     # PUBLISH packets by QoS (index 0..2): one list index per message, summed in as_dict
     publish_received_qos: list = field(default_factory=lambda: [0, 0, 0])
     publish_sent_qos: list = field(default_factory=lambda: [0, 0, 0])

@@ -1,11 +1,25 @@
 """Sessions moved to another worker (hand-over through the router). The router
 moves a session's routes when it grants the client id elsewhere; messages it
 sent here before that mark still arrive here and follow the session to its new
-worker (`bridge.direct`) while the old filters are kept for MOVED_GRACE."""
+worker (`bridge.direct`) while the old filters are kept for MOVED_GRACE. (A session
+that went to another node: the router sends them on to that node, router/away.py.)
+
+A session that arrived from another node (``arrived``) may get a message both ways
+for a while: routed here by its publisher's node, and forwarded by the node it left.
+For SHOAL_CLUSTER_MOVE_WINDOW seconds (twice, for what is still on its way) the
+worker remembers the ids (``Message.mid``) of what it gave that session, at most
+SHOAL_CLUSTER_MOVE_MAX_MESSAGES, and drops a second one (a QoS 2 message is never
+delivered twice)."""
 from __future__ import annotations
 
+import logging
+from collections import OrderedDict
+
+from common.logs import kv
 from core.message import Message
 from core.session import Delivery, Session
+
+log = logging.getLogger("shoal.broker")
 
 MOVED_GRACE = 5.0  # seconds a handed-over session's filters still catch messages in transit
 
@@ -32,6 +46,7 @@ class Moved:
             return None
         b.expiry.cancel(client_id)
         b.wills.cancel(client_id)
+        b.arrivals.pop(client_id, None)
         s.will = None  # the client is back before its will delay ran out
         s.will_at = None
         b.load_queue(s)
@@ -78,3 +93,36 @@ class Moved:
         s = self.b.sessions.get(client_id)
         if s is not None:
             self.b.deliver(s, Delivery(msg, qos, retain, tuple(sub_ids)))
+
+    # -- a session that arrived from another node (cluster) -----------------------------
+    def arrived(self, s: Session) -> None:
+        """s came from another node: remember what it holds and what it gets for a while."""
+        b = self.b
+        cid = s.client_id
+        for flt in s.subscriptions:  # (it left this worker for another node moments ago)
+            b.moved.remove(flt, cid)
+        seen: OrderedDict = OrderedDict()
+        for d in (*s.inflight.values(), *s.queue):
+            if d.msg.mid is not None:
+                seen[d.msg.mid] = True
+        window = 2 * b.settings.cluster_move_window
+        b.arrivals[cid] = seen
+        b.timers.schedule(("arrived", cid, id(seen)), b.now + window, lambda: self._arrival_over(cid, seen))
+
+    def _arrival_over(self, cid: str, seen) -> None:
+        if self.b.arrivals.get(cid) is seen:
+            del self.b.arrivals[cid]
+
+    def doubled(self, s: Session, mid: int) -> bool:
+        """True: s got the message with this id already (it came both ways)."""
+        seen = self.b.arrivals.get(s.client_id)
+        if seen is None:
+            return False
+        if mid in seen:
+            self.b.metrics.moved_doubles_dropped += 1
+            log.debug("message that reached a moved session twice dropped", extra=kv(client=s.client_id, mid=mid))
+            return True
+        seen[mid] = True
+        if len(seen) > self.b.settings.cluster_move_max_messages:
+            seen.popitem(last=False)
+        return False

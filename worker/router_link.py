@@ -471,7 +471,8 @@ class RouterBridge:
         if op.flag == Own.FRESH:
             b.drop_stale(connect.client_id)  # another node owned it since this copy was made
         state = session_from_wire(op.state, b.now) if op.state is not None else None
-        b.claimed(conn, connect, state)
+        # (FRESH with a state: taken over from another node, its routes are new here)
+        b.claimed(conn, connect, state, op.flag == Own.FRESH and state is not None)
 
     def _takeover(self, op: o.Takeover) -> None:
         b = self.broker

@@ -26,6 +26,10 @@ class Routing:
         on_owned: an AckGate held open until every other worker that
         received the message owns it (routed and stored)."""
         b = self.b
+        if b.mids is not None and msg.mid is None and not local_only:
+            # (cluster) its id, before any copy of it goes anywhere: a copy delivered here and
+            # one that went round another node are then the same message (worker/moved.py)
+            msg.mid = next(b.mids)
         if msg.retain:
             if b.set_retained(msg) and not local_only:
                 b.bridge.retained_changed(msg, on_owned.wait() if on_owned is not None else None)
@@ -167,6 +171,8 @@ class Routing:
                     self.enqueue(session, d)
 
     def deliver(self, s: Session, d: Delivery) -> None:
+        if self.b.arrivals and d.msg.mid is not None and self.b.moves.doubled(s, d.msg.mid):
+            return  # it came both ways to a session that moved here (worker/moved.py)
         conn = s.conn
         if conn is not None:
             conn.deliver(d)

@@ -33,9 +33,10 @@ class Sessions:
             return
         b.bridge.claim(conn, connect)
 
-    def claimed(self, conn, connect, remote_state) -> None:
+    def claimed(self, conn, connect, remote_state, from_node: bool = False) -> None:
         """The node has granted this worker the client id (remote_state: a session
-        handed over by another worker, or None)."""
+        handed over by another worker, or None). from_node: remote_state came from
+        another node (the CONNACK waits until its routes are in cluster-wide)."""
         b = self.b
         if conn.closed:
             b.bridge.session_released(connect.client_id)
@@ -90,7 +91,35 @@ class Sessions:
             elif was_stored and not session.expiry_interval:
                 b.store.delete_session(cid, session)  # no longer outlives its connection
         b.save(session)
+        if adopted and from_node:
+            b.moves.arrived(session)
+            self._connack_when_routed(conn, session, present)
+            return
         conn.complete_connect(session, present)
+
+    def _connack_when_routed(self, conn, session: Session, present: bool) -> None:
+        """A session taken over from another node: the router added its routes for this
+        worker; the CONNACK waits until every member of the node applied them, the agent
+        included, which answers once they are in etcd and every live node applied them
+        (the SUBACK's wait: handlers.handle_subscribe). So a publish made anywhere after
+        the client holds its CONNACK reaches it. What arrives meanwhile is held and
+        follows the CONNACK, after the session's inflight and queue."""
+        b = self.b
+        conn.hold()
+
+        def synced() -> None:
+            if conn.closed or session.conn is not conn:
+                if session.conn is conn:  # its connection went before the CONNACK
+                    self.detach(session, conn)  # (what was held goes to the session's queue)
+                else:
+                    conn.release()
+                return
+            held = conn.release()
+            conn.complete_connect(session, present)
+            for d in held:
+                conn.deliver(d)
+
+        b.bridge.sync(synced)
 
     def claim_refused(self, conn, connect) -> None:
         """Cluster: the client id could not be owned here (CONNACK 0x88 / 3)."""

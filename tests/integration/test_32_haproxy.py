@@ -254,12 +254,10 @@ def test_session_present_and_queued_on_another_node(lb, cluster, version):
     assert s.session_present is True
     got = s.receive(2)
     assert [(m.payload, m.qos) for m in got] == [(b"queued-1", 1), (b"queued-2", 2)]
-    # the session is live and subscribed where it is now. (A CONNACK does not wait, as a
-    # SUBACK does, until every node has the resumed session's routes: once in about six
-    # runs a publish made at once on another node was lost. Not fixed yet; here the test
-    # waits for the route to be in etcd.)
-    wait_for(lambda: f"routes/{s.node}/{topic}" in cluster.etcd.keys(f"routes/{s.node}/"), WAIT, 0.02,
-             "the resumed session's route in etcd")
+    # the session is live and subscribed where it is now: a CONNACK of a session taken
+    # over from another node waits, as a SUBACK does, until every node has its routes, so
+    # a publish made at once on another node reaches it (once in about six runs it was
+    # lost before)
     pub.publish(topic, b"live", 2)
     (m,) = s.receive(1)
     assert m.payload == b"live"
