@@ -151,7 +151,7 @@ class Agent:
         self._peer_syncs: dict[int, asyncio.Task] = {}  # etcd revision -> the Sync round for it
         self.service = PeerService(self)
         self.replay = Replay(self)  # publishes that raced a subscription on another node
-        self.ownership = Ownership(self)  # owners/<client id> (issue 11)
+        self.ownership = Ownership(self)  # sessions/owners/<client id> (issue 11)
         self.wills = Wills(self)  # wills/<client id>
         self.leader = Leader(self)  # the leader key and its duties
         self.drain = Drain(self)  # graceful leave: sessions to the other nodes
@@ -296,6 +296,9 @@ class Agent:
             "data_links": sum(1 for p in peers if p.data is not None),  # SHOAL_CLUSTER_LINK=direct
             "data_resent_total": sum(p.resent for p in peers),
             "paused": int(self.link.paused),
+            # owner records (cluster/ownership.py Batcher): transactions, records they carried
+            "owner_txns_total": self.ownership.batcher.txns,
+            "owner_records_total": self.ownership.batcher.records,
         }
 
     def write_status(self) -> None:
@@ -772,6 +775,7 @@ class Agent:
             return
         log.info("node left", extra=kv(peer=node, nodes=len(self.members)))
         self._drop_peer(node)
+        self.leader.node_left(node)
         self.publish_sys()
 
     def _drop_peer(self, node: str) -> None:

@@ -3,9 +3,11 @@
 The leader holds etcd's ``leader`` key, created with a compare-and-swap under
 its node's lease: when the node dies (or cannot keep its lease) the key goes
 with the lease and the next node to try takes it. Every agent tries every
-SHOAL_CLUSTER_LEASE_TTL / 4 seconds (at most 0.5 s), so a new leader is there
-at most that long after the old leader's lease expired. Every node publishes
-the leader's name as ``$SYS/broker/cluster/leader`` (retained).
+SHOAL_CLUSTER_LEASE_TTL / 4 seconds (at most 0.5 s), and at once when the
+watch says the leader's node left (its lease expired: the key went with it), so
+a new leader is there one etcd round trip after the old leader's lease expired.
+Every node publishes the leader's name as ``$SYS/broker/cluster/leader``
+(retained).
 
 Duties of the leader:
 - the wills of nodes that are gone (wills/<client id> whose node holds no
@@ -13,7 +15,7 @@ Duties of the leader:
   the record orphaned (cluster/wills.py: a compare-and-swap delete decides who
   publishes). A new leader looks at every record again, so the duty goes on
   when the leader dies meanwhile.
-- a dead node's owners/ and routes/ records go by themselves with its lease;
+- a dead node's sessions/owners/ and routes/ records go by themselves with its lease;
   its shared-subscription members are routes/ records too.
 """
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Leader:
         self.orphans: dict[bytes, tuple[int, float]] = {}  # wills/ key -> (revision, due on our clock)
         self.last_scan = 0.0
         self.nodes_seen: frozenset = frozenset()
+        self.wake = asyncio.Event()  # a round now (the leader's node left)
 
     @property
     def interval(self) -> float:
@@ -49,7 +52,11 @@ class Leader:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            try:
+                await asyncio.wait_for(self.wake.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+            self.wake.clear()
             ag = self.agent
             client = ag.etcd.client
             if not ag.connected or client is None or not ag.lease_id:
@@ -83,6 +90,13 @@ class Leader:
         self.leading = leading
         if leading:
             await self.duties(client)
+
+    def node_left(self, node: str) -> None:
+        """A node's record went (its lease expired or was revoked): if it led, the leader key
+        went in the same revision, and the next round may take it: now, not up to a poll later
+        (measured: failover 5.3 to 6.6 s at TTL 5 with the poll alone)."""
+        if node == self.name:
+            self.wake.set()
 
     def publish_sys(self) -> None:
         w = ["$SYS/broker/cluster/leader", (self.name or "").encode(), 0, True, None, None, ""]

@@ -1,36 +1,40 @@
 """One owner per client id across the cluster (issue 11), the agent's side.
 
-Each client id with a session on some node has a record ``owners/<client id>``
+Each client id with a session on some node has a record ``sessions/owners/<client id>``
 in etcd: ``{"lease": <lease>, "node": <node>}``, attached to the owner node's
 lease, so it vanishes with the node (a dead node's ids are free once its lease
-expired). It is only ever written with a compare-and-swap, and its etcd
-revision is the fencing token of the session that went with it: a takeover
-asked with an older token than the asked node's own is refused (``NEWER``).
+expired). A claim writes it with one atomic swap (a put that returns the record
+it replaced, ``prev_kv``: the compare-and-swap of a read and a put on its
+revision, in one round trip), a session's end deletes it with a compare of its
+value; its etcd revision is the fencing token of the session that went with it:
+a takeover asked with an older token than the asked node's own is refused
+(``NEWER``).
 
 The router asks (``OWN``) when a CONNECT claims an id this node does not hold,
 or holds only from its store (restored after a restart: it may be stale). The
 agent answers (``OWNED``):
 
-- ``FRESH``: no record existed, or it named a dead node or an old lease of this
+- ``FRESH``: no record was there, or it named a dead node or an old lease of this
   one: this node owns the id now; any copy of the session here is stale and is
   dropped without its will.
-- ``KEEP``: the record names this node under its current lease: the node
+- ``KEEP``: the record named this node under its current lease: the node
   decides alone, exactly as without a cluster (workers hand over among
   themselves).
-- ``REMOTE``: the record named another live node: the agent wrote itself over
-  it (CAS on the old record's revision), then asked that node's agent for the
-  session (gRPC ``TakeoverSession``). That agent takes the session off its
-  router as a worker would (``CLAIM``: the holding worker closes the connection
-  with v5 DISCONNECT 0x8E and hands over the whole record) and returns it; the
-  router here grants it to the claiming worker, which answers session present
-  = 1 and redelivers the inflight messages with DUP before the queue.
+- ``REMOTE``: the record named another live node: the agent's swap wrote
+  itself over it, then it asked that node's agent for the session (gRPC
+  ``TakeoverSession``). That agent takes the session off its router as a worker
+  would (``CLAIM``: the holding worker closes the connection with v5 DISCONNECT
+  0x8E and hands over the whole record) and returns it; the router here grants
+  it to the claiming worker, which answers session present = 1 and redelivers
+  the inflight messages with DUP before the queue.
 - ``REFUSED``: a newer CONNECT of the id won on another node, or the previous
-  owner is alive but cannot be reached (the record is put back to it): the
-  CONNECT is refused with 0x88 / 3 (server unavailable), so that an id never
-  has two live sessions.
+  owner is alive but cannot be reached (the record is put back to it, compared
+  on the revision of ours): the CONNECT is refused with 0x88 / 3 (server
+  unavailable), so that an id never has two live sessions.
 
 When a session ends on this node (``DISOWN``), the record goes (a delete that
-compares the value: only this node's own record under its lease).
+compares the value: only this node's own record under its lease), batched with
+the claims (``Batcher``).
 
 A node that does not hold its lease (cluster/fence.py) hands nothing over: it
 answers a TakeoverSession as an unreachable node would (gRPC UNAVAILABLE: the
@@ -58,101 +62,147 @@ from core.ops import Own
 
 log = logging.getLogger("shoal.agent")
 
-OWNERS = b"owners/"
-CAS_ATTEMPTS = 5  # compare-and-swap rounds before a claim is refused (each lost round: someone else wrote)
+# outside the range the agents read and watch (cluster/etcd.py RANGE_START..RANGE_END): every
+# CONNECT writes one and its end deletes it, and each agent had every node's owner events on
+# its watch, to be thrown away (measured: about a quarter of a cluster connect's CPU)
+OWNERS = b"sessions/owners/"
 TAKEOVER_TIMEOUT = 4.0  # seconds the previous owner has to hand a session over
 ROUTER_TIMEOUT = 6.0  # seconds this node's router has to give a session up
 BATCH = 100  # records per etcd transaction (etcd's default limit is 128 operations)
+INFLIGHT = 8  # owner transactions under way at once; what comes meanwhile waits for the next
+DELETE_LINGER = 0.02  # seconds a session end's delete waits for claims to go with
 
 
 class Batcher:
-    """Creates and deletes of owner records gathered for one loop pass into one etcd
-    transaction each: a connect storm of new client ids costs one round trip per batch,
-    not per CONNECT. A batch whose compares do not all hold tells, from its failure
-    branch, which records existed; the others are tried again in the next batch."""
+    """Claims and deletes of owner records gathered into few etcd transactions. A claim is
+    a put that returns the record it replaced (``prev_kv``): one round trip both makes this
+    node the owner and says who was (none, an old lease of ours, a node that is gone, or a
+    live node to take the session from); it is atomic, so it is the compare-and-swap of a
+    read followed by a put on its revision, without the second round trip. A delete
+    compares that the key still holds this node's value. One transaction holds both, and
+    at most INFLIGHT transactions are under way, so what gathers meanwhile goes in the next
+    one (group commit): a connect storm costs one round trip per batch, not per CONNECT.
+    When a delete's compare fails the claims go on in the failure branch all the same,
+    and the failure branch's reads (at the same revision) tell which deletes were no
+    longer ours (nothing to do) and which go in the next batch."""
 
     def __init__(self, own):
         self.own = own
-        self.creates: list = []  # (key, value, future)
+        self.claims: list = []  # (key, value, future)
         self.deletes: list = []  # (key, value, future)
         self.scheduled = False
+        self.inflight = 0
+        self.linger: asyncio.TimerHandle | None = None  # when the deletes go without claims
+        self.due = False  # the deletes go with the next transaction, claims or not
+        # figures (/metrics, loadtest): transactions sent, records they carried
+        self.txns = 0
+        self.records = 0
 
-    def create(self, key: bytes, value: bytes) -> asyncio.Future:
-        """Future of (True, revision, None) if created, else (False, 0, (value, meta) | None)."""
+    def claim(self, key: bytes, value: bytes) -> asyncio.Future:
+        """Future of (revision of our record, the value it replaced or None, that value's lease)."""
         fut = asyncio.get_running_loop().create_future()
-        self.creates.append((key, value, fut))
+        self.claims.append((key, value, fut))
         self._schedule()
         return fut
 
     def delete(self, key: bytes, value: bytes) -> asyncio.Future:
-        fut = asyncio.get_running_loop().create_future()
+        """Nobody waits for a delete but the next op of its id (flush()): it rides along with
+        the next claims' transaction, or goes DELETE_LINGER seconds later."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self.deletes.append((key, value, fut))
-        self._schedule()
+        if self.linger is None:
+            self.linger = loop.call_later(DELETE_LINGER, self.flush)
         return fut
 
+    def flush(self) -> None:
+        """The deletes go now (the linger is over, or an op of one of their ids waits)."""
+        if self.linger is not None:
+            self.linger.cancel()
+            self.linger = None
+        self.due = True
+        self._schedule()
+
     def _schedule(self) -> None:
-        if not self.scheduled:
+        if not self.scheduled and self.inflight < INFLIGHT:
             self.scheduled = True
             asyncio.get_running_loop().call_soon(self._go)
 
     def _go(self) -> None:
         self.scheduled = False
-        creates, self.creates = self.creates, []
-        deletes, self.deletes = self.deletes, []
-        for i in range(0, len(creates), BATCH):
-            self.own._spawn_task(self._create(creates[i:i + BATCH]))
-        for i in range(0, len(deletes), BATCH):
-            self.own._spawn_task(self._delete(deletes[i:i + BATCH]))
+        while self.inflight < INFLIGHT and (self.claims or (self.deletes and self.due)):
+            claims, self.claims = self.claims[:BATCH], self.claims[BATCH:]
+            room = BATCH - len(claims)
+            deletes, self.deletes = self.deletes[:room], self.deletes[room:]
+            if not self.deletes:
+                self.due = False
+                if self.linger is not None:
+                    self.linger.cancel()
+                    self.linger = None
+            self.inflight += 1
+            self.own._spawn_task(self._run(claims, deletes))
 
-    async def _create(self, batch: list) -> None:
+    async def _run(self, claims: list, deletes: list) -> None:
+        try:
+            await self._txn(claims, deletes)
+        finally:
+            self.inflight -= 1
+            if self.claims or (self.deletes and self.due):
+                self._schedule()
+            elif self.deletes and self.linger is None:
+                self.linger = asyncio.get_running_loop().call_later(DELETE_LINGER, self.flush)
+
+    async def _txn(self, claims: list, deletes: list) -> None:
         try:
             client = self.own.agent.etcd.client
             if client is None:
                 raise ConnectionError("etcd not connected")
             tx = client.transactions
             lease = self.own.agent.lease_id
+            self.txns += 1
+            self.records += len(claims) + len(deletes)
+            puts = [tx.put(k, v, lease, prev_kv=True) for k, v, _ in claims]
             ok, responses = await client.transaction(
-                compare=[tx.create(k) == 0 for k, _, _ in batch],
-                success=[tx.put(k, v, lease) for k, v, _ in batch], failure=[tx.get(k) for k, _, _ in batch])
+                compare=[tx.value(k) == v for k, v, _ in deletes],
+                success=puts + [tx.delete(k) for k, _, _ in deletes],
+                failure=puts + [tx.get(k) for k, _, _ in deletes])
         except Exception as e:
-            for _, _, fut in batch:
+            for _, _, fut in claims:
                 if not fut.done():
                     fut.set_exception(e)
-            return
-        if ok:
-            for (_, _, fut), r in zip(batch, responses):
+            if deletes:
+                log.warning("could not remove owner records (they go with the lease)",
+                            extra=kv(records=len(deletes), error=(str(e) or type(e).__name__)[:200]))
+            for _, _, fut in deletes:
                 if not fut.done():
-                    fut.set_result((True, r.response_put.header.revision, None))
+                    fut.set_result(None)
             return
-        for (k, v, fut), r in zip(batch, responses):
+        for (_, _, fut), r in zip(claims, responses):
+            if not fut.done():
+                put = r.response_put
+                prev = put.prev_kv if put.HasField("prev_kv") else None
+                fut.set_result((put.header.revision, prev.value if prev is not None else None,
+                                prev.lease if prev is not None else 0))
+        if ok:
+            for _, _, fut in deletes:
+                if not fut.done():
+                    fut.set_result(None)
+            return
+        again = []
+        for (k, v, fut), r in zip(deletes, responses[len(claims):]):
             if fut.done():
                 continue
-            if r:
-                fut.set_result((False, 0, r[0]))
-            elif len(batch) == 1:
-                fut.set_result((False, 0, None))  # deleted between compare and read: look again
+            if r and r[0][0] == v:
+                again.append((k, v, fut))  # still ours: its compare held
             else:
-                self.creates.append((k, v, fut))  # absent: created in the next batch
-        if self.creates:
-            self._schedule()
-
-    async def _delete(self, batch: list) -> None:
-        client = self.own.agent.etcd.client
-        try:
-            if client is None:
-                raise ConnectionError("etcd not connected")
-            tx = client.transactions
-            ok, _ = await client.transaction(compare=[tx.value(k) == v for k, v, _ in batch],
-                                             success=[tx.delete(k) for k, _, _ in batch], failure=[])
-            if not ok:  # one of them is no longer ours: each on its own
-                for k, v, _ in batch:
-                    await client.transaction(compare=[tx.value(k) == v], success=[tx.delete(k)], failure=[])
-        except Exception as e:
-            log.warning("could not remove owner records (they go with the lease)",
-                        extra=kv(records=len(batch), error=str(e)[:200]))
-        for _, _, fut in batch:
-            if not fut.done():
+                fut.set_result(None)  # gone, or another node's now: not ours to delete
+        if len(again) == len(deletes):
+            # no compare failed as read back (cannot be at one revision; never loop on it)
+            for _, _, fut in again:
                 fut.set_result(None)
+            return
+        self.deletes[:0] = again
+        self.due = True
 
 
 class Pending:
@@ -170,7 +220,7 @@ class Pending:
 class Ownership:
     def __init__(self, agent):
         self.agent = agent
-        self.owned: dict[str, int] = {}  # client id -> revision of our owners/ record (the token)
+        self.owned: dict[str, int] = {}  # client id -> revision of our owner record (the token)
         # client ids whose record we wrote under a lease we no longer hold (lease_changed)
         self.stale: set[str] = set()
         self.claiming: dict[str, Pending] = {}
@@ -178,8 +228,9 @@ class Ownership:
         self._req = itertools.count(1 << 40)  # apart from the workers' request numbers
         self.channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
         self.tasks: set[asyncio.Task] = set()
-        self.chain: dict[str, asyncio.Task] = {}  # client id -> its last op's task
+        self.chain: dict[str, asyncio.Future] = {}  # client id -> its last op (a task, or a delete's future)
         self.batcher = Batcher(self)
+        self._value_for: tuple = (None, b"")  # (lease, this node's record under it)
         # figures ($SYS/broker/cluster/sessions/..., logs)
         self.taken_in = 0
         self.taken_out = 0
@@ -190,7 +241,10 @@ class Ownership:
         if op.__class__ is o.TakeOwnership:
             self._spawn(op.client_id, self._own, op.client_id, op.req, bool(op.clean_start))
         elif op.__class__ is o.Disown:
-            self._spawn(op.client_id, self._disown, op.client_id)
+            if op.client_id in self.chain:
+                self._spawn(op.client_id, self._disown, op.client_id)
+            else:
+                self._disown_now(op.client_id)  # (most ends: no task, the delete's future is the chain)
         elif op.__class__ is o.Grant:
             fut = self.takes.pop(op.req, None)
             if fut is not None and not fut.done():
@@ -199,13 +253,18 @@ class Ownership:
     def _spawn(self, cid: str, fn, *args) -> None:
         """One op at a time per client id, in the router's order (a DISOWN then an OWN)."""
         prev = self.chain.get(cid)
+        if prev is not None and self.batcher.deletes:
+            self.batcher.flush()  # (its DISOWN's delete may be lingering)
 
         async def run():
-            if prev is not None:
-                await asyncio.wait([prev])
+            await asyncio.wait([prev])
             await fn(*args)
 
-        t = self._spawn_task(run())
+        t = self._spawn_task(run() if prev is not None else fn(*args))
+        self._chain(cid, t)
+
+    def _chain(self, cid: str, t: asyncio.Future) -> None:
+        """t is cid's last op: the next one waits for it."""
         self.chain[cid] = t
 
         def done(t):
@@ -221,8 +280,12 @@ class Ownership:
         return t
 
     def _value(self) -> bytes:
-        return json.dumps({"lease": self.agent.lease_id, "node": self.agent.node}, separators=(",", ":"),
-                          sort_keys=True).encode()
+        """This node's owner record under its current lease (made again when the lease changes)."""
+        lease = self.agent.lease_id
+        if self._value_for[0] != lease:
+            self._value_for = (lease, json.dumps({"lease": lease, "node": self.agent.node}, separators=(",", ":"),
+                                                 sort_keys=True).encode())
+        return self._value_for[1]
 
     def lease_changed(self) -> None:
         """The node holds a new lease: the records written under the old one went with it,
@@ -270,55 +333,39 @@ class Ownership:
         tx = client.transactions
         key = OWNERS + cid.encode()
         mine = self._value()
-        for _ in range(CAS_ATTEMPTS):
-            if p.superseded:
-                return Own.REFUSED, None
-            ok, rev, existing = await self.batcher.create(key, mine)
-            if ok:
-                p.token = self.owned[cid] = rev
-                p.written.set()
-                return Own.FRESH, None
-            if existing is None:
-                continue  # deleted meanwhile: create it
-            value, meta = existing
-            if value == mine:
-                p.token = self.owned[cid] = meta.mod_revision
-                p.written.set()
-                return Own.KEEP, None
-            try:
-                prev = json.loads(value)
-                prev_node, prev_lease = prev["node"], int(prev["lease"])
-            except (ValueError, KeyError, TypeError):
-                prev_node, prev_lease = "", 0
-            if p.superseded:
-                return Own.REFUSED, None
-            ok, responses = await client.transaction(compare=[tx.mod(key) == meta.mod_revision],
-                                                     success=[tx.put(key, mine, ag.lease_id)], failure=[])
-            if not ok:
-                continue  # another node wrote it meanwhile: look again
-            token = p.token = self.owned[cid] = responses[0].response_put.header.revision
-            p.written.set()
-            if prev_node == ag.node or prev_node not in ag.members:
-                return Own.FRESH, None  # an old lease of ours, or a node that is gone: its copy is stale
-            result, state = await self._ask(prev_node, cid, clean_start, token)
-            if result is None:
-                # alive but unreachable: put its record back, refuse here (never two live sessions)
-                ok, _ = await client.transaction(compare=[tx.mod(key) == token],
-                                                 success=[tx.put(key, value, prev_lease)], failure=[])
-                self.owned.pop(cid, None)
-                log.warning("previous owner unreachable; CONNECT refused",
-                            extra=kv(client=cid, owner=prev_node, restored=ok, token=token))
-                return Own.REFUSED, None
-            if result == 2:  # NEWER: that node's claim is newer than ours
-                self.owned.pop(cid, None)
-                log.info("takeover refused: newer claim there", extra=kv(client=cid, owner=prev_node, token=token))
-                return Own.REFUSED, None
-            if state is None or clean_start:
-                return Own.FRESH, None
-            self.agent.moves.took(cid, prev_node)  # (what prev_node forwards for it is taken: cluster/moves.py)
-            self.taken_in += 1
-            return Own.REMOTE, state
-        return Own.REFUSED, None
+        if p.superseded:
+            return Own.REFUSED, None
+        token, value, prev_lease = await self.batcher.claim(key, mine)
+        p.token = self.owned[cid] = token
+        p.written.set()
+        if value is None:
+            return Own.FRESH, None  # no owner before
+        if value == mine:
+            return Own.KEEP, None  # ours under this lease already: the node decides alone
+        try:
+            prev_node = json.loads(value)["node"]
+        except (ValueError, KeyError, TypeError):
+            prev_node = ""
+        if prev_node == ag.node or prev_node not in ag.members:
+            return Own.FRESH, None  # an old lease of ours, or a node that is gone: its copy is stale
+        result, state = await self._ask(prev_node, cid, clean_start, token)
+        if result is None:
+            # alive but unreachable: put its record back, refuse here (never two live sessions)
+            ok, _ = await client.transaction(compare=[tx.mod(key) == token],
+                                             success=[tx.put(key, value, prev_lease)], failure=[])
+            self.owned.pop(cid, None)
+            log.warning("previous owner unreachable; CONNECT refused",
+                        extra=kv(client=cid, owner=prev_node, restored=ok, token=token))
+            return Own.REFUSED, None
+        if result == 2:  # NEWER: that node's claim is newer than ours
+            self.owned.pop(cid, None)
+            log.info("takeover refused: newer claim there", extra=kv(client=cid, owner=prev_node, token=token))
+            return Own.REFUSED, None
+        if state is None or clean_start:
+            return Own.FRESH, None
+        self.agent.moves.took(cid, prev_node)  # (what prev_node forwards for it is taken: cluster/moves.py)
+        self.taken_in += 1
+        return Own.REMOTE, state
 
     async def _ask(self, node: str, cid: str, clean_start: bool, token: int):
         """TakeoverSession on node: (result, state) or (None, None) when unreachable."""
@@ -412,15 +459,26 @@ class Ownership:
 
     # -- a session ended here -------------------------------------------------------------
     async def _disown(self, cid: str) -> None:
+        fut = self._delete(cid)
+        if fut is not None:
+            await fut
+
+    def _disown_now(self, cid: str) -> None:
+        fut = self._delete(cid)
+        if fut is not None:
+            self._chain(cid, fut)
+
+    def _delete(self, cid: str) -> asyncio.Future | None:
         self.owned.pop(cid, None)
         self.stale.discard(cid)  # (the copy here ended)
         ag = self.agent
-        client = ag.etcd.client
-        if not ag.connected or client is None:
-            return
-        await self.batcher.delete(OWNERS + cid.encode(), self._value())
+        if not ag.connected or ag.etcd.client is None:
+            return None
+        return self.batcher.delete(OWNERS + cid.encode(), self._value())
 
     async def close(self) -> None:
+        if self.batcher.linger is not None:
+            self.batcher.linger.cancel()  # (the records go with the lease)
         for t in list(self.tasks):
             t.cancel()
         for _, ch in self.channels.values():

@@ -64,6 +64,9 @@ class Session:
     next_pid: int = 1
     dropped: int = 0
     queue_stored: bool = False  # restored from the store: its queue is read on first use (Broker.load_queue)
+    # this worker's store may hold records of it (it came from the store, or outlived its
+    # connection at some time): its end deletes them; a session that never did has none
+    on_disk: bool = False
 
     @property
     def online(self) -> bool:

@@ -590,7 +590,7 @@ def report(args, t0, lock, acked, qos_of, delivered, subs, will_subs, wills_seen
         print(f"  QoS 2 duplicates, first cases: {dup_cases[:12]}")
     print(f"subscriber sessions lost (reconnect with session present = 0): {sum(len(s.losses) for s in subs)}")
     print(f"twin probes: {dict(twins)} (key = connections of the two still alive once settled; 2 = two live sessions)")
-    print(f"client ids ever owned twice (etcd history of owners/, {owners['events']} events, "
+    print(f"client ids ever owned twice (etcd history of sessions/owners/, {owners['events']} events, "
           f"{owners['live_moves']} moves of a live owner's record): {owners['ids_owned_twice']}")
     if owners["cases"]:
         print(f"  owned twice, first cases: {owners['cases']}")

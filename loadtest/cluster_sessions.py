@@ -7,26 +7,37 @@ measures:
 - connect rate: clients that CONNECT (new client id, clean start), wait for
   CONNACK and DISCONNECT, --concurrency at a time, for --seconds: on the node
   alone; on the three cluster nodes at once (one load per node, the figure per
-  node); on mosquitto. In the cluster every such connect writes owners/<id> in
+  node); on mosquitto. In the cluster every such connect writes sessions/owners/<id> in
   etcd (a compare-and-swap) and its end deletes it.
 - takeover latency: one v5 client id with a persistent session connects in turn
   on node 1 and node 2 (each CONNECT takes the session over from the other node:
   CAS in etcd + gRPC TakeoverSession), CONNECT -> CONNACK, --takeovers times;
   the same on one node alone (a takeover between connections of one node) and on
   mosquitto.
+
+Each connect-rate row also gives the CPU-seconds per connect, summed over every
+process that the run keeps busy: for a cluster row every process of the three
+nodes (workers, router, agent, circusd) and etcd, also when only n1 is loaded
+(what n1's connects cost the others); for the node alone its processes; for
+mosquitto its one process. A row whose rate falls while its CPU per connect
+stays is a machine out of CPU (two cores shared by three nodes and etcd); a
+row whose CPU per connect grows is a slower path. ``--breakdown`` adds each
+process's CPU-seconds.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import itertools
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from loadtest.bench.brokers import Mosquitto, Shoal
-from loadtest.cluster_bench import ClusterNode, EtcdServer
+from loadtest.bench.procstat import CpuMeter
+from loadtest.cluster_bench import ClusterNode, EtcdServer, breakdown
 from mqtt import Connack, Connect, Disconnect, Framer, Prop, SubAck, Subscribe, Subscription, decode, encode
 
 HOST = "127.0.0.1"
@@ -56,7 +67,8 @@ async def one_connect(port: int, prefix: str) -> bool:
         writer.close()
 
 
-async def connect_rate(port: int, seconds: float, concurrency: int, prefix: str) -> float:
+async def connect_rate(port: int, seconds: float, concurrency: int, prefix: str) -> tuple[float, int]:
+    """(connects/s, connects done)."""
     done = 0
     failed = 0
     end = time.monotonic() + seconds
@@ -77,7 +89,7 @@ async def connect_rate(port: int, seconds: float, concurrency: int, prefix: str)
     await asyncio.gather(*(loop() for _ in range(concurrency)))
     if failed:
         print(f"  {failed} connects failed on port {port}", file=sys.stderr)
-    return done / (time.monotonic() - t0)
+    return done / (time.monotonic() - t0), done
 
 
 async def _suback(reader, framer: Framer, version: int):
@@ -178,14 +190,37 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
+class Metered:
+    """CPU of a set of processes over one run: mark() before, used() after."""
+
+    def __init__(self, meters: dict[str, CpuMeter]):
+        self.meters = meters
+
+    def mark(self) -> None:
+        for m in self.meters.values():
+            m.mark()
+
+    def used(self) -> float:
+        return sum(m.sample() for m in self.meters.values())
+
+    def breakdown(self) -> str:
+        return breakdown(self.meters)
+
+
+def load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loadtest.cluster_sessions")
     ap.add_argument("--seconds", type=float, default=10.0, help="seconds of connect load per run")
     ap.add_argument("--concurrency", type=int, default=20, help="connections in progress per node")
     ap.add_argument("--takeovers", type=int, default=300)
     ap.add_argument("--workers", type=int, default=1, help="workers per node")
+    ap.add_argument("--breakdown", action="store_true", help="also print the CPU-seconds of every process per run")
     args = ap.parse_args(argv)
-    rows = []
+    load_before = load()
+    breakdowns: list[str] = []
     with tempfile.TemporaryDirectory(prefix="csess") as tmpdir:
         tmp = Path(tmpdir)
         etcd = EtcdServer(tmp)
@@ -202,18 +237,31 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for b in (*nodes, alone, mosq):
                 b.start()
-            print("connect rate: one node alone ...", file=sys.stderr, flush=True)
-            single = asyncio.run(connect_rate(alone.port, args.seconds, args.concurrency, "alone"))
-            print("connect rate: three cluster nodes at once ...", file=sys.stderr, flush=True)
+            cluster = Metered({**{n.name: CpuMeter([n.proc.pid], include_roots=False) for n in nodes},
+                               "etcd": CpuMeter([etcd.proc.pid])})
+            single_cpu = Metered({"alone": alone.meter})
+            mosq_cpu = Metered({"mosquitto": mosq.meter})
 
-            async def three():
-                return await asyncio.gather(*(connect_rate(n.port, args.seconds, args.concurrency, n.name) for n in nodes))
+            def measured(label: str, meter: Metered, coro_fn) -> tuple[list, float]:
+                """[(rate, done) per loaded node], CPU-seconds per connect."""
+                print(f"connect rate: {label} ...", file=sys.stderr, flush=True)
+                meter.mark()
+                res = asyncio.run(coro_fn())
+                cpu = meter.used()
+                if args.breakdown:
+                    breakdowns.append(f"{label}: {meter.breakdown()}")
+                return res, cpu / max(1, sum(done for _, done in res))
 
-            per_node = asyncio.run(three())
-            print("connect rate: mosquitto ...", file=sys.stderr, flush=True)
-            mq = asyncio.run(connect_rate(mosq.port, args.seconds, args.concurrency, "mq"))
-            print("connect rate: one cluster node alone busy ...", file=sys.stderr, flush=True)
-            one_of_three = asyncio.run(connect_rate(nodes[0].port, args.seconds, args.concurrency, "n1only"))
+            async def on(*ports_prefixes):
+                return await asyncio.gather(*(connect_rate(port, args.seconds, args.concurrency, prefix)
+                                              for port, prefix in ports_prefixes))
+
+            single, single_c = measured("one node alone", single_cpu, lambda: on((alone.port, "alone")))
+            per_node, per_node_c = measured("three cluster nodes at once", cluster,
+                                            lambda: on(*((n.port, n.name) for n in nodes)))
+            mq, mq_c = measured("mosquitto", mosq_cpu, lambda: on((mosq.port, "mq")))
+            one_of_three, one_c = measured("one cluster node loaded alone", cluster,
+                                           lambda: on((nodes[0].port, "n1only")))
             print("takeovers ...", file=sys.stderr, flush=True)
             cross = asyncio.run(takeovers([nodes[0].port, nodes[1].port], args.takeovers, "tk-cross"))
             fresh = asyncio.run(takeovers([nodes[0].port, nodes[1].port], args.takeovers, "tk-fresh", True))
@@ -226,13 +274,16 @@ def main(argv: list[str] | None = None) -> int:
             for b in (*nodes, alone, mosq):
                 b.stop()
             etcd.stop()
-    print(f"| connect rate ({args.concurrency} at a time, {args.seconds:g} s) | connects/s |")
-    print("|---|---:|")
-    print(f"| shoal, one node alone | {single:,.0f} |")
-    for n, r in zip(nodes, per_node):
-        print(f"| shoal cluster, {n.name} (three nodes loaded at once) | {r:,.0f} |")
-    print(f"| shoal cluster, n1 loaded alone | {one_of_three:,.0f} |")
-    print(f"| mosquitto | {mq:,.0f} |")
+    us = 1e6
+    print(f"load average (1/5/15 min) before {load_before}, after {load()}; {os.cpu_count()} CPUs")
+    print()
+    print(f"| connect rate ({args.concurrency} at a time, {args.seconds:g} s) | connects/s | CPU-µs per connect |")
+    print("|---|---:|---:|")
+    print(f"| shoal, one node alone | {single[0][0]:,.0f} | {single_c * us:,.0f} |")
+    for n, (r, _) in zip(nodes, per_node):
+        print(f"| shoal cluster, {n.name} (three nodes loaded at once) | {r:,.0f} | {per_node_c * us:,.0f} (all three + etcd) |")
+    print(f"| shoal cluster, n1 loaded alone | {one_of_three[0][0]:,.0f} | {one_c * us:,.0f} (all three + etcd) |")
+    print(f"| mosquitto | {mq[0][0]:,.0f} | {mq_c * us:,.0f} |")
     print()
     print(f"| takeover ({args.takeovers} times) | p50 ms | p99 ms |")
     print("|---|---:|---:|")
@@ -244,7 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"leader failover: {failover[0]} SIGKILLed, {failover[1]} named leader {failover[2]:.2f} s later "
           "(SHOAL_CLUSTER_LEASE_TTL=5: the dead lease expires after 5 s, then the next try takes the key)")
-    rows.append((single, per_node))
+    if breakdowns:
+        print()
+        print("CPU-seconds per process:")
+        for line in breakdowns:
+            print(f"- {line}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Client ids ever owned twice, from etcd's history (issue 11; used by loadtest/chaos.py).
 
-Reads every revision of ``owners/<client id>`` with a watch from
+Reads every revision of ``sessions/owners/<client id>`` with a watch from
 revision 1 (etcd keeps the whole history unless compacted; the chaos run never compacts)
 and replays it. One key per id means etcd never names two owners at one revision; what
 can go wrong is a node that goes on acting as owner after its record was taken. A record
@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from urllib.parse import urlparse
 
-OWNERS = b"owners/"
+from cluster.ownership import OWNERS
 
 
 async def _history(endpoint: str, prefix: bytes = OWNERS, quiet: float = 3.0) -> list:
@@ -52,7 +52,7 @@ async def _history(endpoint: str, prefix: bytes = OWNERS, quiet: float = 3.0) ->
 
 
 def history(endpoints: str, prefix: bytes = OWNERS, quiet: float = 3.0) -> list:
-    """Every event of the keys under prefix (owners/) from revision 1: (revision, put, key,
+    """Every event of the keys under prefix (sessions/owners/) from revision 1: (revision, put, key,
     value, lease); the watch ends once it brought nothing for `quiet` seconds."""
     last = None
     for ep in endpoints.split(","):

@@ -18,13 +18,17 @@ class Persist:
     def store_for(self, s: Session):
         """The store when this session's changes must be written (it outlives its
         connection and persistence is on), else None."""
-        return self.b.store if s.expiry_interval else None
+        if s.expiry_interval:
+            s.on_disk = True
+            return self.b.store
+        return None
 
     def save(self, s: Session) -> None:
         """Write the session record (not its queue) when the session outlives its connection."""
         b = self.b
         store = b.store if s.expiry_interval else None
         if store is not None and b.sessions.get(s.client_id) is s:
+            s.on_disk = True
             store.save_session(s, b.now)
 
     def load_queue(self, s: Session) -> None:
@@ -39,6 +43,7 @@ class Persist:
     def store_state(self, s: Session) -> None:
         """Write a session's queue and windows (it arrived with them from elsewhere)."""
         store, now = self.b.store, self.b.now
+        s.on_disk = True
         for d in s.queue:
             store.queued(s, d, now)
         for d in s.inflight.values():

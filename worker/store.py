@@ -175,6 +175,7 @@ class Store(RetainedKeys, KV):
             except UnsupportedFormat as e:
                 raise self._unsupported(e) from None
             s.queue_stored = True
+            s.on_disk = True
             sessions[s.client_id] = s
         orphans = []
         for key, value in self.iterate(INFLIGHT):

@@ -95,7 +95,7 @@ def session(c: RawClient, cid: str, clean_start: bool = False, will: Will | None
 
 
 def owner(cluster, cid: str):
-    rec = cluster.etcd.get_json(f"owners/{cid}")
+    rec = cluster.etcd.get_json(f"sessions/owners/{cid}")
     return rec["node"] if rec else None
 
 

@@ -1,5 +1,5 @@
 """Sessions across the cluster (issue 11): one owner per client id in etcd
-(owners/<client id>, written with compare-and-swap), takeover between nodes with
+(sessions/owners/<client id>, written with compare-and-swap), takeover between nodes with
 the whole session, clean start cluster-wide, racing CONNECTs, a dead node's ids.
 
 One module-scoped cluster of three one-worker nodes and one external etcd; a short
@@ -34,7 +34,7 @@ def port(cluster, name: str) -> int:
 
 
 def owner(cluster, cid: str):
-    rec = cluster.etcd.get_json(f"owners/{cid}")
+    rec = cluster.etcd.get_json(f"sessions/owners/{cid}")
     return rec["node"] if rec else None
 
 
@@ -50,13 +50,86 @@ def test_owner_record(cluster, clients):
     the record goes when the session ends."""
     c = clients.connect(port(cluster, "s1"), "own-1")
     assert owner(cluster, "own-1") == "s1"
-    rec = cluster.etcd.get_json("owners/own-1")
+    rec = cluster.etcd.get_json("sessions/owners/own-1")
     node_kv = json.loads(cluster.etcd.ctl("get", "-w", "json", "nodes/s1").stdout)["kvs"][0]
-    owner_kv = json.loads(cluster.etcd.ctl("get", "-w", "json", "owners/own-1").stdout)["kvs"][0]
+    owner_kv = json.loads(cluster.etcd.ctl("get", "-w", "json", "sessions/owners/own-1").stdout)["kvs"][0]
     assert rec["lease"] == node_kv["lease"] == owner_kv["lease"]  # it goes with the node
     c.send(Disconnect(0))
     c.expect_closed()
     wait_for(lambda: owner(cluster, "own-1") is None, 20, 0.05, "the record to go")
+
+
+def owner_figures(cluster, name: str) -> tuple[int, int]:
+    """(owner transactions, owner records they carried) of a node's agent, from /metrics on
+    its admin socket (the agent's figures come with its beat)."""
+    import http.client
+    import socket
+
+    n = cluster.nodes[int(name[1:]) - 1]
+
+    class Unix(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(10)
+            self.sock.connect(f"{n.env['SHOAL_RUN_DIR']}/shoal-{n.port}-admin.sock")
+
+    conn = Unix("localhost")
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    found = dict(re.findall(r"^shoal_cluster_(owner_txns_total|owner_records_total)(?:\{[^}]*\})? (\S+)$", text, re.M))
+    return int(float(found.get("owner_txns_total", -1))), int(float(found.get("owner_records_total", -1)))
+
+
+def test_connect_storm_owner_records_share_transactions(cluster, clients):
+    """Many CONNECTs at once on one node: each id gets its record, written in shared etcd
+    transactions (claims and deletes batched), and each record goes with its session."""
+    before = owner_figures(cluster, "s2")
+    assert before[0] >= 0, "no owner figures in /metrics"
+    conns = [clients.open(port(cluster, "s2"), 4) for _ in range(40)]
+    from mqtt import Connect
+
+    for i, c in enumerate(conns):  # every CONNECT out before any CONNACK is read
+        c.send(Connect(client_id=f"storm-{i}", clean_start=True, keepalive=60, version=4))
+    for c in conns:
+        ack = c.recv()
+        assert isinstance(ack, Connack) and ack.reason_code == 0, ack
+    keys = cluster.etcd.keys("sessions/owners/storm-")
+    assert sorted(keys) == sorted(f"sessions/owners/storm-{i}" for i in range(40))
+    assert {owner(cluster, f"storm-{i}") for i in (0, 17, 39)} == {"s2"}
+    for c in conns:
+        c.send(Disconnect(0))
+    for c in conns:
+        c.expect_closed()
+    wait_for(lambda: not cluster.etcd.keys("sessions/owners/storm-"), 20, 0.05, "the storm's records to go")
+    after = wait_for(lambda: (f := owner_figures(cluster, "s2"))[1] - before[1] >= 80 and f, 20, 0.1,
+                     "the agent's figures to count 40 claims and 40 deletes")
+    txns, records = after[0] - before[0], after[1] - before[1]
+    assert records == 80, (before, after)
+    assert 1 <= txns < records, (before, after)  # batched: fewer transactions than records
+
+
+def test_clean_reconnect_on_the_same_node_keeps_its_record(cluster, clients):
+    """A session that ends and its id that connects again at once on the same node: the
+    end's delete (which may wait to go with other records) goes before the new claim, never
+    after it (it compares this node's value, which the new record has too)."""
+    for _ in range(3):
+        c = clients.connect(port(cluster, "s3"), "again-1")
+        assert owner(cluster, "again-1") == "s3"
+        c.send(Disconnect(0))
+        c.expect_closed()
+    c = clients.connect(port(cluster, "s3"), "again-1")
+    barrier = clients.connect(port(cluster, "s3"), "again-barrier")  # a later claim, through the same agent
+    assert owner(cluster, "again-1") == "s3"
+    barrier.send(Disconnect(0))
+    barrier.expect_closed()
+    wait_for(lambda: owner(cluster, "again-barrier") is None, 20, 0.05, "the barrier's record to go")
+    assert owner(cluster, "again-1") == "s3"  # the live session's record is still there
+    c.send(Disconnect(0))
+    c.expect_closed()
+    wait_for(lambda: owner(cluster, "again-1") is None, 20, 0.05, "the record to go")
 
 
 def test_takeover_across_nodes_with_inflight_and_queue(cluster, clients):

@@ -63,3 +63,22 @@ def test_peer_messages_are_checked():
     assert not _well_formed(b"", "a/b")
     assert not _well_formed(msgpack.packb(["a/b", b"x", 3, False, None, None, "c"]), "a/b")  # no QoS 3
     assert not _well_formed(msgpack.packb({"a": 1}), "a/b")
+
+
+def test_owner_records_are_outside_the_watched_range():
+    """The agent reads and watches RANGE_START..RANGE_END whole; every CONNECT writes an
+    owner record and its session's end deletes it, so those must not be in that range (each
+    agent had every node's owner events to throw away), while what the agent caches must be."""
+    from cluster.etcd import NODES, RANGE_END, RANGE_START, RETAINED, ROUTES
+    from cluster.leader import KEY as LEADER
+    from cluster.ownership import OWNERS
+    from cluster.wills import WILLS
+
+    def watched(key: bytes) -> bool:
+        return RANGE_START <= key < RANGE_END
+
+    for prefix in (NODES, ROUTES, RETAINED):
+        assert watched(prefix + b"x") and watched(prefix + b"\xff" * 8)
+    for prefix in (OWNERS, WILLS):
+        assert not watched(prefix) and not watched(prefix + b"\xff" * 8) and not watched(prefix + b"")
+    assert not watched(LEADER)
