@@ -54,17 +54,17 @@ class Fence:
         was = self.holding()
         self.until = sent + self.agent.settings.cluster_lease_ttl - self.margin
         if self.on:
-            self.agent.link.queue(o.Lease(self.until))
+            self.agent.link.queue(o.Lease(self.until, self.agent.lease_id))
             if not was:
                 log.info("lease held: serving", extra=kv(lease=self.agent.lease_id))
 
     def resend(self) -> None:
         if self.on and self.until > time.monotonic():
-            self.agent.link.queue(o.Lease(self.until))
+            self.agent.link.queue(o.Lease(self.until, self.agent.lease_id))
 
     def lost(self) -> None:
         self.until = 0.0
         if self.on:
             log.warning("lease lost: clients disconnected until the node holds a lease again",
                         extra=kv(lease=self.agent.lease_id))
-            self.agent.link.queue(o.Lease(None))
+            self.agent.link.queue(o.Lease(None, self.agent.lease_id))

@@ -523,8 +523,12 @@ class Bye:
 @dataclass(slots=True)
 class Lease:
     """Agent -> router -> workers: the node holds its etcd lease until this monotonic time at
-    least (None: lost); past it the workers fence themselves."""
+    least (None: lost); past it the workers fence themselves. lease: the etcd lease's id (0:
+    not said, an older agent). Another id than before means the old lease expired, and the
+    owner records under it went with it: the node fences as for a lost lease (a restarted
+    agent that had to take a new lease must not find the clients of the old one served on)."""
     until: float | None
+    lease: int = 0
 
 
 # -- the ops channel ---------------------------------------------------------------------------

@@ -283,10 +283,12 @@ class Router:
     def _lease(self, m: Member, op: o.Lease, now: float) -> None:
         s = self.sessions
         prev = s.lease_op
-        if prev is not None and (op.until is None or prev.until is None or prev.until <= now):
-            # issue 11: the lease lapsed (lost, or ran out before this news came): any id
-            # held here may have been owned elsewhere meanwhile, so etcd decides at the
-            # next claim of each (a fenced copy resumed after a partition healed)
+        replaced = prev is not None and op.lease and prev.lease and op.lease != prev.lease
+        if prev is not None and (replaced or op.until is None or prev.until is None or prev.until <= now):
+            # issue 11: the lease lapsed (lost, ran out before this news came, or replaced:
+            # a restarted agent found it expired): any id held here may have been owned
+            # elsewhere meanwhile, so etcd decides at the next claim of each (a fenced copy
+            # resumed after a partition healed; a chaos run's twin after an agent SIGKILL)
             s.unverified.update(s.registry)
         s.lease_op = op
         if self.lease_path is not None:

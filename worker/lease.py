@@ -18,8 +18,9 @@ class LeaseGuard:
         # serves its local clients as issue 10 says; once it held one, it never serves without
         self.fenced = False
         self.timer = None
+        self.lease = 0  # the etcd lease served under (0: not known)
 
-    def update(self, until: float | None) -> None:
+    def update(self, until: float | None, lease: int = 0) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -29,6 +30,15 @@ class LeaseGuard:
             # the lease we served under ran out before this news came: when the whole node
             # was frozen (SIGSTOP) inside its poll, the news is read before the timer runs
             self.fence()
+        if lease and self.lease and lease != self.lease:
+            # a new lease (a restarted agent found the old one expired): the owner records
+            # of this node's clients went with the old one, and other nodes may own those
+            # ids now; the clients reconnect and etcd decides (router: unverified)
+            log.warning("cluster lease replaced: disconnecting the clients of the old one",
+                        extra=kv(old=self.lease, new=lease))
+            self.fence()
+        if lease:
+            self.lease = lease
         self.until = until
         if until is None or until <= now:
             self.fence()

@@ -501,7 +501,7 @@ class RouterBridge:
 
     def _lease(self, op: o.Lease) -> None:
         if self.guard is not None:
-            self.guard.update(op.until)
+            self.guard.update(op.until, op.lease)
 
     def _will_go(self, op: o.WillGo) -> None:
         b = self.broker

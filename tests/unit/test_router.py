@@ -451,16 +451,17 @@ def own(n: Node, ident: bytes, cid: str, req: int) -> None:
     assert g.flag == Own.KEEP
 
 
-@pytest.mark.parametrize("lapse", ["renewed", "lost", "ran out"])
+@pytest.mark.parametrize("lapse", ["renewed", "lost", "ran out", "replaced"])
 def test_ids_held_here_are_verified_in_etcd_again_after_the_lease_lapsed(lapse):
     n = clustered()
-    n.feed(AGENT, o.Lease(n.clock.t + 5.0))
+    n.feed(AGENT, o.Lease(n.clock.t + 5.0, 41))
     own(n, W1, "c", 1)
     if lapse == "lost":
-        n.feed(AGENT, o.Lease(None))
+        n.feed(AGENT, o.Lease(None, 41))
     elif lapse == "ran out":
         n.clock.t += 5.0  # (the news of the renewal came after the lease it renewed expired)
-    n.feed(AGENT, o.Lease(n.clock.t + 5.0))
+    # replaced: a restarted agent found lease 41 expired and took 42 before the old deadline
+    n.feed(AGENT, o.Lease(n.clock.t + 5.0, 42 if lapse == "replaced" else 41))
     n.sock.clear()
     n.feed(W2, o.Claim("c", 2, False))
     asked = n.take(AGENT, o.TakeOwnership)

@@ -211,6 +211,27 @@ def test_a_refused_grant_refuses_the_connect():
     run(body)
 
 
+def test_a_new_lease_before_the_old_ran_out_disconnects_the_clients_of_the_old():
+    """A restarted agent found the node's lease expired and took a new one before the
+    workers' deadline of the old one passed (a chaos run: its CONNECTs and another node's
+    both lived on). The old lease's owner records are gone: its clients are disconnected
+    (0x9C), and new CONNECTs are served under the new lease."""
+    def body():
+        w = Worker(clustered=True)
+        w.router(o.Lease(w.clock() + 5.0, 41))
+        old, t_old = w.client(CONNECT_C5)
+        w.granted("c")
+        w.router(o.Lease(w.clock() + 5.0, 41))  # renewed: nothing happens
+        assert not old.closed
+        w.router(o.Lease(w.clock() + 5.0, 42))
+        assert old.closed
+        (_, dis) = wire.decode_all(bytes(t_old.data), 5)
+        assert dis.reason_code == 0x9C
+        fresh, t = w.client(CONNECT_C)
+        assert not fresh.closed and [c.client_id for c in w.ops(o.Claim)][-1] == "c"
+    run(body)
+
+
 def test_a_connect_waiting_for_its_grant_when_the_lease_goes_gets_a_refusing_connack():
     """The node lost its lease while a CONNECT waited for the router's grant: the client gets
     CONNACK 3 (3.1.1) / 0x88 (v5) and the late grant is given back. Before, the lease guard
