@@ -202,7 +202,8 @@ class Agent:
         if self.settings.cluster_link == "tcp":
             link_addr = self.settings.cluster_link_addr or f"{addr.rpartition(':')[0]}:0"
             try:
-                self.link_server = await tcplink.serve(link_addr, self.service.Link, self.max_frame)
+                self.link_server = await tcplink.serve(link_addr, self.service.Link, self.max_frame,
+                                                      self.settings.cluster_link_dead_after)
             except OSError as e:
                 log.error("cannot start: cannot listen on SHOAL_CLUSTER_LINK_ADDR", extra=kv(addr=link_addr, error=str(e)))
                 return 3

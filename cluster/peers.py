@@ -52,6 +52,14 @@ class Entry:
         self.direct = direct  # a pb.Direct: for a session that moved (cluster/moves.py); only on the Link
 
 
+def _peer_of(context) -> str:
+    """The address of a Link's other end (gRPC's context.peer(), or the tcp link's)."""
+    try:
+        return str(context.peer())
+    except Exception:  # (a context without one)
+        return "?"
+
+
 def take(queue: deque, most: int, most_bytes: int) -> list:
     """The entries of the next frame, from the front of queue: at most `most` of
     them and, past the first, at most `most_bytes` bytes of messages."""
@@ -310,13 +318,17 @@ class PeerOut:
             channel = call = None
             try:
                 if self.link_addr:
-                    call = await tcplink.dial(self.link_addr, me.max_frame)
+                    call = await tcplink.dial(self.link_addr, me.max_frame, me.settings.cluster_link_dead_after)
                 else:
                     channel = grpc.aio.insecure_channel(self.addr)
                     call = pbg.PeerStub(channel).Link()
                 self._call = call
                 await call.write(pb.Frame(hello=pb.Hello(node=me.node, wire=CLUSTER_WIRE, instance=me.instance)))
-                first = await call.read()
+                try:
+                    first = await asyncio.wait_for(call.read(), me.settings.cluster_hello_timeout)
+                except asyncio.TimeoutError:
+                    raise ConnectionError(f"no hello within {me.settings.cluster_hello_timeout:g} s "
+                                          "(SHOAL_CLUSTER_HELLO_TIMEOUT)") from None
                 if first is grpc.aio.EOF:
                     raise ConnectionError("closed before hello")
                 if first.hello.wire != CLUSTER_WIRE:
@@ -467,7 +479,13 @@ class PeerService(pbg.PeerServicer):
 
     async def Link(self, request_iterator, context):  # noqa: N802 (gRPC's name)
         agent = self.agent
-        first = await context.read()
+        try:
+            first = await asyncio.wait_for(context.read(), agent.settings.cluster_hello_timeout)
+        except asyncio.TimeoutError:
+            log.warning("peer link sent no hello: closed", extra=kv(
+                addr=_peer_of(context), seconds=agent.settings.cluster_hello_timeout))
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"no hello within {agent.settings.cluster_hello_timeout:g} s")
         if first is grpc.aio.EOF or not first.HasField("hello") or not first.hello.node:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first frame must be a hello naming the node")
         hello = first.hello

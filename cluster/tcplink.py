@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
 from collections import deque
 
@@ -88,11 +89,33 @@ class FrameReader:
         return out
 
 
+def dead_after(sock: socket.socket | None, seconds: float) -> None:
+    """Close the connection about `seconds` after its peer went away without a word: TCP
+    keep-alive probes while it is idle (a third of the time before the first, then three
+    more), TCP_USER_TIMEOUT while sent data waits unacknowledged. (Without them an idle
+    link to a dead host stayed open until TCP gave up, about 15 minutes.)"""
+    if sock is None:
+        return
+    idle = max(1, int(seconds / 3))
+    interval = max(1, int((seconds - idle) / 3))
+    for level, opt, value in ((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+                              (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), idle),
+                              (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), interval),
+                              (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), 3),
+                              (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), int(seconds * 1000))):
+        if opt is not None:
+            try:
+                sock.setsockopt(level, opt, value)
+            except OSError:
+                pass  # (not on this platform)
+
+
 class _Stream(asyncio.Protocol):
     """One TCP connection carrying frames both ways: frames read are queued for read()."""
 
-    def __init__(self, max_frame: int):
+    def __init__(self, max_frame: int, dead_s: float = 0.0):
         self.reader = FrameReader(max_frame)
+        self.dead_s = dead_s
         self.frames: deque = deque()
         self.waiter: asyncio.Future | None = None
         self.transport: asyncio.Transport | None = None
@@ -104,6 +127,8 @@ class _Stream(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
+        if self.dead_s:
+            dead_after(transport.get_extra_info("socket"), self.dead_s)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -154,24 +179,29 @@ class _Stream(asyncio.Protocol):
 
     async def write(self, frame: pb.Frame) -> None:
         if self.closed:
-            raise ConnectionError("link closed")
+            raise self._why()
         self.transport.write(encode(frame))
         while self.paused and not self.closed:  # the peer does not read: wait (push back)
             self.drained = asyncio.get_running_loop().create_future()
             await self.drained
         if self.closed:
-            raise ConnectionError("link closed")
+            raise self._why()
+
+    def _why(self) -> Exception:
+        """Why a closed link cannot be written: the bad bytes that closed it, if they did
+        (logged as such, whichever of read and write comes first), else the link closed."""
+        return self.error if self.error is not None else ConnectionError("link closed")
 
     def cancel(self) -> None:
         if self.transport is not None:
             self.transport.close()
 
 
-async def dial(addr: str, max_frame: int) -> _Stream:
+async def dial(addr: str, max_frame: int, dead_s: float = 0.0) -> _Stream:
     """The dialler's side of a Link to host:port."""
     host, _, port = addr.rpartition(":")
     loop = asyncio.get_running_loop()
-    _, stream = await loop.create_connection(lambda: _Stream(max_frame), host.strip("[]"), int(port))
+    _, stream = await loop.create_connection(lambda: _Stream(max_frame, dead_s), host.strip("[]"), int(port))
     return stream
 
 
@@ -182,6 +212,12 @@ class _Context:
         self.stream = stream
         self.read = stream.read
         self.write = stream.write
+
+    def peer(self) -> str:
+        """As gRPC's context.peer(): the other end's address."""
+        t = self.stream.transport
+        name = t.get_extra_info("peername") if t is not None else None
+        return f"tcp:{name[0]}:{name[1]}" if name else "tcp:?"
 
     async def abort(self, code, details: str):
         # gRPC would send the status; here the refused dialler sees the stream end (it
@@ -206,7 +242,7 @@ class LinkServer:
             t.cancel()
 
 
-async def serve(addr: str, link, max_frame: int) -> LinkServer:
+async def serve(addr: str, link, max_frame: int, dead_s: float = 0.0) -> LinkServer:
     """Listen on host:port (port 0: any) and run `link(None, context)` (PeerService.Link)
     for every connection."""
     host, _, port = addr.rpartition(":")
@@ -214,7 +250,7 @@ async def serve(addr: str, link, max_frame: int) -> LinkServer:
     running: set[asyncio.Task] = set()  # (a task nobody holds may be collected)
 
     def make():
-        stream = _Stream(max_frame)
+        stream = _Stream(max_frame, dead_s)
         orig = stream.connection_made
 
         def made(transport):

@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     cluster_link_addr: str = ""  # host:port of the tcp link; default: SHOAL_CLUSTER_ADDR's host, a free port
     cluster_max_frame: int = 64 * 1024 * 1024  # bytes of one peer frame received at most (gRPC and tcp)
     cluster_frame_bytes: int = 1024 * 1024  # a frame leaves once its messages reach this many bytes
+    # -- a peer Link that never says hello, or went dead (issue 10, lead) --
+    cluster_hello_timeout: float = 10.0  # seconds a new Link (either side) waits for the other's hello
+    # tcp link: a connection whose peer is gone (host down, cable cut) is closed after about this
+    # many seconds (TCP keep-alive while idle, TCP_USER_TIMEOUT while data waits unacknowledged)
+    cluster_link_dead_after: float = 15.0
     # -- the direct data link (issue 10, hopcpu helper): SHOAL_CLUSTER_LINK=direct --
     # where the router takes the other nodes' publishes (ZeroMQ tcp); default: the host of
     # SHOAL_CLUSTER_ADDR, a free port (it goes in the node's etcd record)
@@ -219,6 +224,8 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "max_packet_size": (16, 268_435_455),
     "cluster_max_frame": (65_536, 2_147_483_647),  # (hop helper)
     "cluster_frame_bytes": (1, None),  # (hop helper)
+    "cluster_hello_timeout": (0.1, 3600),
+    "cluster_link_dead_after": (3, 3600),
     "receive_maximum": (1, 65535),
     "max_inflight": (1, 65535),
     "max_queued_messages": (0, None),

@@ -22,7 +22,7 @@ NAMES = ["t1", "t2"]
 
 @pytest.fixture(scope="module")
 def cluster():
-    with running_cluster(NAMES, cluster_link="tcp", cluster_lease_ttl=5) as c:
+    with running_cluster(NAMES, cluster_link="tcp", cluster_lease_ttl=5, cluster_hello_timeout=2) as c:
         yield c
 
 
@@ -100,3 +100,17 @@ def test_bad_bytes_on_the_link_port_do_not_take_the_agent_down(cluster, clients)
     pub = clients.connect(b.port, "tl-bad-pub")
     publish(pub, "c30t/after", b"still", 1)
     assert [p.payload for p in receive(sub, 1)] == [b"still"]
+
+
+def test_a_connection_that_never_says_hello_is_closed(cluster):
+    """SHOAL_CLUSTER_HELLO_TIMEOUT (2 s here): a connection to the link port that sends
+    nothing is closed, with a log line naming its address (before, it stayed open)."""
+    a = cluster.nodes[0]
+    mark = a._log_size()
+    with socket.create_connection(link_addr(cluster, 0), timeout=30) as s:
+        s.settimeout(30)
+        local = s.getsockname()[1]
+        assert s.recv(4096) == b""  # closed by the agent, well before the 30 s
+    line = wait_for(lambda: next((ln for ln in a.log(since=mark).splitlines() if "sent no hello" in ln), None),
+                    30, 0.1, "the agent's log line")
+    assert f":{local}" in line

@@ -149,3 +149,44 @@ def test_abort_and_garbage_end_that_connection_only():
         assert sorted(seen) == ["garbler", "good", "old"]
 
     _run(main())
+
+
+def test_both_ends_of_a_link_close_a_connection_whose_peer_went_dead():
+    """SHOAL_CLUSTER_LINK_DEAD_AFTER: keep-alive probes and TCP_USER_TIMEOUT on the dialled
+    and the accepted socket (without them an idle link to a dead host stayed open until TCP
+    gave up); none without the setting, as before."""
+    import socket
+
+    seen = []
+
+    async def link(_requests, context):
+        seen.append(context.stream.transport.get_extra_info("socket"))
+        await context.read()
+
+    def opts(sock):
+        return (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0,
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+
+    async def main():
+        server = await tcplink.serve("127.0.0.1:0", link, 1 << 20, 15.0)
+        plain = await tcplink.serve("127.0.0.1:0", link, 1 << 20)
+        try:
+            call = await tcplink.dial(f"127.0.0.1:{server.port}", 1 << 20, 15.0)
+            old = await tcplink.dial(f"127.0.0.1:{plain.port}", 1 << 20)
+            while len(seen) < 2:
+                await asyncio.sleep(0.01)  # (polling for the accepts, bounded by _run's 30 s)
+            assert opts(call.transport.get_extra_info("socket")) == (True, 5, 3, 3, 15000)
+            accepted = {s.getsockname()[1]: s for s in seen}
+            assert opts(accepted[server.port]) == (True, 5, 3, 3, 15000)
+            assert opts(old.transport.get_extra_info("socket"))[0] is False
+            assert opts(accepted[plain.port])[0] is False
+            call.cancel()
+            old.cancel()
+        finally:
+            server.close()
+            plain.close()
+
+    _run(main())
