@@ -30,7 +30,7 @@ class LeaseGuard:
             # the lease we served under ran out before this news came: when the whole node
             # was frozen (SIGSTOP) inside its poll, the news is read before the timer runs
             self.fence()
-        if lease and self.lease and lease != self.lease:
+        if lease and self.lease and lease != self.lease and not self.fenced:
             # a new lease (a restarted agent found the old one expired): the owner records
             # of this node's clients went with the old one, and other nodes may own those
             # ids now; the clients reconnect and etcd decides (router: unverified)
