@@ -16,7 +16,8 @@ import zmq
 
 from core import peerdata
 from mqtt import PubAck, PubComp, PubRec, PubRel, Publish
-from tests.support.cluster import Etcd, cluster_node, publish, receive, running_cluster, subscribe, wait_nodes
+from tests.support.cluster import (Etcd, cluster_node, publish, pushed_back_then_delivered, receive, running_cluster,
+                                   subscribe, wait_nodes)
 from tests.support.node import wait_for
 
 NAMES = ["d1", "d2"]
@@ -166,24 +167,7 @@ def test_full_peer_queue_pushes_back_on_the_direct_link(clients):
         b.start(60)
         wait_nodes([a, b], {"dpa", "dpb"})
         wait_for(lambda: "direct data link to the peer's router\" peer=dpb" in a.log(), 30, 0.05, "dpa's data link")
-        sub = clients.connect(b.port, "dpb-sub")
-        subscribe(sub, "c32d/#", 1)
-        pub = clients.connect(a.port, "dpa-pub")
-        router = b.router_pid()
-        os.kill(router, signal.SIGSTOP)
-        try:
-            for i in range(20):
-                pub.send(Publish(f"c32d/{i}", b"m%02d" % i, 1, packet_id=i + 1))
-            wait_for(lambda: "peer queue full: not reading from the router" in a.log(), 30, 0.1, "push back")
-            assert [p for p in pub.barrier() if isinstance(p, PubAck)] == []
-        finally:
-            os.kill(router, signal.SIGCONT)
-        acks = set()
-        while len(acks) < 20:
-            acks.add(pub.expect(PubAck, timeout=30).packet_id)
-        assert acks == set(range(1, 21))
-        assert sorted(p.payload for p in receive(sub, 20)) == [b"m%02d" % i for i in range(20)]
-        wait_for(lambda: "peer queue drained: reading again" in a.log(), 30, 0.1, "reading again")
+        pushed_back_then_delivered(clients, a, b, b.router_pid(), "c32d", "dpb")
     finally:
         a.stop()
         b.stop()

@@ -166,3 +166,29 @@ def free_ports_for_local_cluster(n: int = 3) -> list[int]:
         if all(reserve_port(base + i + off) for i in range(n) for off in (0, 10000, 20000, 30000)):
             return [base + i for i in range(n)]
     raise RuntimeError("no free port block")
+
+
+def pushed_back_then_delivered(clients, a: Node, b: Node, stop_pid: int, topic: str, ids: str) -> None:
+    """Issue 10's push back with SHOAL_CLUSTER_MAX_QUEUED=5: a subscriber on b, a publisher on
+    a; the process stop_pid of b (its agent, or on the direct link its router) is stopped
+    while 20 QoS 1 messages go out: a's agent stops reading from its router, nothing is
+    acknowledged meanwhile; once it runs again every message is acknowledged and delivered."""
+    from mqtt import PubAck, Publish
+
+    sub = clients.connect(b.port, f"{ids}-sub")
+    subscribe(sub, f"{topic}/#", 1)
+    pub = clients.connect(a.port, f"{ids}-pub")
+    os.kill(stop_pid, signal.SIGSTOP)
+    try:
+        for i in range(20):
+            pub.send(Publish(f"{topic}/{i}", b"m%02d" % i, 1, packet_id=i + 1))
+        wait_for(lambda: "peer queue full: not reading from the router" in a.log(), 30, 0.1, "push back")
+        assert [p for p in pub.barrier() if isinstance(p, PubAck)] == []
+    finally:
+        os.kill(stop_pid, signal.SIGCONT)
+    acks = set()
+    while len(acks) < 20:
+        acks.add(pub.expect(PubAck, timeout=30).packet_id)
+    assert acks == set(range(1, 21))
+    assert sorted(p.payload for p in receive(sub, 20)) == [b"m%02d" % i for i in range(20)]
+    wait_for(lambda: "peer queue drained: reading again" in a.log(), 30, 0.1, "reading again")
