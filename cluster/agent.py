@@ -248,6 +248,11 @@ class Agent:
     async def leave(self) -> None:
         """SIGTERM: the node leaves at once (its lease, and every key under it, goes)."""
         self.connected = False
+        if self.leader.lease_id and self.etcd.client is not None:
+            try:  # (the leader key goes at once: the next leader need not wait for its expiry)
+                await asyncio.wait_for(self.etcd.client.revoke_lease(self.leader.lease_id), 3.0)
+            except Exception:
+                pass  # (it expires by itself within half the lease TTL)
         if self.lease_id and self.etcd.client is not None:
             try:
                 await asyncio.wait_for(self.etcd.client.revoke_lease(self.lease_id), 3.0)

@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label} | {pct(xs, 0.5):.2f} | {pct(xs, 0.99):.2f} |")
     print()
     print(f"leader failover: {failover[0]} SIGKILLed, {failover[1]} named leader {failover[2]:.2f} s later "
-          "(SHOAL_CLUSTER_LEASE_TTL=5: the dead lease expires after 5 s, then the next try takes the key)")
+          "(SHOAL_CLUSTER_LEASE_TTL=5: the leader key's own lease, 3 s, expires, then the next try takes the key)")
     if breakdowns:
         print()
         print("CPU-seconds per process:")
