@@ -54,6 +54,7 @@ class Leader:
     @property
     def ttl(self) -> int:
         return max(2, -(-self.agent.settings.cluster_lease_ttl // 2))
+
     @property
     def interval(self) -> float:
         return min(0.5, self.agent.settings.cluster_lease_ttl / 4.0)
@@ -94,16 +95,23 @@ class Leader:
     async def _round(self, client) -> None:
         ag = self.agent
         tx = client.transactions
-        lease = await self._hold(client)
-        ok, responses = await client.transaction(compare=[tx.create(KEY) == 0],
-                                                 success=[tx.put(KEY, ag.node.encode(), lease)],
-                                                 failure=[tx.get(KEY)])
-        name = ag.node if ok else (responses[0][0][0].decode() if responses and responses[0] else None)
+        # a lease is held (renewed each round) only by the leader, or by a node that found the
+        # key free: a follower's round stays one read of the key
+        put = [tx.put(KEY, ag.node.encode(), await self._hold(client))] if self.leading else []
+        ok, responses = await client.transaction(compare=[tx.create(KEY) == 0], success=put, failure=[tx.get(KEY)])
+        if ok and not put:  # free: take it, under a lease of our own
+            ok, responses = await client.transaction(
+                compare=[tx.create(KEY) == 0], success=[tx.put(KEY, ag.node.encode(), await self._hold(client))],
+                failure=[tx.get(KEY)])
+        held = responses[0][0] if not ok and responses and responses[0] else None  # (value, meta)
+        name = ag.node if ok else (held[0].decode() if held else None)
+        # ours only under our own lease (a restarted agent's predecessor left it under its lease)
+        mine = ok or (held is not None and name == ag.node and held[1].lease == self.lease_id)
         if name != self.name:
             self.name = name
             log.info("cluster leader", extra=kv(leader=name, me=name == ag.node))
             self.publish_sys()
-        leading = name == ag.node
+        leading = bool(mine)
         if leading and not self.leading:
             self.since = time.monotonic()
             self.orphans.clear()
