@@ -16,8 +16,8 @@ import zmq
 
 from core import peerdata
 from mqtt import PubAck, PubComp, PubRec, PubRel, Publish
-from tests.support.cluster import (Etcd, cluster_node, publish, pushed_back_then_delivered, receive, running_cluster,
-                                   subscribe, wait_nodes)
+from tests.support.cluster import (Etcd, cluster_node, crosses_both_ways, publish, pushed_back_then_delivered,
+                                   receive, running_cluster, subscribe, wait_nodes)
 from tests.support.node import wait_for
 
 NAMES = ["d1", "d2"]
@@ -51,22 +51,7 @@ def test_routers_advertise_their_data_address_and_agents_use_it(cluster):
 
 @pytest.mark.parametrize("qos", [0, 1, 2])
 def test_publish_crosses_both_ways(cluster, clients, qos):
-    a, b = cluster.nodes
-    sub_b = clients.connect(b.port, f"dl-sub-b{qos}")
-    subscribe(sub_b, f"c30d/{qos}/#", qos)
-    sub_a = clients.connect(a.port, f"dl-sub-a{qos}")
-    subscribe(sub_a, f"c30d/{qos}/#", qos)
-    pub_a = clients.connect(a.port, f"dl-pub-a{qos}")
-    pub_b = clients.connect(b.port, f"dl-pub-b{qos}")
-    for i in range(5):
-        publish(pub_a, f"c30d/{qos}/x", b"a%d" % i, qos, pid=i + 1)
-        publish(pub_b, f"c30d/{qos}/x", b"b%d" % i, qos, pid=i + 1)
-    want = [b"a%d" % i for i in range(5)] + [b"b%d" % i for i in range(5)]
-    for sub in (sub_a, sub_b):
-        got = [p.payload for p in receive(sub, 10)]
-        assert sorted(got) == sorted(want)
-        assert [x for x in got if x.startswith(b"a")] == want[:5]  # order per publisher holds
-        assert [x for x in got if x.startswith(b"b")] == want[5:]
+    crosses_both_ways(clients, *cluster.nodes, qos, "c30d", "dl")
 
 
 def test_a_stopped_router_gets_the_message_again_and_takes_it_once(cluster, clients):

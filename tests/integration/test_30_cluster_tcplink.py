@@ -14,7 +14,7 @@ import pytest
 
 from mqtt import PubAck, Publish
 from proto import cluster_pb2 as pb
-from tests.support.cluster import publish, receive, running_cluster, subscribe, wait_nodes
+from tests.support.cluster import crosses_both_ways, publish, receive, running_cluster, subscribe, wait_nodes
 from tests.support.node import wait_for
 
 NAMES = ["t1", "t2"]
@@ -40,23 +40,7 @@ def test_nodes_advertise_their_link_and_use_it(cluster):
 
 @pytest.mark.parametrize("qos", [0, 1, 2])
 def test_publish_crosses_both_ways(cluster, clients, qos):
-    a, b = cluster.nodes
-    sub_b = clients.connect(b.port, f"tl-sub-b{qos}")
-    subscribe(sub_b, f"c30t/{qos}/#", qos)
-    sub_a = clients.connect(a.port, f"tl-sub-a{qos}")
-    subscribe(sub_a, f"c30t/{qos}/#", qos)
-    pub_a = clients.connect(a.port, f"tl-pub-a{qos}")
-    pub_b = clients.connect(b.port, f"tl-pub-b{qos}")
-    for i in range(5):
-        publish(pub_a, f"c30t/{qos}/x", b"a%d" % i, qos, pid=i + 1)
-        publish(pub_b, f"c30t/{qos}/x", b"b%d" % i, qos, pid=i + 1)
-    want = [b"a%d" % i for i in range(5)] + [b"b%d" % i for i in range(5)]
-    for sub in (sub_a, sub_b):
-        got = [p.payload for p in receive(sub, 10)]
-        assert sorted(got) == sorted(want)
-        # order per publisher holds across the hop
-        assert [x for x in got if x.startswith(b"a")] == want[:5]
-        assert [x for x in got if x.startswith(b"b")] == want[5:]
+    crosses_both_ways(clients, *cluster.nodes, qos, "c30t", "tl")
 
 
 def test_restarted_agent_on_a_new_port_gets_what_it_did_not_confirm(cluster, clients):

@@ -192,3 +192,24 @@ def pushed_back_then_delivered(clients, a: Node, b: Node, stop_pid: int, topic: 
     assert acks == set(range(1, 21))
     assert sorted(p.payload for p in receive(sub, 20)) == [b"m%02d" % i for i in range(20)]
     wait_for(lambda: "peer queue drained: reading again" in a.log(), 30, 0.1, "reading again")
+
+
+def crosses_both_ways(clients, a: Node, b: Node, qos: int, topic: str, ids: str) -> None:
+    """A subscriber and a publisher on each of two nodes: five messages from each publisher
+    reach both subscribers at `qos`, in order per publisher."""
+    sub_b = clients.connect(b.port, f"{ids}-sub-b{qos}")
+    subscribe(sub_b, f"{topic}/{qos}/#", qos)
+    sub_a = clients.connect(a.port, f"{ids}-sub-a{qos}")
+    subscribe(sub_a, f"{topic}/{qos}/#", qos)
+    pub_a = clients.connect(a.port, f"{ids}-pub-a{qos}")
+    pub_b = clients.connect(b.port, f"{ids}-pub-b{qos}")
+    for i in range(5):
+        publish(pub_a, f"{topic}/{qos}/x", b"a%d" % i, qos, pid=i + 1)
+        publish(pub_b, f"{topic}/{qos}/x", b"b%d" % i, qos, pid=i + 1)
+    want = [b"a%d" % i for i in range(5)] + [b"b%d" % i for i in range(5)]
+    for sub in (sub_a, sub_b):
+        got = [p.payload for p in receive(sub, 10)]
+        assert sorted(got) == sorted(want)
+        # order per publisher holds across the hop
+        assert [x for x in got if x.startswith(b"a")] == want[:5]
+        assert [x for x in got if x.startswith(b"b")] == want[5:]
