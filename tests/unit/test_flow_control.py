@@ -12,6 +12,7 @@ sends them; the test's ROUTER socket, bound and connected, drains the link.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import zmq
@@ -24,6 +25,10 @@ from tests.support.fakes import FakeClock, FakeTransport
 from worker.broker import Broker
 from worker.protocol import Connection
 from worker.router_link import RouterBridge
+
+# a new inproc endpoint for every drain_link(): libzmq unbinds a closed socket's endpoint
+# in its own thread, so binding the same name again at once failed now and then (EADDRINUSE)
+_ENDPOINTS = itertools.count()
 
 
 async def until(cond, what: str, timeout: float = 20.0) -> None:
@@ -46,6 +51,7 @@ class Rig:
         # what connect() does, but no router is connected: the link is full from the start
         self.bridge.loop = asyncio.get_running_loop()
         self.router = None
+        self.endpoint = ""  # the inproc endpoint of the router drain_link() made
 
     def open(self, version: int = 5) -> tuple[Connection, FakeTransport]:
         conn, t = Connection(self.broker), FakeTransport()
@@ -67,9 +73,9 @@ class Rig:
         ctx = zmq.Context.instance()
         self.router = ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
-        endpoint = f"inproc://flow-{id(self)}"
-        self.router.bind(endpoint)
-        self.bridge.sock.connect(endpoint)
+        self.endpoint = f"inproc://flow-{next(_ENDPOINTS)}"
+        self.router.bind(self.endpoint)
+        self.bridge.sock.connect(self.endpoint)
         await until(lambda: not self.bridge.blocked, "the router link to drain")
 
     def close(self) -> None:
@@ -117,7 +123,7 @@ def test_a_subscribe_answered_while_the_link_is_blocked_stays_paused():
             conn, t = await connected(rig, "c1", 4)
             await rig.drain_link()
             assert t.reading
-            rig.bridge.sock.disconnect(f"inproc://flow-{id(rig)}")  # the router goes away again
+            rig.bridge.sock.disconnect(rig.endpoint)  # the router goes away again
             rig.router.close(0)
             rig.router = None
             conn.data_received(wire.subscribe(1, [("t/#", 1)]))  # SUBSCRIBE waits for SYNCED
