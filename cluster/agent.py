@@ -401,6 +401,8 @@ class Agent:
         self.pending_versions.clear()
         self.routes_resync = True
         self._changed()
+        if op.sessions:
+            self.ownership.verify_held(op.sessions)
         self.welcomed.set()
         self.fence.resend()  # issue 11: the workers learn the lease at once (a LEASE before HELLO is dropped)
         if self.leader.name:
@@ -1078,6 +1080,7 @@ class Agent:
         self.first_sync.set()
         self._applied(rev)
         self._changed()  # the writer makes etcd agree with the local routes
+        self.ownership.verify_held(())  # (the router's ids that waited for etcd)
         log.info("joined the cluster", extra=kv(nodes=",".join(sorted(self.members)), revision=rev,
                                                 remote_filters=self.remote_filters, lease=self.lease_id))
         self.publish_sys()

@@ -237,6 +237,10 @@ class Ownership:
         self.taken_in = 0
         self.taken_out = 0
         self.refused = 0
+        # the router's ids to check against etcd (its WELCOME), and the check under way
+        self.to_verify: dict[str, bool] = {}  # client id -> decided alone (no record was written)
+        self._verifying: asyncio.Task | None = None
+        self.not_ours = 0  # copies found owned by another node, dropped
 
     # -- the router's ops ----------------------------------------------------------
     def on_op(self, op) -> None:
@@ -473,6 +477,64 @@ class Ownership:
         if cur is None or cur.value != self._value():
             return 0
         return cur.mod_revision
+
+    # -- the router's sessions, checked when this agent registers --------------------------
+    def verify_held(self, client_ids) -> None:
+        """The ids this node's router holds (its WELCOME): each is checked against its owner
+        record once etcd is reachable. An agent killed in the middle of a takeover (the router
+        granted a session it took over; another node's claim then went on without this node,
+        which could not answer) left the router holding a session another node owns now: two
+        live sessions of one id (a chaos run). With the same lease after a quick restart no
+        fence says so; this check does."""
+        ag = self.agent
+        # a node that never held a lease (or serves without one, SHOAL_CLUSTER_LEASE_LOSS=serve)
+        # decided its ids alone, writing no record: those it claims now; with the fence, an id
+        # with no record went with a lease this node lost, and its next claim drops it (FRESH)
+        alone = not (ag.fence.on and ag.owner_once)
+        for cid in client_ids:
+            self.to_verify[cid] = alone
+        if self.to_verify and self._verifying is None and ag.connected and ag.etcd.client is not None:
+            self._verifying = self._spawn_task(self._verify())
+
+    async def _verify(self) -> None:
+        ag = self.agent
+        try:
+            while self.to_verify:
+                client = ag.etcd.client
+                if client is None or not ag.connected:
+                    return  # (the next full sync starts it again)
+                chunk = sorted(self.to_verify)[:BATCH]
+                tx = client.transactions
+                _, responses = await client.transaction(
+                    compare=[], success=[tx.get(OWNERS + cid.encode()) for cid in chunk], failure=[])
+                mine = self._value()
+                for cid, r in zip(chunk, responses):
+                    alone = self.to_verify.pop(cid, False)
+                    if cid in self.claiming or cid in self.owned:
+                        continue  # decided since, by a claim of ours
+                    if r and r[0][0] == mine:
+                        self.owned[cid] = r[0][1].mod_revision  # ours: its token again
+                        continue
+                    if not r and not alone:
+                        continue  # (unverified in the router: its next claim here starts afresh)
+                    if not r:
+                        key = OWNERS + cid.encode()
+                        ok, resp = await client.transaction(compare=[tx.create(key) == 0],
+                                                            success=[tx.put(key, mine, ag.lease_id)], failure=[])
+                        if ok:
+                            self.owned[cid] = resp[0].response_put.header.revision
+                            continue
+                    # another node's record: that node owns the id (a takeover went on without
+                    # this node, or both served it alone during a split)
+                    log.warning("a session here is owned by another node: dropping it",
+                                extra=kv(client=cid, record=(r[0][0][:200].decode(errors="replace") if r else None)))
+                    self.not_ours += 1
+                    ag.link.queue(o.NotOurs(cid))
+        except Exception as e:
+            log.warning("could not check the sessions held here against etcd; again at the next sync",
+                        extra=kv(sessions=len(self.to_verify), error=(str(e) or type(e).__name__).splitlines()[0][:200]))
+        finally:
+            self._verifying = None
 
     async def take_from_router(self, cid: str, clean_start: bool):
         """The session of cid off this node (None: none here, or discarded: clean start)."""

@@ -75,6 +75,9 @@ class Op(IntEnum):
     ANSWER = 42
     BYE = 50
     LEASE = 51
+    # agent -> router: a session the router holds whose owner record names another node now
+    # (checked when the agent registers: it may have died in the middle of a takeover)
+    NOT_OURS = 52
 
 
 class Own(IntEnum):
@@ -322,11 +325,16 @@ class Welcome:
     # to the cluster agent, SHOAL_CLUSTER_LINK=direct: host:port where this router takes the
     # other nodes' publishes (core/peerdata.py); the agent puts it in the node's etcd record
     data_addr: str | None = None
+    # to the cluster agent: the client ids this node's workers hold (the agent checks each
+    # against its owner record in etcd: NOT_OURS)
+    sessions: list | None = None
 
     def to_wire(self) -> list:  # the address travels only when there is one (as before it was added)
         w = [Op.WELCOME.value, self.epoch, self.version, self.routes, self.retained]
-        if self.data_addr is not None:
+        if self.data_addr is not None or self.sessions is not None:
             w.append(self.data_addr)
+        if self.sessions is not None:
+            w.append(self.sessions)
         return w
 
 
@@ -503,6 +511,14 @@ class DrainDone:
     """Agent -> router -> worker: these were adopted elsewhere."""
     member: str
     client_ids: list
+
+
+@_wire_op(Op.NOT_OURS)
+@dataclass(slots=True)
+class NotOurs:
+    """Agent -> router: the owner record of client_id names another node (or is gone and
+    taken): the copy here is stale; its holder drops it without its will (TAKEOVER STALE)."""
+    client_id: str
 
 
 @_wire_op(Op.ADOPT)

@@ -77,7 +77,14 @@ class Membership:
         # the member has the table at this version (the WELCOME below); not one more:
         # a SYNC must wait for it to apply the next ROUTES
         m.acked = routes.version
-        r.send(ident, o.Welcome(r.epoch, routes.version, table, r.retained.wire(now), r.data_addr(ident)))
+        held = None
+        if ident == AGENT and r.settings.clustered:
+            # a new agent (the last one died, perhaps in the middle of a takeover another node
+            # then finished without it): every id held here is confirmed in etcd again, at its
+            # next claim and by the agent now (NOT_OURS for a copy another node owns)
+            held = sorted(sessions.registry)
+            sessions.unverified.update(held)
+        r.send(ident, o.Welcome(r.epoch, routes.version, table, r.retained.wire(now), r.data_addr(ident), held))
         if sessions.lease_op is not None and ident != AGENT:
             if r.lease_path is not None:
                 r.lease_path.push_lease(sessions.lease_op)  # (the ops channel: the only path then)

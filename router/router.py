@@ -103,6 +103,7 @@ class Router:
             o.Release: lambda mb, op, now: s.released(mb.ident, op.client_id),
             o.Owned: lambda mb, op, now: s.owned(op.client_id, op.req, op.verdict, op.state),
             o.Adopt: lambda mb, op, now: s.adopt(op.client_id, op.state),
+            o.NotOurs: lambda mb, op, now: s.not_ours(op.client_id),
             o.Drained: self._drained,
             o.DrainDone: self._drain_done,
             o.Will: self._will,

@@ -280,6 +280,25 @@ class Sessions:
             self.r.routes.add(m, flt)
         self.r.send(m.ident, o.Adopt(client_id, state))
 
+    def not_ours(self, client_id: str) -> None:
+        """The agent found client_id's owner record naming another node: the copy here is
+        stale (this node's agent died while another node took the id over), and its holder
+        drops it without its will (v5: its client gets DISCONNECT 0x8E). A claim of the id
+        under way goes on instead: it asks etcd itself."""
+        if client_id in self.claims:
+            return
+        holder = self.registry.get(client_id)
+        m = self.r.members.get(holder) if holder is not None else None
+        if m is None or holder == AGENT:
+            return
+        if not m.alive:
+            self._orphan(m, client_id)  # (it drops its copy if it speaks again)
+            return
+        del self.registry[client_id]
+        self.unverified.discard(client_id)
+        log.warning("a session held here is owned by another node: dropped", extra=kv(client=client_id))
+        self.r.send(holder, o.Takeover(client_id, 0, STALE))
+
     def _disown(self, client_id: str) -> None:
         if self.r.settings.clustered and client_id not in self.claims:
             if self._agent() is not None:

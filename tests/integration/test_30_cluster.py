@@ -515,6 +515,12 @@ def test_etcd_unreachable_at_start(clients):
         wait_for(lambda: status(n).get("joined"), 60, 0.1, "joined once etcd is up")
         wait_for(lambda: http(n, "/ready")[0] == 200, 30, 0.1, "/ready 200 once joined")
         assert etcd.keys("routes/lonely/") == ["routes/lonely/c30/lonely"]
+        # the sessions it served alone are claimed once it holds a lease (issue 11: their ids
+        # are owned here, not free for another node to start afresh beside them)
+        wait_for(lambda: (etcd.get_json("sessions/owners/lonely-c") or {}).get("node") == "lonely", 30, 0.1,
+                 "the owner record of the session served alone")
+        assert publish(clients.connect(n.port, "lonely-p2"), "c30/lonely", b"still", 1) == 0
+        assert [p.payload for p in receive(c, 1)] == [b"still"]  # the same connection, served on
     finally:
         n.stop()
         etcd.stop()

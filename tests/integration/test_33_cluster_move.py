@@ -193,3 +193,50 @@ def test_messages_in_flight_follow_the_moving_session(cluster, clients):
     assert missing == [], (len(missing), len(acked), missing[:20])
     assert r.doubled == [], r.doubled[:20]
     c.send(Disconnect(0, {Prop.SESSION_EXPIRY_INTERVAL: 0}))
+
+
+def test_a_restarted_agent_drops_a_session_another_node_took_meanwhile(cluster, clients):
+    """The chaos run's twin: m1's agent is killed in the middle of a takeover, and another
+    node's claim goes on without m1 (m1 could not answer; the record names that node now),
+    while m1's router still holds the session m1's agent had granted, its client live.
+    The agent comes back quickly under the same lease, so no fence says anything; the new
+    agent checks every id its router holds against its owner record, and m1 drops the copy
+    another node owns (v5: DISCONNECT 0x8E), without its will. Here the state the race left
+    is made by hand: the record is written over to name m2 while m1's agent is stopped."""
+    import json
+    import os
+    import re
+    import signal
+
+    from mqtt import Will
+    from tests.support.node import wait_for
+
+    cid = f"notours-{uuid.uuid4().hex[:6]}"
+    m1, m2 = cluster.nodes[0], cluster.nodes[1]
+    watcher = clients.connect(port(cluster, "m3"), f"{cid}-w")
+    subscribe(watcher, "c33/notours/will", 1)
+    c = clients.open(port(cluster, "m1"), 5)
+    c.timeout = 30
+    ack = c.connect(cid, clean_start=True, properties=dict(EXPIRY), will=Will("c33/notours/will", b"gone", 1))
+    assert isinstance(ack, Connack) and ack.reason_code == 0, ack
+    assert cluster.etcd.get_json(f"sessions/owners/{cid}")["node"] == "m1"
+    leases = re.findall(r"event='lease held: serving' lease=(\d+)", m1.log())
+    node2 = json.loads(cluster.etcd.ctl("get", "-w", "json", "nodes/m2").stdout)["kvs"][0]
+    record = json.dumps({"lease": node2["lease"], "node": "m2"}, separators=(",", ":"), sort_keys=True)
+    agent = m1.agent_pid()
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        cluster.etcd.ctl("put", f"--lease={node2['lease']:x}", f"sessions/owners/{cid}", record)
+    finally:
+        os.kill(agent, signal.SIGKILL)
+        os.kill(agent, signal.SIGCONT)
+    wait_for(lambda: (p := m1.agent_pid()) is not None and p != agent, 60, 0.1, "m1's agent to be restarted")
+    got = c.expect_closed(30)
+    assert any(isinstance(p, Disconnect) and p.reason_code == 0x8E for p in got), got
+    # it came back under the lease it held (else the lease's fence closed the client, not this check)
+    wait_for(lambda: len(re.findall(r"event='lease held: serving' lease=(\d+)", m1.log())) > len(leases), 30, 0.1,
+             "the new agent to hold its lease")
+    assert re.findall(r"event='lease held: serving' lease=(\d+)", m1.log())[-1] == leases[-1]
+    assert "a session here is owned by another node: dropping it" in m1.log()
+    assert cluster.etcd.get_json(f"sessions/owners/{cid}")["node"] == "m2"  # m1 did not touch it
+    assert watcher.barrier() == []  # no will: the session is m2's now

@@ -36,6 +36,7 @@ WIRE = [
     (o.RemotePub(M, True, [["g", "t"]], 4, 12.5), [17, M, True, [["g", "t"]], 4, 12.5]),
     (o.Owned("c", 3, o.Own.REMOTE, S), [18, "c", 3, 2, S]),
     (o.Welcome(77, 9, [["w1", "a"]], [M]), [20, 77, 9, [["w1", "a"]], [M]]),
+    (o.Welcome(77, 9, [], [], None, ["c"]), [20, 77, 9, [], [], None, ["c"]]),  # to the agent: the ids held
     (o.Routes(9, [[1, "w1", "a", 12.5], [-1, "w2", "b"]]), [21, 9, [[1, "w1", "a", 12.5], [-1, "w2", "b"]]]),
     (o.Deliver(M, True, [], [b"w1", 5]), [22, M, True, [], [b"w1", 5]]),
     (o.Deliver(M, True, [], None, "a/#", 12.5), [22, M, True, [], None, "a/#", 12.5]),  # a replay, to the agent
@@ -66,6 +67,7 @@ WIRE = [
     (o.Bye(), [50]),
     (o.Lease(99.5), [51, 99.5, 0]),
     (o.Lease(None, 7), [51, None, 7]),
+    (o.NotOurs("c"), [52, "c"]),
 ]
 
 
