@@ -21,7 +21,10 @@ def channel_options(settings) -> list[tuple[str, int]]:
     """For grpc.aio.insecure_channel to another node's agent."""
     every, timeout = _times(settings)
     return [("grpc.keepalive_time_ms", every), ("grpc.keepalive_timeout_ms", timeout),
-            ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+            ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
+            # gRPC 1.85 ends a connection on a ping unanswered for http2.ping_timeout_ms (a minute
+            # by default), whatever keepalive_timeout_ms says: both are set
+            ("grpc.http2.ping_timeout_ms", timeout)]
 
 
 def server_options(settings) -> list[tuple[str, int]]:
@@ -31,6 +34,5 @@ def server_options(settings) -> list[tuple[str, int]]:
             ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
             # the clients ping every `every` ms: take pings that often (half of it, for timer
             # slack) and never end a client for pinging
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", every // 2),
             ("grpc.http2.min_ping_interval_without_data_ms", every // 2),
-            ("grpc.http2.max_ping_strikes", 0)]
+            ("grpc.http2.max_ping_strikes", 0), ("grpc.http2.ping_timeout_ms", timeout)]
