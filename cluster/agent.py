@@ -223,7 +223,7 @@ class Agent:
         self.link.connect()
         self.hello()
         ping = loop.create_task(self._ping())
-        log.info("agent serving", extra=kv(addr=addr, link=self.link_address or "grpc", etcd=",".join(self.etcd.endpoints),
+        log.info("agent serving", extra=kv(addr=addr, link=self.link_address or self.settings.cluster_link, etcd=",".join(self.etcd.endpoints),
                                            pid=os.getpid()))
         self.write_status()
         stop = loop.create_task(self.stopping.wait())
