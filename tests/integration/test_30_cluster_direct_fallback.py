@@ -45,12 +45,14 @@ def cluster():
         ns = net.add()
         port = free_port()  # f2's data port: on f2's loopback, and the relay's on f1's
         relay = Relay("127.0.0.1", port, lambda: ns.call(socket.create_connection, ("127.0.0.1", port), 5))
-        # (no SHOAL_CLUSTER_LINK: the default, direct)
-        f1 = cluster_node("f1", etcd.url, cluster_addr=f"{net.root_addr}:{free_port()}", cluster_lease_ttl=10,
-                          cluster_data_fallback_after=FALLBACK_AFTER)
+        # (direct, the default, named: a run with SHOAL_CLUSTER_LINK=grpc in its environment
+        # tests it too.) Heartbeats slow enough that f2's router keeps the relay's connection
+        # while the relay holds what f1 sent (test 3)
+        common = dict(cluster_link="direct", cluster_lease_ttl=10, cluster_data_fallback_after=FALLBACK_AFTER,
+                      cluster_link_dead_after=60)
+        f1 = cluster_node("f1", etcd.url, cluster_addr=f"{net.root_addr}:{free_port()}", **common)
         f2 = cluster_node("f2", etcd.url, netns=ns, host="0.0.0.0", cluster_addr=f"{ns.addr}:{free_port()}",
-                          cluster_data_addr=f"127.0.0.1:{port}", cluster_lease_ttl=10,
-                          cluster_data_fallback_after=FALLBACK_AFTER)
+                          cluster_data_addr=f"127.0.0.1:{port}", **common)
         nodes = [f1, f2]
         f1.start(90)
         f2.start(90)
@@ -195,8 +197,9 @@ def test_3_sent_on_the_data_link_then_over_the_link_is_taken_once(cluster, opene
     assert f1.log().count(FELL_BACK) == 2  # once per fall back
     repeats = metrics(f2)["shoal_router_remote_repeats_total"]
     relay.release()  # the data link's copy (and its resends) reach f2's router now
-    wait_for(lambda: metrics(f2)["shoal_router_remote_repeats_total"] > repeats, 30, 0.1, "the held copy taken as a repeat")
-    assert [p.payload for p in receive(sub, 1)] == [b"held-once"]  # once (receive: nothing more by a PINGREQ round trip)
+    wait_for(lambda: metrics(f2)["shoal_router_remote_repeats_total"] > repeats, 30, 0.1,
+             "the held copy taken as a repeat")
+    assert [p.payload for p in receive(sub, 1)] == [b"held-once"]  # once (nothing more by a PINGREQ round trip)
     assert publish(pub, "fb3/x", b"sentinel", 2, pid=6) == 0
     pub.send(PubRel(6))
     pub.expect(PubComp, timeout=30)
