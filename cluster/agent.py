@@ -439,29 +439,43 @@ class Agent:
         self.pending_versions[version] = False
         if changed:
             gen = self._changed()
-            asyncio.get_running_loop().create_task(self._ack_when_routed(version, gen))
+            batch = self._route_batch
+            if batch is None:
+                # one wait for every version of this loop pass (a flood of SUBSCRIBEs brings
+                # hundreds per read from the router): one task each cost more than the route
+                batch = self._route_batch = [[], gen]
+                asyncio.get_running_loop().create_task(self._ack_when_routed(batch))
+            batch[0].append(version)
+            batch[1] = gen
         else:
             self._version_done(version)
+
+    _route_batch: list | None = None  # [route versions, the gen that covers them all] not yet waiting
 
     def _changed(self) -> int:
         self.gen += 1
         self.dirty.set()
         return self.gen
 
-    async def _ack_when_routed(self, version: int, gen: int) -> None:
+    async def _ack_when_routed(self, batch: list) -> None:
         """A ROUTE_ACK (and with it the SUBACK of the subscriber) waits until the
-        route is in etcd and every live node applied it to its router."""
+        route is in etcd and every live node applied it to its router. The batch takes
+        the versions that come until this task first runs (the rest of the loop pass)."""
+        if self._route_batch is batch:
+            self._route_batch = None
+        versions, gen = batch
         try:
             rev = await self._flushed(gen)
             if rev:
                 await self._peers_synced(rev)
         finally:
-            self._version_done(version)
+            self._version_done(*versions)
 
-    def _version_done(self, version: int) -> None:
+    def _version_done(self, *versions: int) -> None:
         pv = self.pending_versions
-        if version in pv:
-            pv[version] = True
+        for version in versions:
+            if version in pv:
+                pv[version] = True
         ack = None
         while pv:
             v = next(iter(pv))

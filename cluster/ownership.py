@@ -43,7 +43,9 @@ node wrote under a lease it no longer holds is stale (``stale``: another node ma
 have owned the id since) and is never handed over (``NONE``: the asker starts
 afresh). Both happen when a takeover request reaches a node late: sent during a
 partition, it waits in the asker's TCP send queue (the asker gave up on it and
-went on) and arrives when the link comes back.
+went on) and arrives when the link comes back. A late request that reaches a node still
+under its lease finds the record put back to it (``_put_back_to_us``): nothing is handed
+over, the session stays (answer ``NEWER``).
 """
 from __future__ import annotations
 
@@ -432,6 +434,15 @@ class Ownership:
         mine = self.owned.get(cid)
         if mine is not None and mine > request.token:
             return pb.TakeoverReply(result=pb.TakeoverReply.NEWER)
+        back = await self._put_back_to_us(cid)
+        if back:
+            # the asker gave up on this request (it reached us late: a partition healed within
+            # our lease) and put the record back to us: it refused its CONNECT and waits for
+            # no session; handing ours over now lost it (it stays here, owned, fenced anew)
+            self.owned[cid] = back
+            log.info("takeover asked after the asker gave up (the record is ours again): session kept",
+                     extra=kv(client=cid, peer=request.node, token=request.token, revision=back))
+            return pb.TakeoverReply(result=pb.TakeoverReply.NEWER)
         self.owned.pop(cid, None)
         if not request.clean_start:
             # (before the CLAIM: what the router forwards for the session comes with its GRANT)
@@ -445,6 +456,25 @@ class Ownership:
         self.taken_out += 1
         log.info("session handed to another node", extra=kv(client=cid, peer=request.node, token=request.token))
         return pb.TakeoverReply(result=pb.TakeoverReply.SESSION, session=msgpack.packb(state, use_bin_type=True))
+
+    async def _put_back_to_us(self, cid: str) -> int:
+        """The revision of cid's owner record when it holds this node's own value under its
+        lease now (0 otherwise, or when etcd cannot say). An asker swaps its own record in
+        before it asks, and puts ours back only once it gave up on its request; a later claim
+        of another node holds that node's value. So our value here means: nobody waits for
+        this request's session. One linearizable read per takeover."""
+        client = self.agent.etcd.client
+        if client is None or not self.agent.connected:
+            return 0
+        try:
+            cur = await asyncio.wait_for(client.get(OWNERS + cid.encode()), TAKEOVER_TIMEOUT / 4)
+        except Exception as e:
+            log.warning("could not read an owner record before a handover; handing over",
+                        extra=kv(client=cid, error=(str(e) or type(e).__name__).splitlines()[0][:200]))
+            return 0
+        if cur is None or cur.value != self._value():
+            return 0
+        return cur.mod_revision
 
     async def take_from_router(self, cid: str, clean_start: bool):
         """The session of cid off this node (None: none here, or discarded: clean start)."""

@@ -181,6 +181,36 @@ def test_takeover_across_nodes_with_inflight_and_queue(cluster, clients):
     c3.close()
 
 
+def test_a_late_takeover_request_whose_asker_gave_up_takes_nothing(cluster, clients):
+    """A TakeoverSession that reaches the owner after its asker gave up (it waited in a
+    partition; the asker put the owner's record back and refused its CONNECT): the record
+    holds the owner's own value again, so the owner keeps the session and its client, and
+    answers NEWER. Before, it closed the client (0x8E) and handed the session to nobody.
+    The request is sent as the late one arrives: raw gRPC, with a token ahead of the
+    owner's (as the asker's claim had)."""
+    import grpc
+
+    from proto import cluster_pb2 as pb
+    from proto import cluster_pb2_grpc as pbg
+
+    cid = "late-ask"
+    c1, _ = persistent(clients, cluster, "s1", cid, clean_start=True)
+    subscribe(c1, "c32/late/#", 1)
+    assert owner(cluster, cid) == "s1"
+    rec = json.loads(cluster.etcd.ctl("get", "-w", "json", f"sessions/owners/{cid}").stdout)["kvs"][0]
+    s1 = cluster.nodes[0]
+    with grpc.insecure_channel(s1.env["SHOAL_CLUSTER_ADDR"]) as ch:
+        reply = pbg.PeerStub(ch).TakeoverSession(
+            pb.TakeoverRequest(client_id=cid, clean_start=False, node="s2", token=int(rec["mod_revision"]) + 1000),
+            timeout=20)
+    assert reply.result == pb.TakeoverReply.NEWER, reply
+    assert owner(cluster, cid) == "s1"
+    pub = clients.connect(port(cluster, "s3"), "late-pub")
+    assert publish(pub, "c32/late/a", b"still here", 1) == 0
+    assert [p.payload for p in receive(c1, 1)] == [b"still here"]  # the same connection, not closed
+    assert "session kept" in node_log(cluster, "s1")
+
+
 def node_log(cluster, name: str) -> str:
     return cluster.nodes[int(name[1:]) - 1].log()
 
