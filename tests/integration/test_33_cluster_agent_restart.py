@@ -1,0 +1,71 @@
+"""A restarted agent checks the sessions its router holds against their owner records
+(issue 11): the chaos run's twin, an agent killed in the middle of a takeover.
+
+Its own module-scoped cluster of two one-worker nodes with a long lease
+(SHOAL_CLUSTER_LEASE_TTL=20), so that the agent comes back under the lease it held
+however long its restart takes on a loaded host: with a lapse the lease's fence closes
+the client instead, and the check would not be what the test sees.
+"""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from mqtt import Connack, Disconnect, Prop
+from tests.support.cluster import running_cluster, subscribe
+
+EXPIRY = {Prop.SESSION_EXPIRY_INTERVAL: 300}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with running_cluster(["r1", "r2"], cluster_lease_ttl=20, cluster_lease_loss="disconnect") as c:
+        yield c
+
+
+def test_a_restarted_agent_drops_a_session_another_node_took_meanwhile(cluster, clients):
+    """The chaos run's twin: r1's agent is killed in the middle of a takeover, and another
+    node's claim goes on without r1 (r1 could not answer; the record names that node now),
+    while r1's router still holds the session r1's agent had granted, its client live.
+    The agent comes back quickly under the same lease, so no fence says anything; the new
+    agent checks every id its router holds against its owner record, and r1 drops the copy
+    another node owns (v5: DISCONNECT 0x8E), without its will. Here the state the race left
+    is made by hand: the record is written over to name r2 while r1's agent is stopped."""
+    import json
+    import os
+    import re
+    import signal
+
+    from mqtt import Will
+    from tests.support.node import wait_for
+
+    cid = f"notours-{uuid.uuid4().hex[:6]}"
+    r1 = cluster.nodes[0]
+    watcher = clients.connect(cluster.nodes[1].port, f"{cid}-w")
+    subscribe(watcher, "c33/notours/will", 1)
+    c = clients.open(r1.port, 5)
+    c.timeout = 30
+    ack = c.connect(cid, clean_start=True, properties=dict(EXPIRY), will=Will("c33/notours/will", b"gone", 1))
+    assert isinstance(ack, Connack) and ack.reason_code == 0, ack
+    assert cluster.etcd.get_json(f"sessions/owners/{cid}")["node"] == "r1"
+    leases = re.findall(r"event='lease held: serving' lease=(\d+)", r1.log())
+    node2 = json.loads(cluster.etcd.ctl("get", "-w", "json", "nodes/r2").stdout)["kvs"][0]
+    record = json.dumps({"lease": node2["lease"], "node": "r2"}, separators=(",", ":"), sort_keys=True)
+    agent = r1.agent_pid()
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        cluster.etcd.ctl("put", f"--lease={node2['lease']:x}", f"sessions/owners/{cid}", record)
+    finally:
+        os.kill(agent, signal.SIGKILL)
+        os.kill(agent, signal.SIGCONT)
+    wait_for(lambda: (p := r1.agent_pid()) is not None and p != agent, 60, 0.1, "r1's agent to be restarted")
+    got = c.expect_closed(30)
+    assert any(isinstance(p, Disconnect) and p.reason_code == 0x8E for p in got), got
+    # it came back under the lease it held (else the lease's fence closed the client, not this check)
+    wait_for(lambda: len(re.findall(r"event='lease held: serving' lease=(\d+)", r1.log())) > len(leases), 30, 0.1,
+             "the new agent to hold its lease")
+    assert re.findall(r"event='lease held: serving' lease=(\d+)", r1.log())[-1] == leases[-1]
+    assert "a session here is owned by another node: dropping it" in r1.log()
+    assert cluster.etcd.get_json(f"sessions/owners/{cid}")["node"] == "r2"  # r1 did not touch it
+    assert watcher.barrier() == []  # no will: the session is r2's now
