@@ -103,6 +103,7 @@ class DataLink:
         m.setsockopt(zmq.LINGER, 0)
         m.connect(endpoint)
         self.sock, self.mon = s, m
+        self.attempt_at = time.monotonic()
         self.fd = s.getsockopt(zmq.FD)
         self.mfd = m.getsockopt(zmq.FD)
         self.loop.add_reader(self.fd, self._readable)
@@ -132,6 +133,12 @@ class DataLink:
             elif event & _LOST:
                 self._lost(_EVENT_NAMES.get(event, str(event)).lower().replace("_", " "))
                 return
+
+    def check(self, now: float) -> None:
+        """A connect that neither succeeded nor failed in twice the time ZeroMQ was given for
+        it (its connect timeout and handshake interval) is given up here: a new socket."""
+        if not self.up and self.sock is not None and now - self.attempt_at > self.dead_after * 4 / 3 + 1:
+            self._lost("no connection in time")
 
     def _lost(self, why: str) -> None:
         """The connection went (or never came): a new socket after a backoff; what this one

@@ -351,6 +351,9 @@ class PeerOut:
         while True:
             await asyncio.sleep(RESEND_CHECK)
             now = time.monotonic()
+            for link in (self.data, self.standby):
+                if link is not None:
+                    link.check(now)
             if not self.check_fallback(now):
                 self.resend_due(now)
 
