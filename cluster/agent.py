@@ -41,7 +41,7 @@ from .etcd import NODES, RANGE_END, RANGE_START, RETAINED, ROUTES, Etcd, read_ra
 from .peers import CLUSTER_WIRE, PeerOut, PeerService
 from .replay import Replay, parse_since
 from .routerlink import RouterLink
-from . import tcplink
+from . import keepalive, tcplink
 
 log = logging.getLogger("shoal.agent")
 
@@ -169,6 +169,7 @@ class Agent:
         self.dropped_qos0 = 0
         self.malformed = 0  # messages from peers that were not a message
         self.expired_in_queue = 0  # messages whose Message Expiry ran out while queued for this node
+        self.data_fallbacks = 0  # direct data links given up for the Link (cluster/peers.py check_fallback)
         self.forwarded = 0
         self.received_count = 0
         self.frames_sent = 0  # gRPC frames on the peer links, both directions (acks included)
@@ -185,7 +186,8 @@ class Agent:
         if "/" in self.node or not self.node:
             log.error("cannot start: SHOAL_NODE_NAME must be set and hold no '/'", extra=kv(name=self.node))
             return 3
-        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", self.max_frame)])
+        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", self.max_frame),
+                                               *keepalive.server_options(self.settings)])  # (cluster/keepalive.py)
         self.service_handler = self.service
         from proto import cluster_pb2_grpc as pbg
 
@@ -221,7 +223,7 @@ class Agent:
         self.link.connect()
         self.hello()
         ping = loop.create_task(self._ping())
-        log.info("agent serving", extra=kv(addr=addr, link=self.link_address or "grpc", etcd=",".join(self.etcd.endpoints),
+        log.info("agent serving", extra=kv(addr=addr, link=self.link_address or self.settings.cluster_link, etcd=",".join(self.etcd.endpoints),
                                            pid=os.getpid()))
         self.write_status()
         stop = loop.create_task(self.stopping.wait())
@@ -301,6 +303,10 @@ class Agent:
             "expired_in_queue_total": self.expired_in_queue,
             "data_links": sum(1 for p in peers if p.data is not None),  # SHOAL_CLUSTER_LINK=direct
             "data_resent_total": sum(p.resent for p in peers),
+            # peers whose data link had no connection for SHOAL_CLUSTER_DATA_FALLBACK_AFTER: their
+            # publishes went over the Link (cluster/peers.py check_fallback); how many do now
+            "data_fallbacks_total": self.data_fallbacks,
+            "data_fallen_back": sum(1 for p in peers if p.fallen_back),
             "paused": int(self.link.paused),
             # owner records (cluster/ownership.py Batcher): transactions, records they carried
             "owner_txns_total": self.ownership.batcher.txns,

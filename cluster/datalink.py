@@ -6,19 +6,36 @@ Why: a message crossing nodes passed six Python processes (worker, router and ag
 side), each costing a wake-up and a read and a write of every batch; the receiving agent did
 nothing with the message but hand it to its router. docs/architecture.md has the figures.
 
-What the peer's router has not confirmed stays in `PeerOut.unacked` and is sent again: at
-once when the link is made anew (the node's record names a new address: its router
-restarted), else when it waited `RESEND_AFTER` (doubling to `RESEND_MAX` while nothing is
-confirmed: a stopped or cut-off peer). The router takes each (node, instance, seq) once
-(router/forward.py RemoteSeen), so QoS 2 stays exactly once. ZeroMQ reconnects by itself
-after a flap; what the connection lost is what the resend brings back.
+What the peer's router has not confirmed stays in `PeerOut.unacked` and is sent again: when
+it waited `RESEND_AFTER` (doubling to `RESEND_MAX` while nothing is confirmed: a stopped
+peer), and, in seq order before anything newer, whenever a connection is made anew. The
+router takes each (node, instance, seq) once (router/forward.py RemoteSeen), so QoS 2 stays
+exactly once.
+
+One connection at a time, made by us: ZeroMQ's own reconnect is off (RECONNECT_IVL -1) and
+the socket queues only to a connection whose handshake is done (IMMEDIATE), so when a
+connection is lost, what ZeroMQ held for it goes with the socket, nothing is sent until a new
+socket completed its handshake, and the resend of what was not confirmed goes first on it
+(with ZeroMQ reconnecting by itself, messages queued after the loss reached the router
+before the resend of those the loss took: out of order per publisher). ZeroMQ heartbeats
+(from SHOAL_CLUSTER_LINK_DEAD_AFTER) end a connection whose router went silent (a host gone,
+a frozen process); a connect that hangs (packets dropped) ends after a third of it.
+
+A data link that has no connection while messages wait for it for
+SHOAL_CLUSTER_DATA_FALLBACK_AFTER, the agents' Link being up, makes `PeerOut` send that
+peer's publishes over the Link (cluster/peers.py); this link goes on trying in the
+background (backoff to `FALLBACK_RETRY_MAX`) and, once a handshake succeeds, the publishes
+come back here.
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import time
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from common.logs import kv
 from core import ops as o
@@ -31,32 +48,141 @@ RESEND_AFTER = 1.0  # seconds an unconfirmed QoS 1/2 message waits before it is 
 RESEND_MAX = 8.0  # ... doubling while the peer confirms nothing, up to this
 RESEND_CHECK = 0.25  # seconds between looks at the oldest unconfirmed message
 SEND_RETRY = 0.005  # seconds before a send the socket refused (its queue full) is tried again
+RECONNECT_FIRST = 0.05  # seconds before a lost or refused connection is tried again ...
+RECONNECT_MAX = 2.0  # ... doubling to this while the publishes wait for the data link
+FALLBACK_RETRY_MAX = 30.0  # ... or to this while they go over the Link (fallen back)
+
+_LOST = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+         | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | _LOST
+_monitor_ids = itertools.count(1)
 
 
 class DataLink:
-    """The DEALER to one peer's router; Confirms read on the event loop."""
+    """The DEALER to one peer's router (made anew after every lost connection); Confirms and
+    the socket's events read on the event loop."""
 
     def __init__(self, peer, addr: str):
         agent = peer.agent
         self.peer = peer
         self.addr = addr
         self.loop = asyncio.get_running_loop()
-        s = self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        s.setsockopt(zmq.IDENTITY, peerdata.identity(agent.node, agent.instance))
+        self.identity = peerdata.identity(agent.node, agent.instance)
+        self.dead_after = agent.settings.cluster_link_dead_after
+        self.up = False  # a connection whose handshake succeeded: what we send goes there
+        self.ever_up = False
+        self.down_since = time.monotonic()  # no connection since then (while not up)
+        self.failures = 0  # connections lost or refused in a row
+        self.last_error = ""
+        self.closed = False
+        self.sock = self.mon = None
+        self._retry = None
+        self._connect()
+
+    # -- the connection ------------------------------------------------------------------
+    def _connect(self) -> None:
+        self._retry = None
+        if self.closed:
+            return
+        ctx = zmq.Context.instance()
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.IDENTITY, self.identity)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SNDHWM, 1000)  # batches; beyond, the queue in PeerOut grows (push back)
         s.setsockopt(zmq.RCVHWM, 100_000)
-        s.setsockopt(zmq.RECONNECT_IVL, 50)
-        s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        s.setsockopt(zmq.IMMEDIATE, 1)  # nothing queued for a connection not made yet
+        s.setsockopt(zmq.RECONNECT_IVL, -1)  # we connect again ourselves (order after a loss)
+        s.setsockopt(zmq.CONNECT_TIMEOUT, max(1000, int(self.dead_after * 1000) // 3))
+        for opt, value in peerdata.heartbeat_options(self.dead_after):
+            s.setsockopt(opt, value)
         s.setsockopt(zmq.TCP_KEEPALIVE, 1)
         s.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 10)
-        s.connect(f"tcp://{addr}")
+        endpoint = f"inproc://shoal-datalink-{next(_monitor_ids)}"
+        s.monitor(endpoint, _EVENTS)
+        m = ctx.socket(zmq.PAIR)
+        m.setsockopt(zmq.LINGER, 0)
+        m.connect(endpoint)
+        self.sock, self.mon = s, m
+        self.attempt_at = time.monotonic()
         self.fd = s.getsockopt(zmq.FD)
+        self.mfd = m.getsockopt(zmq.FD)
         self.loop.add_reader(self.fd, self._readable)
-        self.closed = False
+        self.loop.add_reader(self.mfd, self._events)
+        try:
+            s.connect(f"tcp://{self.addr}")
+        except zmq.ZMQError as e:  # (an address ZeroMQ cannot parse or resolve)
+            self._lost(f"cannot connect: {e}")
+            return
+        self.loop.call_soon(self._events)  # (the fds are edge-triggered)
 
+    def _events(self) -> None:
+        mon = self.mon
+        while not self.closed and mon is self.mon and mon is not None and mon.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                ev = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            event = ev["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.up = True
+                self.failures = 0
+                first = not self.ever_up
+                self.ever_up = True
+                self.peer.data_up(self, first)
+                self.loop.call_soon(self._readable)
+            elif event & _LOST:
+                self._lost(_EVENT_NAMES.get(event, str(event)).lower().replace("_", " "))
+                return
+
+    def check(self, now: float) -> None:
+        """A connect that neither succeeded nor failed in twice the time ZeroMQ was given for
+        it (its connect timeout and handshake interval) is given up here: a new socket."""
+        if not self.up and self.sock is not None and now - self.attempt_at > self.dead_after * 4 / 3 + 1:
+            self._lost("no connection in time")
+
+    def _lost(self, why: str) -> None:
+        """The connection went (or never came): a new socket after a backoff; what this one
+        held for the router is resent on the next (PeerOut.data_up)."""
+        was_up = self.up
+        self.up = False
+        self.last_error = why
+        self._drop_socket()
+        if was_up:
+            self.down_since = time.monotonic()
+        self.failures += 1
+        most = FALLBACK_RETRY_MAX if self.peer.fallen_back else RECONNECT_MAX
+        delay = min(RECONNECT_FIRST * 2 ** min(self.failures - 1, 20), most)
+        if self.peer.fallen_back:
+            delay = max(delay, 1.0)
+        if not self.closed:
+            self._retry = self.loop.call_later(delay, self._connect)
+            self.peer.data_down(self, was_up, why)
+
+    def _drop_socket(self) -> None:
+        for fd in (getattr(self, "fd", None), getattr(self, "mfd", None)):
+            if fd is not None:
+                try:
+                    self.loop.remove_reader(fd)
+                except Exception:
+                    pass
+        self.fd = self.mfd = None
+        s, m = self.sock, self.mon
+        self.sock = self.mon = None
+        if s is not None:
+            try:
+                s.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            s.close(0)
+        if m is not None:
+            m.close(0)
+
+    # -- sending and reading --------------------------------------------------------------
     def send(self, data: bytes) -> bool:
-        """False: the socket's queue is full (the peer does not read): try again later."""
+        """False: no connection, or the socket's queue is full (the peer does not read): try
+        again later."""
+        if not self.up:
+            return False
         try:
             self.sock.send(data, flags=zmq.NOBLOCK)
         except zmq.Again:
@@ -66,12 +192,12 @@ class DataLink:
         return True
 
     def _readable(self) -> None:
-        if self.closed:
+        if self.closed or self.sock is None:
             return
         sock = self.sock
         peer = self.peer
         n = 0
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while sock is self.sock and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             try:
                 data = sock.recv(flags=zmq.NOBLOCK)
             except zmq.Again:
@@ -91,8 +217,12 @@ class DataLink:
         if self.closed:
             return
         self.closed = True
-        try:
-            self.loop.remove_reader(self.fd)
-        except Exception:
-            pass
-        self.sock.close(0)
+        self.up = False
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self._drop_socket()
+
+
+_EVENT_NAMES = {getattr(zmq, n): n[len("EVENT_"):] for n in dir(zmq)
+                if n.startswith("EVENT_") and isinstance(getattr(zmq, n), int)}

@@ -23,6 +23,7 @@ import grpc
 from common.logs import kv
 from core import ops as o
 
+from .keepalive import channel_options
 from .ownership import OWNERS
 
 log = logging.getLogger("shoal.agent")
@@ -87,7 +88,7 @@ class Drain:
             return False
         ch = own.channels.get(node)
         if ch is None or ch[0] != addr:
-            ch = own.channels[node] = (addr, grpc.aio.insecure_channel(addr))
+            ch = own.channels[node] = (addr, grpc.aio.insecure_channel(addr, options=channel_options(self.agent.settings)))
         try:
             reply = await pbg.PeerStub(ch[1]).AdoptSession(
                 pb.AdoptRequest(client_id=cid, session=msgpack.packb(state, use_bin_type=True), node=self.agent.node,

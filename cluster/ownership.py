@@ -62,6 +62,8 @@ from common.logs import kv
 from core import ops as o
 from core.ops import Own
 
+from .keepalive import channel_options
+
 log = logging.getLogger("shoal.agent")
 
 # outside the range the agents read and watch (cluster/etcd.py RANGE_START..RANGE_END): every
@@ -385,7 +387,7 @@ class Ownership:
         if ch is None or ch[0] != addr:
             if ch is not None:
                 await ch[1].close(None)
-            ch = self.channels[node] = (addr, grpc.aio.insecure_channel(addr))
+            ch = self.channels[node] = (addr, grpc.aio.insecure_channel(addr, options=channel_options(self.agent.settings)))
         try:
             reply = await pbg.PeerStub(ch[1]).TakeoverSession(
                 pb.TakeoverRequest(client_id=cid, clean_start=clean_start, node=self.agent.node, token=token),

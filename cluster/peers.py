@@ -23,6 +23,7 @@ from proto import cluster_pb2_grpc as pbg
 
 from . import tcplink
 from .datalink import RESEND_AFTER, RESEND_CHECK, RESEND_MAX, SEND_RETRY, DataLink
+from .keepalive import channel_options
 from core import peerdata
 
 log = logging.getLogger("shoal.agent")
@@ -89,6 +90,10 @@ def _aged(entries, now: float) -> list:
     return pubs
 
 
+def _seq_of(e: Entry) -> int:
+    return e.seq
+
+
 def _data_op(e: Entry, now: float) -> bytes | None:
     """The entry's REMOTE_PUB for the direct data link; its Message Expiry counts the time it
     waited here (None: it ran out meanwhile)."""
@@ -117,7 +122,12 @@ class PeerOut:
         # SHOAL_CLUSTER_LINK=direct: the publishes go to the peer's router (cluster/datalink.py),
         # the Link carries the route syncs only
         self.data_addr: str | None = None
-        self.data: DataLink | None = None
+        self.data: DataLink | None = None  # the data link the publishes go on now (None: the Link)
+        # the data link while the publishes go over the Link because it had no connection for
+        # SHOAL_CLUSTER_DATA_FALLBACK_AFTER (it tries again in the background; cluster/datalink.py)
+        self.standby: DataLink | None = None
+        self.fallen_back = False
+        self.fallbacks = 0
         self._data_flush = None
         self._resender: asyncio.Task | None = None
         self.resend_after = RESEND_AFTER
@@ -175,25 +185,97 @@ class PeerOut:
         if old is not None:
             old.close()
             self.data = None
+        if self.standby is not None:
+            self.standby.close()
+            self.standby = None
+        was_fallen_back, self.fallen_back = self.fallen_back, False
         if not addr:
             if self._resender is not None:
                 self._resender.cancel()
                 self._resender = None
-            self.relink(self.addr, self.link_addr)  # (the Link's reconnect sends the unconfirmed again)
+            if not was_fallen_back:  # (fallen back: the publishes go on the Link already)
+                self.relink(self.addr, self.link_addr)  # (the Link's reconnect sends the unconfirmed again)
             self.wake.set()
             return
-        self.data = DataLink(self, addr)
-        log.info("direct data link to the peer's router", extra=kv(peer=self.node, addr=addr, resent=len(self.unacked)))
-        if self.unacked:
-            self._send_entries(deque(e for e in self.unacked.values() if e.direct is None), time.monotonic(), False)
-        if self.queue and self._data_flush is None:
-            self._data_flush = asyncio.get_running_loop().call_soon(self._flush_data)
+        self.fallen_back = was_fallen_back
+        link = DataLink(self, addr)
+        if self.fallen_back:
+            self.standby = link  # (the publishes come back to it once it has a connection)
+        else:
+            self.data = link  # (what waits goes once it has a connection: data_up)
         if self._resender is None:
             self._resender = asyncio.get_running_loop().create_task(self._resend_loop())
 
+    def data_up(self, link: DataLink, first: bool) -> None:
+        """The data link has a connection: what the router did not confirm goes on it, in seq
+        order, before anything newer (a message lost with a connection overtaken by later ones
+        broke order per publisher); after a fall back, the publishes come back from the Link
+        (what the Link carries unconfirmed goes here again too: the router takes each seq
+        once, and this resend reaches it before anything sent here later)."""
+        if link is self.standby:
+            self.standby = None
+            self.data = link
+            self.fallen_back = False
+            log.warning("peer router's data address reachable again: its publishes go on the direct data link",
+                        extra=kv(peer=self.node, addr=link.addr, resent=len(self.unacked)))
+        elif link is not self.data:
+            return
+        log.info("direct data link to the peer's router" if first else "data link to the peer's router up again",
+                 extra=kv(peer=self.node, addr=link.addr, resent=len(self.unacked)))
+        self.resend_after = RESEND_AFTER
+        self._requeue_unacked()
+        if self._data_flush is not None:
+            self._data_flush.cancel()
+        self._flush_data()
+
+    def _requeue_unacked(self) -> None:
+        """What was sent and not confirmed (but for moved sessions, which stay on the Link)
+        goes to the front of the queue in seq order: the next carrier sends it first."""
+        if not self.unacked:
+            return
+        again = sorted((e for e in self.unacked.values() if e.direct is None), key=_seq_of)
+        for e in again:
+            del self.unacked[e.seq]
+        self.queue.extendleft(reversed(again))
+
+    def data_down(self, link: DataLink, was_up: bool, why: str) -> None:
+        if link is self.data and was_up:
+            log.warning("data link to the peer's router lost: connecting again", extra=kv(
+                peer=self.node, addr=link.addr, error=why, waiting=len(self.queue) + len(self.unacked)))
+
+    def check_fallback(self, now: float) -> bool:
+        """The data link had no connection for SHOAL_CLUSTER_DATA_FALLBACK_AFTER while
+        messages wait for it, and the agents' Link is up: those messages, and what follows,
+        go over the Link (in seq order, before anything new) until the data link has a
+        connection again. True when it fell back."""
+        d = self.data
+        if d is None or d.up or not self.connected:
+            return False
+        after = self.agent.settings.cluster_data_fallback_after
+        if now - d.down_since < after:
+            return False
+        if not self.queue and not any(e.direct is None for e in self.unacked.values()):
+            return False
+        self.data = None
+        self.standby = d
+        self.fallen_back = True
+        self.fallbacks += 1
+        self.agent.data_fallbacks += 1
+        self._requeue_unacked()
+        if self._data_flush is not None:
+            self._data_flush.cancel()
+            self._data_flush = None
+        self.wake.set()
+        log.warning("peer router's data address unreachable: its publishes go over the Link", extra=kv(
+            peer=self.node, addr=d.addr, waited_s=round(now - d.down_since, 1), error=d.last_error,
+            waiting=len(self.queue), fallbacks=self.fallbacks,
+            fix=f"let this host reach {d.addr} (a firewall?), or set SHOAL_CLUSTER_DATA_ADDR on {self.node} "
+                "to an address every node reaches"))
+        return True
+
     def _flush_data(self) -> None:
         self._data_flush = None
-        if self.data is not None and self.queue:
+        if self.data is not None and self.data.up and self.queue:
             self._send_entries(self.queue, time.monotonic(), True)
 
     def _send_entries(self, entries: deque, now: float, from_queue: bool) -> None:
@@ -251,7 +333,7 @@ class PeerOut:
     def resend_due(self, now: float) -> int:
         """Send again what waited resend_after unconfirmed; the wait doubles (to RESEND_MAX)
         while the peer confirms nothing. Returns how many went again."""
-        if self.data is None or not self.unacked:
+        if self.data is None or not self.data.up or not self.unacked:
             return 0
         limit = now - self.resend_after
         due = deque(e for e in self.unacked.values() if e.sent <= limit and e.direct is None)
@@ -268,7 +350,12 @@ class PeerOut:
     async def _resend_loop(self) -> None:
         while True:
             await asyncio.sleep(RESEND_CHECK)
-            self.resend_due(time.monotonic())
+            now = time.monotonic()
+            for link in (self.data, self.standby):
+                if link is not None:
+                    link.check(now)
+            if not self.check_fallback(now):
+                self.resend_due(now)
 
     def relink(self, addr: str, link_addr: str | None) -> None:
         """The node's record names other addresses: end the link; it is made again there
@@ -295,6 +382,9 @@ class PeerOut:
         if self.data is not None:
             self.data.close()
             self.data = None
+        if self.standby is not None:
+            self.standby.close()
+            self.standby = None
         if self._resender is not None:
             self._resender.cancel()
         if self._data_flush is not None:
@@ -320,7 +410,7 @@ class PeerOut:
                 if self.link_addr:
                     call = await tcplink.dial(self.link_addr, me.max_frame, me.settings.cluster_link_dead_after)
                 else:
-                    channel = grpc.aio.insecure_channel(self.addr)
+                    channel = grpc.aio.insecure_channel(self.addr, options=channel_options(me.settings))
                     call = pbg.PeerStub(channel).Link()
                 self._call = call
                 await call.write(pb.Frame(hello=pb.Hello(node=me.node, wire=CLUSTER_WIRE, instance=me.instance)))

@@ -100,7 +100,9 @@ class Settings(BaseSettings):
     # `tcp`: the same Frames, length-prefixed on a plain TCP connection the event loop reads
     # itself (cluster/tcplink.py; a node advertises its address in etcd, a peer that does
     # not is dialled over gRPC). TakeoverSession and AdoptSession stay on gRPC.
-    cluster_link: Literal["grpc", "tcp", "direct"] = "grpc"
+    # (default `direct` since issue 10's directdef helper: the publishes go straight to the
+    # other node's router, cluster/datalink.py; the Link carries the rest)
+    cluster_link: Literal["grpc", "tcp", "direct"] = "direct"
     cluster_link_addr: str = ""  # host:port of the tcp link; default: SHOAL_CLUSTER_ADDR's host, a free port
     cluster_max_frame: int = 64 * 1024 * 1024  # bytes of one peer frame received at most (gRPC and tcp)
     cluster_frame_bytes: int = 1024 * 1024  # a frame leaves once its messages reach this many bytes
@@ -113,6 +115,11 @@ class Settings(BaseSettings):
     # where the router takes the other nodes' publishes (ZeroMQ tcp); default: the host of
     # SHOAL_CLUSTER_ADDR, a free port (it goes in the node's etcd record)
     cluster_data_addr: str = ""
+    # -- the direct data link as the default (issue 10, directdef helper) --
+    # seconds a peer's data link may have no connection while publishes wait for it (its
+    # address unreachable: a firewall, a wrong SHOAL_CLUSTER_DATA_ADDR host) before they go
+    # over the agents' Link instead; the data link is tried again in the background
+    cluster_data_fallback_after: float = 5.0
     # -- a session moving between nodes (issue 11 point 2, move helper) --
     # seconds after a session went to another node during which what still arrives here for
     # it is forwarded to that node (router/away.py), and during which that node drops a
@@ -226,6 +233,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "cluster_frame_bytes": (1, None),  # (hop helper)
     "cluster_hello_timeout": (0.1, 3600),
     "cluster_link_dead_after": (3, 3600),
+    "cluster_data_fallback_after": (0.5, 3600),  # (directdef helper)
     "receive_maximum": (1, 65535),
     "max_inflight": (1, 65535),
     "max_queued_messages": (0, None),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import struct
 
 import msgpack
+import zmq
 
 from .ops import Op
 
@@ -83,3 +84,14 @@ def well_formed(w) -> bool:
     return (type(w) is list and len(w) >= 7 and type(w[0]) is str and type(w[1]) is bytes
             and w[2] in (0, 1, 2) and type(w[3]) is bool and (w[4] is None or type(w[4]) is dict)
             and (w[5] is None or type(w[5]) in (int, float)) and type(w[6]) is str)
+
+
+def heartbeat_options(dead_after: float) -> list[tuple[int, int]]:
+    """ZeroMQ socket options that end a connection silent for about dead_after seconds: a
+    PING every third of it, the connection closed when nothing came for two thirds after one,
+    and the other side told to close it after dead_after without traffic (both ends of the
+    data link set them: the router's ROUTER, router/peerdata.py, and each DEALER,
+    cluster/datalink.py)."""
+    ms = int(dead_after * 1000)
+    return [(zmq.HEARTBEAT_IVL, ms // 3), (zmq.HEARTBEAT_TIMEOUT, ms * 2 // 3), (zmq.HEARTBEAT_TTL, ms),
+            (zmq.HANDSHAKE_IVL, ms // 3)]

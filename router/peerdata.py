@@ -10,7 +10,10 @@ Bad input costs only itself: a dialler that is not ours (its identity) is refuse
 undecodable message or op is dropped; each is counted and logged (first and every 1,000th)
 with the peer, never fatal. A message longer than SHOAL_CLUSTER_MAX_FRAME closes that
 connection (ZeroMQ's MAXMSGSIZE). While the router is not settled (its workers registering)
-a publish is dropped unconfirmed: the sender sends it again (cluster/datalink.py).
+the data socket is not read (router.py): what the peers send waits in order (a publish
+dropped then and sent again later arrived after newer ones); one read anyway is dropped
+unconfirmed and sent again. ZeroMQ heartbeats (SHOAL_CLUSTER_LINK_DEAD_AFTER) close a
+dialler's connection that went silent.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import zmq
 from common.logs import kv
 from core import ops as o
 from core.ops import unpack
-from core.peerdata import BadIdentity, parse_identity, well_formed
+from core.peerdata import BadIdentity, heartbeat_options, parse_identity, well_formed
 
 log = logging.getLogger("shoal.router")
 
@@ -55,6 +58,8 @@ class PeerData:
             s.setsockopt(zmq.SNDHWM, 100_000)
             s.setsockopt(zmq.RCVHWM, 100_000)
             s.setsockopt(zmq.MAXMSGSIZE, max(st.cluster_max_frame, st.max_packet_size + 65536))
+            for opt, value in heartbeat_options(st.cluster_link_dead_after):  # (a dialler gone silent: closed)
+                s.setsockopt(opt, value)
         try:
             self.sock.bind(f"tcp://{host}:{'*' if port in ('', '0') else port}")
         except zmq.ZMQError as e:

@@ -173,7 +173,8 @@ class Router:
             backlog = bool(self.out)
             poller.modify(self.sock, zmq.POLLOUT if backlog else zmq.POLLIN)
             if peer_sock is not None:
-                poller.modify(peer_sock, 0 if backlog else zmq.POLLIN)  # (a slow member: push back on peers too)
+                # (a slow member: push back on peers too; not settled: what they send waits in order)
+                poller.modify(peer_sock, 0 if backlog or not self.membership.settled else zmq.POLLIN)
             events = dict(poller.poll(100))
             if self.sock in events and not backlog:
                 for _ in range(1000):  # a bounded batch per pass

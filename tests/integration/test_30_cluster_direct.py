@@ -102,6 +102,30 @@ def test_a_restarted_router_on_a_new_port_gets_what_it_did_not_confirm(cluster, 
     wait_nodes(cluster.nodes, set(NAMES))
 
 
+def test_an_agent_restart_goes_over_the_link_until_its_record_names_the_data_address(cluster, clients):
+    """d2's agent SIGKILLed: d2's router, on d1's data link, takes d1's publishes meanwhile;
+    the new agent joins with a record that has no data address yet (its router's WELCOME
+    names it moments later), so d1 sends over the Link until the record names it again,
+    then links there anew. QoS 1 throughout: every message acknowledged, delivered once,
+    in order."""
+    a, b = cluster.nodes
+    linked(cluster)
+    sub = clients.connect(b.port, "dl-agent-sub")
+    subscribe(sub, "c30d/agent", 1)
+    pub = clients.connect(a.port, "dl-agent-pub")
+    mark, old = a._log_size(), b.agent_pid()
+    os.kill(old, signal.SIGKILL)
+    for i in range(10):  # (the router's data link: the agent is off the path)
+        assert publish(pub, "c30d/agent", b"m%02d" % i, 1, pid=i + 1) == 0
+    wait_for(lambda: b.agent_pid() not in (None, old), 60, 0.1, "d2's new agent")
+    wait_for(lambda: f"event=\"direct data link to the peer's router\" peer=d2 addr={data_addr(cluster, 1)}"
+             in a.log(since=mark), 60, 0.1, "d1 linked to d2's router again")
+    for i in range(10, 20):
+        assert publish(pub, "c30d/agent", b"m%02d" % i, 1, pid=i + 1) == 0
+    assert [p.payload for p in receive(sub, 20)] == [b"m%02d" % i for i in range(20)]
+    wait_nodes(cluster.nodes, set(NAMES))
+
+
 def test_bad_input_on_the_data_port_does_not_take_the_router_down(cluster, clients):
     """A dialler that is not ours, one speaking another data wire, bytes that are no msgpack,
     an op that is no publish, a malformed message: each dropped, counted and logged; a message
