@@ -70,15 +70,17 @@ class PeerData:
 
     def read(self, now: float, most: int = 1000) -> None:
         sock = self.sock
-        for _ in range(most):
+        for _ in range(most):  # (poll found it readable: as Router.read_members, no zmq.Again at the end)
             try:
                 ident, data = sock.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
             except ValueError:  # not two frames: not one of ours
                 self._bad("a message of another shape", b"?")
-                continue
-            self.handle(ident, data, now)
+            else:
+                self.handle(ident, data, now)
+            if not sock.get(zmq.EVENTS) & zmq.POLLIN:
+                return
 
     def _bad(self, what: str, ident: bytes, **fields) -> None:
         self.malformed += 1
