@@ -30,6 +30,7 @@ log = logging.getLogger("shoal.agent")
 RESEND_AFTER = 1.0  # seconds an unconfirmed QoS 1/2 message waits before it is sent again
 RESEND_MAX = 8.0  # ... doubling while the peer confirms nothing, up to this
 RESEND_CHECK = 0.25  # seconds between looks at the oldest unconfirmed message
+EVENTS, POLLIN, NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)  # (ints: no enum.Flag per call)
 SEND_RETRY = 0.005  # seconds before a send the socket refused (its queue full) is tried again
 
 
@@ -58,7 +59,7 @@ class DataLink:
     def send(self, data: bytes) -> bool:
         """False: the socket's queue is full (the peer does not read): try again later."""
         try:
-            self.sock.send(data, flags=zmq.NOBLOCK)
+            self.sock.send(data, NOBLOCK)
         except zmq.Again:
             return False
         finally:
@@ -71,9 +72,9 @@ class DataLink:
         sock = self.sock
         peer = self.peer
         n = 0
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while sock.get(EVENTS) & POLLIN:
             try:
-                data = sock.recv(flags=zmq.NOBLOCK)
+                data = sock.recv(NOBLOCK)
             except zmq.Again:
                 break
             try:

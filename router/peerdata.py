@@ -25,6 +25,7 @@ from core.peerdata import BadIdentity, parse_identity, well_formed
 
 log = logging.getLogger("shoal.router")
 
+EVENTS, POLLIN, NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)  # (ints: no enum.Flag per call)
 KNOWN_MAX = 1024  # dialler identities remembered (a flood of identities costs no more)
 
 
@@ -72,14 +73,14 @@ class PeerData:
         sock = self.sock
         for _ in range(most):  # (poll found it readable: as Router.read_members, no zmq.Again at the end)
             try:
-                ident, data = sock.recv_multipart(flags=zmq.NOBLOCK)
+                ident, data = sock.recv_multipart(NOBLOCK)
             except zmq.Again:
                 return
             except ValueError:  # not two frames: not one of ours
                 self._bad("a message of another shape", b"?")
             else:
                 self.handle(ident, data, now)
-            if not sock.get(zmq.EVENTS) & zmq.POLLIN:
+            if not sock.get(EVENTS) & POLLIN:
                 return
 
     def _bad(self, what: str, ident: bytes, **fields) -> None:
