@@ -31,9 +31,9 @@ def wire_msg(topic: str, payload: bytes = b"x", qos: int = 0) -> list:
 
 
 class Worker(rig.Worker):
-    def __init__(self, registered: bool = True, clustered: bool = False) -> None:
+    def __init__(self, registered: bool = True, clustered: bool = False, **settings) -> None:
         # clustered: the node has an etcd (never dialled here), so the bridge keeps a LeaseGuard
-        super().__init__(registered, **({"etcd_endpoints": "http://127.0.0.1:9"} if clustered else {}))
+        super().__init__(registered, **({"etcd_endpoints": "http://127.0.0.1:9"} if clustered else {}), **settings)
 
     def client(self, connect: bytes):
         return self.connection(connect)
@@ -154,9 +154,7 @@ def test_puback_waits_for_the_routers_confirm_and_unconfirmed_go_again_to_a_new_
         w.ops()
         read_at = w.clock.t
         p.data_received(PUBLISH_T_QOS1)
-        assert not w.ops(o.Pub)  # messages wait up to SHOAL_ROUTER_BATCH_MS for company
-        w.loop.advance(w.bridge.batch_delay)
-        (pub,) = w.ops(o.Pub)
+        (pub,) = w.ops(o.Pub)  # (below SHOAL_ROUTER_BATCH_RATE: at the end of the loop pass)
         assert pub.msg[0] == "t" and pub.token is not None and pub.at == read_at
         assert bytes(t.data) == b""
         w.router(o.Pong(8, 1))  # the router restarted (another epoch): register again
@@ -257,4 +255,67 @@ def test_a_connect_waiting_for_its_grant_when_the_lease_goes_gets_a_refusing_con
         assert [op.client_id for op in w.ops(o.Release)] == ["p", "c", "c"]
         fresh, t = w.client(CONNECT_C)  # fenced: a new CONNECT is refused at once
         assert bytes(t.data) == CONNACK_3 and fresh.closed
+    run(body)
+
+
+PUBLISH_T_QOS0 = bytes.fromhex("3004 0001 74 78")  # "t", "x"
+
+
+def test_below_the_batch_rate_each_message_leaves_at_the_end_of_its_loop_pass():
+    """SHOAL_ROUTER_BATCH_RATE (5,000/s: 5 messages per 1 ms interval): a worker publishing less
+    sends each loop pass's messages at its end, also right after another send (they waited the
+    interval before, whenever the last send was less than it ago)."""
+    def body():
+        w = Worker()
+        w.router(o.Routes(1, [[1, "w2", "t", None]]))
+        p, _ = w.client(CONNECT_P)
+        w.granted("p")
+        w.ops()
+        for _ in range(10):  # one message every 0.3 intervals: 3,333/s
+            p.data_received(PUBLISH_T_QOS0)
+            assert len(w.ops(o.Pub)) == 1  # no time passed: nothing waited for a timer
+            w.clock.t += 0.3 * w.bridge.batch_delay
+        for _ in range(10):  # two together every 0.6 intervals (publishers that send at once)
+            p.data_received(PUBLISH_T_QOS0 * 2)
+            assert len(w.ops(o.Pub)) == 2
+            w.clock.t += 0.6 * w.bridge.batch_delay
+        p.connection_lost(None)
+    run(body)
+
+
+def test_above_the_batch_rate_messages_wait_the_interval_for_company_and_not_once_it_fell():
+    def body():
+        w = Worker()
+        w.router(o.Routes(1, [[1, "w2", "t", None]]))
+        p, _ = w.client(CONNECT_P)
+        w.granted("p")
+        w.ops()
+        p.data_received(PUBLISH_T_QOS0 * 6)  # 6 in one interval: past the rate
+        assert len(w.ops(o.Pub)) == 6  # (the first was below it: the pass's send took them all)
+        w.clock.t += w.bridge.batch_delay / 10
+        p.data_received(PUBLISH_T_QOS0)
+        assert w.ops(o.Pub) == []  # waits the interval for company
+        w.clock.t += w.bridge.batch_delay / 10
+        p.data_received(PUBLISH_T_QOS0 * 2)
+        assert w.ops(o.Pub) == []
+        w.loop.advance(w.bridge.batch_delay)
+        assert len(w.ops(o.Pub)) == 3  # one send: the three that waited
+        w.clock.t += 2 * w.bridge.batch_delay  # a quiet spell: the rate fell
+        p.data_received(PUBLISH_T_QOS0)
+        assert len(w.ops(o.Pub)) == 1
+        p.connection_lost(None)
+    run(body)
+
+
+def test_router_batch_ms_0_sends_every_loop_pass_whatever_the_rate():
+    def body():
+        w = Worker(router_batch_ms=0)
+        w.router(o.Routes(1, [[1, "w2", "t", None]]))
+        p, _ = w.client(CONNECT_P)
+        w.granted("p")
+        w.ops()
+        for _ in range(3):
+            p.data_received(PUBLISH_T_QOS0 * 20)
+            assert len(w.ops(o.Pub)) == 20
+        p.connection_lost(None)
     run(body)
