@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     run_dir: Path = Path("/tmp")  # ZeroMQ ipc endpoints of the node live here
     router_batch_ms: float = 1.0  # how long a worker gathers messages for one send to the router
     # -- routercpu (issue 10): a worker batches toward its router only above this rate ---------
-    router_batch_rate: float = 5000.0  # messages/s a worker queues for its router; above: batch
+    router_batch_rate: float = 2000.0  # messages/s a worker queues for its router; above: batch
 
     # -- MQTT limits ------------------------------------------------------
     # bytes, advertised to v5 clients. A connection makes its worker hold at most this much

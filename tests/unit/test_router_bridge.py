@@ -10,7 +10,7 @@ from core import ops as o
 from core.ops import WIRE_VERSION
 from mqtt import Prop
 from mqtt.packets import Connack
-from worker.router_link import CLAIM_TIMEOUT, REPLAY_MARGIN
+from worker.router_link import CLAIM_TIMEOUT, RATE_WINDOW, REPLAY_MARGIN
 from tests.support import worker_rig as rig
 from tests.support import wire
 
@@ -262,23 +262,23 @@ PUBLISH_T_QOS0 = bytes.fromhex("3004 0001 74 78")  # "t", "x"
 
 
 def test_below_the_batch_rate_each_message_leaves_at_the_end_of_its_loop_pass():
-    """SHOAL_ROUTER_BATCH_RATE (5,000/s: 5 messages per 1 ms interval): a worker publishing less
-    sends each loop pass's messages at its end, also right after another send (they waited the
-    interval before, whenever the last send was less than it ago)."""
+    """SHOAL_ROUTER_BATCH_RATE (2,000/s, counted over RATE_WINDOW): a worker publishing less
+    sends each loop pass's messages at its end, also right after another send (they waited
+    SHOAL_ROUTER_BATCH_MS before, whenever the last send was less than that ago)."""
     def body():
         w = Worker()
         w.router(o.Routes(1, [[1, "w2", "t", None]]))
         p, _ = w.client(CONNECT_P)
         w.granted("p")
         w.ops()
-        for _ in range(10):  # one message every 0.3 intervals: 3,333/s
+        for _ in range(30):  # one message every 0.6 ms: 1,667/s
             p.data_received(PUBLISH_T_QOS0)
             assert len(w.ops(o.Pub)) == 1  # no time passed: nothing waited for a timer
-            w.clock.t += 0.3 * w.bridge.batch_delay
-        for _ in range(10):  # two together every 0.6 intervals (publishers that send at once)
-            p.data_received(PUBLISH_T_QOS0 * 2)
-            assert len(w.ops(o.Pub)) == 2
-            w.clock.t += 0.6 * w.bridge.batch_delay
+            w.clock.t += 0.0006
+        for _ in range(30):  # ten together every 10 ms (publishers that send at once): 1,000/s
+            p.data_received(PUBLISH_T_QOS0 * 10)
+            assert len(w.ops(o.Pub)) == 10
+            w.clock.t += RATE_WINDOW
         p.connection_lost(None)
     run(body)
 
@@ -290,8 +290,9 @@ def test_above_the_batch_rate_messages_wait_the_interval_for_company_and_not_onc
         p, _ = w.client(CONNECT_P)
         w.granted("p")
         w.ops()
-        p.data_received(PUBLISH_T_QOS0 * 6)  # 6 in one interval: past the rate
-        assert len(w.ops(o.Pub)) == 6  # (the first was below it: the pass's send took them all)
+        n = int(w.bridge.batch_min) + 1  # past the rate within one window
+        p.data_received(PUBLISH_T_QOS0 * n)
+        assert len(w.ops(o.Pub)) == n  # (the first was below it: the pass's send took them all)
         w.clock.t += w.bridge.batch_delay / 10
         p.data_received(PUBLISH_T_QOS0)
         assert w.ops(o.Pub) == []  # waits the interval for company
@@ -300,7 +301,7 @@ def test_above_the_batch_rate_messages_wait_the_interval_for_company_and_not_onc
         assert w.ops(o.Pub) == []
         w.loop.advance(w.bridge.batch_delay)
         assert len(w.ops(o.Pub)) == 3  # one send: the three that waited
-        w.clock.t += 2 * w.bridge.batch_delay  # a quiet spell: the rate fell
+        w.clock.t += 2 * RATE_WINDOW  # a quiet spell: the rate fell
         p.data_received(PUBLISH_T_QOS0)
         assert len(w.ops(o.Pub)) == 1
         p.connection_lost(None)
@@ -315,7 +316,7 @@ def test_router_batch_ms_0_sends_every_loop_pass_whatever_the_rate():
         w.granted("p")
         w.ops()
         for _ in range(3):
-            p.data_received(PUBLISH_T_QOS0 * 20)
-            assert len(w.ops(o.Pub)) == 20
+            p.data_received(PUBLISH_T_QOS0 * 40)
+            assert len(w.ops(o.Pub)) == 40
         p.connection_lost(None)
     run(body)
