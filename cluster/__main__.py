@@ -6,7 +6,7 @@ import uvloop
 from common import logs
 from common.settings import Settings
 
-from common.proc import die_with_parent
+from common.proc import die_with_parent, steady_gc
 
 
 def main() -> None:
@@ -14,6 +14,8 @@ def main() -> None:
     settings = Settings()
     logs.setup(settings.log_level, settings.log_format, node=settings.node, process="agent")
     from .agent import Agent  # (after logging is set up: grpc logs at import)
+
+    steady_gc()
 
     async def run() -> int:
         return await Agent(settings).run()

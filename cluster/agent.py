@@ -28,6 +28,7 @@ from common.logs import kv
 from common.settings import Settings
 from core import ops as o
 from core.ops import WIRE_VERSION
+from core.peerdata import packb
 from mqtt import SubscriptionTrie
 
 from .drain import Drain
@@ -611,7 +612,7 @@ class Agent:
             self.refs[key] = set(targets)
         if not targets:
             return
-        body = msgpack.packb(msg, use_bin_type=True)
+        body = packb(msg)  # (one Packer for the process: msgpack.packb makes a new one per call)
         qos = msg[2]
         full = False
         for node, (nrm, grs) in targets.items():

@@ -47,6 +47,7 @@ log = logging.getLogger("shoal.agent")
 RESEND_AFTER = 1.0  # seconds an unconfirmed QoS 1/2 message waits before it is sent again
 RESEND_MAX = 8.0  # ... doubling while the peer confirms nothing, up to this
 RESEND_CHECK = 0.25  # seconds between looks at the oldest unconfirmed message
+EVENTS, POLLIN, NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)  # (ints: no enum.Flag per call)
 SEND_RETRY = 0.005  # seconds before a send the socket refused (its queue full) is tried again
 RECONNECT_FIRST = 0.05  # seconds before a lost or refused connection is tried again ...
 RECONNECT_MAX = 2.0  # ... doubling to this while the publishes wait for the data link
@@ -184,7 +185,7 @@ class DataLink:
         if not self.up:
             return False
         try:
-            self.sock.send(data, flags=zmq.NOBLOCK)
+            self.sock.send(data, NOBLOCK)
         except zmq.Again:
             return False
         finally:
@@ -197,9 +198,9 @@ class DataLink:
         sock = self.sock
         peer = self.peer
         n = 0
-        while sock is self.sock and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while sock is self.sock and sock.get(EVENTS) & POLLIN:
             try:
-                data = sock.recv(flags=zmq.NOBLOCK)
+                data = sock.recv(NOBLOCK)
             except zmq.Again:
                 break
             try:

@@ -21,6 +21,7 @@ from core.ops import unpack_ops
 log = logging.getLogger("shoal.agent")
 
 IDENTITY = b"agent"
+EVENTS, POLLIN, NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)  # (ints: no enum.Flag per call)
 _REMOTE_PUB = msgpack.packb(int(o.RemotePub.CODE))
 
 
@@ -92,7 +93,7 @@ class RouterLink:
         ops, self.out = self.out, []
         data = _array_header(len(ops)) + b"".join(ops)
         try:
-            self.sock.send(data, flags=zmq.NOBLOCK)
+            self.sock.send(data, NOBLOCK)
         except zmq.Again:
             self.out = ops + self.out
             if not final and self.loop is not None:
@@ -115,9 +116,9 @@ class RouterLink:
     def _readable(self) -> None:
         sock = self.sock
         n = 0
-        while not self.paused and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while not self.paused and sock.get(EVENTS) & POLLIN:
             try:
-                data = sock.recv(flags=zmq.NOBLOCK)
+                data = sock.recv(NOBLOCK)
             except zmq.Again:
                 break
             try:

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import os
 import signal
 
 PR_SET_PDEATHSIG = 1
+# -- routercpu (issue 10): the cyclic collector on the data path -------------------------------
+GC_GEN0 = 20_000  # allocations between two young collections (Python's default: 700)
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> None:
@@ -26,6 +29,19 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
         return
     if os.getppid() != parent:
         os._exit(1)
+
+
+def steady_gc() -> None:
+    """Fewer passes of the cyclic collector in a process that allocates per message (router,
+    worker, agent): what start-up made goes to the permanent generation (never scanned again),
+    and a young collection runs every GC_GEN0 allocations instead of every 700. The data path
+    frees its objects by reference counting; a young collection only walked the messages in
+    flight (a router's replay window holds half a second of them), 3 to 7% of a router's CPU
+    at 10,000 msg/s (py-spy --native). Cycles still go, at most GC_GEN0 objects later."""
+    gc.collect()
+    gc.freeze()
+    _, g1, g2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0, g1, g2)
 
 
 def children(pid: int) -> list[int]:

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     run_dir: Path = Path("/tmp")  # ZeroMQ ipc endpoints of the node live here
     router_batch_ms: float = 1.0  # how long a worker gathers messages for one send to the router
+    # -- routercpu (issue 10): a worker batches toward its router only above this rate ---------
+    router_batch_rate: float = 2000.0  # messages/s a worker queues for its router; above: batch
 
     # -- MQTT limits ------------------------------------------------------
     # bytes, advertised to v5 clients. A connection makes its worker hold at most this much
@@ -228,6 +230,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "port": (0, 65535),
     "workers": (1, 1024),
     "router_batch_ms": (0, 1000),
+    "router_batch_rate": (0, 100_000_000),  # (routercpu)
     "max_packet_size": (16, 268_435_455),
     "cluster_max_frame": (65_536, 2_147_483_647),  # (hop helper)
     "cluster_frame_bytes": (1, None),  # (hop helper)

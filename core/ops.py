@@ -595,9 +595,12 @@ def decode(w) -> Any:
         raise BadOp(str(e)) from None
 
 
+_packer = msgpack.Packer(use_bin_type=True)  # (msgpack.packb makes a new Packer per call; one send packs once)
+
+
 def pack(ops: list) -> bytes:
     """One message of ops: typed ops, or (tests, old callers) wire lists."""
-    return msgpack.packb([o if o.__class__ is list else o.to_wire() for o in ops], use_bin_type=True)
+    return _packer.pack([o if o.__class__ is list else o.to_wire() for o in ops])
 
 
 def unpack(data: bytes) -> list:

@@ -28,6 +28,7 @@ from core.peerdata import BadIdentity, heartbeat_options, parse_identity, well_f
 
 log = logging.getLogger("shoal.router")
 
+EVENTS, POLLIN, NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)  # (ints: no enum.Flag per call)
 KNOWN_MAX = 1024  # dialler identities remembered (a flood of identities costs no more)
 
 
@@ -75,15 +76,17 @@ class PeerData:
 
     def read(self, now: float, most: int = 1000) -> None:
         sock = self.sock
-        for _ in range(most):
+        for _ in range(most):  # (poll found it readable: as Router.read_members, no zmq.Again at the end)
             try:
-                ident, data = sock.recv_multipart(flags=zmq.NOBLOCK)
+                ident, data = sock.recv_multipart(NOBLOCK)
             except zmq.Again:
                 return
             except ValueError:  # not two frames: not one of ours
                 self._bad("a message of another shape", b"?")
-                continue
-            self.handle(ident, data, now)
+            else:
+                self.handle(ident, data, now)
+            if not sock.get(EVENTS) & POLLIN:
+                return
 
     def _bad(self, what: str, ident: bytes, **fields) -> None:
         self.malformed += 1

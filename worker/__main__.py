@@ -10,7 +10,7 @@ import sys
 import uvloop
 
 from common import logs
-from common.proc import die_with_parent
+from common.proc import die_with_parent, steady_gc
 from common.settings import SettingsError, load
 
 from .acl import AclError
@@ -38,6 +38,7 @@ def main() -> None:
     logs.setup(settings.log_level, settings.log_format, node=settings.node, worker=str(args.wid))
     try:
         server = WorkerServer(settings, args.wid, args.fd)  # loads the ACL and password files
+        steady_gc()
         uvloop.run(server.run())
     except (AclError, PasswordError, StoreError, TlsError) as e:
         # never serve without the configured ACL or store: exit; circus retries

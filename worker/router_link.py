@@ -38,6 +38,12 @@ REPLAY_WINDOW = 0.5  # seconds of unrouted publishes kept for subscriptions whos
 REPLAY_MARGIN = 0.05
 
 READ_BATCH = 200  # router messages read per loop pass at most
+# seconds over which a worker counts the messages it queues for its router (SHOAL_ROUTER_BATCH_RATE):
+# long enough that publishers sending together (a burst of 10 at 1,000 msg/s) do not count as a rate
+RATE_WINDOW = 0.01
+# pyzmq's flags as plain ints: `getsockopt(zmq.EVENTS) & zmq.POLLIN` builds an enum.Flag on every
+# call (10 µs against 4 with ints, measured on the shared VM), once per message read and per send
+EVENTS, POLLIN, NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
 CLAIM_TIMEOUT = 10.0  # the router answers within its own 5 s hand-over timeout
 
@@ -66,6 +72,8 @@ class RouterBridge:
         self._flush_handle = None
         self._delayed = False
         self.batch_delay = settings.router_batch_ms / 1000.0
+        # messages within RATE_WINDOW above which they wait for company (SHOAL_ROUTER_BATCH_RATE)
+        self.batch_min = settings.router_batch_rate * RATE_WINDOW
         self.blocked = False
         self.figures = [0, 0, 0, 0]  # sends, pauses, publishes forwarded, deliveries received (ops_link.LINK_FIGURES)
         self.claims: dict[int, tuple] = {}
@@ -164,22 +172,40 @@ class RouterBridge:
         self._schedule()
 
     def queue_data(self, op) -> None:
-        """A message after a quiet spell (nothing sent to the router for SHOAL_ROUTER_BATCH_MS)
-        leaves at the end of this loop pass; one that follows a send closer than that waits
-        SHOAL_ROUTER_BATCH_MS for company, so that under load one send carries many, as
-        before. (Every message waited the interval before: 1 to 2 ms on each of a QoS 1
-        message's two worker hops at any rate, most of what crossing nodes added at 1,000
-        msg/s. Waiting only the rest of the interval was tried: uvloop's timers count whole
-        milliseconds (a 0.3 ms wait fires at once), and sends at 10,000 msg/s carried fewer.)"""
+        """While this worker queues messages for its router at more than SHOAL_ROUTER_BATCH_RATE
+        a second (counted over the last RATE_WINDOW), a message waits
+        SHOAL_ROUTER_BATCH_MS for company, so that under load one send carries many; below that
+        rate it leaves at the end of this loop pass. (Before, a message waited whenever the
+        last send was less than the interval ago: at 1,000 msg/s from publishers that send
+        together, most of them did, on both worker hops of a QoS 1 message, most of what
+        crossing nodes added then. Waiting only the rest of the interval was tried: uvloop's
+        timers count whole milliseconds (a 0.3 ms wait fires at once).)"""
         self.out.append(op)
-        if self._flush_handle is None and self.loop is not None:
-            if self.batch_delay > 0 and self.loop.time() - self._sent_at < self.batch_delay:
+        if self.batch_delay > 0 and self._busy():
+            if self._flush_handle is None and self.loop is not None:
                 self._flush_handle = self.loop.call_later(self.batch_delay, self._flush)
                 self._delayed = True
-            else:
-                self._flush_handle = self.loop.call_soon(self._flush)
+        elif self._flush_handle is None and self.loop is not None:
+            self._flush_handle = self.loop.call_soon(self._flush)
 
-    _sent_at = float("-inf")  # loop time of the last send to the router
+    _win_start = 0.0  # the rate count's window: [start, start + RATE_WINDOW) of self.clock
+    _win_n = 0  # messages queued in it
+    _win_prev = 0  # ... and in the window before it
+
+    def _busy(self) -> bool:
+        """This message counted, were more than batch_min queued over the last RATE_WINDOW?
+        (A sliding window from two fixed ones: the previous one weighed by how much of it is
+        still within the last RATE_WINDOW.)"""
+        now = self.clock()
+        d = RATE_WINDOW
+        start = self._win_start
+        if now - start >= d:
+            k = (now - start) // d
+            self._win_prev = self._win_n if k == 1 else 0
+            self._win_n = 0
+            start = self._win_start = start + k * d
+        self._win_n += 1
+        return self._win_n + self._win_prev * (1.0 - (now - start) / d) > self.batch_min
 
     def _schedule(self) -> None:
         if self.loop is None:
@@ -198,7 +224,7 @@ class RouterBridge:
             return
         ops, self.out = self.out, []
         try:
-            self.sock.send(pack(ops), flags=zmq.NOBLOCK)
+            self.sock.send(pack(ops), NOBLOCK)
         except zmq.Again:
             self.out = ops + self.out
             if not final:
@@ -206,7 +232,6 @@ class RouterBridge:
                 self._flush_handle = self.loop.call_later(0.005, self._flush)
             return
         self.figures[0] += 1
-        self._sent_at = self.loop.time() if self.loop is not None else 0.0
         if self.blocked:
             self._set_blocked(False)
         self._readable()  # the zmq fd is edge-triggered: look for input after a send
@@ -386,7 +411,7 @@ class RouterBridge:
     _routes_due = False
 
     def _read_batch(self, sock, n: int) -> None:
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while sock.get(EVENTS) & POLLIN:
             if n >= READ_BATCH:
                 # let the loop breathe (clients, the PING timer: a worker busy with a flood of
                 # route changes for seconds was taken for dead by its router); back next pass
@@ -394,7 +419,7 @@ class RouterBridge:
                 break
             n += 1
             try:
-                data = sock.recv(flags=zmq.NOBLOCK)
+                data = sock.recv(NOBLOCK)
             except zmq.Again:
                 break
             try:

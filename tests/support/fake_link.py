@@ -92,6 +92,8 @@ class FakeDealer:
             return zmq.POLLIN if self.inbox else 0
         return -1  # zmq.FD: the fake loop only keys its readers by it
 
+    get = getsockopt  # (pyzmq's name the hot paths use)
+
     def send(self, data: bytes, flags: int = 0) -> None:
         if self.full:
             raise zmq.Again()

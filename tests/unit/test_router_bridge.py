@@ -10,7 +10,7 @@ from core import ops as o
 from core.ops import WIRE_VERSION
 from mqtt import Prop
 from mqtt.packets import Connack
-from worker.router_link import CLAIM_TIMEOUT, REPLAY_MARGIN
+from worker.router_link import CLAIM_TIMEOUT, RATE_WINDOW, REPLAY_MARGIN
 from tests.support import worker_rig as rig
 from tests.support import wire
 
@@ -31,9 +31,9 @@ def wire_msg(topic: str, payload: bytes = b"x", qos: int = 0) -> list:
 
 
 class Worker(rig.Worker):
-    def __init__(self, registered: bool = True, clustered: bool = False) -> None:
+    def __init__(self, registered: bool = True, clustered: bool = False, **settings) -> None:
         # clustered: the node has an etcd (never dialled here), so the bridge keeps a LeaseGuard
-        super().__init__(registered, **({"etcd_endpoints": "http://127.0.0.1:9"} if clustered else {}))
+        super().__init__(registered, **({"etcd_endpoints": "http://127.0.0.1:9"} if clustered else {}), **settings)
 
     def client(self, connect: bytes):
         return self.connection(connect)
@@ -154,9 +154,7 @@ def test_puback_waits_for_the_routers_confirm_and_unconfirmed_go_again_to_a_new_
         w.ops()
         read_at = w.clock.t
         p.data_received(PUBLISH_T_QOS1)
-        assert not w.ops(o.Pub)  # messages wait up to SHOAL_ROUTER_BATCH_MS for company
-        w.loop.advance(w.bridge.batch_delay)
-        (pub,) = w.ops(o.Pub)
+        (pub,) = w.ops(o.Pub)  # (below SHOAL_ROUTER_BATCH_RATE: at the end of the loop pass)
         assert pub.msg[0] == "t" and pub.token is not None and pub.at == read_at
         assert bytes(t.data) == b""
         w.router(o.Pong(8, 1))  # the router restarted (another epoch): register again
@@ -257,4 +255,68 @@ def test_a_connect_waiting_for_its_grant_when_the_lease_goes_gets_a_refusing_con
         assert [op.client_id for op in w.ops(o.Release)] == ["p", "c", "c"]
         fresh, t = w.client(CONNECT_C)  # fenced: a new CONNECT is refused at once
         assert bytes(t.data) == CONNACK_3 and fresh.closed
+    run(body)
+
+
+PUBLISH_T_QOS0 = bytes.fromhex("3004 0001 74 78")  # "t", "x"
+
+
+def test_below_the_batch_rate_each_message_leaves_at_the_end_of_its_loop_pass():
+    """SHOAL_ROUTER_BATCH_RATE (2,000/s, counted over RATE_WINDOW): a worker publishing less
+    sends each loop pass's messages at its end, also right after another send (they waited
+    SHOAL_ROUTER_BATCH_MS before, whenever the last send was less than that ago)."""
+    def body():
+        w = Worker()
+        w.router(o.Routes(1, [[1, "w2", "t", None]]))
+        p, _ = w.client(CONNECT_P)
+        w.granted("p")
+        w.ops()
+        for _ in range(30):  # one message every 0.6 ms: 1,667/s
+            p.data_received(PUBLISH_T_QOS0)
+            assert len(w.ops(o.Pub)) == 1  # no time passed: nothing waited for a timer
+            w.clock.t += 0.0006
+        for _ in range(30):  # ten together every 10 ms (publishers that send at once): 1,000/s
+            p.data_received(PUBLISH_T_QOS0 * 10)
+            assert len(w.ops(o.Pub)) == 10
+            w.clock.t += RATE_WINDOW
+        p.connection_lost(None)
+    run(body)
+
+
+def test_above_the_batch_rate_messages_wait_the_interval_for_company_and_not_once_it_fell():
+    def body():
+        w = Worker()
+        w.router(o.Routes(1, [[1, "w2", "t", None]]))
+        p, _ = w.client(CONNECT_P)
+        w.granted("p")
+        w.ops()
+        n = int(w.bridge.batch_min) + 1  # past the rate within one window
+        p.data_received(PUBLISH_T_QOS0 * n)
+        assert len(w.ops(o.Pub)) == n  # (the first was below it: the pass's send took them all)
+        w.clock.t += w.bridge.batch_delay / 10
+        p.data_received(PUBLISH_T_QOS0)
+        assert w.ops(o.Pub) == []  # waits the interval for company
+        w.clock.t += w.bridge.batch_delay / 10
+        p.data_received(PUBLISH_T_QOS0 * 2)
+        assert w.ops(o.Pub) == []
+        w.loop.advance(w.bridge.batch_delay)
+        assert len(w.ops(o.Pub)) == 3  # one send: the three that waited
+        w.clock.t += 2 * RATE_WINDOW  # a quiet spell: the rate fell
+        p.data_received(PUBLISH_T_QOS0)
+        assert len(w.ops(o.Pub)) == 1
+        p.connection_lost(None)
+    run(body)
+
+
+def test_router_batch_ms_0_sends_every_loop_pass_whatever_the_rate():
+    def body():
+        w = Worker(router_batch_ms=0)
+        w.router(o.Routes(1, [[1, "w2", "t", None]]))
+        p, _ = w.client(CONNECT_P)
+        w.granted("p")
+        w.ops()
+        for _ in range(3):
+            p.data_received(PUBLISH_T_QOS0 * 40)
+            assert len(w.ops(o.Pub)) == 40
+        p.connection_lost(None)
     run(body)
