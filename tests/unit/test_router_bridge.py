@@ -283,7 +283,7 @@ def test_below_the_batch_rate_each_message_leaves_at_the_end_of_its_loop_pass():
     run(body)
 
 
-def test_above_the_batch_rate_messages_wait_the_interval_for_company_and_not_once_it_fell():
+def test_above_the_batch_rate_a_message_close_behind_a_send_waits_the_interval_for_company():
     def body():
         w = Worker()
         w.router(o.Routes(1, [[1, "w2", "t", None]]))
@@ -301,6 +301,14 @@ def test_above_the_batch_rate_messages_wait_the_interval_for_company_and_not_onc
         assert w.ops(o.Pub) == []
         w.loop.advance(w.bridge.batch_delay)
         assert len(w.ops(o.Pub)) == 3  # one send: the three that waited
+        w.clock.t += 1.5 * w.bridge.batch_delay  # still above the rate, but no send for the interval
+        p.data_received(PUBLISH_T_QOS0)
+        assert len(w.ops(o.Pub)) == 1  # at once: nothing to wait behind
+        w.clock.t += w.bridge.batch_delay / 10
+        p.data_received(PUBLISH_T_QOS0)
+        assert w.ops(o.Pub) == []  # (still above the rate: close behind that send, it waits)
+        w.loop.advance(w.bridge.batch_delay)
+        assert len(w.ops(o.Pub)) == 1
         w.clock.t += 2 * RATE_WINDOW  # a quiet spell: the rate fell
         p.data_received(PUBLISH_T_QOS0)
         assert len(w.ops(o.Pub)) == 1
