@@ -55,10 +55,13 @@ import time
 
 import grpc
 import msgpack
+from aetcd import rpc
 
 from common.logs import kv
 from core import ops as o
 from core.ops import Own
+
+from .etcd import RPC_TIMEOUT
 
 log = logging.getLogger("shoal.agent")
 
@@ -70,6 +73,9 @@ TAKEOVER_TIMEOUT = 4.0  # seconds the previous owner has to hand a session over
 ROUTER_TIMEOUT = 6.0  # seconds this node's router has to give a session up
 BATCH = 100  # records per etcd transaction (etcd's default limit is 128 operations)
 INFLIGHT = 8  # owner transactions under way at once; what comes meanwhile waits for the next
+# records waiting that start one more transaction beside those under way; fewer wait for one
+# to end (group commit: a connect storm's claims share few transactions, see Batcher)
+FILL = 32
 DELETE_LINGER = 0.02  # seconds a session end's delete waits for claims to go with
 
 
@@ -79,12 +85,14 @@ class Batcher:
     node the owner and says who was (none, an old lease of ours, a node that is gone, or a
     live node to take the session from); it is atomic, so it is the compare-and-swap of a
     read followed by a put on its revision, without the second round trip. A delete
-    compares that the key still holds this node's value. One transaction holds both, and
-    at most INFLIGHT transactions are under way, so what gathers meanwhile goes in the next
-    one (group commit): a connect storm costs one round trip per batch, not per CONNECT.
-    When a delete's compare fails the claims go on in the failure branch all the same,
-    and the failure branch's reads (at the same revision) tell which deletes were no
-    longer ours (nothing to do) and which go in the next batch."""
+    compares that the key still holds this node's value (a transaction of its own inside
+    the batch's: a delete that finds another node's record, or none, leaves it and the
+    others go on). One transaction holds both (txn_request). While one is under way, what
+    gathers waits for it to end and goes in the next (group commit); one more goes beside
+    it only once FILL records wait, up to INFLIGHT under way: a connect storm costs one
+    round trip per batch, not per CONNECT, and a lone CONNECT on a quiet node goes at
+    once. (Eight under way whenever anything waited carried 3 to 7 records a transaction
+    under the connect benchmark; see docs/architecture.md.)"""
 
     def __init__(self, own):
         self.own = own
@@ -123,14 +131,23 @@ class Batcher:
         self.due = True
         self._schedule()
 
+    def _waiting(self) -> int:
+        """Records that would go in the next transaction."""
+        return len(self.claims) + (len(self.deletes) if self.claims or self.due else 0)
+
+    def _room(self) -> bool:
+        """Whether one more transaction goes now: none is under way, or FILL records wait
+        (and fewer than INFLIGHT are under way). Otherwise what waits goes when one ends."""
+        return self.inflight == 0 or (self.inflight < INFLIGHT and self._waiting() >= FILL)
+
     def _schedule(self) -> None:
-        if not self.scheduled and self.inflight < INFLIGHT:
+        if not self.scheduled and self._room():
             self.scheduled = True
             asyncio.get_running_loop().call_soon(self._go)
 
     def _go(self) -> None:
         self.scheduled = False
-        while self.inflight < INFLIGHT and (self.claims or (self.deletes and self.due)):
+        while (self.claims or (self.deletes and self.due)) and self._room():
             claims, self.claims = self.claims[:BATCH], self.claims[BATCH:]
             room = BATCH - len(claims)
             deletes, self.deletes = self.deletes[:room], self.deletes[room:]
@@ -157,15 +174,10 @@ class Batcher:
             client = self.own.agent.etcd.client
             if client is None:
                 raise ConnectionError("etcd not connected")
-            tx = client.transactions
-            lease = self.own.agent.lease_id
             self.txns += 1
             self.records += len(claims) + len(deletes)
-            puts = [tx.put(k, v, lease, prev_kv=True) for k, v, _ in claims]
-            ok, responses = await client.transaction(
-                compare=[tx.value(k) == v for k, v, _ in deletes],
-                success=puts + [tx.delete(k) for k, _, _ in deletes],
-                failure=puts + [tx.get(k) for k, _, _ in deletes])
+            reply = await client.kvstub.Txn(txn_request(claims, deletes, self.own.agent.lease_id),
+                                            timeout=RPC_TIMEOUT, metadata=client.metadata)
         except Exception as e:
             for _, _, fut in claims:
                 if not fut.done():
@@ -177,32 +189,33 @@ class Batcher:
                 if not fut.done():
                     fut.set_result(None)
             return
+        responses = reply.responses
         for (_, _, fut), r in zip(claims, responses):
             if not fut.done():
                 put = r.response_put
                 prev = put.prev_kv if put.HasField("prev_kv") else None
                 fut.set_result((put.header.revision, prev.value if prev is not None else None,
                                 prev.lease if prev is not None else 0))
-        if ok:
-            for _, _, fut in deletes:
-                if not fut.done():
-                    fut.set_result(None)
-            return
-        again = []
-        for (k, v, fut), r in zip(deletes, responses[len(claims):]):
-            if fut.done():
-                continue
-            if r and r[0][0] == v:
-                again.append((k, v, fut))  # still ours: its compare held
-            else:
-                fut.set_result(None)  # gone, or another node's now: not ours to delete
-        if len(again) == len(deletes):
-            # no compare failed as read back (cannot be at one revision; never loop on it)
-            for _, _, fut in again:
+        # (a delete whose compare failed found another node's record, or none: not ours to delete)
+        for _, _, fut in deletes:
+            if not fut.done():
                 fut.set_result(None)
-            return
-        self.deletes[:0] = again
-        self.due = True
+
+
+def txn_request(claims: list, deletes: list, lease: int) -> rpc.TxnRequest:
+    """One etcd transaction for a batch: each claim a put returning the record it replaced
+    (prev_kv), each delete a transaction of its own inside it that deletes the key only if
+    it still holds this node's value. Nothing compares at the top, so every claim goes
+    whatever the deletes find. (Before, the deletes' compares guarded the whole batch: the
+    claims were written twice in the request, once per branch, and a failed compare sent
+    the deletes still ours again in the next transaction.)"""
+    ops = [rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=v, lease=lease, prev_kv=True))
+           for k, v, _ in claims]
+    for k, v, _ in deletes:
+        ops.append(rpc.RequestOp(request_txn=rpc.TxnRequest(
+            compare=[rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.VALUE, key=k, value=v)],
+            success=[rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k))])))
+    return rpc.TxnRequest(success=ops)
 
 
 class Pending:

@@ -309,7 +309,9 @@ class RouterBridge:
         self.queue(o.Sync(token))
 
     def session_released(self, client_id: str) -> None:
-        self.queue(o.Release(client_id))
+        # (a session's end, as a cleared will, goes as messages do: at once after a quiet
+        # spell, in company under a connect storm, when most go with the next claims' send)
+        self.queue_data(o.Release(client_id))
 
     # cluster (issue 11): wills live in etcd (wills/<client id>) and fire exactly once
     @property
@@ -320,7 +322,7 @@ class RouterBridge:
         if not self.settings.clustered:
             return
         if will is None:
-            self.queue(o.Will(client_id, None, 0))
+            self.queue_data(o.Will(client_id, None, 0))
         else:
             self.queue(o.Will(client_id, will_message_record(will.message), will.delay))
 

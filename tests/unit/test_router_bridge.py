@@ -254,7 +254,44 @@ def test_a_connect_waiting_for_its_grant_when_the_lease_goes_gets_a_refusing_con
         assert old.closed and bytes(t_old.data) == CONNACK_OK  # 3.1.1: closed, no DISCONNECT
         for claim in claims:
             w.router(o.Grant("c", claim.req, None))
+        w.loop.advance(w.bridge.batch_delay)  # (a session's end waits for company as messages do)
         assert [op.client_id for op in w.ops(o.Release)] == ["p", "c", "c"]
         fresh, t = w.client(CONNECT_C)  # fenced: a new CONNECT is refused at once
         assert bytes(t.data) == CONNACK_3 and fresh.closed
+    run(body)
+
+
+def test_a_session_end_close_behind_a_send_rides_with_the_next_claim():
+    """A connect storm (issue 11's connect rate): the RELEASE of a session's end, and a
+    clustered node's cleared will, go as messages do: one close behind a send waits the batch
+    interval and leaves with the next control op (a CONNECT's CLAIM) in one send, not in a
+    ZeroMQ message of its own; after a quiet spell one goes at once. Before, every RELEASE and
+    cleared will left at the end of its loop pass: 1.2 to 1.5 messages to the router per
+    cluster connect, 0.5 to 0.8 with this."""
+    def body():
+        w = Worker(clustered=True)
+        w.router(o.Lease(w.clock() + 5.0))
+        w.loop.advance(1.0)  # (a quiet spell)
+        w.sock.sent.clear()
+        conn, _ = w.client(CONNECT_C)
+        w.granted("c")  # (the CLAIM went at once: nothing was sent for a while)
+        w.loop.run()
+        assert w.sock.sent == []  # the cleared will waits: the CLAIM went just before
+        conn.connection_lost(None)  # the session ends: its RELEASE waits too
+        w.loop.run()
+        assert w.sock.sent == []
+        w.client(CONNECT_P)  # the next CONNECT's claim takes them along
+        w.loop.run()
+        assert [[op.__class__ for op in batch] for batch in w.sock.sent] == [[o.Will, o.Release, o.Claim]]
+        w.sock.sent.clear()
+        w.loop.advance(1.0)
+        other, _ = w.client(CONNECT_C5)
+        (claim,) = w.ops(o.Claim)
+        w.router(o.Grant("c", claim.req, None))
+        w.loop.advance(3 * w.bridge.batch_delay)  # (its cleared will went) then nothing for an interval
+        assert [op.__class__ for op in w.ops()] == [o.Will]
+        w.sock.sent.clear()
+        other.connection_lost(None)  # after a quiet spell: at once, alone
+        w.loop.run()
+        assert [[op.__class__ for op in batch] for batch in w.sock.sent] == [[o.Release]]
     run(body)
