@@ -252,7 +252,10 @@ class Ownership:
     # -- the router's ops ----------------------------------------------------------
     def on_op(self, op) -> None:
         if op.__class__ is o.TakeOwnership:
-            self._spawn(op.client_id, self._own, op.client_id, op.req, bool(op.clean_start))
+            if op.client_id in self.chain:
+                self._spawn(op.client_id, self._own, op.client_id, op.req, bool(op.clean_start))
+            else:
+                self._own_now(op.client_id, op.req, bool(op.clean_start))  # (most claims: no task)
         elif op.__class__ is o.Disown:
             if op.client_id in self.chain:
                 self._spawn(op.client_id, self._disown, op.client_id)
@@ -307,16 +310,78 @@ class Ownership:
         self.owned.clear()
 
     async def _own(self, cid: str, req: int, clean_start: bool) -> None:
-        verdict, state = Own.REFUSED, None
-        self.stale.discard(cid)  # (decided anew: a stale copy here is dropped with FRESH)
+        """A claim after an earlier op of the id (a DISOWN, a will), in a task of its own."""
         t0 = time.monotonic()
-        p = Pending()
-        self.claiming[cid] = p
+        self.stale.discard(cid)  # (decided anew: a stale copy here is dropped with FRESH)
+        p = self.claiming[cid] = Pending()
+        verdict, state = Own.REFUSED, None
         try:
             verdict, state = await self._decide(cid, clean_start, p)
         except Exception as e:
-            log.warning("could not own a client id; refusing its CONNECT",
-                        extra=kv(client=cid, error=(str(e) or type(e).__name__).splitlines()[0][:200]))
+            self._failed(cid, e)
+        self._owned(cid, req, p, verdict, state, t0)
+
+    def _own_now(self, cid: str, req: int, clean_start: bool) -> None:
+        """A claim of an id with no op under way, as _own without its task (a connect storm's
+        claims: a task, three coroutines and their awaits each were a tenth of the agent's
+        CPU): decided in the claim's callback, unless the record names another live node,
+        whose TakeoverSession goes on in a task (_ask_previous)."""
+        t0 = time.monotonic()
+        self.stale.discard(cid)
+        p = self.claiming[cid] = Pending()
+        verdict = self._precheck()
+        if verdict is not None:
+            self._owned(cid, req, p, verdict, None, t0)
+            return
+        mine = self._value()
+        claim = self.batcher.claim(OWNERS + cid.encode(), mine)
+        done = claim.get_loop().create_future()  # the id's op until OWNED went (the next one waits)
+        self._chain(cid, done)
+
+        def claimed(f: asyncio.Future) -> None:
+            asking = False
+            try:
+                try:
+                    token, value, prev_lease = f.result()
+                except (Exception, asyncio.CancelledError) as e:
+                    self._failed(cid, e)
+                    self._owned(cid, req, p, Own.REFUSED, None, t0)
+                    return
+                p.token = self.owned[cid] = token
+                p.written.set()
+                verdict, prev_node = self._verdict(value, mine)
+                if verdict is not None:
+                    self._owned(cid, req, p, verdict, None, t0)
+                    return
+                ask = self._spawn_task(self._ask_previous(self.agent.etcd.client, cid, clean_start, token, value,
+                                                          prev_lease, prev_node))
+                ask.add_done_callback(asked)
+                asking = True
+            finally:
+                if not asking and not done.done():
+                    done.set_result(None)
+
+        def asked(t: asyncio.Task) -> None:
+            try:
+                verdict, state = Own.REFUSED, None
+                if not t.cancelled():
+                    if t.exception() is not None:
+                        self._failed(cid, t.exception())
+                    else:
+                        verdict, state = t.result()
+                self._owned(cid, req, p, verdict, state, t0)
+            finally:
+                if not done.done():
+                    done.set_result(None)
+
+        claim.add_done_callback(claimed)
+
+    def _failed(self, cid: str, e: BaseException) -> None:
+        log.warning("could not own a client id; refusing its CONNECT",
+                    extra=kv(client=cid, error=(str(e) or type(e).__name__).splitlines()[0][:200]))
+
+    def _owned(self, cid: str, req: int, p: Pending, verdict: int, state, t0: float) -> None:
+        """The claim is decided: OWNED to the router."""
         if verdict == Own.REFUSED:
             self.refused += 1
         # OWNED goes to the router before any CLAIM a newer owner's TakeoverSession makes
@@ -329,28 +394,22 @@ class Ownership:
         if verdict == Own.REMOTE:
             log.info("session taken over from another node", extra=kv(client=cid, ms=round((time.monotonic() - t0) * 1000, 1)))
 
-    async def _decide(self, cid: str, clean_start: bool, p: Pending):
+    def _precheck(self):
+        """The verdict when etcd is not asked at all (None: it is)."""
         ag = self.agent
-        client = ag.etcd.client
         if ag.draining:
-            return Own.REFUSED, None  # leaving (SIGTERM): the client connects elsewhere
+            return Own.REFUSED  # leaving (SIGTERM): the client connects elsewhere
+        client = ag.etcd.client
         if ag.fence.on and ag.owner_once and (not ag.connected or client is None or not ag.fence.holding()):
-            return Own.REFUSED, None  # no lease: this node owns nothing now (cluster/fence.py)
+            return Own.REFUSED  # no lease: this node owns nothing now (cluster/fence.py)
         if not ag.connected or client is None:
             # etcd unreachable, SHOAL_CLUSTER_LEASE_LOSS=serve: served anyway (issue 10), the node decides alone
-            return Own.KEEP, None
-        return await self._rounds(client, cid, clean_start, p)
+            return Own.KEEP
+        return None
 
-    async def _rounds(self, client, cid: str, clean_start: bool, p: Pending):
-        ag = self.agent
-        tx = client.transactions
-        key = OWNERS + cid.encode()
-        mine = self._value()
-        if p.superseded:
-            return Own.REFUSED, None
-        token, value, prev_lease = await self.batcher.claim(key, mine)
-        p.token = self.owned[cid] = token
-        p.written.set()
+    def _verdict(self, value, mine: bytes):
+        """(verdict, None) from the record our claim replaced, or (None, its node) when that is
+        another live node, to be asked for the session."""
         if value is None:
             return Own.FRESH, None  # no owner before
         if value == mine:
@@ -359,8 +418,33 @@ class Ownership:
             prev_node = json.loads(value)["node"]
         except (ValueError, KeyError, TypeError):
             prev_node = ""
-        if prev_node == ag.node or prev_node not in ag.members:
+        if prev_node == self.agent.node or prev_node not in self.agent.members:
             return Own.FRESH, None  # an old lease of ours, or a node that is gone: its copy is stale
+        return None, prev_node
+
+    async def _decide(self, cid: str, clean_start: bool, p: Pending):
+        verdict = self._precheck()
+        if verdict is not None:
+            return verdict, None
+        return await self._rounds(self.agent.etcd.client, cid, clean_start, p)
+
+    async def _rounds(self, client, cid: str, clean_start: bool, p: Pending):
+        mine = self._value()
+        if p.superseded:
+            return Own.REFUSED, None
+        token, value, prev_lease = await self.batcher.claim(OWNERS + cid.encode(), mine)
+        p.token = self.owned[cid] = token
+        p.written.set()
+        verdict, prev_node = self._verdict(value, mine)
+        if verdict is not None:
+            return verdict, None
+        return await self._ask_previous(client, cid, clean_start, token, value, prev_lease, prev_node)
+
+    async def _ask_previous(self, client, cid: str, clean_start: bool, token: int, value: bytes, prev_lease: int,
+                            prev_node: str):
+        """Our claim replaced the record of prev_node, alive: it hands the session over."""
+        key = OWNERS + cid.encode()
+        tx = client.transactions
         result, state = await self._ask(prev_node, cid, clean_start, token)
         if result is None:
             # alive but unreachable: put its record back, refuse here (never two live sessions)

@@ -39,7 +39,7 @@ class Worker(rig.Worker):
         return self.connection(connect)
 
     def granted(self, client_id: str) -> None:
-        (claim,) = self.ops(o.Claim)
+        (claim,) = self.claims()
         assert claim.client_id == client_id
         self.router(o.Grant(client_id, claim.req, None))
 
@@ -75,7 +75,7 @@ def test_an_unanswered_claim_is_served_locally_after_its_timeout(caplog):
     def body():
         w = Worker()
         conn, t = w.client(CONNECT_C)
-        (claim,) = w.ops(o.Claim)
+        (claim,) = w.claims()
         w.loop.advance(CLAIM_TIMEOUT - 0.1)
         assert bytes(t.data) == b""
         with caplog.at_level(logging.WARNING, logger="shoal.link"):
@@ -204,7 +204,7 @@ def test_a_refused_grant_refuses_the_connect():
     def body():
         w = Worker()
         conn, t = w.client(CONNECT_C)
-        (claim,) = w.ops(o.Claim)
+        (claim,) = w.claims()
         w.router(o.Grant("c", claim.req, None, o.Own.REFUSED))
         assert bytes(t.data)[:2] == b"\x20\x02" and bytes(t.data)[3] != 0  # a CONNACK that refuses
         conn.connection_lost(None)
@@ -228,7 +228,7 @@ def test_a_new_lease_before_the_old_ran_out_disconnects_the_clients_of_the_old()
         (_, dis) = wire.decode_all(bytes(t_old.data), 5)
         assert dis.reason_code == 0x9C
         fresh, t = w.client(CONNECT_C)
-        assert not fresh.closed and [c.client_id for c in w.ops(o.Claim)][-1] == "c"
+        assert not fresh.closed and [c.client_id for c in w.claims()][-1] == "c"
     run(body)
 
 
@@ -243,7 +243,7 @@ def test_a_connect_waiting_for_its_grant_when_the_lease_goes_gets_a_refusing_con
         w.granted("p")
         assert bytes(t_old.data) == CONNACK_OK
         waiting = [w.client(CONNECT_C), w.client(CONNECT_C5)]
-        claims = w.ops(o.Claim)
+        claims = w.claims()
         assert [c.client_id for c in claims] == ["c", "c"]
         assert all(bytes(t.data) == b"" for _, t in waiting)
         w.router(o.Lease(None))  # the agent lost the node's lease
@@ -261,37 +261,28 @@ def test_a_connect_waiting_for_its_grant_when_the_lease_goes_gets_a_refusing_con
     run(body)
 
 
-def test_a_session_end_close_behind_a_send_rides_with_the_next_claim():
-    """A connect storm (issue 11's connect rate): the RELEASE of a session's end, and a
-    clustered node's cleared will, go as messages do: one close behind a send waits the batch
-    interval and leaves with the next control op (a CONNECT's CLAIM) in one send, not in a
-    ZeroMQ message of its own; after a quiet spell one goes at once. Before, every RELEASE and
-    cleared will left at the end of its loop pass: 1.2 to 1.5 messages to the router per
-    cluster connect, 0.5 to 0.8 with this."""
+def test_claims_and_session_ends_close_behind_a_send_go_together_and_a_lone_claim_at_once():
+    """A connect storm (issue 11's connect rate): a CONNECT's CLAIM, a session end's RELEASE
+    and a clustered node's cleared will go as messages do: close behind a send they wait the
+    batch interval and leave together in one send; after a quiet spell a CLAIM goes at once
+    (a lone CONNECT waits for nothing). Before, each left at the end of its loop pass in a
+    ZeroMQ message of its own: 1.1 to 1.5 messages to the router per cluster connect, 0.5 to
+    0.8 with this."""
     def body():
         w = Worker(clustered=True)
         w.router(o.Lease(w.clock() + 5.0))
-        w.loop.advance(1.0)  # (a quiet spell)
+        w.loop.advance(0.5)  # a quiet spell (no PING due: one a second)
         w.sock.sent.clear()
-        conn, _ = w.client(CONNECT_C)
-        w.granted("c")  # (the CLAIM went at once: nothing was sent for a while)
+        a, _ = w.client(CONNECT_C)
         w.loop.run()
-        assert w.sock.sent == []  # the cleared will waits: the CLAIM went just before
-        conn.connection_lost(None)  # the session ends: its RELEASE waits too
+        assert [[op.__class__ for op in batch] for batch in w.sock.sent] == [[o.Claim]]  # at once
+        (claim,) = w.ops(o.Claim)
+        w.router(o.Grant("c", claim.req, None))  # its cleared will waits: the CLAIM went just before
+        assert w.sock.sent == []
+        a.connection_lost(None)  # the session ends: its RELEASE waits too
+        w.client(CONNECT_P)  # and the next CONNECT's CLAIM
         w.loop.run()
         assert w.sock.sent == []
-        w.client(CONNECT_P)  # the next CONNECT's claim takes them along
-        w.loop.run()
+        w.loop.advance(w.bridge.batch_delay)
         assert [[op.__class__ for op in batch] for batch in w.sock.sent] == [[o.Will, o.Release, o.Claim]]
-        w.sock.sent.clear()
-        w.loop.advance(1.0)
-        other, _ = w.client(CONNECT_C5)
-        (claim,) = w.ops(o.Claim)
-        w.router(o.Grant("c", claim.req, None))
-        w.loop.advance(3 * w.bridge.batch_delay)  # (its cleared will went) then nothing for an interval
-        assert [op.__class__ for op in w.ops()] == [o.Will]
-        w.sock.sent.clear()
-        other.connection_lost(None)  # after a quiet spell: at once, alone
-        w.loop.run()
-        assert [[op.__class__ for op in batch] for batch in w.sock.sent] == [[o.Release]]
     run(body)
