@@ -57,11 +57,13 @@ import time
 
 import grpc
 import msgpack
+from aetcd import rpc
 
 from common.logs import kv
 from core import ops as o
 from core.ops import Own
 
+from .etcd import RPC_TIMEOUT
 from .keepalive import channel_options
 
 log = logging.getLogger("shoal.agent")
@@ -74,6 +76,9 @@ TAKEOVER_TIMEOUT = 4.0  # seconds the previous owner has to hand a session over
 ROUTER_TIMEOUT = 6.0  # seconds this node's router has to give a session up
 BATCH = 100  # records per etcd transaction (etcd's default limit is 128 operations)
 INFLIGHT = 8  # owner transactions under way at once; what comes meanwhile waits for the next
+# records waiting that start one more transaction beside those under way; fewer wait for one
+# to end (group commit: a connect storm's claims share few transactions, see Batcher)
+FILL = 32
 DELETE_LINGER = 0.02  # seconds a session end's delete waits for claims to go with
 
 
@@ -83,12 +88,14 @@ class Batcher:
     node the owner and says who was (none, an old lease of ours, a node that is gone, or a
     live node to take the session from); it is atomic, so it is the compare-and-swap of a
     read followed by a put on its revision, without the second round trip. A delete
-    compares that the key still holds this node's value. One transaction holds both, and
-    at most INFLIGHT transactions are under way, so what gathers meanwhile goes in the next
-    one (group commit): a connect storm costs one round trip per batch, not per CONNECT.
-    When a delete's compare fails the claims go on in the failure branch all the same,
-    and the failure branch's reads (at the same revision) tell which deletes were no
-    longer ours (nothing to do) and which go in the next batch."""
+    compares that the key still holds this node's value (a transaction of its own inside
+    the batch's: a delete that finds another node's record, or none, leaves it and the
+    others go on). One transaction holds both (txn_request). While one is under way, what
+    gathers waits for it to end and goes in the next (group commit); one more goes beside
+    it only once FILL records wait, up to INFLIGHT under way: a connect storm costs one
+    round trip per batch, not per CONNECT, and a lone CONNECT on a quiet node goes at
+    once. (Eight under way whenever anything waited carried 3 to 7 records a transaction
+    under the connect benchmark; see docs/architecture.md.)"""
 
     def __init__(self, own):
         self.own = own
@@ -127,14 +134,23 @@ class Batcher:
         self.due = True
         self._schedule()
 
+    def _waiting(self) -> int:
+        """Records that would go in the next transaction."""
+        return len(self.claims) + (len(self.deletes) if self.claims or self.due else 0)
+
+    def _room(self) -> bool:
+        """Whether one more transaction goes now: none is under way, or FILL records wait
+        (and fewer than INFLIGHT are under way). Otherwise what waits goes when one ends."""
+        return self.inflight == 0 or (self.inflight < INFLIGHT and self._waiting() >= FILL)
+
     def _schedule(self) -> None:
-        if not self.scheduled and self.inflight < INFLIGHT:
+        if not self.scheduled and self._room():
             self.scheduled = True
             asyncio.get_running_loop().call_soon(self._go)
 
     def _go(self) -> None:
         self.scheduled = False
-        while self.inflight < INFLIGHT and (self.claims or (self.deletes and self.due)):
+        while (self.claims or (self.deletes and self.due)) and self._room():
             claims, self.claims = self.claims[:BATCH], self.claims[BATCH:]
             room = BATCH - len(claims)
             deletes, self.deletes = self.deletes[:room], self.deletes[room:]
@@ -161,15 +177,10 @@ class Batcher:
             client = self.own.agent.etcd.client
             if client is None:
                 raise ConnectionError("etcd not connected")
-            tx = client.transactions
-            lease = self.own.agent.lease_id
             self.txns += 1
             self.records += len(claims) + len(deletes)
-            puts = [tx.put(k, v, lease, prev_kv=True) for k, v, _ in claims]
-            ok, responses = await client.transaction(
-                compare=[tx.value(k) == v for k, v, _ in deletes],
-                success=puts + [tx.delete(k) for k, _, _ in deletes],
-                failure=puts + [tx.get(k) for k, _, _ in deletes])
+            reply = await client.kvstub.Txn(txn_request(claims, deletes, self.own.agent.lease_id),
+                                            timeout=RPC_TIMEOUT, metadata=client.metadata)
         except Exception as e:
             for _, _, fut in claims:
                 if not fut.done():
@@ -181,32 +192,33 @@ class Batcher:
                 if not fut.done():
                     fut.set_result(None)
             return
+        responses = reply.responses
         for (_, _, fut), r in zip(claims, responses):
             if not fut.done():
                 put = r.response_put
                 prev = put.prev_kv if put.HasField("prev_kv") else None
                 fut.set_result((put.header.revision, prev.value if prev is not None else None,
                                 prev.lease if prev is not None else 0))
-        if ok:
-            for _, _, fut in deletes:
-                if not fut.done():
-                    fut.set_result(None)
-            return
-        again = []
-        for (k, v, fut), r in zip(deletes, responses[len(claims):]):
-            if fut.done():
-                continue
-            if r and r[0][0] == v:
-                again.append((k, v, fut))  # still ours: its compare held
-            else:
-                fut.set_result(None)  # gone, or another node's now: not ours to delete
-        if len(again) == len(deletes):
-            # no compare failed as read back (cannot be at one revision; never loop on it)
-            for _, _, fut in again:
+        # (a delete whose compare failed found another node's record, or none: not ours to delete)
+        for _, _, fut in deletes:
+            if not fut.done():
                 fut.set_result(None)
-            return
-        self.deletes[:0] = again
-        self.due = True
+
+
+def txn_request(claims: list, deletes: list, lease: int) -> rpc.TxnRequest:
+    """One etcd transaction for a batch: each claim a put returning the record it replaced
+    (prev_kv), each delete a transaction of its own inside it that deletes the key only if
+    it still holds this node's value. Nothing compares at the top, so every claim goes
+    whatever the deletes find. (Before, the deletes' compares guarded the whole batch: the
+    claims were written twice in the request, once per branch, and a failed compare sent
+    the deletes still ours again in the next transaction.)"""
+    ops = [rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=v, lease=lease, prev_kv=True))
+           for k, v, _ in claims]
+    for k, v, _ in deletes:
+        ops.append(rpc.RequestOp(request_txn=rpc.TxnRequest(
+            compare=[rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.VALUE, key=k, value=v)],
+            success=[rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k))])))
+    return rpc.TxnRequest(success=ops)
 
 
 class Pending:
@@ -247,7 +259,10 @@ class Ownership:
     # -- the router's ops ----------------------------------------------------------
     def on_op(self, op) -> None:
         if op.__class__ is o.TakeOwnership:
-            self._spawn(op.client_id, self._own, op.client_id, op.req, bool(op.clean_start))
+            if op.client_id in self.chain:
+                self._spawn(op.client_id, self._own, op.client_id, op.req, bool(op.clean_start))
+            else:
+                self._own_now(op.client_id, op.req, bool(op.clean_start))  # (most claims: no task)
         elif op.__class__ is o.Disown:
             if op.client_id in self.chain:
                 self._spawn(op.client_id, self._disown, op.client_id)
@@ -302,16 +317,78 @@ class Ownership:
         self.owned.clear()
 
     async def _own(self, cid: str, req: int, clean_start: bool) -> None:
-        verdict, state = Own.REFUSED, None
-        self.stale.discard(cid)  # (decided anew: a stale copy here is dropped with FRESH)
+        """A claim after an earlier op of the id (a DISOWN, a will), in a task of its own."""
         t0 = time.monotonic()
-        p = Pending()
-        self.claiming[cid] = p
+        self.stale.discard(cid)  # (decided anew: a stale copy here is dropped with FRESH)
+        p = self.claiming[cid] = Pending()
+        verdict, state = Own.REFUSED, None
         try:
             verdict, state = await self._decide(cid, clean_start, p)
         except Exception as e:
-            log.warning("could not own a client id; refusing its CONNECT",
-                        extra=kv(client=cid, error=(str(e) or type(e).__name__).splitlines()[0][:200]))
+            self._failed(cid, e)
+        self._owned(cid, req, p, verdict, state, t0)
+
+    def _own_now(self, cid: str, req: int, clean_start: bool) -> None:
+        """A claim of an id with no op under way, as _own without its task (a connect storm's
+        claims: a task, three coroutines and their awaits each were a tenth of the agent's
+        CPU): decided in the claim's callback, unless the record names another live node,
+        whose TakeoverSession goes on in a task (_ask_previous)."""
+        t0 = time.monotonic()
+        self.stale.discard(cid)
+        p = self.claiming[cid] = Pending()
+        verdict = self._precheck()
+        if verdict is not None:
+            self._owned(cid, req, p, verdict, None, t0)
+            return
+        mine = self._value()
+        claim = self.batcher.claim(OWNERS + cid.encode(), mine)
+        done = claim.get_loop().create_future()  # the id's op until OWNED went (the next one waits)
+        self._chain(cid, done)
+
+        def claimed(f: asyncio.Future) -> None:
+            asking = False
+            try:
+                try:
+                    token, value, prev_lease = f.result()
+                except (Exception, asyncio.CancelledError) as e:
+                    self._failed(cid, e)
+                    self._owned(cid, req, p, Own.REFUSED, None, t0)
+                    return
+                p.token = self.owned[cid] = token
+                p.written.set()
+                verdict, prev_node = self._verdict(value, mine)
+                if verdict is not None:
+                    self._owned(cid, req, p, verdict, None, t0)
+                    return
+                ask = self._spawn_task(self._ask_previous(self.agent.etcd.client, cid, clean_start, token, value,
+                                                          prev_lease, prev_node))
+                ask.add_done_callback(asked)
+                asking = True
+            finally:
+                if not asking and not done.done():
+                    done.set_result(None)
+
+        def asked(t: asyncio.Task) -> None:
+            try:
+                verdict, state = Own.REFUSED, None
+                if not t.cancelled():
+                    if t.exception() is not None:
+                        self._failed(cid, t.exception())
+                    else:
+                        verdict, state = t.result()
+                self._owned(cid, req, p, verdict, state, t0)
+            finally:
+                if not done.done():
+                    done.set_result(None)
+
+        claim.add_done_callback(claimed)
+
+    def _failed(self, cid: str, e: BaseException) -> None:
+        log.warning("could not own a client id; refusing its CONNECT",
+                    extra=kv(client=cid, error=(str(e) or type(e).__name__).splitlines()[0][:200]))
+
+    def _owned(self, cid: str, req: int, p: Pending, verdict: int, state, t0: float) -> None:
+        """The claim is decided: OWNED to the router."""
         if verdict == Own.REFUSED:
             self.refused += 1
         # OWNED goes to the router before any CLAIM a newer owner's TakeoverSession makes
@@ -324,28 +401,22 @@ class Ownership:
         if verdict == Own.REMOTE:
             log.info("session taken over from another node", extra=kv(client=cid, ms=round((time.monotonic() - t0) * 1000, 1)))
 
-    async def _decide(self, cid: str, clean_start: bool, p: Pending):
+    def _precheck(self):
+        """The verdict when etcd is not asked at all (None: it is)."""
         ag = self.agent
-        client = ag.etcd.client
         if ag.draining:
-            return Own.REFUSED, None  # leaving (SIGTERM): the client connects elsewhere
+            return Own.REFUSED  # leaving (SIGTERM): the client connects elsewhere
+        client = ag.etcd.client
         if ag.fence.on and ag.owner_once and (not ag.connected or client is None or not ag.fence.holding()):
-            return Own.REFUSED, None  # no lease: this node owns nothing now (cluster/fence.py)
+            return Own.REFUSED  # no lease: this node owns nothing now (cluster/fence.py)
         if not ag.connected or client is None:
             # etcd unreachable, SHOAL_CLUSTER_LEASE_LOSS=serve: served anyway (issue 10), the node decides alone
-            return Own.KEEP, None
-        return await self._rounds(client, cid, clean_start, p)
+            return Own.KEEP
+        return None
 
-    async def _rounds(self, client, cid: str, clean_start: bool, p: Pending):
-        ag = self.agent
-        tx = client.transactions
-        key = OWNERS + cid.encode()
-        mine = self._value()
-        if p.superseded:
-            return Own.REFUSED, None
-        token, value, prev_lease = await self.batcher.claim(key, mine)
-        p.token = self.owned[cid] = token
-        p.written.set()
+    def _verdict(self, value, mine: bytes):
+        """(verdict, None) from the record our claim replaced, or (None, its node) when that is
+        another live node, to be asked for the session."""
         if value is None:
             return Own.FRESH, None  # no owner before
         if value == mine:
@@ -354,8 +425,33 @@ class Ownership:
             prev_node = json.loads(value)["node"]
         except (ValueError, KeyError, TypeError):
             prev_node = ""
-        if prev_node == ag.node or prev_node not in ag.members:
+        if prev_node == self.agent.node or prev_node not in self.agent.members:
             return Own.FRESH, None  # an old lease of ours, or a node that is gone: its copy is stale
+        return None, prev_node
+
+    async def _decide(self, cid: str, clean_start: bool, p: Pending):
+        verdict = self._precheck()
+        if verdict is not None:
+            return verdict, None
+        return await self._rounds(self.agent.etcd.client, cid, clean_start, p)
+
+    async def _rounds(self, client, cid: str, clean_start: bool, p: Pending):
+        mine = self._value()
+        if p.superseded:
+            return Own.REFUSED, None
+        token, value, prev_lease = await self.batcher.claim(OWNERS + cid.encode(), mine)
+        p.token = self.owned[cid] = token
+        p.written.set()
+        verdict, prev_node = self._verdict(value, mine)
+        if verdict is not None:
+            return verdict, None
+        return await self._ask_previous(client, cid, clean_start, token, value, prev_lease, prev_node)
+
+    async def _ask_previous(self, client, cid: str, clean_start: bool, token: int, value: bytes, prev_lease: int,
+                            prev_node: str):
+        """Our claim replaced the record of prev_node, alive: it hands the session over."""
+        key = OWNERS + cid.encode()
+        tx = client.transactions
         result, state = await self._ask(prev_node, cid, clean_start, token)
         if result is None:
             # alive but unreachable: put its record back, refuse here (never two live sessions)

@@ -325,7 +325,9 @@ class RouterBridge:
     def claim(self, conn, connect) -> None:
         req = next(self._req)
         self.claims[req] = (conn, connect)
-        self.queue(o.Claim(connect.client_id, req, connect.clean_start))
+        # (a claim, a session's end and a cleared will go as messages do: at once after a quiet
+        # spell, together close behind a send; a connect storm's took a message each)
+        self.queue_data(o.Claim(connect.client_id, req, connect.clean_start))
         self.loop.call_later(CLAIM_TIMEOUT, self._claim_timeout, req)
 
     def _claim_timeout(self, req: int) -> None:
@@ -342,7 +344,7 @@ class RouterBridge:
         self.queue(o.Sync(token))
 
     def session_released(self, client_id: str) -> None:
-        self.queue(o.Release(client_id))
+        self.queue_data(o.Release(client_id))  # (as a claim: see claim())
 
     # cluster (issue 11): wills live in etcd (wills/<client id>) and fire exactly once
     @property
@@ -353,7 +355,7 @@ class RouterBridge:
         if not self.settings.clustered:
             return
         if will is None:
-            self.queue(o.Will(client_id, None, 0))
+            self.queue_data(o.Will(client_id, None, 0))
         else:
             self.queue(o.Will(client_id, will_message_record(will.message), will.delay))
 

@@ -41,6 +41,12 @@ class Worker:
         self.loop.run()
         return [op for op in self.sock.ops() if kind is None or op.__class__ is kind]
 
+    def claims(self) -> list:
+        """The CLAIMs sent: a CLAIM close behind a send waits the batch interval
+        (SHOAL_ROUTER_BATCH_MS) for company, so that much time passes first."""
+        self.loop.advance(self.bridge.batch_delay)
+        return self.ops(o.Claim)
+
     def connection(self, connect: bytes) -> tuple[Connection, FakeTransport]:
         """A client whose CONNECT (bytes) was read; its claim waits for the router."""
         conn, t = Connection(self.broker), FakeTransport()

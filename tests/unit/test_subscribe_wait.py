@@ -22,7 +22,7 @@ class Worker(rig.Worker):
 
     def client(self, client_id: str) -> tuple[Connection, FakeTransport]:
         conn, t = self.connection(wire.connect(client_id))
-        (claim,) = self.ops(o.Claim)
+        (claim,) = self.claims()
         self.router(o.Grant(client_id, claim.req, None))
         t.take()
         return conn, t
