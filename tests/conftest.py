@@ -56,3 +56,13 @@ def clients():
     yield Factory
     for c in opened:
         c.close()
+
+
+@pytest.fixture
+def opened():
+    """Raw clients a test makes itself (inside a network namespace, say), closed after it:
+    the test appends each one."""
+    socks: list = []
+    yield socks
+    for c in socks:
+        c.close()

@@ -71,34 +71,15 @@ def cluster():
 
 def metrics(n) -> dict[str, float]:
     """The node's /metrics (its admin socket), unlabelled by node: {name: value}."""
-    import http.client
+    from tests.support.cluster import admin_metrics
 
-    class Unix(http.client.HTTPConnection):
-        def connect(self):
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(10)
-            self.sock.connect(f"{n.env['SHOAL_RUN_DIR']}/shoal-{n.port}-admin.sock")
-
-    conn = Unix("localhost")
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
+    text = admin_metrics(n)
     out = {}
     for line in text.splitlines():
         m = re.match(r"^(shoal_[a-z0-9_]+)(?:\{[^}]*\})? ([-0-9.e+]+)$", line)
         if m:
             out[m.group(1)] = float(m.group(2))
     return out
-
-
-@pytest.fixture
-def opened():
-    socks: list[RawClient] = []
-    yield socks
-    for c in socks:
-        c.close()
 
 
 def on_f1(cluster, opened, cid: str) -> RawClient:

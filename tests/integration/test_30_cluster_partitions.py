@@ -59,14 +59,6 @@ def cluster():
         net.close()
 
 
-@pytest.fixture
-def opened():
-    socks: list[RawClient] = []
-    yield socks
-    for c in socks:
-        c.close()
-
-
 def node(cluster, name: str):
     i = NAMES.index(name)
     return cluster.nodes[i], cluster.spaces[i]

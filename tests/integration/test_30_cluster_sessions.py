@@ -62,23 +62,9 @@ def test_owner_record(cluster, clients):
 def owner_figures(cluster, name: str) -> tuple[int, int]:
     """(owner transactions, owner records they carried) of a node's agent, from /metrics on
     its admin socket (the agent's figures come with its beat)."""
-    import http.client
-    import socket
+    from tests.support.cluster import admin_metrics
 
-    n = cluster.nodes[int(name[1:]) - 1]
-
-    class Unix(http.client.HTTPConnection):
-        def connect(self):
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(10)
-            self.sock.connect(f"{n.env['SHOAL_RUN_DIR']}/shoal-{n.port}-admin.sock")
-
-    conn = Unix("localhost")
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
+    text = admin_metrics(cluster.nodes[int(name[1:]) - 1])
     found = dict(re.findall(r"^shoal_cluster_(owner_txns_total|owner_records_total)(?:\{[^}]*\})? (\S+)$", text, re.M))
     return int(float(found.get("owner_txns_total", -1))), int(float(found.get("owner_records_total", -1)))
 

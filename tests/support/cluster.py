@@ -213,3 +213,22 @@ def crosses_both_ways(clients, a: Node, b: Node, qos: int, topic: str, ids: str)
         # order per publisher holds across the hop
         assert [x for x in got if x.startswith(b"a")] == want[:5]
         assert [x for x in got if x.startswith(b"b")] == want[5:]
+
+
+def admin_metrics(n: Node) -> str:
+    """A node's /metrics text, read on its admin socket (SHOAL_RUN_DIR/shoal-<port>-admin.sock)."""
+    import http.client
+    import socket
+
+    class Unix(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(10)
+            self.sock.connect(f"{n.env['SHOAL_RUN_DIR']}/shoal-{n.port}-admin.sock")
+
+    conn = Unix("localhost")
+    try:
+        conn.request("GET", "/metrics")
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
