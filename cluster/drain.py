@@ -92,7 +92,7 @@ class Drain:
         try:
             reply = await pbg.PeerStub(ch[1]).AdoptSession(
                 pb.AdoptRequest(client_id=cid, session=msgpack.packb(state, use_bin_type=True), node=self.agent.node,
-                                token=own.owned.get(cid, 0)), timeout=ADOPT_TIMEOUT)
+                                token=own.owned.get(cid, 0)), timeout=ADOPT_TIMEOUT, wait_for_ready=True)
         except grpc.aio.AioRpcError as e:
             log.warning("AdoptSession failed; the session stays in this node's store",
                         extra=kv(client=cid, peer=node, code=str(e.code())))

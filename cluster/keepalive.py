@@ -24,7 +24,11 @@ def channel_options(settings) -> list[tuple[str, int]]:
             ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
             # gRPC 1.85 ends a connection on a ping unanswered for http2.ping_timeout_ms (a minute
             # by default), whatever keepalive_timeout_ms says: both are set
-            ("grpc.http2.ping_timeout_ms", timeout)]
+            ("grpc.http2.ping_timeout_ms", timeout),
+            # a restarted node is reached again within a second: gRPC's own backoff doubles to
+            # two minutes, and a call made meanwhile waited (wait_for_ready) or failed for it
+            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
 def server_options(settings) -> list[tuple[str, int]]:

@@ -487,7 +487,10 @@ class Ownership:
         try:
             reply = await pbg.PeerStub(ch[1]).TakeoverSession(
                 pb.TakeoverRequest(client_id=cid, clean_start=clean_start, node=self.agent.node, token=token),
-                timeout=TAKEOVER_TIMEOUT)
+                # (a channel still backing off from the node's last life failed at once with
+                # UNAVAILABLE, though the node was back and held the session: the asker took
+                # it for unreachable, and a chaos run had a twin from it)
+                timeout=TAKEOVER_TIMEOUT, wait_for_ready=True)
         except grpc.aio.AioRpcError as e:
             log.warning("TakeoverSession failed", extra=kv(client=cid, peer=node, code=str(e.code())))
             return None, None
@@ -596,6 +599,7 @@ class Ownership:
 
     async def _verify(self) -> None:
         ag = self.agent
+        others: list[str] = []
         try:
             while self.to_verify:
                 client = ag.etcd.client
@@ -623,16 +627,41 @@ class Ownership:
                             self.owned[cid] = resp[0].response_put.header.revision
                             continue
                     # another node's record: that node owns the id (a takeover went on without
-                    # this node, or both served it alone during a split)
-                    log.warning("a session here is owned by another node: dropping it",
-                                extra=kv(client=cid, record=(r[0][0][:200].decode(errors="replace") if r else None)))
-                    self.not_ours += 1
-                    ag.link.queue(o.NotOurs(cid))
+                    # this node, or both served it alone during a split), or is taking it over
+                    # now: its TakeoverSession may be on its way (it swaps its record in first)
+                    others.append(cid)
+            if others:
+                # what is still ours to give after a takeover's deadline is an orphan: dropped
+                await asyncio.wait_for(self._settled_others(others), TAKEOVER_TIMEOUT * 4)
         except Exception as e:
             log.warning("could not check the sessions held here against etcd; again at the next sync",
                         extra=kv(sessions=len(self.to_verify), error=(str(e) or type(e).__name__).splitlines()[0][:200]))
         finally:
             self._verifying = None
+
+    async def _settled_others(self, others: list[str]) -> None:
+        """Ids held here whose records named another node: once a takeover would have asked
+        for them (TakeoverSession's deadline, and a second), those whose record still names
+        another node and that no claim of ours took since are dropped (NOT_OURS; the router
+        ignores one it no longer holds: handed over meanwhile, or claimed anew)."""
+        ag = self.agent
+        await asyncio.sleep(TAKEOVER_TIMEOUT + 1.0)
+        client = ag.etcd.client
+        if client is None or not ag.connected:
+            return
+        tx = client.transactions
+        for i in range(0, len(others), BATCH):
+            chunk = others[i:i + BATCH]
+            _, responses = await client.transaction(
+                compare=[], success=[tx.get(OWNERS + cid.encode()) for cid in chunk], failure=[])
+            mine = self._value()
+            for cid, r in zip(chunk, responses):
+                if cid in self.claiming or cid in self.owned or not r or r[0][0] == mine:
+                    continue
+                log.warning("a session here is owned by another node: dropping it",
+                            extra=kv(client=cid, record=r[0][0][:200].decode(errors="replace")))
+                self.not_ours += 1
+                ag.link.queue(o.NotOurs(cid))
 
     async def take_from_router(self, cid: str, clean_start: bool):
         """The session of cid off this node (None: none here, or discarded: clean start)."""

@@ -69,3 +69,37 @@ def test_a_restarted_agent_drops_a_session_another_node_took_meanwhile(cluster, 
     assert "a session here is owned by another node: dropping it" in r1.log()
     assert cluster.etcd.get_json(f"sessions/owners/{cid}")["node"] == "r2"  # r1 did not touch it
     assert watcher.barrier() == []  # no will: the session is r2's now
+
+
+
+def test_a_takeover_racing_an_agent_restart_gets_the_session(cluster, clients):
+    """r1's agent dies while r1 holds a live session; r2's CONNECT of the id comes as the
+    agent restarts. Whether r2's TakeoverSession finds the old agent gone (refused 0x88, never
+    two live sessions, and then a second CONNECT) or the new one, r2 ends with the session
+    (session present) and r1's client gets 0x8E. The new agent's check of the ids its router
+    holds sees r2's record (r2 swaps it in before it asks) and must not drop the session that
+    r2 is asking for: it waits for a takeover's deadline first. (Before, the check dropped it
+    at once and r2 started afresh: session present 0.) The takeover call waits for a channel
+    still backing off from the agent's last life (wait_for_ready), so r2 reaches the new agent
+    as soon as it serves."""
+    import os
+    import signal
+
+    cid = f"race-{uuid.uuid4().hex[:6]}"
+    r1, r2 = cluster.nodes
+    c = clients.open(r1.port, 5)
+    c.timeout = 30
+    ack = c.connect(cid, clean_start=True, properties=dict(EXPIRY))
+    assert isinstance(ack, Connack) and ack.reason_code == 0, ack
+    os.kill(r1.agent_pid(), signal.SIGKILL)
+    for _ in range(10):
+        c2 = clients.open(r2.port, 5)
+        c2.timeout = 30
+        ack = c2.connect(cid, clean_start=False, properties=dict(EXPIRY))
+        assert isinstance(ack, Connack) and ack.reason_code in (0, 0x88), ack
+        if ack.reason_code == 0:
+            break
+        c2.close()  # refused while r1's agent is away: the client tries again
+    assert ack.reason_code == 0 and ack.session_present, ack
+    got = c.expect_closed(30)
+    assert any(isinstance(p, Disconnect) and p.reason_code == 0x8E for p in got), got
