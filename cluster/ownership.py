@@ -607,8 +607,7 @@ class Ownership:
                     return  # (the next full sync starts it again)
                 chunk = sorted(self.to_verify)[:BATCH]
                 tx = client.transactions
-                _, responses = await client.transaction(
-                    compare=[], success=[tx.get(OWNERS + cid.encode()) for cid in chunk], failure=[])
+                responses = await self._records(client, chunk)
                 mine = self._value()
                 for cid, r in zip(chunk, responses):
                     alone = self.to_verify.pop(cid, False)
@@ -639,6 +638,15 @@ class Ownership:
         finally:
             self._verifying = None
 
+    @staticmethod
+    async def _records(client, cids: list[str]) -> list:
+        """The owner records of cids (at most BATCH), read in one transaction: per id, [] when
+        it has none, else [(value, Get)]."""
+        tx = client.transactions
+        _, responses = await client.transaction(
+            compare=[], success=[tx.get(OWNERS + cid.encode()) for cid in cids], failure=[])
+        return responses
+
     async def _settled_others(self, others: list[str]) -> None:
         """Ids held here whose records named another node: once a takeover would have asked
         for them (TakeoverSession's deadline, and a second), those whose record still names
@@ -649,11 +657,9 @@ class Ownership:
         client = ag.etcd.client
         if client is None or not ag.connected:
             return
-        tx = client.transactions
         for i in range(0, len(others), BATCH):
             chunk = others[i:i + BATCH]
-            _, responses = await client.transaction(
-                compare=[], success=[tx.get(OWNERS + cid.encode()) for cid in chunk], failure=[])
+            responses = await self._records(client, chunk)
             mine = self._value()
             for cid, r in zip(chunk, responses):
                 if cid in self.claiming or cid in self.owned or not r or r[0][0] == mine:
