@@ -11,7 +11,10 @@ old connection lives; its will fires once, by the majority's leader, and not aga
 the link comes back; the node rejoins and never resumes its stale copy of the session.
 A slow, congested link does not cost a node its ownership.
 
-Needs root (network namespaces); skipped otherwise, with the reason. Lease TTL 2 s.
+Needs root (network namespaces); skipped otherwise, with the reason. Lease TTL 3 s: at 2 s
+the slow link's drops (TCP retransmits of a keep-alive, 100 ms queues each way) cost the
+slowed node its lease now and then (1 failure in about 5 clean-clone runs), which is what
+its test asserts does not happen on a merely slow link.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from tests.support.raw import Closed, RawClient
 
 NAMES = ["p1", "p2", "p3"]
 EXPIRY = {Prop.SESSION_EXPIRY_INTERVAL: 300}
-TTL = 2
+TTL = 3
 
 why_not = netns.available()
 pytestmark = pytest.mark.skipif(why_not is not None, reason=why_not or "")
