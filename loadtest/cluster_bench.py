@@ -11,6 +11,7 @@ of every process of the three nodes and of etcd is summed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -105,6 +106,30 @@ class ClusterNode(Shoal):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} did not join:\n{self.log_tail()}")
             time.sleep(0.1)  # the node is starting, its agent joining
+
+
+@contextlib.contextmanager
+def started_cluster(tmp: Path, names, env: dict[str, str] | None = None, workers: int = 1):
+    """One etcd, a node per name (each with its own directory under tmp) and a mosquitto,
+    all started; all stopped on leaving. Yields (etcd, nodes, mosquitto)."""
+    etcd = EtcdServer(tmp)
+    etcd.start()
+    nodes = []
+    for name in names:
+        (tmp / name).mkdir()
+        nodes.append(ClusterNode(workers, tmp / name, name, etcd.url, env))
+    (tmp / "mosquitto").mkdir()
+    mosq = Mosquitto(1, tmp / "mosquitto")
+    try:
+        for n in nodes:
+            n.start()
+        mosq.start()
+        yield etcd, nodes, mosq
+    finally:
+        for n in nodes:
+            n.stop()
+        mosq.stop()
+        etcd.stop()
 
 
 def process_name(pid: int) -> str:
@@ -413,21 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     breakdowns: list[str] = []
     with tempfile.TemporaryDirectory(prefix="cbench") as tmpdir:
-        tmp = Path(tmpdir)
-        etcd = EtcdServer(tmp)
-        etcd.start()
-        nodes = []
-        for name in ("n1", "n2", "n3"):
-            d = tmp / name
-            d.mkdir()
-            nodes.append(ClusterNode(args.workers, d, name, etcd.url, node_env))
-        mq_dir = tmp / "mosquitto"
-        mq_dir.mkdir()
-        mosq = Mosquitto(1, mq_dir)
-        try:
-            for n in nodes:
-                n.start()
-            mosq.start()
+        with started_cluster(Path(tmpdir), ("n1", "n2", "n3"), node_env, args.workers) as (etcd, nodes, mosq):
             cluster_meter = CpuMeter([n.proc.pid for n in nodes], include_roots=False)
             node_meters = {n.name: CpuMeter([n.proc.pid], include_roots=False) for n in nodes}
             etcd_meter = CpuMeter([etcd.proc.pid], include_roots=True)
@@ -486,11 +497,6 @@ def main(argv: list[str] | None = None) -> int:
                                 f"n2 -> n1 {recv['frames_sent_total']:.0f} (acks)")
                     got = s.get("received", 0)
                     rows.append((rate, label, pubs, got, s.get("recv_rate", 0), cpu, s.get("latency_ms", {})))
-        finally:
-            for n in nodes:
-                n.stop()
-            mosq.stop()
-            etcd.stop()
     if memory_lines:
         print("\n".join(memory_lines))
         print()

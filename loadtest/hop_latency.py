@@ -15,8 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadtest.bench.brokers import Mosquitto
-from loadtest.cluster_bench import ClusterNode, EtcdServer
+from loadtest.cluster_bench import started_cluster
 from mqtt import Connect, Framer, Publish, Subscribe, Subscription, decode, encode
 
 
@@ -85,27 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.link:
         env["SHOAL_CLUSTER_LINK"] = args.link
     rows = []
-    with tempfile.TemporaryDirectory(prefix="hoplat") as d:
-        tmp = Path(d)
-        etcd = EtcdServer(tmp)
-        etcd.start()
-        nodes = []
-        for name in ("n1", "n2"):
-            (tmp / name).mkdir()
-            nodes.append(ClusterNode(1, tmp / name, name, etcd.url, env))
-        (tmp / "mosquitto").mkdir()
-        mosq = Mosquitto(1, tmp / "mosquitto")
-        try:
-            for n in nodes:
-                n.start()
-            mosq.start()
-            rows.append(("shoal cross-node (n1 -> n2)", run(nodes[0].port, nodes[1].port, args.count, args.gap_ms / 1000, "x")))
-            rows.append(("mosquitto", run(mosq.port, mosq.port, args.count, args.gap_ms / 1000, "m")))
-        finally:
-            for n in nodes:
-                n.stop()
-            mosq.stop()
-            etcd.stop()
+    with tempfile.TemporaryDirectory(prefix="hoplat") as d, started_cluster(Path(d), ("n1", "n2"), env) as (_, nodes, mosq):
+        rows.append(("shoal cross-node (n1 -> n2)", run(nodes[0].port, nodes[1].port, args.count, args.gap_ms / 1000, "x")))
+        rows.append(("mosquitto", run(mosq.port, mosq.port, args.count, args.gap_ms / 1000, "m")))
     print(f"| broker | measure ({args.count} messages one at a time) | p50 ms | p90 ms | p99 ms |")
     print("|---|---|---:|---:|---:|")
     for label, res in rows:

@@ -16,8 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadtest.bench.brokers import Mosquitto
-from loadtest.cluster_bench import ClusterNode, EtcdServer
+from loadtest.cluster_bench import started_cluster
 from mqtt import Connect, Framer, PubAck, Publish, decode, encode
 
 
@@ -56,30 +55,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=200, help="publishes of each kind")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="rack") as tmpdir:
-        tmp = Path(tmpdir)
-        etcd = EtcdServer(tmp)
-        etcd.start()
-        nodes = []
-        for name in ("n1", "n2", "n3"):
-            (tmp / name).mkdir()
-            nodes.append(ClusterNode(1, tmp / name, name, etcd.url))
-        (tmp / "mosquitto").mkdir()
-        mosq = Mosquitto(1, tmp / "mosquitto")
-        try:
-            for n in nodes:
-                n.start()
-            mosq.start()
-            rows = []
-            for label, port in (("Shoal, 3 nodes", nodes[0].port), ("mosquitto", mosq.port)):
-                for retain in (True, False):
-                    xs = acks(port, args.count, retain, f"rack/{label[:5]}")
-                    rows.append((label, "retained (set)" if retain else "plain, no subscriber", pct(xs, 0.5), pct(xs, 0.99)))
-        finally:
-            for n in nodes:
-                n.stop()
-            mosq.stop()
-            etcd.stop()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="rack") as d, started_cluster(Path(d), ("n1", "n2", "n3")) as (_, nodes, mosq):
+        for label, port in (("Shoal, 3 nodes", nodes[0].port), ("mosquitto", mosq.port)):
+            for retain in (True, False):
+                xs = acks(port, args.count, retain, f"rack/{label[:5]}")
+                rows.append((label, "retained (set)" if retain else "plain, no subscriber", pct(xs, 0.5), pct(xs, 0.99)))
     print(f"| broker | QoS 1 publish | PUBACK p50 ms | p99 ms |  ({args.count} each, one at a time)")
     print("|---|---|---:|---:|")
     for label, kind, p50, p99 in rows:
