@@ -42,6 +42,7 @@ from .etcd import NODES, RANGE_END, RANGE_START, RETAINED, ROUTES, Etcd, read_ra
 from .peers import CLUSTER_WIRE, PeerOut, PeerService
 from .replay import Replay, parse_since
 from .routerlink import RouterLink
+from .routersend import RouterSends
 from . import keepalive, tcplink
 
 log = logging.getLogger("shoal.agent")
@@ -157,6 +158,9 @@ class Agent:
         self.leader = Leader(self)  # the leader key and its duties
         self.drain = Drain(self)  # graceful leave: sessions to the other nodes
         self.moves = Moves(self)  # what arrives for a session that moved between nodes
+        # SHOAL_CLUSTER_ROUTER_SENDS: the router sends the publishes; the agent tells it the peers
+        self.router_sends = RouterSends(self) if settings.cluster_router_sends and settings.cluster_link == "direct" \
+            else None
         self.peer_seqs: dict[str, itertools.count] = {}  # node -> seqs of our links to it (cluster/peers.py)
         self.fence = Fence(self)  # lease lost: the node stops serving
         self.draining = False
@@ -340,6 +344,8 @@ class Agent:
                 n = self.trie.count(flt)
                 if n > 1:
                     self.link.queue(o.RouteAdd(flt, None, n))  # (the router weighs us by the nodes)
+        if self.router_sends is not None:
+            self.router_sends.hello()
 
     # -- the router ---------------------------------------------------------------------
     def on_router_ops(self, ops: list) -> None:
@@ -358,6 +364,8 @@ class Agent:
                 o.DeliverDirect: self.moves.on_direct,
                 o.Pong: self._pong,
             }
+            if self.router_sends is not None:
+                handlers[o.PeerPub] = self.router_sends.on_peer_pub
         for op in ops:
             fn = handlers.get(op.__class__)
             if fn is not None:
@@ -688,6 +696,8 @@ class Agent:
             if token is not None:
                 self.remote_tokens[token] = (origin, p.seq, body, p.normal, groups)
                 where = [origin.node, origin.instance, p.seq]  # (the router takes each once)
+                if p.origin_instance:  # (its router sent it first: SHOAL_CLUSTER_ROUTER_SENDS)
+                    where = [origin.node, p.origin_instance, p.origin_seq]
             self.received_count += 1
             link.queue_remote_pub(body, p.normal, groups, token, now, where)
         for s in frame.syncs:
@@ -742,6 +752,8 @@ class Agent:
         node = self._name(node)
         if not self.trie.add(flt, node, True):
             return  # (already held)
+        if self.router_sends is not None:  # (before our ROUTE_ADD: the router holds it before the SYNC)
+            self.router_sends.route(node, flt, True, since)
         self.replay.route_added(node, flt, since)
         n = self.trie.count(flt) - 1  # nodes that held it before
         if n == 0:
@@ -755,6 +767,8 @@ class Agent:
     def _remote_del(self, node: str, flt: str) -> None:
         if not self.trie.remove(flt, node):
             return
+        if self.router_sends is not None:
+            self.router_sends.route(node, flt, False)
         self.replay.route_removed(node, flt)
         n = self.trie.count(flt)
         if n <= 0:
@@ -782,6 +796,8 @@ class Agent:
         link = info.get("link") if self.settings.cluster_link == "tcp" else None
         # SHOAL_CLUSTER_LINK=direct and the peer's router listens for publishes: they go there
         data = info.get("data") if self.settings.cluster_link == "direct" else None
+        if self.router_sends is not None:
+            data = None  # (the router sends on the data link; what it hands here goes on the Link)
         if peer is not None and (peer.addr != info.get("addr") or peer.link_addr != link):
             # (a tcp link's port is new at every agent start) the queue stays: what that
             # node did not confirm goes again on the new link, as after a link flap
@@ -791,6 +807,8 @@ class Agent:
         if peer is None:
             p = self.peers[node] = PeerOut(self, node, info["addr"], link, data)
             p.acked_hook = self.check_pressure
+        if self.router_sends is not None:
+            self.router_sends.peer_put(node)
         if old is None:
             log.info("node joined", extra=kv(peer=node, addr=info.get("addr"), nodes=len(self.members)))
             self.publish_sys()
@@ -811,6 +829,8 @@ class Agent:
         peer = self.peers.pop(node, None)
         if peer is None:
             return
+        if self.router_sends is not None:
+            self.router_sends.peer_gone(node)  # (what the router holds for it counts as done)
         for key in peer.close():
             self.peer_confirmed(node, key)  # that node is gone: nothing there will own it
         for key in list(self.refs):
@@ -1085,6 +1105,8 @@ class Agent:
         self.etcd_retained = set(retained)
         self._merge_retained()
         self.first_sync.set()
+        if self.router_sends is not None:
+            self.router_sends.synced()
         self._applied(rev)
         self._changed()  # the writer makes etcd agree with the local routes
         self.ownership.verify_held(())  # (the router's ids that waited for etcd)

@@ -37,9 +37,9 @@ class WireMismatch(Exception):
 
 
 class Entry:
-    __slots__ = ("seq", "topic", "body", "normal", "groups", "ref", "at", "size", "msg", "sent", "direct")
+    __slots__ = ("seq", "topic", "body", "normal", "groups", "ref", "at", "size", "msg", "sent", "direct", "origin")
 
-    def __init__(self, seq, topic, body, normal, groups, ref, at, msg=None, direct=None):
+    def __init__(self, seq, topic, body, normal, groups, ref, at, msg=None, direct=None, origin=None):
         self.seq = seq
         self.topic = topic
         self.body = body  # the message packed (core/records.py's wire form)
@@ -51,6 +51,9 @@ class Entry:
         self.msg = msg  # the message decoded, when known (the direct link counts its expiry down itself)
         self.sent = 0.0  # monotonic time it last went on the direct data link
         self.direct = direct  # a pb.Direct: for a session that moved (cluster/moves.py); only on the Link
+        # [router instance, seq]: this node's router sent it first (SHOAL_CLUSTER_ROUTER_SENDS) and
+        # handed it here; the receiving router takes it once by that origin
+        self.origin = origin
 
 
 def _peer_of(context) -> str:
@@ -83,6 +86,8 @@ def _aged(entries, now: float) -> list:
                      groups=[pb.Group(group=g, filter=f) for g, f in e.groups])
         if e.direct is not None:
             pub.direct.CopyFrom(e.direct)
+        if e.origin is not None:
+            pub.origin_instance, pub.origin_seq = e.origin
         ms = int((now - e.at) * 1000)
         if ms:
             pub.queued_ms = ms
@@ -157,12 +162,12 @@ class PeerOut:
         return len(self.queue) + len(self.link_queue) + len(self.unacked)
 
     def send(self, topic: str, body: bytes, normal: bool, groups: list, ref, qos: int, direct=None,
-             msg: list | None = None) -> None:
+             msg: list | None = None, origin: list | None = None) -> None:
         """direct: a pb.Direct, for the one session named there (cluster/moves.py); such a
         message always goes on the Link (the receiving agent hands it over), also when the
         others go on the direct data link."""
         seq = next(self._seq) if qos > 0 else 0
-        e = Entry(seq, topic, body, normal, groups, ref, time.monotonic(), msg, direct)
+        e = Entry(seq, topic, body, normal, groups, ref, time.monotonic(), msg, direct, origin)
         if direct is not None and self.data is not None:
             self.link_queue.append(e)
             self.wake.set()

@@ -78,6 +78,12 @@ class Op(IntEnum):
     # agent -> router: a session the router holds whose owner record names another node now
     # (checked when the agent registers: it may have died in the middle of a takeover)
     NOT_OURS = 52
+    # SHOAL_CLUSTER_ROUTER_SENDS (router/sender.py): agent -> router, what the router needs to
+    # send the other nodes' publishes itself; router -> agent, a peer's publishes it hands over
+    PEER = 53
+    PEER_ROUTE = 54
+    PEERS = 55
+    PEER_PUB = 56
 
 
 class Own(IntEnum):
@@ -545,6 +551,57 @@ class Lease:
     agent that had to take a new lease must not find the clients of the old one served on)."""
     until: float | None
     lease: int = 0
+
+
+# -- the router sends the other nodes' publishes (SHOAL_CLUSTER_ROUTER_SENDS, router/sender.py) --
+HANDED = b"\x01router-sender"  # ref[0] of a PEER_PUB's DELIVERED: [HANDED, token]
+
+
+@_wire_op(Op.PEER)
+@dataclass(slots=True)
+class PeerInfo:
+    """Agent -> router: another node the agent links to. data_addr: its router's data address
+    (None: none, or its link is not `direct`: its publishes go through the agent); instance:
+    its agent's instance; live False: it left (lease gone): what waits for it counts as done.
+    filters, when set: that node's whole filter set (replaces what the router had)."""
+    node: str
+    data_addr: str | None
+    instance: str
+    live: bool
+    filters: list | None = None
+
+
+@_wire_op(Op.PEER_ROUTE)
+@dataclass(slots=True)
+class PeerRoute:
+    """Agent -> router: node holds filter now (add) or no longer; since: the monotonic moment
+    of the SUBSCRIBE (what the router sent elsewhere since goes to that node too)."""
+    node: str
+    filter: str
+    add: bool
+    since: float | None = None
+
+
+@_wire_op(Op.PEERS)
+@dataclass(slots=True)
+class Peers:
+    """Agent -> router, after a (new) agent's PEERs: every other node it knows; any other the
+    router knows has left."""
+    nodes: list
+
+
+@_wire_op(Op.PEER_PUB)
+@dataclass(slots=True)
+class PeerPub:
+    """Router -> agent: a publish for node, to send on the agents' Link (its data link has no
+    connection, or it has none). origin [router instance, seq] (QoS 1/2) is what the receiving
+    router takes it once by; token: answer DELIVERED [HANDED, token] once that node owns it."""
+    node: str
+    msg: list
+    normal: bool
+    groups: list
+    token: int | None
+    origin: list | None
 
 
 # -- the ops channel ---------------------------------------------------------------------------

@@ -92,6 +92,8 @@ class AdminApp:
             "peer_publishes": r.peer_data.received if r.peer_data is not None else 0,
             "peer_refused": r.peer_data.refused if r.peer_data is not None else 0,
             "peer_malformed": r.peer_data.malformed if r.peer_data is not None else 0,
+            # SHOAL_CLUSTER_ROUTER_SENDS (router/sender.py)
+            **(r.sender.figures() if r.sender is not None else {}),
             "cluster_enabled": self.ops.cluster(now) is not None,
             "cluster_joined": bool(self.ops.cluster(now)),
             "cluster_peers": len(self.ops.peers),

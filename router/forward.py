@@ -21,25 +21,44 @@ REPLAY_MARGIN = 0.05  # QoS 0 read this long before a SUBSCRIBE counts as concur
 
 
 class RemoteSeen:
-    """QoS 1/2 messages from other nodes by origin: (sending node, its agent's instance, the
-    peer link's seq). The sending agent resends what this node's agent had not acknowledged;
-    when this node's agent died after passing a message on, the new agent cannot know it came
-    already, and the router, which outlived it, takes each origin once (QoS 2 exactly once
-    across an agent SIGKILL: the chaos run's duplicates). Per sending node, its latest
-    instance's last `keep` seqs (the sender holds at most SHOAL_CLUSTER_MAX_QUEUED unacked)."""
+    """QoS 1/2 messages from other nodes by origin: (sending node, its sender's instance, that
+    sender's seq). The sender is that node's agent, or, with SHOAL_CLUSTER_ROUTER_SENDS, that
+    node's router (router/sender.py): one node may send under two instances at once, and a
+    message its router handed to its agent keeps the router's origin. The sending side resends
+    what was not acknowledged; when this node's agent died after passing a message on, the new
+    agent cannot know it came already, and the router, which outlived it, takes each origin once
+    (QoS 2 exactly once across an agent SIGKILL: the chaos run's duplicates). Per sending node,
+    its INSTANCES latest instances, each its last `keep` seqs (a sender holds at most
+    SHOAL_CLUSTER_MAX_QUEUED unacked)."""
+
+    INSTANCES = 4  # instances remembered per sending node (its agent and router, and their last lives)
 
     def __init__(self, keep: int) -> None:
         self.keep = keep
-        self.nodes: dict[str, tuple[str, OrderedDict]] = {}  # node -> (instance, seq -> state)
+        self.nodes: dict[str, OrderedDict] = {}  # node -> instance -> (seq -> state), latest last
+
+    def _seen(self, node: str, instance: str, make: bool):
+        insts = self.nodes.get(node)
+        if insts is None:
+            if not make:
+                return None
+            insts = self.nodes[node] = OrderedDict()
+        seen = insts.get(instance)
+        if seen is None:
+            if not make:
+                return None
+            seen = insts[instance] = OrderedDict()
+            while len(insts) > self.INSTANCES:
+                insts.popitem(last=False)  # (the oldest instance's seqs go)
+        elif make:
+            insts.move_to_end(instance)
+        return seen
 
     def mark(self, origin: list):
         """None: new (now in progress); True: taken already; a list: in progress, of the
         (sender, token) pairs waiting for its outcome."""
         node, instance, seq = origin
-        got = self.nodes.get(node)
-        if got is None or got[0] != instance:
-            got = self.nodes[node] = (instance, OrderedDict())  # a new instance: the old one's seqs go
-        seen = got[1]
+        seen = self._seen(node, instance, True)
         st = seen.get(seq)
         if st is None:
             seen[seq] = []
@@ -51,14 +70,14 @@ class RemoteSeen:
         """The outcome of an origin in progress: its waiters. Taken (ok): repeats are confirmed
         at once from now on; not taken: forgotten, so that the next resend is routed anew."""
         node, instance, seq = origin
-        got = self.nodes.get(node)
-        if got is None or got[0] != instance:
+        seen = self._seen(node, instance, False)
+        if seen is None:
             return []
-        st = got[1].get(seq)
+        st = seen.get(seq)
         if ok:
-            got[1][seq] = True
+            seen[seq] = True
         else:
-            got[1].pop(seq, None)
+            seen.pop(seq, None)
         return st if isinstance(st, list) else []
 
 
@@ -82,6 +101,10 @@ class Forwarder:
         topic = msg[0]
         trie = self.r.routes.trie
         normal = {ident for ident, _ in trie.match(topic) if ident != sender}
+        peers = None
+        if self.r.sender is not None:  # SHOAL_CLUSTER_ROUTER_SENDS: the router sends to other nodes itself
+            normal.discard(AGENT)  # (the agent's routes stay for shared groups and replays)
+            peers = self.r.sender.match(topic)
         groups_for: dict[bytes, list] = {}
         for group in trie.match_shared(topic):
             members = list(group.members)
@@ -89,7 +112,7 @@ class Forwarder:
                 continue  # only the sender has this group: it decided locally
             chosen = self._pick(group, members)
             groups_for.setdefault(chosen, []).append([group.group, group.topic_filter])
-        self._dispatch(sender, msg, normal, groups_for, token, at)
+        self._dispatch(sender, msg, normal, groups_for, token, at, True, peers)
 
     def remote_publish(self, sender: bytes, msg: list, normal: bool, groups: list, token, at,
                        origin: list | None = None) -> None:
@@ -151,9 +174,22 @@ class Forwarder:
                 self.r.send(target, o.Deliver(msg, True, [], None))
 
     def delivered(self, ident: bytes, ref: list) -> None:
+        if ref[0] == o.HANDED and self.r.sender is not None:  # a publish the router handed its agent
+            self.r.sender.handed_done(ref[1])
+            return
         key = (ref[0], ref[1])
         if len(ref) > 2:  # the agent: the copy for a moved session is owned there
             ident = marker(ref[2])
+        waiting = self.pending.get(key)
+        if waiting is None:
+            return
+        waiting.discard(ident)
+        if not waiting:
+            del self.pending[key]
+            self._confirm(key[0], key[1], True)
+
+    def peer_done(self, key: tuple, ident: bytes) -> None:
+        """Another node (router/sender.py, ident PEER + node) owns a publish of key, or left."""
         waiting = self.pending.get(key)
         if waiting is None:
             return
@@ -172,7 +208,7 @@ class Forwarder:
 
     # -- internals ---------------------------------------------------------------------
     def _dispatch(self, sender: bytes, msg: list, normal: set, groups_for: dict, token, at,
-                  follow: bool = True) -> None:
+                  follow: bool = True, peers: list | None = None) -> None:
         targets = normal | groups_for.keys()
         send = self.r.send
         away = self.r.away
@@ -180,7 +216,7 @@ class Forwarder:
         follows = away.match(msg) if away.sessions and follow else None
         ref = None
         if token is not None:
-            if targets or follows:
+            if targets or follows or peers:
                 ref = [sender, token]
                 self.pending[(sender, token)] = set(targets)
             else:
@@ -188,6 +224,18 @@ class Forwarder:
         for ident in targets:
             send(ident, o.Deliver(msg, ident in normal, groups_for.get(ident, []), ref))
             self.forwarded += 1
+        if peers:  # other nodes, by this router (router/sender.py): their confirms join the pending set
+            key = (sender, token) if ref is not None else None
+            idents = self.r.sender.enqueue(peers, msg, key, self.r.clock())
+            if key is not None:  # (a QoS 1/2 message is queued for every node: none is dropped)
+                if idents:
+                    self.pending[key].update(idents)
+                elif not self.pending[key] and not follows:
+                    del self.pending[key]
+                    self._confirm(sender, token, True)
+            targets = set(targets)
+            targets.update(idents)
+            targets.add(AGENT)  # (the router's replay for the agent's new routes skips it: sender.py replays)
         if follows:
             waiting = away.forward(follows, msg, ref)
             if ref is not None:
@@ -237,6 +285,8 @@ class Forwarder:
 
     def forget_pending(self, ident: bytes) -> None:
         """A member restarted or is gone: what it sent is forgotten, what it was to confirm fails."""
+        if ident == AGENT and self.r.sender is not None:
+            self.r.sender.agent_gone()  # (what the router handed it comes back to the router)
         for key, waiting in list(self.pending.items()):
             if key[0] == ident:
                 del self.pending[key]

@@ -215,6 +215,16 @@ ROUTER = {
     "peer_refused": (CounterMetricFamily, "messages on the direct data port from a dialler that is not a Shoal agent "
                                           "of this data wire, dropped"),
     "peer_malformed": (CounterMetricFamily, "messages and publishes on the direct data port that were not ours, dropped"),
+    # SHOAL_CLUSTER_ROUTER_SENDS (router/sender.py)
+    "sender_sent": (CounterMetricFamily, "publishes this router sent to other nodes' routers, resent ones included"),
+    "sender_resent": (CounterMetricFamily, "publishes sent again because the other node's router did not confirm them"),
+    "sender_handed": (CounterMetricFamily, "publishes for other nodes handed to the agent (no data link, or fallen back)"),
+    "sender_queued": (GaugeMetricFamily, "publishes waiting for other nodes' routers (queued and unconfirmed)"),
+    "sender_dropped_qos0": (CounterMetricFamily, "QoS 0 publishes for other nodes dropped: that node's queue was full"),
+    "sender_expired": (CounterMetricFamily, "publishes whose Message Expiry ran out while they waited for another node"),
+    "sender_fallbacks": (CounterMetricFamily, "data links that had no connection for SHOAL_CLUSTER_DATA_FALLBACK_AFTER: "
+                                             "their publishes went through the agent"),
+    "sender_paused": (GaugeMetricFamily, "1 while a peer's queue is full and the router does not read its members"),
 }
 
 

@@ -38,6 +38,7 @@ from .members import AGENT, MEMBER_TIMEOUT, Member, Membership  # noqa: F401  (n
 from .peerdata import PeerData
 from .retained import RetainedSet, StoreError
 from .routes import RouteTable
+from .sender import Sender
 from .sessions import CLAIM_TIMEOUT, Claim, Sessions  # noqa: F401
 
 log = logging.getLogger("shoal.router")
@@ -83,6 +84,8 @@ class Router:
         self.sock = sock
         # SHOAL_CLUSTER_LINK=direct: other nodes' agents send their publishes here (router/peerdata.py)
         self.peer_data = PeerData(self) if settings.clustered and settings.cluster_link == "direct" else None
+        # SHOAL_CLUSTER_ROUTER_SENDS: this router sends its members' publishes to other nodes itself
+        self.sender = Sender(self) if self.peer_data is not None and settings.cluster_router_sends else None
         self.endpoint = settings.router_endpoint
         self.running = True
         # a SYNC (SUBACK) waits for every member; with a cluster agent that means every
@@ -117,6 +120,9 @@ class Router:
             o.Stats: self._stats,
             o.Ping: lambda mb, op, now: self.send(mb.ident, o.Pong(self.epoch, self.routes.version)),
         }
+        if self.sender is not None:  # (the agent's news of the other nodes, router/sender.py)
+            for cls in (o.PeerInfo, o.PeerRoute, o.Peers):
+                self.handlers[cls] = lambda mb, op, now: self.sender.on_op(op, now)
 
     # -- plumbing ---------------------------------------------------------
     @property
@@ -171,6 +177,9 @@ class Router:
             self.peer_data.bind()
             peer_sock = self.peer_data.sock
             poller.register(peer_sock, zmq.POLLIN)
+        sender = self.sender
+        if sender is not None:
+            sender.attach(poller)
         ops = OpsService(self, poller)  # /metrics, /health, /ready, the admin API (router/admin.py)
         self.lease_path = ops.ops  # the workers' LEASE goes on the ops channel (router/ops.py)
         next_check = self.clock() + 0.5
@@ -178,22 +187,26 @@ class Router:
         watching = None  # what the poller watches: backlog (POLLOUT) or not (POLLIN); changed only when it changes
         while self.running:
             backlog = bool(self.out)
+            # a peer's queue full (router/sender.py): the members are not read (push back)
+            paused = sender is not None and sender.paused
             # (a slow member: push back on peers too; not settled: what they send waits in order)
-            state = (backlog, self.membership.settled)
+            state = (backlog, self.membership.settled, paused)
             if state != watching:
                 watching = state
-                poller.modify(sock, zmq.POLLOUT if backlog else zmq.POLLIN)
+                poller.modify(sock, zmq.POLLOUT if backlog else 0 if paused else zmq.POLLIN)
                 if peer_sock is not None:
                     poller.modify(peer_sock, 0 if backlog or not state[1] else zmq.POLLIN)
-            events = dict(poller.poll(100))
-            if not backlog and sock in events:
+            events = dict(poller.poll(100 if sender is None else sender.timeout_ms()))
+            if sender is not None:
+                sender.poll(events, self.clock())
+            if not backlog and not paused and sock in events:
                 if self.read_members():
                     self.read_all_at = self.clock()
             if peer_sock is not None and not backlog and peer_sock in events:
                 self.peer_data.read(self.clock())
             now = self.clock()
-            if not backlog and sock not in events:
-                self.read_all_at = now  # (the socket had nothing to read: nothing is left unread)
+            if not backlog and not paused and sock not in events:
+                self.read_all_at = now  # (paused: what waits unread may be a member's beat)  # (the socket had nothing to read: nothing is left unread)
             if self.leaving and (now >= self.leaving or self.membership.all_done()):
                 self.running = False
             ops.poll(events, now)
@@ -201,8 +214,13 @@ class Router:
                 next_check = now + 0.5
                 self.check_timeouts(now)
             self.retained.flush()
+            if sender is not None:
+                sender.tick(now)
+                sender.flush(now)
             self.flush()
         ops.close()
+        if sender is not None:
+            sender.close()
         self.retained.close()
         if self.peer_data is not None:
             self.peer_data.close()
