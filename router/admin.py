@@ -103,6 +103,16 @@ class AdminApp:
     def metrics(self, respond, now: float) -> None:
         def gathered(figures: dict) -> None:
             cluster = figures.pop("agent", (None, False))[0] if "agent" in figures else None
+            sender = self.router.sender
+            if sender is not None and isinstance(cluster, dict):
+                # SHOAL_CLUSTER_ROUTER_SENDS: the router's data links fall back, not the agent's
+                # (the same figures, whichever process sends: router/sender.py)
+                cluster = dict(cluster)
+                cluster["data_fallbacks_total"] = cluster.get("data_fallbacks_total", 0) + sender.fallbacks
+                cluster["data_fallen_back"] = cluster.get("data_fallen_back", 0) + sum(
+                    1 for p in sender.peers.values() if p.fallen_back)
+                cluster["data_links"] = cluster.get("data_links", 0) + sum(
+                    1 for p in sender.peers.values() if p.link is not None)
             body = prom.render(self.node, figures, self.ops.worker_names(), self.router_figures(time.monotonic()), cluster)
             respond(200, body, "text/plain; version=0.0.4; charset=utf-8")
 

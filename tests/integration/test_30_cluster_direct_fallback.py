@@ -35,8 +35,11 @@ FELL_BACK = "peer router's data address unreachable: its publishes go over the L
 BACK = "peer router's data address reachable again: its publishes go on the direct data link"
 
 
-@pytest.fixture(scope="module")
-def cluster():
+@pytest.fixture(scope="module", params=["agent", "router"])
+def cluster(request):
+    """Both senders: the agent's data link (cluster/datalink.py), and the router's
+    (SHOAL_CLUSTER_ROUTER_SENDS, router/sender.py), which hands a fallen-back peer's publishes to
+    its agent for the Link; every test runs on each."""
     net = netns.Net()
     etcd = relay = None
     nodes = []
@@ -49,7 +52,7 @@ def cluster():
         # tests it too.) Heartbeats slow enough that f2's router keeps the relay's connection
         # while the relay holds what f1 sent (test 3)
         common = dict(cluster_link="direct", cluster_lease_ttl=10, cluster_data_fallback_after=FALLBACK_AFTER,
-                      cluster_link_dead_after=60)
+                      cluster_link_dead_after=60, cluster_router_sends=str(request.param == "router").lower())
         f1 = cluster_node("f1", etcd.url, cluster_addr=f"{net.root_addr}:{free_port()}", **common)
         f2 = cluster_node("f2", etcd.url, netns=ns, host="0.0.0.0", cluster_addr=f"{ns.addr}:{free_port()}",
                           cluster_data_addr=f"127.0.0.1:{port}", **common)
@@ -58,7 +61,7 @@ def cluster():
         f2.start(90)
         wait_nodes(nodes, {"f1", "f2"}, 60)
         yield SimpleNamespace(net=net, etcd=etcd, f1=f1, f2=f2, ns=ns, relay=relay, port=port,
-                              addr=f"127.0.0.1:{port}")
+                              addr=f"127.0.0.1:{port}", sender=request.param)
     finally:
         for n in nodes:
             n.stop()
@@ -120,6 +123,7 @@ def test_1_an_unreachable_data_address_falls_back_to_the_link(cluster, opened):
     lines = [line for line in f1.log().splitlines() if FELL_BACK in line]
     assert len(lines) == 1, lines  # once
     assert "peer=f2" in lines[0] and f"addr={cluster.addr}" in lines[0]
+    assert f"process={cluster.sender} " in lines[0]  # (the agent's data link, or the router's)
     assert "SHOAL_CLUSTER_DATA_ADDR on f2" in lines[0] and "firewall" in lines[0]
     assert metrics(f1)["shoal_cluster_data_fallen_back"] == 1
     wait_for(lambda: metrics(f2)["shoal_cluster_received_total"] >= 6, 30, 0.1, "f2's agent took them (the Link)")
