@@ -118,3 +118,118 @@ def test_a_restarted_router_on_a_new_port_gets_what_it_did_not_confirm(cluster, 
     assert [p.payload for p in receive(sub, 1)] == [b"again"]
     linked(cluster)
     wait_nodes(cluster.nodes, set(NAMES))
+
+
+def test_full_peer_queue_pushes_back_on_the_router(clients):
+    """SHOAL_CLUSTER_MAX_QUEUED=5 and the receiving node's router stopped: the sending router
+    stops reading its members once five messages wait for that peer (logged); nothing is
+    acknowledged meanwhile, nothing acknowledged is lost, everything flows once it runs again."""
+    etcd = Etcd().start()
+    common = dict(cluster_link="direct", cluster_router_sends="true", cluster_max_queued=5, cluster_lease_ttl=15)
+    a = cluster_node("rpa", etcd.url, **common)
+    b = cluster_node("rpb", etcd.url, **common)
+    try:
+        a.start(60)
+        b.start(60)
+        wait_nodes([a, b], {"rpa", "rpb"})
+        wait_for(lambda: "direct data link to the peer's router\" peer=rpb" in a.log(), 30, 0.05, "rpa's data link")
+        sub = clients.connect(b.port, "rpb-sub")
+        subscribe(sub, "c30rp/#", 1)
+        pub = clients.connect(a.port, "rpa-pub")
+        router = b.router_pid()
+        os.kill(router, signal.SIGSTOP)
+        try:
+            for i in range(20):
+                pub.send(Publish(f"c30rp/{i}", b"m%02d" % i, 1, packet_id=i + 1))
+            wait_for(lambda: "process=router event='peer queue full: not reading from the members' peer=rpb" in a.log(),
+                     30, 0.1, "push back")
+            assert [p for p in pub.barrier() if isinstance(p, PubAck)] == []
+            assert figure(a, "shoal_router_sender_paused") == 1
+        finally:
+            os.kill(router, signal.SIGCONT)
+        acks = set()
+        while len(acks) < 20:
+            acks.add(pub.expect(PubAck, timeout=30).packet_id)
+        assert acks == set(range(1, 21))
+        assert sorted(p.payload for p in receive(sub, 20)) == [b"m%02d" % i for i in range(20)]
+        wait_for(lambda: "peer queues drained: reading from the members again" in a.log(), 30, 0.1, "reading again")
+        assert figure(a, "shoal_router_sender_paused") == 0
+    finally:
+        a.stop()
+        b.stop()
+        etcd.stop()
+
+
+def test_a_peer_killed_counts_as_done_once_its_lease_is_gone(clients):
+    """rpk2 SIGKILLed whole (every process): rpk1's router holds the QoS 1 PUBACK of a message
+    rpk2 had a subscriber for until rpk2's lease expires; then that peer counts as done, the
+    PUBACK comes, the subscriber on rpk1 has the message, and later publishes go on at once."""
+    etcd = Etcd().start()
+    common = dict(cluster_link="direct", cluster_router_sends="true", cluster_lease_ttl=4)
+    a = cluster_node("rpk1", etcd.url, **common)
+    b = cluster_node("rpk2", etcd.url, **common)
+    try:
+        a.start(60)
+        b.start(60)
+        wait_nodes([a, b], {"rpk1", "rpk2"})
+        wait_for(lambda: "direct data link to the peer's router\" peer=rpk2" in a.log(), 30, 0.05, "rpk1's data link")
+        sub_b = clients.connect(b.port, "rpk2-sub")
+        subscribe(sub_b, "c30rk/x", 1)
+        sub_a = clients.connect(a.port, "rpk1-sub")
+        subscribe(sub_a, "c30rk/x", 1)
+        pub = clients.connect(a.port, "rpk1-pub")
+        assert publish(pub, "c30rk/x", b"before", 1, pid=1) == 0
+        assert [p.payload for p in receive(sub_b, 1)] == [b"before"]
+        b.kill()
+        pub.send(Publish("c30rk/x", b"during", 1, packet_id=2))
+        assert pub.expect(PubAck, timeout=60).packet_id == 2  # (once rpk2's lease expired)
+        assert re.search(r"process=router event=.peer node left: the router's queue for it counts as done. "
+                         r"peer=rpk2 entries=1", a.log())
+        assert publish(pub, "c30rk/x", b"after", 1, pid=3) == 0
+        assert [p.payload for p in receive(sub_a, 3)] == [b"before", b"during", b"after"]
+    finally:
+        a.stop()
+        try:
+            b.stop()
+        except Exception:
+            pass
+        etcd.stop()
+
+
+def test_a_node_with_it_off_and_one_with_it_on_reach_each_other(clients):
+    """A rolling change of the setting: on rmx1 the router sends, on rmx2 the agent does (both
+    on `direct`); QoS 1 both ways, each acknowledged and delivered once, each node's figures
+    saying who sent."""
+    etcd = Etcd().start()
+    a = cluster_node("rmx1", etcd.url, cluster_link="direct", cluster_router_sends="true")
+    b = cluster_node("rmx2", etcd.url, cluster_link="direct", cluster_router_sends="false")
+    try:
+        a.start(60)
+        b.start(60)
+        wait_nodes([a, b], {"rmx1", "rmx2"})
+        wait_for(lambda: "process=router event=\"direct data link to the peer's router\" peer=rmx2" in a.log(), 30,
+                 0.05, "rmx1's router's data link")
+        wait_for(lambda: "process=agent event=\"direct data link to the peer's router\" peer=rmx1" in b.log(), 30,
+                 0.05, "rmx2's agent's data link")
+        sub_a = clients.connect(a.port, "rmx1-sub")
+        subscribe(sub_a, "c30rm/#", 1)
+        sub_b = clients.connect(b.port, "rmx2-sub")
+        subscribe(sub_b, "c30rm/#", 1)
+        pub_a = clients.connect(a.port, "rmx1-pub")
+        pub_b = clients.connect(b.port, "rmx2-pub")
+        for i in range(5):
+            assert publish(pub_a, "c30rm/a", b"a%d" % i, 1, pid=i + 1) == 0
+            assert publish(pub_b, "c30rm/b", b"b%d" % i, 1, pid=i + 1) == 0
+        for sub in (sub_a, sub_b):
+            got = [p.payload for p in receive(sub, 10)]
+            assert [x for x in got if x[:1] == b"a"] == [b"a%d" % i for i in range(5)]
+            assert [x for x in got if x[:1] == b"b"] == [b"b%d" % i for i in range(5)]
+        assert figure(a, "shoal_router_sender_sent_total") >= 5
+        # (the agent's figures reach /metrics with its beat: a moment later)
+        wait_for(lambda: "shoal_cluster_forwarded_total" in admin_metrics(b)
+                 and figure(b, "shoal_cluster_forwarded_total") >= 5, 30, 0.1, "rmx2's agent's figure")
+        assert figure(b, "shoal_router_sender_sent_total") == 0  # (rmx2's router sends nothing)
+    finally:
+        a.stop()
+        b.stop()
+        etcd.stop()
