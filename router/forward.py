@@ -227,7 +227,12 @@ class Forwarder:
         if peers:  # other nodes, by this router (router/sender.py): their confirms join the pending set
             key = (sender, token) if ref is not None else None
             idents = self.r.sender.enqueue(peers, msg, key, self.r.clock())
-            if key is not None:  # (a QoS 1/2 message is queued for every node: none is dropped)
+            if idents is None:  # refused (sender.py stuck): the publisher hears it (v5 0x97), sends again
+                idents = []
+                if key is not None and key in self.pending:
+                    del self.pending[key]
+                    self._confirm(sender, token, False)
+            elif key is not None:  # (a QoS 1/2 message is queued for every node: none is dropped)
                 if idents:
                     self.pending[key].update(idents)
                 elif not self.pending[key] and not follows:

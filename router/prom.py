@@ -221,6 +221,8 @@ ROUTER = {
     "sender_handed": (CounterMetricFamily, "publishes for other nodes handed to the agent (no data link, or fallen back)"),
     "sender_queued": (GaugeMetricFamily, "publishes waiting for other nodes' routers (queued and unconfirmed)"),
     "sender_dropped_qos0": (CounterMetricFamily, "QoS 0 publishes for other nodes dropped: that node's queue was full"),
+    "sender_refused": (CounterMetricFamily, "QoS 1/2 publishes for other nodes refused: a full queue that only the "
+                                           "agent could move while it was away (restarting)"),
     "sender_expired": (CounterMetricFamily, "publishes whose Message Expiry ran out while they waited for another node"),
     "sender_fallbacks": (CounterMetricFamily, "data links that had no connection for SHOAL_CLUSTER_DATA_FALLBACK_AFTER: "
                                              "their publishes went through the agent"),

@@ -188,7 +188,7 @@ class Router:
         while self.running:
             backlog = bool(self.out)
             # a peer's queue full (router/sender.py): the members are not read (push back)
-            paused = sender is not None and sender.paused
+            paused = sender is not None and sender.paused and sender.blocked()
             # (a slow member: push back on peers too; not settled: what they send waits in order)
             state = (backlog, self.membership.settled, paused)
             if state != watching:

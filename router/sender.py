@@ -464,6 +464,7 @@ class Sender:
         self.resent = 0
         self.handed = 0
         self.dropped_qos0 = 0
+        self.refused = 0  # QoS 1/2 publishes refused: a full queue only the agent could move (stuck)
         self.expired = 0
         self.fallbacks = 0
         log.info("the router sends the other nodes' publishes itself (SHOAL_CLUSTER_ROUTER_SENDS)",
@@ -609,11 +610,35 @@ class Sender:
                 out.append(node)
         return out
 
-    def enqueue(self, nodes: list, msg: list, key, now: float) -> list:
+    def blocked(self) -> bool:
+        """The router does not read its members: a peer's queue is full (push back), unless
+        only the agent's news can unblock it (the agent restarted: its PEERs must be read)."""
+        return self.paused and not self.stuck()
+
+    def stuck(self) -> bool:
+        """A full peer's queue can only move once the agent is read: no data link up, and no
+        agent that knows it (it died, or registered anew and has not said PEER yet)."""
+        if self.r.membership.alive(AGENT) is None:
+            return True
+        m = self.max_queued
+        return any(p.size() >= m and not p.agent_knows and not (p.link is not None and p.link.up)
+                   for p in self.peers.values())
+
+    def enqueue(self, nodes: list, msg: list, key, now: float) -> list | None:
         """msg to each node (a publish of this node's members); the idents of the nodes it
-        was queued for (PEER + node): a QoS 1/2 publish's pending confirm waits for them."""
+        was queued for (PEER + node): a QoS 1/2 publish's pending confirm waits for them. None:
+        a QoS 1/2 publish refused (a peer's queue is full and stuck: `stuck`), as a publish for
+        other nodes is while the agent restarts without this setting."""
         qos = msg[2]
         out = []
+        if qos and self.paused:
+            mx = self.max_queued
+            if any(self.peers[nd].size() >= mx for nd in nodes) and self.stuck():
+                self.refused += 1
+                if self.refused == 1 or self.refused % 1000 == 0:
+                    log.warning("peer queue full while the agent is away: QoS 1/2 publish refused", extra=kv(
+                        topic=msg[0][:100], refused=self.refused))
+                return None
         for node in nodes:
             p = self.peers[node]
             if qos == 0 and p.size() >= self.max_queued:
@@ -667,6 +692,7 @@ class Sender:
             "sender_handed": self.handed,
             "sender_queued": sum(p.size() for p in self.peers.values()),
             "sender_dropped_qos0": self.dropped_qos0,
+            "sender_refused": self.refused,
             "sender_expired": self.expired,
             "sender_fallbacks": self.fallbacks,
             "sender_paused": int(self.paused),

@@ -192,8 +192,15 @@ def test_a_full_peer_queue_pauses_the_router_and_drops_qos0_counted():
     assert not n.router.sender.paused
     publish(n, "t/2", 1, 2)
     assert n.router.sender.paused  # the router stops reading its members (router.py run)
+    assert n.router.sender.blocked()  # (the agent could take them: a fall back in time)
     publish(n, "t/3", 0, None)
     assert n.router.sender.dropped_qos0 == 1
+    n.router.membership.gone(AGENT)  # now only the agent's news could move the queue: read on,
+    assert not n.router.sender.blocked()  # but a QoS 1/2 publish for that peer is refused meanwhile
+    n.sock.clear()
+    publish(n, "t/4", 1, 4)
+    assert [(c.token, c.ok) for c in n.take(W1, o.Confirm)] == [(4, False)] and n.router.sender.refused == 1
+    n.hello(AGENT, ["t/#"])
     n.feed(AGENT, o.PeerInfo("n2", None, "inst", False))  # (it left: the queue counts as done)
     assert not n.router.sender.paused
     assert sorted(c.token for c in n.take(W1, o.Confirm)) == [1, 2]
