@@ -102,7 +102,9 @@ class Forwarder:
         trie = self.r.routes.trie
         normal = {ident for ident, _ in trie.match(topic) if ident != sender}
         peers = None
-        if self.r.sender is not None:  # SHOAL_CLUSTER_ROUTER_SENDS: the router sends to other nodes itself
+        if self.r.sender is not None and sender != AGENT:
+            # SHOAL_CLUSTER_ROUTER_SENDS: the router sends to other nodes itself (the agent's own
+            # publishes, wills and $SYS, it sends to the nodes it means itself)
             normal.discard(AGENT)  # (the agent's routes stay for shared groups and replays)
             peers = self.r.sender.match(topic)
         groups_for: dict[bytes, list] = {}

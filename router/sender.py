@@ -266,7 +266,10 @@ class Peer:
         self.link: PeerLink | None = None
         self.fallen_back = False  # the data link had no connection: the publishes go through the agent
         self.agent_knows = False  # the current agent announced it (it can take PEER_PUBs for it)
-        self.seq = itertools.count(1)
+        # seqs go on from this router's last life of a link to that node: its router (the same
+        # process, when that node was cut off and came back) still knows the seqs it took from
+        # this instance and drops them as repeats (the agent's peer_seqs, cluster/peers.py)
+        self.seq = sender.seqs.setdefault(node, itertools.count(1))
         self.queue: deque[Entry] = deque()
         self.unacked: OrderedDict[int, Entry] = OrderedDict()  # sent on the data link, not confirmed
         self.handed: dict[int, Entry] = {}  # token -> handed to the agent, not confirmed
@@ -452,6 +455,7 @@ class Sender:
         self.instance = "r" + os.urandom(8).hex()  # this router's seq space (the peers' RemoteSeen)
         self.trie = SubscriptionTrie()  # the other nodes' filters: filter -> node
         self.peers: dict[str, Peer] = {}
+        self.seqs: dict[str, itertools.count] = {}  # node -> this instance's seqs to it (kept when it leaves)
         self.dirty: set[Peer] = set()  # peers with something to send
         self.poller: zmq.Poller | None = None
         self.socks: dict = {}  # registered socket -> its PeerLink

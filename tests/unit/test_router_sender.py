@@ -179,6 +179,10 @@ def test_a_peer_that_left_counts_as_done_and_an_agent_gone_gets_nothing_lost():
     n.feed(AGENT, o.PeerInfo("n2", None, "inst", False))  # n2's lease gone
     assert [(c.token, c.ok) for c in n.take(W1, o.Confirm)] == [(9, True)]
     assert n.router.sender.peers == {}
+    n.feed(AGENT, o.PeerInfo("n2", None, "inst", True, ["t/#"]))  # back (cut off, and the cut healed)
+    publish(n, "t/1", 1, 10)
+    (pp,) = n.take(AGENT, o.PeerPub)
+    assert pp.origin == [n.router.sender.instance, 2]  # its seqs go on: n2's router still knows seq 1
     assert not any(PEER in k for k in n.router.forward.pending.values())
 
 
