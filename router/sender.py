@@ -49,7 +49,7 @@ from zmq.utils.monitor import recv_monitor_message
 from common.logs import kv
 from core import ops as o
 from core import peerdata
-from core.ops import unpack_ops
+from core.ops import unpack
 from mqtt import SubscriptionTrie, topic_matches
 
 from .members import AGENT
@@ -73,6 +73,7 @@ _EVENT_NAMES = {getattr(zmq, n): n[len("EVENT_"):].lower().replace("_", " ") for
                 if n.startswith("EVENT_") and isinstance(getattr(zmq, n), int)}
 _monitor_ids = itertools.count(1)
 _packer = msgpack.Packer(use_bin_type=True)
+_CONFIRM = int(o.Op.CONFIRM)
 
 
 class Entry:
@@ -183,12 +184,12 @@ class PeerLink:
                 data = sock.recv(NOBLOCK)
             except zmq.Again:
                 break
-            try:
-                ops = unpack_ops(data)
+            try:  # (CONFIRMs only: [29, token, ok] read as lists, no typed op each)
+                seqs = [w[1] for w in unpack(data) if type(w) is list and len(w) > 2 and w[0] == _CONFIRM]
             except Exception:
                 log.warning("undecodable answer on the data link", extra=kv(peer=self.peer.node, size=len(data)))
                 continue
-            self.peer.confirmed([op.token for op in ops if op.__class__ is o.Confirm])
+            self.peer.confirmed(seqs)
             n += 1
             if n >= 1000:
                 break
