@@ -344,8 +344,6 @@ class Agent:
                 n = self.trie.count(flt)
                 if n > 1:
                     self.link.queue(o.RouteAdd(flt, None, n))  # (the router weighs us by the nodes)
-        if self.router_sends is not None:
-            self.router_sends.hello()
 
     # -- the router ---------------------------------------------------------------------
     def on_router_ops(self, ops: list) -> None:
@@ -419,6 +417,8 @@ class Agent:
         if op.sessions:
             self.ownership.verify_held(op.sessions)
         self.welcomed.set()
+        if self.router_sends is not None:  # (after every WELCOME: the router's table has our filters anew)
+            self.router_sends.hello()
         self.fence.resend()  # issue 11: the workers learn the lease at once (a LEASE before HELLO is dropped)
         if self.leader.name:
             self.leader.publish_sys()
@@ -752,8 +752,6 @@ class Agent:
         node = self._name(node)
         if not self.trie.add(flt, node, True):
             return  # (already held)
-        if self.router_sends is not None:  # (before our ROUTE_ADD: the router holds it before the SYNC)
-            self.router_sends.route(node, flt, True, since)
         self.replay.route_added(node, flt, since)
         n = self.trie.count(flt) - 1  # nodes that held it before
         if n == 0:
@@ -761,6 +759,8 @@ class Agent:
             log.debug("remote route added", extra=kv(peer=node, filter=flt))
             # (with the SUBSCRIBE's moment: router and workers hand back what raced it)
             self.link.queue(o.RouteAdd(flt, since))
+        if self.router_sends is not None:  # (after our ROUTE_ADD, before the SYNC behind that SUBACK)
+            self.router_sends.route(node, flt, True, since)
         if flt.startswith("$share/"):
             self.link.queue(o.RouteAdd(flt, None, n + 1))  # the router weighs us by the nodes
 

@@ -4,8 +4,8 @@ The router sends this node's publishes to the other nodes' routers itself; the a
 tells it what it needs (core/ops.py): every other node it links to (PEER: data address,
 agent instance, live or left; with its whole filter set when the agent (re)registers), then
 the list of them (PEERS, after every full read of etcd), and each change of another node's
-routes (PEER_ROUTE, sent before the ROUTE_ADD/ROUTE_DEL of the agent's own filter union, so
-the router holds a node's route before the SYNC behind that node's SUBACK is answered).
+routes (PEER_ROUTE, after the agent's own ROUTE_ADD of a new filter and before its ROUTE_DEL,
+so the router holds a node's route before the SYNC behind that node's SUBACK is answered).
 
 What the router cannot send itself (no data address, or its data link had no connection
 for SHOAL_CLUSTER_DATA_FALLBACK_AFTER) it hands here as PEER_PUB: this agent sends it on the
@@ -43,7 +43,9 @@ class RouterSends:
             self.agent.link.queue(o.PeerRoute(node, flt, add, since))
 
     def hello(self) -> None:
-        """After the agent's HELLO: every peer with its whole filter set, and the list."""
+        """After every WELCOME of the router (the agent registered, or the router took it for
+        gone and back: its table has the agent's filters anew, the nodes of each not known):
+        every peer with its whole filter set, and the list."""
         a = self.agent
         per: dict[str, list] = {node: [] for node in a.peers}
         for flt, node in a.trie.pairs():

@@ -100,13 +100,15 @@ class Forwarder:
             msg.append(away.mid())  # the message's id cluster-wide (router/away.py)
         topic = msg[0]
         trie = self.r.routes.trie
-        normal = {ident for ident, _ in trie.match(topic) if ident != sender}
+        matched = trie.match(topic)
+        normal = {ident for ident, _ in matched if ident != sender}
         peers = None
-        if self.r.sender is not None and sender != AGENT:
-            # SHOAL_CLUSTER_ROUTER_SENDS: the router sends to other nodes itself (the agent's own
-            # publishes, wills and $SYS, it sends to the nodes it means itself)
-            normal.discard(AGENT)  # (the agent's routes stay for shared groups and replays)
-            peers = self.r.sender.match(topic)
+        if self.r.sender is not None and AGENT in normal:
+            # SHOAL_CLUSTER_ROUTER_SENDS: the router sends to other nodes itself, to the nodes
+            # the agent's entries name (router/sender.py; not known yet: through the agent)
+            peers = self.r.sender.nodes_of([v for ident, v in matched if ident == AGENT])
+            if peers is not None:
+                normal.discard(AGENT)  # (the agent's routes stay for shared groups and replays)
         groups_for: dict[bytes, list] = {}
         for group in trie.match_shared(topic):
             members = list(group.members)

@@ -6,7 +6,8 @@ The agent keeps the control plane and tells the router what it needs (core/ops.p
 other node it links to (PEER: its router's data address, its agent's instance, live or
 left; after a new agent's registration its whole filter set, then PEERS: the list), and each
 change of another node's routes (PEER_ROUTE). The router matches a publish of its members
-against that table (`trie`, filter -> node) and queues it once per node (`Peer.queue`).
+against that table (kept in the values of the agent's entries of the router's own route
+table: no second table) and queues it once per node (`Peer.queue`).
 
 What the agent's sender guarantees (cluster/peers.py, cluster/datalink.py) holds here:
 - one seq space per (this node, this router's instance, the peer): the peer's router takes
@@ -50,7 +51,7 @@ from common.logs import kv
 from core import ops as o
 from core import peerdata
 from core.ops import unpack
-from mqtt import SubscriptionTrie, topic_matches
+from mqtt import topic_matches
 
 from .members import AGENT
 
@@ -454,7 +455,6 @@ class Sender:
     def __init__(self, router):
         self.r = router
         self.instance = "r" + os.urandom(8).hex()  # this router's seq space (the peers' RemoteSeen)
-        self.trie = SubscriptionTrie()  # the other nodes' filters: filter -> node
         self.peers: dict[str, Peer] = {}
         self.seqs: dict[str, itertools.count] = {}  # node -> this instance's seqs to it (kept when it leaves)
         self.dirty: set[Peer] = set()  # peers with something to send
@@ -541,12 +541,43 @@ class Sender:
             for node in [n for n in self.peers if n not in keep]:
                 self._drop(node)
 
-    def _route(self, op: o.PeerRoute, now: float) -> None:
-        if op.add:
-            if self.trie.add(op.filter, op.node, True) and op.since is not None and op.node in self.peers:
-                self._replay(op.node, op.filter, op.since, now)
+    # The other nodes' routes live in the router's own route table: the value of the agent's
+    # entry for a filter (routes.py stores True there) is the node holding it, or a tuple of
+    # the nodes (a node name is one str for the whole table: no object per route). True: not
+    # known (yet), the publish goes through the agent as without this setting.
+    def _set(self, flt: str, node: str, add: bool) -> bool:
+        """node holds flt now (add) or not; False when the agent has no entry for flt."""
+        trie = self.r.routes.trie
+        cur = trie.get(flt, AGENT)
+        if cur is None:
+            return False
+        nodes = () if cur is True else (cur,) if type(cur) is str else cur
+        if add:
+            if node in nodes:
+                return True
+            nodes = nodes + (node,)
         else:
-            self.trie.remove(op.filter, op.node)
+            if node not in nodes:
+                return True
+            nodes = tuple(n for n in nodes if n != node)
+        trie.add(flt, AGENT, nodes[0] if len(nodes) == 1 else nodes)
+        return True
+
+    def _route(self, op: o.PeerRoute, now: float) -> None:
+        if op.filter.startswith("$share/"):
+            return
+        if self._set(op.filter, op.node, op.add) and op.add and op.since is not None and op.node in self.peers:
+            self._replay(op.node, op.filter, op.since, now)
+
+    def _forget_routes(self, node: str, keep: set | None = None) -> None:
+        """node's routes out of the table, but for the filters in keep (a walk of the table)."""
+        trie = self.r.routes.trie
+        for flt, key in [x for x in trie.pairs() if x[1] == AGENT]:
+            if keep is not None and flt in keep:
+                continue
+            v = trie.get(flt, AGENT)
+            if v == node or (type(v) is tuple and node in v):
+                self._set(flt, node, False)
 
     def _info(self, op: o.PeerInfo, now: float) -> None:
         if not op.live:
@@ -560,13 +591,11 @@ class Sender:
         p.agent_knows = True
         p.set_addr(op.data_addr or None, now)
         if op.filters is not None:
-            for flt, node in [x for x in self.trie.pairs() if x[1] == op.node]:
-                self.trie.remove(flt, node)
-            for flt in op.filters:
-                try:
-                    self.trie.add(flt, op.node, True)
-                except ValueError:
-                    pass
+            keep = set(op.filters)
+            self._forget_routes(op.node, keep)
+            for flt in keep:
+                if not flt.startswith("$share/"):
+                    self._set(flt, op.node, True)
         self.dirty.add(p)
 
     def _drop(self, node: str) -> None:
@@ -578,8 +607,7 @@ class Sender:
         for e in left:
             self.resolve(p, e)
         self.dirty.discard(p)
-        for flt, n in [x for x in self.trie.pairs() if x[1] == node]:
-            self.trie.remove(flt, n)
+        self._forget_routes(node)
         log.info("peer node left: the router's queue for it counts as done", extra=kv(peer=node, entries=len(left)))
         self.check_pressure()
 
@@ -606,13 +634,17 @@ class Sender:
             self.resolve(p, e)
 
     # -- publishes ------------------------------------------------------------------------
-    def match(self, topic: str) -> list:
-        """The known nodes with a route matching topic, each once."""
+    def nodes_of(self, values: list) -> list | None:
+        """The known nodes named by the values of the agent's entries a topic matched, each once;
+        None: some entry's nodes are not known (True): that publish goes through the agent."""
         peers = self.peers
         out = []
-        for node, _ in self.trie.match(topic):
-            if node in peers and node not in out:
-                out.append(node)
+        for v in values:
+            if v is True:
+                return None
+            for node in (v,) if type(v) is str else v:
+                if node in peers and node not in out:
+                    out.append(node)
         return out
 
     def blocked(self) -> bool:

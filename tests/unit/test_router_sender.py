@@ -35,6 +35,7 @@ def sending_node(**settings) -> Node:
     n.hello(W1)
     n.hello(W2)
     n.hello(AGENT, ["t/#"])  # the agent's union of the other nodes' filters
+    n.feed(AGENT, o.Lease(n.clock.t + 1000, 7))  # (a node holding its lease keeps the agent's routes while it is away)
     n.sock.clear()
     return n
 
@@ -171,6 +172,11 @@ def test_a_peer_that_left_counts_as_done_and_an_agent_gone_gets_nothing_lost():
     n.hello(AGENT, ["t/#"])  # a new agent
     flush(n)
     assert n.take(AGENT, o.PeerPub) == []  # not before it announced the peers
+    publish(n, "t/2", 1, 10)  # (the nodes of its filters not known yet: through the agent, as without the setting)
+    (d,) = n.take(AGENT, o.Deliver)
+    assert d.msg[0] == "t/2" and d.normal
+    n.feed(AGENT, o.Delivered(d.ref))
+    n.sock.clear()
     n.feed(AGENT, o.PeerInfo("n2", None, "inst", True, ["t/#"]), o.Peers(["n2"]))  # n3 left meanwhile
     flush(n)
     (pp,) = n.take(AGENT, o.PeerPub)
@@ -180,7 +186,7 @@ def test_a_peer_that_left_counts_as_done_and_an_agent_gone_gets_nothing_lost():
     assert [(c.token, c.ok) for c in n.take(W1, o.Confirm)] == [(9, True)]
     assert n.router.sender.peers == {}
     n.feed(AGENT, o.PeerInfo("n2", None, "inst", True, ["t/#"]))  # back (cut off, and the cut healed)
-    publish(n, "t/1", 1, 10)
+    publish(n, "t/1", 1, 11)
     (pp,) = n.take(AGENT, o.PeerPub)
     assert pp.origin == [n.router.sender.instance, 2]  # its seqs go on: n2's router still knows seq 1
     assert not any(PEER in k for k in n.router.forward.pending.values())
@@ -214,11 +220,11 @@ def test_message_expiry_counts_the_wait_here():
     n = sending_node()
     n.feed(AGENT, o.PeerInfo("n2", None, "inst", True, ["t/#"]))
     n.router.membership.gone(AGENT)  # (no agent: the publishes wait here)
-    n.hello(AGENT, ["t/#"])
     publish(n, "t/short", 1, 1, expiry=2)
     publish(n, "t/long", 1, 2, expiry=60)
     n.clock.t += 3
-    n.feed(AGENT, o.PeerInfo("n2", None, "inst", True))
+    n.hello(AGENT, ["t/#"])
+    n.feed(AGENT, o.PeerInfo("n2", None, "inst", True, ["t/#"]))
     flush(n)
     (pp,) = n.take(AGENT, o.PeerPub)
     assert pp.msg[0] == "t/long" and 56 < pp.msg[5] < 58  # 60 less the 3 s it waited
@@ -233,10 +239,11 @@ def test_routes_per_node_and_a_new_route_gets_what_was_sent_elsewhere_since_its_
     assert [p.node for p in n.take(AGENT, o.PeerPub)] == ["n2"]
     since = n.clock.t - 0.01
     n.clock.t += 0.1
-    n.feed(AGENT, o.PeerRoute("n3", "t/x", True, since))  # n3 subscribed before that publish was read
+    # n3 subscribed before that publish was read: the agent's new filter, then its node
+    n.feed(AGENT, o.RouteAdd("t/x", since), o.PeerRoute("n3", "t/x", True, since))
     flush(n)
     assert [(p.node, p.msg[0]) for p in n.take(AGENT, o.PeerPub)] == [("n3", "t/x")]
-    n.feed(AGENT, o.PeerRoute("n2", "t/#", False))
+    n.feed(AGENT, o.PeerRoute("n2", "t/#", False), o.RouteDel("t/#"))
     publish(n, "t/x", 0, None)
     assert [p.node for p in n.take(AGENT, o.PeerPub)] == ["n3"]
 
