@@ -456,6 +456,7 @@ class Sender:
         self.r = router
         self.instance = "r" + os.urandom(8).hex()  # this router's seq space (the peers' RemoteSeen)
         self.peers: dict[str, Peer] = {}
+        self.names: dict[str, str] = {}  # node name -> its one str (the values of the route table)
         self.seqs: dict[str, itertools.count] = {}  # node -> this instance's seqs to it (kept when it leaves)
         self.dirty: set[Peer] = set()  # peers with something to send
         self.poller: zmq.Poller | None = None
@@ -551,6 +552,7 @@ class Sender:
         cur = trie.get(flt, AGENT)
         if cur is None:
             return False
+        node = self.names.setdefault(node, node)  # (one str per node: each op decodes a new one)
         nodes = () if cur is True else (cur,) if type(cur) is str else cur
         if add:
             if node in nodes:
