@@ -123,11 +123,11 @@ class Settings(BaseSettings):
     # over the agents' Link instead; the data link is tried again in the background
     cluster_data_fallback_after: float = 5.0
     # -- the router sends the other nodes' publishes itself (issue 10, routersend helper) --
-    # on (and SHOAL_CLUSTER_LINK=direct): the router sends each publish for another node
-    # straight to that node's router and takes its CONFIRMs (router/sender.py), the agent off
-    # the data path (it keeps the control plane and tells the router the peers and their
-    # routes); off: the agent sends them (cluster/peers.py), as before
-    cluster_router_sends: bool = False
+    # on (the default; with SHOAL_CLUSTER_LINK=direct): the router sends each publish for
+    # another node straight to that node's router and takes its CONFIRMs (router/sender.py),
+    # the agent off the data path (it keeps the control plane and tells the router the peers
+    # and their routes); off: the agent sends them (cluster/peers.py), as before
+    cluster_router_sends: bool = True
     # -- a session moving between nodes (issue 11 point 2, move helper) --
     # seconds after a session went to another node during which what still arrives here for
     # it is forwarded to that node (router/away.py), and during which that node drops a

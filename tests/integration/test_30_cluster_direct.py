@@ -4,7 +4,10 @@ ZeroMQ. Two real nodes under circusd, one external etcd. The guarantees of the a
 links hold: QoS 0/1/2 both ways with order per publisher, PUBACK only once the other node owns
 the message, what a stopped router did not confirm sent again and taken once (no QoS 2
 duplicate), a router restarted on a new port gets what it did not confirm, a full peer queue
-pushes back, bad input on the data port never takes the router down."""
+pushes back, bad input on the data port never takes the router down.
+
+These are the agent's sender (SHOAL_CLUSTER_ROUTER_SENDS=false); the router's, the default
+now, is tests/integration/test_30_cluster_routersend.py."""
 from __future__ import annotations
 
 import os
@@ -25,7 +28,7 @@ NAMES = ["d1", "d2"]
 
 @pytest.fixture(scope="module")
 def cluster():
-    with running_cluster(NAMES, cluster_link="direct", cluster_lease_ttl=5) as c:
+    with running_cluster(NAMES, cluster_link="direct", cluster_router_sends="false", cluster_lease_ttl=5) as c:
         yield c
 
 
@@ -169,8 +172,9 @@ def test_full_peer_queue_pushes_back_on_the_direct_link(clients):
     stops reading from its router once five messages wait for that peer; nothing acknowledged
     is lost, everything flows once the router is back."""
     etcd = Etcd().start()
-    a = cluster_node("dpa", etcd.url, cluster_link="direct", cluster_max_queued=5, cluster_lease_ttl=15)
-    b = cluster_node("dpb", etcd.url, cluster_link="direct", cluster_max_queued=5, cluster_lease_ttl=15)
+    common = dict(cluster_link="direct", cluster_router_sends="false", cluster_max_queued=5, cluster_lease_ttl=15)
+    a = cluster_node("dpa", etcd.url, **common)
+    b = cluster_node("dpb", etcd.url, **common)
     try:
         a.start(60)
         b.start(60)
@@ -183,12 +187,14 @@ def test_full_peer_queue_pushes_back_on_the_direct_link(clients):
         etcd.stop()
 
 
-def test_a_direct_node_and_a_grpc_node_reach_each_other_over_the_link(clients):
+@pytest.mark.parametrize("sender", ["agent", "router"])
+def test_a_direct_node_and_a_grpc_node_reach_each_other_over_the_link(clients, sender):
     """A node on `direct` next to one on `grpc` (a rolling change of the setting): the grpc
     node's record names no data address, so the direct node sends to it over the Link, and
-    the grpc node never uses the direct node's data port; QoS 1 both ways, PUBACK for each."""
+    the grpc node never uses the direct node's data port; QoS 1 both ways, PUBACK for each.
+    With the router sending (SHOAL_CLUSTER_ROUTER_SENDS) it hands mxb's publishes to its agent."""
     etcd = Etcd().start()
-    a = cluster_node("mxa", etcd.url, cluster_link="direct")
+    a = cluster_node("mxa", etcd.url, cluster_link="direct", cluster_router_sends=str(sender == "router").lower())
     b = cluster_node("mxb", etcd.url, cluster_link="grpc")
     try:
         a.start(60)
