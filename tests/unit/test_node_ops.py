@@ -68,6 +68,11 @@ WIRE = [
     (o.Lease(99.5), [51, 99.5, 0]),
     (o.Lease(None, 7), [51, None, 7]),
     (o.NotOurs("c"), [52, "c"]),
+    # SHOAL_CLUSTER_ROUTER_SENDS (router/sender.py)
+    (o.PeerInfo("n2", "127.0.0.1:5", "i", True, ["a/#"]), [53, "n2", "127.0.0.1:5", "i", True, ["a/#"]]),
+    (o.PeerRoute("n2", "a/#", True, 1.5), [54, "n2", "a/#", True, 1.5]),
+    (o.Peers(["n2", "n3"]), [55, ["n2", "n3"]]),
+    (o.PeerPub("n2", M, True, [], 3, ["r1", 9]), [56, "n2", M, True, [], 3, ["r1", 9]]),
 ]
 
 
@@ -85,6 +90,8 @@ def test_wire_form_is_the_old_list_and_decodes_back(op, wire):
 
 
 def test_shorter_forms_old_senders_wrote_still_decode_with_their_defaults():
+    assert o.decode([53, "n2", None, "i", False]) == o.PeerInfo("n2", None, "i", False, None)  # no filters
+    assert o.decode([54, "n2", "a", False]) == o.PeerRoute("n2", "a", False, None)  # no moment
     assert o.decode([2, "a"]) == o.RouteAdd("a", None)  # the agent's ROUTE_ADD: no since
     assert o.decode([5, M]) == o.Retain(M, None)  # the agent's RETAIN: no token
     assert o.decode([2, "a", 12.5]) == o.RouteAdd("a", 12.5, None)  # a worker's: no weight

@@ -262,7 +262,7 @@ def test_remote_seen_keeps_a_nodes_agent_and_router_instances_apart():
 
 
 def test_without_the_setting_the_agent_sends_as_before():
-    n = Node(etcd_endpoints="http://127.0.0.1:1", cluster_link="direct")
+    n = Node(etcd_endpoints="http://127.0.0.1:1", cluster_link="direct", cluster_router_sends=False)
     assert n.router.sender is None
     n.hello(W1)
     n.hello(W2)
