@@ -928,6 +928,7 @@ class Agent:
             info = await client.get_lease_info(lease_id, keys=False)
             if info.TTL <= 0:
                 lease_id = 0
+                self.ownership.lapsed = True  # (what the router holds under it is stale)
         if not lease_id:
             lease = await client.lease(self.settings.cluster_lease_ttl)
             lease_id = lease.id
