@@ -256,12 +256,21 @@ class Delivered:
 @_wire_op(Op.DIRECT)
 @dataclass(slots=True)
 class Direct:
-    """A message for a session that just moved away (to its new holder)."""
+    """A message for a session that just moved away (to its new holder). ref (a worker's
+    copy of a DELIVER whose session moved to another node meanwhile: that DELIVER's ref): the
+    router counts the forwarded copy in the publish's confirmation, so the publisher's
+    PUBACK waits until the node that has the session owns it."""
     msg: list
     client_id: str
     qos: int
     retain: bool
     sub_ids: list
+    ref: list | None = None
+
+    def to_wire(self) -> list:  # ref travels only when set
+        if self.ref is not None:
+            return [Op.DIRECT.value, self.msg, self.client_id, self.qos, self.retain, self.sub_ids, self.ref]
+        return [Op.DIRECT.value, self.msg, self.client_id, self.qos, self.retain, self.sub_ids]
 
 
 @_wire_op(Op.PUB_TO)

@@ -137,7 +137,17 @@ class Forwarder:
         if holder is not None and holder != sender:
             self.r.send(holder, o.DeliverDirect(op.msg, op.client_id, op.qos, op.retain, op.sub_ids))
         elif holder is None and sender != AGENT:
-            self.r.away.direct(op.msg, op.client_id, op.qos, op.retain, op.sub_ids)
+            # a worker's copy of a DELIVER whose publisher still waits for that worker (ref):
+            # the publish is confirmed only once the node the session went to owns this copy
+            # too (before, the worker's own confirmation covered it, and the copy was lost if
+            # this node's agent died before the other node had it)
+            ref, waiting, cref = op.ref, None, None
+            if ref is not None and op.qos and len(ref) == 2:
+                waiting = self.pending.get((ref[0], ref[1]))
+                if waiting is not None and sender in waiting:
+                    cref = [ref[0], ref[1], op.client_id]
+            if self.r.away.direct(op.msg, op.client_id, op.qos, op.retain, op.sub_ids, cref) and cref is not None:
+                waiting.add(marker(op.client_id))
 
     def publish_to(self, sender: bytes, msg: list, member: str, flt: str | None = None,
                    at: float | None = None) -> None:

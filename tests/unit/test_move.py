@@ -11,7 +11,7 @@ from core.session import Delivery, Session, SubOptions
 from router.away import AWAY_MEMBER
 from router.members import AGENT
 from tests.unit.test_broker_routing import Client, Clock, connect, parse_publish, with_loop
-from tests.unit.test_router import W1, W2, Node, msg, session
+from tests.unit.test_router import MEMBER_TIMEOUT, W1, W2, Node, msg, session
 from worker.bridge import LocalBridge
 from worker.broker import Broker
 from common.settings import Settings
@@ -108,6 +108,47 @@ def test_a_message_the_old_worker_still_had_follows_through_the_router_once():
     # one that came from another node for a session not here is not sent on again
     n.feed(AGENT, o.Direct(msg("t/x", b"bounced", qos=1) + [78], "c", 1, False, []))
     assert n.take(AGENT, o.DeliverDirect) == []
+
+
+def test_a_copy_the_old_worker_had_is_part_of_its_publishers_confirmation():
+    """W1 was given a QoS 1 message for c (DELIVER with W2's ref) before c's session went to
+    another node; W1 forwards its copy (DIRECT with that ref) and then confirms its own part.
+    W2's publish is confirmed only once the other node owns the forwarded copy; before, W1's
+    confirmation alone confirmed it, and the copy was lost if the agent died before the other
+    node had it. If the agent dies first, the publish is confirmed as failed."""
+    for agent_dies in (False, True):
+        n = clustered()
+        n.feed(W2, o.Pub(msg("t/x", b"early", qos=1), 7, n.clock.t))
+        (dl,) = n.take(W1, o.Deliver)
+        assert dl.ref == [W2, 7]
+        hand_to_other_node(n)
+        n.sock.clear()
+        n.feed(W1, o.Direct(dl.msg, "c", 1, False, [], dl.ref), o.Delivered(dl.ref))
+        (d,) = n.take(AGENT, o.DeliverDirect)
+        assert (d.client_id, d.msg[1], d.ref) == ("c", b"early", [W2, 7, "c"])
+        assert n.take(W2, o.Confirm) == []  # W1 owns its part; the other node does not yet
+        if agent_dies:
+            n.clock.t += MEMBER_TIMEOUT / 2
+            n.feed(W1, o.Ping())
+            n.feed(W2, o.Ping())
+            n.tick(MEMBER_TIMEOUT / 2 + 0.1)  # the agent silent: gone before the other node had it
+            (c,) = n.take(W2, o.Confirm)
+            assert (c.token, c.ok) == (7, False)
+        else:
+            n.feed(AGENT, o.Delivered(d.ref))
+            (c,) = n.take(W2, o.Confirm)
+            assert (c.token, c.ok) == (7, True)
+
+
+def test_a_copy_whose_publish_was_confirmed_already_follows_without_a_ref():
+    """A DIRECT whose ref no longer waits (the publish was confirmed, or its sender is not the
+    worker named): forwarded as before, no confirmation of anyone's held."""
+    n = clustered()
+    hand_to_other_node(n)
+    n.sock.clear()
+    n.feed(W1, o.Direct(msg("t/x", b"late", qos=1) + [77], "c", 1, False, [], [W2, 99]))
+    (d,) = n.take(AGENT, o.DeliverDirect)
+    assert (d.msg[1], d.ref) == (b"late", None)
 
 
 def test_a_session_claimed_back_is_not_forwarded_any_more():
