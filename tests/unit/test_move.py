@@ -397,3 +397,23 @@ async def test_a_copy_owned_under_a_lease_since_lost_is_never_handed_over(ag):
         reply = await ag.ownership.takeover_asked(pb.TakeoverRequest(client_id="c", node="a", token=token))
         assert reply.result == pb.TakeoverReply.NONE  # the asker starts afresh
     assert agent_ops(ag) == [] and "c" not in ag.moves.to
+
+
+def test_a_member_that_registers_within_the_window_gets_the_kept_routes_in_its_welcome():
+    """The routes kept for a moved session are in the WELCOME of a member that registers
+    meanwhile (the agent or a worker restarted): the agent keeps routes/<node>/<filter> in
+    etcd, a worker sends its own matching publishes to the router. Before, only the ROUTES
+    deltas carried them, and a member registered within the window did not know them."""
+    n = clustered()
+    hand_to_other_node(n)
+    n.sock.clear()
+    w = n.hello(AGENT)
+    assert ["away", "t/#"] in w.routes
+    w = n.hello(W2)
+    assert ["away", "t/#"] in w.routes
+    n.take(AGENT, o.Routes)
+    later(n, 2.5)
+    later(n, WINDOW - 2.5 + 0.2)
+    (r,) = n.take(AGENT, o.Routes)
+    assert r.delta == [[-1, AWAY_MEMBER, "t/#"]]
+    assert ["away", "t/#"] not in n.hello(AGENT).routes
