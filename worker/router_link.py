@@ -466,6 +466,13 @@ class RouterBridge:
     def _deliver_direct(self, op: o.DeliverDirect) -> None:
         b = self.broker
         b.deliver_direct(msg_from_wire(op.msg, b.now), op.client_id, op.qos, op.retain, op.sub_ids)
+        ref = op.ref
+        if ref is not None:  # (a copy from another node: its node is acknowledged once we own it)
+            store = b.store
+            if store is not None and store.batch is not None:
+                store.after_commit(lambda ok, ref=ref: self.queue_data(o.Delivered(ref)))
+            else:
+                self.queue_data(o.Delivered(ref))
 
     def _moved(self, op: o.Moved) -> None:
         self.broker.forget_moved(op.client_id, op.filters)

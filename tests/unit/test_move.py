@@ -151,6 +151,37 @@ def test_a_copy_whose_publish_was_confirmed_already_follows_without_a_ref():
     assert (d.msg[1], d.ref) == (b"late", None)
 
 
+def test_a_copy_from_another_node_for_a_session_that_went_on_takes_a_second_hop():
+    """c's session came here from node a and went on to a third node within the window (its
+    client reconnected twice): a copy a forwards for it (the agent's DIRECT, with a token) goes
+    on to the third node through the agent, and a is acknowledged (CONFIRM of the token) only
+    once that node owns it. Before, it was dropped here and acknowledged: lost."""
+    n = clustered()
+    hand_to_other_node(n)
+    n.sock.clear()
+    n.feed(AGENT, o.Direct(msg("t/x", b"via", qos=1) + [88], "c", 1, False, [], None, 41))
+    (d,) = n.take(AGENT, o.DeliverDirect)
+    assert (d.client_id, d.msg[1], d.ref) == ("c", b"via", [AGENT, 41, "c"])
+    assert n.take(AGENT, o.Confirm) == []
+    n.feed(AGENT, o.Delivered(d.ref))
+    (c,) = n.take(AGENT, o.Confirm)
+    assert (c.token, c.ok) == (41, True)
+
+
+def test_a_copy_from_another_node_is_confirmed_once_the_holding_worker_owns_it():
+    """The session is held here (W1): the agent's DIRECT goes to W1 with a ref, and the
+    token is confirmed when W1 answers DELIVERED; for a session neither held nor kept here,
+    at once (nothing here will take it)."""
+    n = clustered()
+    n.feed(AGENT, o.Direct(msg("t/x", b"here", qos=1) + [89], "c", 1, False, [], None, 42))
+    (d,) = n.take(W1, o.DeliverDirect)
+    assert d.ref == [AGENT, 42] and n.take(AGENT, o.Confirm) == []
+    n.feed(W1, o.Delivered(d.ref))
+    assert [(c.token, c.ok) for c in n.take(AGENT, o.Confirm)] == [(42, True)]
+    n.feed(AGENT, o.Direct(msg("t/x", b"nobody", qos=1) + [90], "zz", 1, False, [], None, 43))
+    assert [(c.token, c.ok) for c in n.take(AGENT, o.Confirm)] == [(43, True)]
+
+
 def test_a_session_claimed_back_is_not_forwarded_any_more():
     n = clustered()
     hand_to_other_node(n)
@@ -314,7 +345,11 @@ async def test_a_direct_message_is_taken_only_from_the_node_the_session_came_fro
     ag.moves.took("c", "a")  # our claim got c's session from a (TakeoverSession)
     ag.moves.arrived(a, *direct_pub(2))
     (d,) = agent_ops(ag)
-    assert isinstance(d, o.Direct) and d.client_id == "c" and a.acks == [1, 2]
+    assert isinstance(d, o.Direct) and d.client_id == "c" and d.token is not None
+    # acknowledged to a once the router confirms (its worker owns it, or the node it went on to)
+    assert a.acks == [1]
+    ag.on_router_ops([o.Confirm(d.token, True)])
+    assert a.acks == [1, 2] and not ag.moves.pending
     ag.moves.arrived(x, *direct_pub(1))  # another node's: not the session's
     assert agent_ops(ag) == [] and x.acks == [1] and ag.moves.refused == 2
     # the session went on to x and came back from it within the window: both nodes' count
@@ -342,11 +377,15 @@ async def test_direct_messages_waiting_for_our_claim_go_only_if_it_took_the_sess
         p.done.set()
         del ag.ownership.claiming["c"]
         for _ in range(100):  # (loop passes, no time: the held ones go once the claim is done)
-            if a.acks:
+            if a.acks or ag.moves.pending:
                 break
             await asyncio.sleep(0)
         got = agent_ops(ag)
-        assert [type(op) for op in got] == ([o.Direct] if took else []) and a.acks == [10 + took]
+        assert [type(op) for op in got] == ([o.Direct] if took else [])
+        if took:  # (acknowledged on the router's CONFIRM)
+            assert not a.acks
+            ag.on_router_ops([o.Confirm(got[0].token, True)])
+        assert a.acks == [10 + took]
         a.acks.clear()
 
 

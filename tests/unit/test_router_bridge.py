@@ -387,3 +387,20 @@ def test_a_deliver_for_a_session_handed_over_follows_it_with_its_ref():
         kinds = [d.__class__ for d in got if d.__class__ in (o.Direct, o.Delivered)]
         assert kinds.index(o.Direct) < kinds.index(o.Delivered)
     run(body)
+
+
+def test_a_direct_copy_with_a_ref_is_answered_delivered_once_owned():
+    """A copy from another node for a session held here (the router's DELIVER_DIRECT with
+    the agent's ref): delivered to the client, then DELIVERED ref, so the node it came from
+    is acknowledged only once this worker owns it."""
+    def body():
+        w = Worker()
+        conn, t = w.client(CONNECT_C_KEEP)
+        w.granted("c")
+        t.data.clear()
+        w.router(o.DeliverDirect(wire_msg("t", b"hi", 1), "c", 1, False, [], [b"agent", 42]))
+        assert bytes(t.data)[:1] == b"\x32"  # a QoS 1 PUBLISH to the client
+        w.loop.advance(w.bridge.batch_delay)
+        assert [d.ref for d in w.ops(o.Delivered)] == [[b"agent", 42]]
+        conn.connection_lost(None)
+    run(body)
