@@ -29,17 +29,15 @@ import concurrent.futures
 import glob
 import itertools
 import os
-import re
 import resource
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from loadtest.bench.procstat import CpuMeter, all_stats, tree
 from loadtest.cluster_bench import breakdown, cluster_figures, process_name, started_cluster
-from loadtest.cluster_sessions import HOST, Machine, _connack
+from loadtest.cluster_sessions import HOST, Machine, _connack, etcd_figures
 from loadtest.cluster_sessions import pct as _pct
 from mqtt import Connect, Disconnect, Framer, encode
 
@@ -122,26 +120,6 @@ def load_process(args: tuple[int, float, int, str]) -> dict:
     return out
 
 
-def etcd_metrics(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
-        text = r.read().decode()
-    out = {"txns": 0.0}
-    for line in text.splitlines():
-        m = re.match(r"([a-z_]+)(\{[^}]*\})? (\S+)$", line)
-        if m is None:
-            continue
-        name, labels, value = m.groups()
-        if name == "etcd_disk_wal_fsync_duration_seconds_sum":
-            out["fsync_s"] = float(value)
-        elif name == "etcd_disk_wal_fsync_duration_seconds_count":
-            out["fsyncs"] = float(value)
-        elif name == "etcd_disk_wal_fsync_duration_seconds_bucket" and 'le="0.128"' in labels:
-            out["fsyncs_128ms"] = float(value)  # (the bucket nearest 100 ms)
-        elif name == "grpc_server_handled_total" and labels and 'grpc_method="Txn"' in labels:
-            out["txns"] += float(value)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loadtest.cluster_waits")
     ap.add_argument("--seconds", type=float, default=8.0)
@@ -156,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"load average before: {'/'.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} CPUs")
             for label, loaded in (("three nodes loaded at once", nodes), ("n1 loaded alone", nodes[:1])):
                 print(f"{label} ...", file=sys.stderr, flush=True)
-                e0, f0, w0 = etcd_metrics(etcd.url), [cluster_figures(n) for n in nodes], waits(roots)
+                e0, f0, w0 = etcd_figures(etcd.url), [cluster_figures(n) for n in nodes], waits(roots)
                 for m in meters.values():
                     m.mark()
                 machine.mark()
@@ -165,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      for n in loaded]))
                 idle, _ = machine.sample()
                 cpu = sum(m.sample() for m in meters.values())
-                e1, f1, w1 = etcd_metrics(etcd.url), [cluster_figures(n) for n in nodes], waits(roots)
+                e1, f1, w1 = etcd_figures(etcd.url), [cluster_figures(n) for n in nodes], waits(roots)
                 done = max(1, sum(len(r["latency"]) for r in res))
                 lat = [x for r in res for x in r["latency"]]
                 print(f"\n## {label} (load average {os.getloadavg()[0]:.2f}, machine idle {idle * 100:.0f}%)")
