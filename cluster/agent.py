@@ -379,6 +379,8 @@ class Agent:
 
     def _confirmed(self, op) -> None:
         pending = self.remote_tokens.pop(op.token, None)
+        if pending is None:
+            pending = self.moves.pending.pop(op.token, None)  # (a copy for a moved session)
         if pending is not None:
             pending[0].owned(pending[1])
 
@@ -397,6 +399,8 @@ class Agent:
                 # what the old router never confirmed goes to the new one
                 self.link.queue_remote_pub(body, normal, groups, token, time.monotonic(),
                                            [origin.node, origin.instance, seq])
+            for token, (origin, seq, d) in self.moves.pending.items():
+                self.link.queue(d)  # (the same for the copies for moved sessions)
 
     def welcome(self, op) -> None:
         epoch, version, routes, retained = op.epoch, op.version, op.routes, op.retained
@@ -948,6 +952,7 @@ class Agent:
             info = await client.get_lease_info(lease_id, keys=False)
             if info.TTL <= 0:
                 lease_id = 0
+                self.ownership.lapsed = True  # (what the router holds under it is stale)
         if not lease_id:
             lease = await client.lease(self.settings.cluster_lease_ttl)
             lease_id = lease.id

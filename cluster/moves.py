@@ -47,6 +47,7 @@ class Moves:
         # client id -> {node we took its session from: until}; oldest first, as ``to``
         self.came: OrderedDict[str, dict[str, float]] = OrderedDict()
         self.refused = 0  # direct messages from a node we did not take that session from (dropped)
+        self.pending: dict[int, tuple] = {}  # our DIRECT token -> (Origin, seq, op): acked on CONFIRM
 
     # -- A: the session left -------------------------------------------------------
     def handed(self, client_id: str, node: str) -> None:
@@ -137,6 +138,13 @@ class Moves:
 
     def _give(self, op, origin, seq: int) -> None:
         if self._from_giver(op.client_id, origin.node):
+            if seq and op.qos:
+                # acknowledged to the node it came from once the router confirms: its worker
+                # owns it, or the node the session went on to does (router/forward.py direct)
+                op.token = next(self.agent.tokens)
+                self.pending[op.token] = (origin, seq, op)
+                self.agent.link.queue(op)
+                return
             self.agent.link.queue(op)
         else:
             # not the node our claim took this session from (or past the window): that node

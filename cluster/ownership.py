@@ -255,6 +255,11 @@ class Ownership:
         self.to_verify: dict[str, bool] = {}  # client id -> decided alone (no record was written)
         self._verifying: asyncio.Task | None = None
         self.not_ours = 0  # copies found owned by another node, dropped
+        # this agent found the lease an earlier agent of this node held expired (it was down,
+        # or frozen, past the TTL): a copy the router holds whose record is gone was written
+        # under that lease, and is stale as lease_changed makes the ones it knew
+        self.lapsed = False
+        self.fenced_on_check = 0  # such copies found by the check (marked stale)
 
     # -- the router's ops ----------------------------------------------------------
     def on_op(self, op) -> None:
@@ -600,6 +605,7 @@ class Ownership:
     async def _verify(self) -> None:
         ag = self.agent
         others: list[str] = []
+        fenced = 0
         try:
             while self.to_verify:
                 client = ag.etcd.client
@@ -617,7 +623,14 @@ class Ownership:
                         self.owned[cid] = r[0][1].mod_revision  # ours: its token again
                         continue
                     if not r and not alone:
-                        continue  # (unverified in the router: its next claim here starts afresh)
+                        # (unverified in the router: its next claim here starts afresh)
+                        if self.lapsed:
+                            # written under the lease that lapsed, so never handed over either
+                            # (another node may have owned and ended the id meanwhile); before,
+                            # the stale marks lived only in the agent that held that lease
+                            self.stale.add(cid)
+                            fenced += 1
+                        continue
                     if not r:
                         key = OWNERS + cid.encode()
                         ok, resp = await client.transaction(compare=[tx.create(key) == 0],
@@ -629,6 +642,10 @@ class Ownership:
                     # this node, or both served it alone during a split), or is taking it over
                     # now: its TakeoverSession may be on its way (it swaps its record in first)
                     others.append(cid)
+            if fenced:
+                self.fenced_on_check += fenced
+                log.info("sessions here were written under a lease this node lost: fenced, never handed over",
+                         extra=kv(sessions=fenced))
             if others:
                 # what is still ours to give after a takeover's deadline is an orphan: dropped
                 await asyncio.wait_for(self._settled_others(others), TAKEOVER_TIMEOUT * 4)

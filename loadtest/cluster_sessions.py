@@ -22,7 +22,15 @@ nodes (workers, router, agent, circusd) and etcd, also when only n1 is loaded
 mosquitto its one process. A row whose rate falls while its CPU per connect
 stays is a machine out of CPU (two cores shared by three nodes and etcd); a
 row whose CPU per connect grows is a slower path. ``--breakdown`` adds each
-process's CPU-seconds.
+process's CPU-seconds and etcd's own figures per row (transactions and WAL
+fsyncs per connect, the mean fsync).
+
+Each row also says what the load generator (this process: one asyncio loop for
+every loaded node) spent per connect, and how much of the machine was idle
+meanwhile (``/proc/stat``, every CPU, other tenants included). The client runs
+on the same cores: a row with the machine about 0% idle is bound by CPU, the
+load generator's share included, however little the brokers used; only a row
+with idle CPU left waits for something (measured: docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -30,9 +38,12 @@ import argparse
 import asyncio
 import itertools
 import os
+import re
+import resource
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from loadtest.bench.brokers import Mosquitto, Shoal
@@ -207,6 +218,65 @@ class Metered:
         return breakdown(self.meters)
 
 
+class Machine:
+    """The whole machine's CPU time (/proc/stat, every CPU) and this process's own, over one
+    run: mark() before, sample() after."""
+
+    def __init__(self):
+        self._stat = self._self = None
+
+    @staticmethod
+    def _cpu() -> list[int]:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:]]
+
+    @staticmethod
+    def _own() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def mark(self) -> None:
+        self._stat, self._self = self._cpu(), self._own()
+
+    def sample(self) -> tuple[float, float]:
+        """(idle share of every CPU's time, CPU-seconds this process used) since mark()."""
+        d = [b - a for a, b in zip(self._stat, self._cpu())]
+        idle = d[3] + (d[4] if len(d) > 4 else 0)  # idle + iowait
+        return idle / max(1, sum(d)), self._own() - self._self
+
+
+# etcd's figures per row (--breakdown): its gRPC Txn calls, and its WAL fsyncs with their time
+_ETCD_FIGURES = {"etcd_disk_wal_fsync_duration_seconds_sum": "fsync_s", "etcd_disk_wal_fsync_duration_seconds_count": "fsyncs"}
+_METRIC = re.compile(r"([a-z_]+)(\{[^}]*\})? (\S+)$")
+
+
+def parse_etcd_metrics(text: str) -> dict[str, float]:
+    """From etcd's /metrics: txns (gRPC Txn calls handled, every code), fsyncs and fsync_s
+    (WAL fsyncs, their seconds), fsyncs_128ms (those that took 128 ms at most)."""
+    out = {"txns": 0.0, "fsyncs": 0.0, "fsync_s": 0.0, "fsyncs_128ms": 0.0}
+    for line in text.splitlines():
+        m = _METRIC.match(line)
+        if m is None:
+            continue
+        name, labels, value = m.groups()
+        if name in _ETCD_FIGURES:
+            out[_ETCD_FIGURES[name]] = float(value)
+        elif name == "etcd_disk_wal_fsync_duration_seconds_bucket" and labels and 'le="0.128"' in labels:
+            out["fsyncs_128ms"] = float(value)
+        elif name == "grpc_server_handled_total" and labels and 'grpc_method="Txn"' in labels:
+            out["txns"] += float(value)
+    return out
+
+
+def etcd_figures(url: str) -> dict[str, float]:
+    """parse_etcd_metrics of the etcd at url ({} when it does not answer)."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+            return parse_etcd_metrics(r.read().decode())
+    except OSError:
+        return {}
+
+
 def load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -242,15 +312,31 @@ def main(argv: list[str] | None = None) -> int:
             single_cpu = Metered({"alone": alone.meter})
             mosq_cpu = Metered({"mosquitto": mosq.meter})
 
+            machine = Machine()
+            seen: dict[str, tuple[float, float]] = {}  # row -> (machine idle share, load generator CPU-s per connect)
+
             def measured(label: str, meter: Metered, coro_fn) -> tuple[list, float]:
                 """[(rate, done) per loaded node], CPU-seconds per connect."""
                 print(f"connect rate: {label} ...", file=sys.stderr, flush=True)
                 meter.mark()
+                etcd0 = etcd_figures(etcd.url) if args.breakdown and meter is cluster else {}
+                machine.mark()
                 res = asyncio.run(coro_fn())
+                idle, client = machine.sample()
                 cpu = meter.used()
+                done = max(1, sum(d for _, d in res))
+                seen[label] = (idle, client / done)
                 if args.breakdown:
-                    breakdowns.append(f"{label}: {meter.breakdown()}")
-                return res, cpu / max(1, sum(done for _, done in res))
+                    line = f"{label}: {meter.breakdown()}"
+                    etcd1 = etcd_figures(etcd.url)
+                    if etcd0 and etcd1:
+                        txns = etcd1["txns"] - etcd0["txns"]
+                        fsyncs = etcd1.get("fsyncs", 0) - etcd0.get("fsyncs", 0)
+                        fsync_s = etcd1.get("fsync_s", 0) - etcd0.get("fsync_s", 0)
+                        line += (f"; etcd: {txns / done:.2f} transactions and {fsyncs / done:.2f} WAL fsyncs per connect,"
+                                 f" fsync mean {fsync_s / max(1, fsyncs) * 1000:.2f} ms")
+                    breakdowns.append(line)
+                return res, cpu / done
 
             async def on(*ports_prefixes):
                 return await asyncio.gather(*(connect_rate(port, args.seconds, args.concurrency, prefix)
@@ -277,13 +363,21 @@ def main(argv: list[str] | None = None) -> int:
     us = 1e6
     print(f"load average (1/5/15 min) before {load_before}, after {load()}; {os.cpu_count()} CPUs")
     print()
-    print(f"| connect rate ({args.concurrency} at a time, {args.seconds:g} s) | connects/s | CPU-µs per connect |")
-    print("|---|---:|---:|")
-    print(f"| shoal, one node alone | {single[0][0]:,.0f} | {single_c * us:,.0f} |")
+    def extra(label: str) -> str:
+        """The load generator's CPU-µs per connect and the machine's idle share in that row."""
+        idle, client = seen[label]
+        return f" {client * us:,.0f} | {idle * 100:.0f}% |"
+
+    print(f"| connect rate ({args.concurrency} at a time, {args.seconds:g} s) | connects/s | CPU-µs per connect"
+          " | load generator CPU-µs per connect | machine idle |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| shoal, one node alone | {single[0][0]:,.0f} | {single_c * us:,.0f} |" + extra("one node alone"))
     for n, (r, _) in zip(nodes, per_node):
-        print(f"| shoal cluster, {n.name} (three nodes loaded at once) | {r:,.0f} | {per_node_c * us:,.0f} (all three + etcd) |")
-    print(f"| shoal cluster, n1 loaded alone | {one_of_three[0][0]:,.0f} | {one_c * us:,.0f} (all three + etcd) |")
-    print(f"| mosquitto | {mq[0][0]:,.0f} | {mq_c * us:,.0f} |")
+        print(f"| shoal cluster, {n.name} (three nodes loaded at once) | {r:,.0f} | {per_node_c * us:,.0f} (all three + etcd) |"
+              + extra("three cluster nodes at once"))
+    print(f"| shoal cluster, n1 loaded alone | {one_of_three[0][0]:,.0f} | {one_c * us:,.0f} (all three + etcd) |"
+          + extra("one cluster node loaded alone"))
+    print(f"| mosquitto | {mq[0][0]:,.0f} | {mq_c * us:,.0f} |" + extra("mosquitto"))
     print()
     print(f"| takeover ({args.takeovers} times) | p50 ms | p99 ms |")
     print("|---|---:|---:|")

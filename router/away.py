@@ -149,16 +149,18 @@ class Away:
             self.r.send(AGENT, o.DeliverDirect(msg, cid, qos, bool(msg[3] and rap), sorted(ids), cref))
         return waiting
 
-    def direct(self, msg: list, client_id: str, qos: int, retain: bool, sub_ids) -> bool:
-        """A message following a session that moved between this node's workers, whose
-        session has left the node meanwhile: on to the node that has it."""
+    def direct(self, msg: list, client_id: str, qos: int, retain: bool, sub_ids, ref: list | None = None) -> bool:
+        """A message following a session that moved away, from the worker that held it (it
+        had it before the hand-over, or it moved between this node's workers and has left
+        the node since): on to the node that has it. ref: the agent answers DELIVERED ref
+        once that node owns it. True: sent to the agent."""
         if client_id not in self.sessions:
             return False
         entry = self.sessions[client_id]
         if entry[2] >= self.max_messages:
             self.dropped += 1
-            return True
+            return False
         entry[2] += 1
         self.forwarded += 1
-        self.r.send(AGENT, o.DeliverDirect(msg, client_id, qos, retain, list(sub_ids)))
+        self.r.send(AGENT, o.DeliverDirect(msg, client_id, qos, retain, list(sub_ids), ref))
         return True

@@ -161,10 +161,36 @@ class Forwarder:
         message that followed a session from another node, router/away.py); a session
         that has left the node since goes on to the node that has it, once."""
         holder = self.r.sessions.registry.get(op.client_id)
+        token = op.token if sender == AGENT else None
         if holder is not None and holder != sender:
-            self.r.send(holder, o.DeliverDirect(op.msg, op.client_id, op.qos, op.retain, op.sub_ids))
+            ref = None
+            if token is not None:  # the agent acknowledges the node it came from once the holder owns it
+                ref = [sender, token]
+                self.pending[(sender, token)] = {holder}
+            self.r.send(holder, o.DeliverDirect(op.msg, op.client_id, op.qos, op.retain, op.sub_ids, ref))
+        elif holder is None and token is not None:
+            # from another node, for a session that went on from here to a third node within the
+            # window (its client reconnected twice): on to that node (a second hop), and the
+            # node it came from is acknowledged once that one owns it. Before, it was dropped here
+            # and acknowledged: lost. (No cycle: a node that takes a session back ends its
+            # forwarding for it, so the kept entries always point at a later holder.)
+            cref = [sender, token, op.client_id]
+            if self.r.away.direct(op.msg, op.client_id, op.qos, op.retain, op.sub_ids, cref):
+                self.pending[(sender, token)] = {marker(op.client_id)}
+            else:
+                self._confirm(sender, token, True)  # (nothing here will take it)
         elif holder is None and sender != AGENT:
-            self.r.away.direct(op.msg, op.client_id, op.qos, op.retain, op.sub_ids)
+            # a worker's copy of a DELIVER whose publisher still waits for that worker (ref):
+            # the publish is confirmed only once the node the session went to owns this copy
+            # too (before, the worker's own confirmation covered it, and the copy was lost if
+            # this node's agent died before the other node had it)
+            ref, waiting, cref = op.ref, None, None
+            if ref is not None and op.qos and len(ref) == 2:
+                waiting = self.pending.get((ref[0], ref[1]))
+                if waiting is not None and sender in waiting:
+                    cref = [ref[0], ref[1], op.client_id]
+            if self.r.away.direct(op.msg, op.client_id, op.qos, op.retain, op.sub_ids, cref) and cref is not None:
+                waiting.add(marker(op.client_id))
 
     def publish_to(self, sender: bytes, msg: list, member: str, flt: str | None = None,
                    at: float | None = None) -> None:

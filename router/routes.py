@@ -12,6 +12,8 @@ from collections import deque
 from core import ops as o
 from mqtt import SubscriptionTrie
 
+from .away import AWAY_MEMBER
+
 
 class RouteTable:
     def __init__(self, router):
@@ -49,10 +51,17 @@ class RouteTable:
         return [flt for flt, key in self.trie.pairs() if key == ident]
 
     def table(self, but: bytes) -> list:
-        """[member name, filter] of every route of every member but `but` (a WELCOME)."""
+        """[member name, filter] of every route of every member but `but` (a WELCOME), and
+        the routes kept for sessions that moved to another node within their window (the
+        pseudo member "away", router/away.py: a member that registers meanwhile, an agent or
+        worker restarted, keeps them as the others do from the ROUTES deltas)."""
         members = self.r.members
         names = {i: m.name for i, m in members.items() if i != but}
-        return [[names[key], flt] for flt, key in self.trie.pairs() if key in names]
+        table = [[names[key], flt] for flt, key in self.trie.pairs() if key in names]
+        away = self.r.away
+        if away.refs:
+            table.extend([AWAY_MEMBER, flt] for flt in away.refs)
+        return table
 
     def flush_delta(self) -> None:
         """Turn the route changes so far into one versioned ROUTES op for every member."""

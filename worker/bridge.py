@@ -51,7 +51,7 @@ class LocalBridge:
         """Ask the node for a client id; the answer is always `broker.claimed(...)`."""
         self.broker.claimed(conn, connect, None)
 
-    def direct(self, msg, client_id, qos, retain, sub_ids) -> None:
+    def direct(self, msg, client_id, qos, retain, sub_ids, ref=None) -> None:
         pass
 
     def sync(self, fn) -> None:

@@ -70,9 +70,11 @@ class Moved:
         for flt in filters:
             self.b.moved.remove(flt, client_id)
 
-    def follow(self, msg: Message) -> None:
+    def follow(self, msg: Message, ref: list | None = None) -> None:
         """A message the router sent here before it moved a handed-over session's
-        routes follows that session to its new worker (once per session)."""
+        routes follows that session to its new worker (once per session). With ref (the
+        DELIVER's), a QoS 1/2 copy is part of its publisher's confirmation when the session
+        went to another node (router/forward.py direct)."""
         agg: dict[str, list] = {}
         for cid, opts in self.b.moved.match(msg.topic):
             if opts.no_local and cid == msg.origin:
@@ -86,7 +88,8 @@ class Moved:
                 if opts.sub_id:
                     a[2].append(opts.sub_id)
         for cid, (qos, rap, ids) in agg.items():
-            self.b.bridge.direct(msg, cid, min(qos, msg.qos), msg.retain and rap, tuple(sorted(ids)))
+            qos = min(qos, msg.qos)
+            self.b.bridge.direct(msg, cid, qos, msg.retain and rap, tuple(sorted(ids)), ref if qos else None)
 
     def deliver_direct(self, msg: Message, client_id: str, qos: int, retain: bool, sub_ids) -> None:
         """A message that followed a session moved here from another worker."""

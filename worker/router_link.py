@@ -302,8 +302,8 @@ class RouterBridge:
     def forward_shared(self, msg, group: str, flt: str) -> None:
         self.queue(o.SharedPub(msg_to_wire(msg, self.broker.now), group, flt))
 
-    def direct(self, msg, client_id: str, qos: int, retain: bool, sub_ids: tuple) -> None:
-        self.queue(o.Direct(msg_to_wire(msg, self.broker.now), client_id, qos, retain, list(sub_ids)))
+    def direct(self, msg, client_id: str, qos: int, retain: bool, sub_ids: tuple, ref: list | None = None) -> None:
+        self.queue(o.Direct(msg_to_wire(msg, self.broker.now), client_id, qos, retain, list(sub_ids), ref))
 
     def filter_added(self, flt: str) -> None:
         # the moment the SUBSCRIBE is handled: publishes read after it are replayed to us
@@ -454,8 +454,8 @@ class RouterBridge:
     def _deliver(self, op: o.Deliver) -> None:
         self.figures[3] += 1
         b = self.broker
-        b.route_remote(msg_from_wire(op.msg, b.now), op.normal, op.groups)
         ref = op.ref
+        b.route_remote(msg_from_wire(op.msg, b.now), op.normal, op.groups, ref)
         if ref is not None:
             store = b.store
             if store is not None and store.batch is not None:
@@ -466,6 +466,13 @@ class RouterBridge:
     def _deliver_direct(self, op: o.DeliverDirect) -> None:
         b = self.broker
         b.deliver_direct(msg_from_wire(op.msg, b.now), op.client_id, op.qos, op.retain, op.sub_ids)
+        ref = op.ref
+        if ref is not None:  # (a copy from another node: its node is acknowledged once we own it)
+            store = b.store
+            if store is not None and store.batch is not None:
+                store.after_commit(lambda ok, ref=ref: self.queue_data(o.Delivered(ref)))
+            else:
+                self.queue_data(o.Delivered(ref))
 
     def _moved(self, op: o.Moved) -> None:
         self.broker.forget_moved(op.client_id, op.filters)

@@ -91,14 +91,16 @@ class Routing:
                 delivered = True
         return delivered
 
-    def route_remote(self, msg: Message, normal: bool, groups: list) -> None:
+    def route_remote(self, msg: Message, normal: bool, groups: list, ref: list | None = None) -> None:
         """A message from another member of the node: match our plain
-        subscriptions if asked, and serve the shared groups the router chose us for."""
+        subscriptions if asked, and serve the shared groups the router chose us for.
+        ref: the DELIVER's, when its publisher waits for our confirmation (a copy that
+        follows a moved session carries it: worker/moved.py)."""
         b = self.b
         if normal:
             self.route_local(msg, shared=False)
             if len(b.moved):
-                b.moves.follow(msg)
+                b.moves.follow(msg, ref)
         if groups:
             wanted = {(g, f) for g, f in groups}
             for group in b.subs.match_shared(msg.topic):

@@ -3,7 +3,7 @@
 the whole session, clean start cluster-wide, racing CONNECTs, a dead node's ids.
 
 One module-scoped cluster of three one-worker nodes and one external etcd; a short
-lease (SHOAL_CLUSTER_LEASE_TTL=2) so that a killed node is dropped quickly. The
+lease (SHOAL_CLUSTER_LEASE_TTL=3) so that a killed node is dropped quickly. The
 test that kills a node comes last.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ EXPIRY = {Prop.SESSION_EXPIRY_INTERVAL: 300}
 
 @pytest.fixture(scope="module")
 def cluster():
-    with running_cluster(NAMES, cluster_lease_ttl=2, cluster_lease_loss="disconnect") as c:
+    with running_cluster(NAMES, cluster_lease_ttl=3, cluster_lease_loss="disconnect") as c:
         yield c
 
 

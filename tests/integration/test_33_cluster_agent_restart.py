@@ -103,3 +103,63 @@ def test_a_takeover_racing_an_agent_restart_gets_the_session(cluster, clients):
     assert ack.reason_code == 0 and ack.session_present, ack
     got = c.expect_closed(30)
     assert any(isinstance(p, Disconnect) and p.reason_code == 0x8E for p in got), got
+
+
+@pytest.fixture(scope="module")
+def short_cluster():
+    """Two nodes with a 3 s lease, for the test whose agent stays away past its lease."""
+    with running_cluster(["q1", "q2"], cluster_lease_ttl=3, cluster_lease_loss="disconnect") as c:
+        yield c
+
+
+def test_an_agent_back_on_a_new_lease_never_hands_over_what_it_held(short_cluster, clients):
+    """q1's agent is stopped past its lease (the lease expires: etcd deletes the owner record
+    of the offline session q1's router holds) and then killed; circus starts a new agent,
+    which finds that lease gone and takes a new one. The copy in q1's router was written
+    under the lapsed lease (another node may have owned and ended the id meanwhile): a
+    TakeoverSession for it gets NONE (the asker starts afresh), and a CONNECT on q1 does
+    not resume it. Before, the marks of such copies ("stale") lived only in the agent that
+    held the lease: the new agent took the copy off its router and handed it over."""
+    import json
+    import os
+    import re
+    import signal
+
+    import grpc
+
+    from proto import cluster_pb2 as pb
+    from proto import cluster_pb2_grpc as pbg
+    from tests.support.node import wait_for
+
+    cluster = short_cluster
+    cid = f"lapsed-{uuid.uuid4().hex[:6]}"
+    q1 = cluster.nodes[0]
+    c = clients.open(q1.port, 5)
+    ack = c.connect(cid, clean_start=True, properties=dict(EXPIRY))
+    assert isinstance(ack, Connack) and ack.reason_code == 0, ack
+    subscribe(c, "c33/lapsed/#", 1)
+    c.send(Disconnect())  # (an offline session, held by q1's router)
+    c.expect_closed(30)
+    rec = json.loads(cluster.etcd.ctl("get", "-w", "json", f"sessions/owners/{cid}").stdout)["kvs"][0]
+    leases = re.findall(r"event='lease held: serving' lease=(\d+)", q1.log())
+    agent = q1.agent_pid()
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        wait_for(lambda: cluster.etcd.ctl("get", "--print-value-only", f"sessions/owners/{cid}").stdout.strip() == "",
+                 60, 0.1, "q1's lease to expire (its owner record deleted with it)")
+    finally:
+        os.kill(agent, signal.SIGKILL)
+        os.kill(agent, signal.SIGCONT)
+    wait_for(lambda: (p := q1.agent_pid()) is not None and p != agent, 60, 0.1, "q1's agent to be restarted")
+    wait_for(lambda: "sessions here were written under a lease this node lost" in q1.log(), 60, 0.1,
+             "the new agent's check of the sessions q1's router holds")
+    assert re.findall(r"event='lease held: serving' lease=(\d+)", q1.log())[-1] != leases[-1]  # a new lease
+    with grpc.insecure_channel(q1.env["SHOAL_CLUSTER_ADDR"]) as ch:
+        reply = pbg.PeerStub(ch).TakeoverSession(
+            pb.TakeoverRequest(client_id=cid, clean_start=False, node="q2", token=int(rec["mod_revision"]) + 1000),
+            timeout=20)
+    assert reply.result == pb.TakeoverReply.NONE, reply
+    c2 = clients.open(q1.port, 5)
+    c2.timeout = 30
+    ack = c2.connect(cid, clean_start=False, properties=dict(EXPIRY))
+    assert isinstance(ack, Connack) and ack.reason_code == 0 and not ack.session_present, ack

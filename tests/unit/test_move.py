@@ -11,7 +11,7 @@ from core.session import Delivery, Session, SubOptions
 from router.away import AWAY_MEMBER
 from router.members import AGENT
 from tests.unit.test_broker_routing import Client, Clock, connect, parse_publish, with_loop
-from tests.unit.test_router import W1, W2, Node, msg, session
+from tests.unit.test_router import MEMBER_TIMEOUT, W1, W2, Node, msg, session
 from worker.bridge import LocalBridge
 from worker.broker import Broker
 from common.settings import Settings
@@ -108,6 +108,78 @@ def test_a_message_the_old_worker_still_had_follows_through_the_router_once():
     # one that came from another node for a session not here is not sent on again
     n.feed(AGENT, o.Direct(msg("t/x", b"bounced", qos=1) + [78], "c", 1, False, []))
     assert n.take(AGENT, o.DeliverDirect) == []
+
+
+def test_a_copy_the_old_worker_had_is_part_of_its_publishers_confirmation():
+    """W1 was given a QoS 1 message for c (DELIVER with W2's ref) before c's session went to
+    another node; W1 forwards its copy (DIRECT with that ref) and then confirms its own part.
+    W2's publish is confirmed only once the other node owns the forwarded copy; before, W1's
+    confirmation alone confirmed it, and the copy was lost if the agent died before the other
+    node had it. If the agent dies first, the publish is confirmed as failed."""
+    for agent_dies in (False, True):
+        n = clustered()
+        n.feed(W2, o.Pub(msg("t/x", b"early", qos=1), 7, n.clock.t))
+        (dl,) = n.take(W1, o.Deliver)
+        assert dl.ref == [W2, 7]
+        hand_to_other_node(n)
+        n.sock.clear()
+        n.feed(W1, o.Direct(dl.msg, "c", 1, False, [], dl.ref), o.Delivered(dl.ref))
+        (d,) = n.take(AGENT, o.DeliverDirect)
+        assert (d.client_id, d.msg[1], d.ref) == ("c", b"early", [W2, 7, "c"])
+        assert n.take(W2, o.Confirm) == []  # W1 owns its part; the other node does not yet
+        if agent_dies:
+            n.clock.t += MEMBER_TIMEOUT / 2
+            n.feed(W1, o.Ping())
+            n.feed(W2, o.Ping())
+            n.tick(MEMBER_TIMEOUT / 2 + 0.1)  # the agent silent: gone before the other node had it
+            (c,) = n.take(W2, o.Confirm)
+            assert (c.token, c.ok) == (7, False)
+        else:
+            n.feed(AGENT, o.Delivered(d.ref))
+            (c,) = n.take(W2, o.Confirm)
+            assert (c.token, c.ok) == (7, True)
+
+
+def test_a_copy_whose_publish_was_confirmed_already_follows_without_a_ref():
+    """A DIRECT whose ref no longer waits (the publish was confirmed, or its sender is not the
+    worker named): forwarded as before, no confirmation of anyone's held."""
+    n = clustered()
+    hand_to_other_node(n)
+    n.sock.clear()
+    n.feed(W1, o.Direct(msg("t/x", b"late", qos=1) + [77], "c", 1, False, [], [W2, 99]))
+    (d,) = n.take(AGENT, o.DeliverDirect)
+    assert (d.msg[1], d.ref) == (b"late", None)
+
+
+def test_a_copy_from_another_node_for_a_session_that_went_on_takes_a_second_hop():
+    """c's session came here from node a and went on to a third node within the window (its
+    client reconnected twice): a copy a forwards for it (the agent's DIRECT, with a token) goes
+    on to the third node through the agent, and a is acknowledged (CONFIRM of the token) only
+    once that node owns it. Before, it was dropped here and acknowledged: lost."""
+    n = clustered()
+    hand_to_other_node(n)
+    n.sock.clear()
+    n.feed(AGENT, o.Direct(msg("t/x", b"via", qos=1) + [88], "c", 1, False, [], None, 41))
+    (d,) = n.take(AGENT, o.DeliverDirect)
+    assert (d.client_id, d.msg[1], d.ref) == ("c", b"via", [AGENT, 41, "c"])
+    assert n.take(AGENT, o.Confirm) == []
+    n.feed(AGENT, o.Delivered(d.ref))
+    (c,) = n.take(AGENT, o.Confirm)
+    assert (c.token, c.ok) == (41, True)
+
+
+def test_a_copy_from_another_node_is_confirmed_once_the_holding_worker_owns_it():
+    """The session is held here (W1): the agent's DIRECT goes to W1 with a ref, and the
+    token is confirmed when W1 answers DELIVERED; for a session neither held nor kept here,
+    at once (nothing here will take it)."""
+    n = clustered()
+    n.feed(AGENT, o.Direct(msg("t/x", b"here", qos=1) + [89], "c", 1, False, [], None, 42))
+    (d,) = n.take(W1, o.DeliverDirect)
+    assert d.ref == [AGENT, 42] and n.take(AGENT, o.Confirm) == []
+    n.feed(W1, o.Delivered(d.ref))
+    assert [(c.token, c.ok) for c in n.take(AGENT, o.Confirm)] == [(42, True)]
+    n.feed(AGENT, o.Direct(msg("t/x", b"nobody", qos=1) + [90], "zz", 1, False, [], None, 43))
+    assert [(c.token, c.ok) for c in n.take(AGENT, o.Confirm)] == [(43, True)]
 
 
 def test_a_session_claimed_back_is_not_forwarded_any_more():
@@ -273,7 +345,11 @@ async def test_a_direct_message_is_taken_only_from_the_node_the_session_came_fro
     ag.moves.took("c", "a")  # our claim got c's session from a (TakeoverSession)
     ag.moves.arrived(a, *direct_pub(2))
     (d,) = agent_ops(ag)
-    assert isinstance(d, o.Direct) and d.client_id == "c" and a.acks == [1, 2]
+    assert isinstance(d, o.Direct) and d.client_id == "c" and d.token is not None
+    # acknowledged to a once the router confirms (its worker owns it, or the node it went on to)
+    assert a.acks == [1]
+    ag.on_router_ops([o.Confirm(d.token, True)])
+    assert a.acks == [1, 2] and not ag.moves.pending
     ag.moves.arrived(x, *direct_pub(1))  # another node's: not the session's
     assert agent_ops(ag) == [] and x.acks == [1] and ag.moves.refused == 2
     # the session went on to x and came back from it within the window: both nodes' count
@@ -301,11 +377,15 @@ async def test_direct_messages_waiting_for_our_claim_go_only_if_it_took_the_sess
         p.done.set()
         del ag.ownership.claiming["c"]
         for _ in range(100):  # (loop passes, no time: the held ones go once the claim is done)
-            if a.acks:
+            if a.acks or ag.moves.pending:
                 break
             await asyncio.sleep(0)
         got = agent_ops(ag)
-        assert [type(op) for op in got] == ([o.Direct] if took else []) and a.acks == [10 + took]
+        assert [type(op) for op in got] == ([o.Direct] if took else [])
+        if took:  # (acknowledged on the router's CONFIRM)
+            assert not a.acks
+            ag.on_router_ops([o.Confirm(got[0].token, True)])
+        assert a.acks == [10 + took]
         a.acks.clear()
 
 
@@ -356,3 +436,23 @@ async def test_a_copy_owned_under_a_lease_since_lost_is_never_handed_over(ag):
         reply = await ag.ownership.takeover_asked(pb.TakeoverRequest(client_id="c", node="a", token=token))
         assert reply.result == pb.TakeoverReply.NONE  # the asker starts afresh
     assert agent_ops(ag) == [] and "c" not in ag.moves.to
+
+
+def test_a_member_that_registers_within_the_window_gets_the_kept_routes_in_its_welcome():
+    """The routes kept for a moved session are in the WELCOME of a member that registers
+    meanwhile (the agent or a worker restarted): the agent keeps routes/<node>/<filter> in
+    etcd, a worker sends its own matching publishes to the router. Before, only the ROUTES
+    deltas carried them, and a member registered within the window did not know them."""
+    n = clustered()
+    hand_to_other_node(n)
+    n.sock.clear()
+    w = n.hello(AGENT)
+    assert ["away", "t/#"] in w.routes
+    w = n.hello(W2)
+    assert ["away", "t/#"] in w.routes
+    n.take(AGENT, o.Routes)
+    later(n, 2.5)
+    later(n, WINDOW - 2.5 + 0.2)
+    (r,) = n.take(AGENT, o.Routes)
+    assert r.delta == [[-1, AWAY_MEMBER, "t/#"]]
+    assert ["away", "t/#"] not in n.hello(AGENT).routes

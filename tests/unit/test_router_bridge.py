@@ -357,3 +357,50 @@ def test_claims_and_session_ends_close_behind_a_send_go_together_and_a_lone_clai
         w.loop.advance(w.bridge.batch_delay)
         assert [[op.__class__ for op in batch] for batch in w.sock.sent] == [[o.Will, o.Release, o.Claim]]
     run(body)
+
+
+CONNECT_C_KEEP = bytes.fromhex("100d 00044d515454 04 00 003c 0001 63")  # client "c", clean session 0
+
+
+def test_a_deliver_for_a_session_handed_over_follows_it_with_its_ref():
+    """c's session was handed over (the router's TAKEOVER) just before a QoS 1 DELIVER for it
+    arrived: the worker forwards its copy (DIRECT) with the DELIVER's ref, so the router counts
+    the copy in the publisher's confirmation (router/forward.py direct), then confirms its own
+    part (DELIVERED); a QoS 0 one follows without a ref."""
+    def body():
+        w = Worker()
+        conn, t = w.client(CONNECT_C_KEEP)
+        w.granted("c")
+        conn.data_received(SUBSCRIBE_T)
+        (sync,) = w.ops(o.Sync)
+        w.router(o.Synced(sync.token))
+        w.router(o.Takeover("c", 9, False))
+        (h,) = w.ops(o.Handoff)
+        assert h.client_id == "c" and h.state is not None
+        w.router(o.Deliver(wire_msg("t", b"hi", 1), True, [], [b"w2", 5]),
+                 o.Deliver(wire_msg("t", b"q0", 0), True, [], [b"w2", 6]))
+        w.loop.advance(w.bridge.batch_delay)
+        got = w.ops()
+        assert [(d.client_id, d.qos, d.ref) for d in got if d.__class__ is o.Direct] == [("c", 1, [b"w2", 5]), ("c", 0, None)]
+        assert [d.ref for d in got if d.__class__ is o.Delivered] == [[b"w2", 5], [b"w2", 6]]
+        # the router reads the copy before the worker's own confirmation (one ordered stream)
+        kinds = [d.__class__ for d in got if d.__class__ in (o.Direct, o.Delivered)]
+        assert kinds.index(o.Direct) < kinds.index(o.Delivered)
+    run(body)
+
+
+def test_a_direct_copy_with_a_ref_is_answered_delivered_once_owned():
+    """A copy from another node for a session held here (the router's DELIVER_DIRECT with
+    the agent's ref): delivered to the client, then DELIVERED ref, so the node it came from
+    is acknowledged only once this worker owns it."""
+    def body():
+        w = Worker()
+        conn, t = w.client(CONNECT_C_KEEP)
+        w.granted("c")
+        t.data.clear()
+        w.router(o.DeliverDirect(wire_msg("t", b"hi", 1), "c", 1, False, [], [b"agent", 42]))
+        assert bytes(t.data)[:1] == b"\x32"  # a QoS 1 PUBLISH to the client
+        w.loop.advance(w.bridge.batch_delay)
+        assert [d.ref for d in w.ops(o.Delivered)] == [[b"agent", 42]]
+        conn.connection_lost(None)
+    run(body)
