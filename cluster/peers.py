@@ -104,15 +104,12 @@ def _data_op(e: Entry, now: float) -> bytes | None:
     waited here (None: it ran out meanwhile)."""
     body = e.body
     m = e.msg
-    if m is not None and m[5] is not None:
-        waited = now - e.at
-        if waited >= 0.001:
-            left = m[5] - waited
-            if left <= 0:
-                return None
-            m = list(m)
-            m[5] = left
-            body = peerdata.packb(m)
+    if m is not None:
+        aged = peerdata.aged(m, e.at, now)
+        if aged is None:
+            return None
+        if aged is not m:
+            body = peerdata.packb(aged)
     return peerdata.remote_pub(body, e.normal, e.groups, e.seq)
 
 

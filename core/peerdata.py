@@ -67,6 +67,21 @@ def packb(obj) -> bytes:
     return _packer.pack(obj)
 
 
+def aged(msg: list, queued_at: float, now: float) -> list | None:
+    """msg (a message record) with its Message Expiry Interval less the time it waited in a
+    sender's queue since queued_at; None when that ran out; msg itself when it has no
+    interval or waited under a millisecond (the agent's and the router's senders)."""
+    if msg[5] is not None:
+        waited = now - queued_at
+        if waited >= 0.001:
+            left = msg[5] - waited
+            if left <= 0:
+                return None
+            msg = list(msg)
+            msg[5] = left
+    return msg
+
+
 def remote_pub(body: bytes, normal: bool, groups: list, seq: int) -> bytes:
     """One REMOTE_PUB op, body (the packed message) spliced in as it is: [17, msg, normal,
     groups, token, at]; at is None (the receiving router stamps its own clock)."""

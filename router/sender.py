@@ -97,16 +97,7 @@ def _seq_of(e: Entry) -> int:
 
 def aged(e: Entry, now: float) -> list | None:
     """The message with its Message Expiry less the time it waited here (None: it ran out)."""
-    m = e.msg
-    if m[5] is not None:
-        waited = now - e.at
-        if waited >= 0.001:
-            left = m[5] - waited
-            if left <= 0:
-                return None
-            m = list(m)
-            m[5] = left
-    return m
+    return peerdata.aged(e.msg, e.at, now)
 
 
 class PeerLink:
