@@ -207,19 +207,13 @@ class Forwarder:
         if ref[0] == o.HANDED and self.r.sender is not None:  # a publish the router handed its agent
             self.r.sender.handed_done(ref[1])
             return
-        key = (ref[0], ref[1])
         if len(ref) > 2:  # the agent: the copy for a moved session is owned there
             ident = marker(ref[2])
-        waiting = self.pending.get(key)
-        if waiting is None:
-            return
-        waiting.discard(ident)
-        if not waiting:
-            del self.pending[key]
-            self._confirm(key[0], key[1], True)
+        self.peer_done((ref[0], ref[1]), ident)
 
     def peer_done(self, key: tuple, ident: bytes) -> None:
-        """Another node (router/sender.py, ident PEER + node) owns a publish of key, or left."""
+        """ident owns the publish of key: a member (DELIVERED), the node a moved session's copy
+        went to, or another node (router/sender.py, ident PEER + node; or it left)."""
         waiting = self.pending.get(key)
         if waiting is None:
             return
