@@ -252,6 +252,11 @@ class SharedGroup:
         return f"{_SHARE_PREFIX}{self.group}/{self.topic_filter}"
 
 
+MATCH_CACHE = 4096  # topics whose match a SubscriptionTrie keeps answered (per trie)
+MATCH_CACHE_RESULT = 64  # ... when the answer is at most this many pairs
+_NO_GROUPS: list = []  # (never changed: see match_shared)
+
+
 class SubscriptionTrie:
     """Topic filter -> {key: value}, matched by topic name.
 
@@ -260,12 +265,19 @@ class SubscriptionTrie:
     kept in a separate root, grouped per (group, filter).
     """
 
-    __slots__ = ("_root", "_shared", "_count")
+    __slots__ = ("_root", "_shared", "_count", "_hits", "_shared_hits")
 
     def __init__(self) -> None:
         self._root = _Node()
         self._shared = _Node()  # subs: group name -> SharedGroup
         self._count = 0
+        # topic -> what match / match_shared answered, until the trie changes (add, remove);
+        # a publisher mostly sends to the topics it sent to before, and a match walks the
+        # trie for every level (5.6 µs for a topic of 3 levels among 51 filters, 0.4 µs from
+        # here). At most MATCH_CACHE topics (then emptied), answers of at most
+        # MATCH_CACHE_RESULT pairs (a long one costs its deliveries far more than its walk)
+        self._hits: dict = {}
+        self._shared_hits: dict = {}
 
     def __len__(self) -> int:
         return self._count
@@ -273,6 +285,10 @@ class SubscriptionTrie:
     def add(self, topic_filter: str, key: Hashable, value: Any = None) -> bool:
         """Store ``value`` for (topic_filter, key); True if the pair is new
         (otherwise the value is replaced). ValueError on an invalid filter."""
+        if self._hits:
+            self._hits.clear()
+        if self._shared_hits:
+            self._shared_hits.clear()
         if _is_share_form(topic_filter):
             parsed = parse_shared(topic_filter)
             if parsed is None:
@@ -307,6 +323,10 @@ class SubscriptionTrie:
 
     def remove(self, topic_filter: str, key: Hashable) -> bool:
         """Forget (topic_filter, key); False if it was not there."""
+        if self._hits:
+            self._hits.clear()
+        if self._shared_hits:
+            self._shared_hits.clear()
         if _is_share_form(topic_filter):
             parsed = parse_shared(topic_filter)
             if parsed is None:
@@ -372,22 +392,40 @@ class SubscriptionTrie:
     def match(self, topic: str) -> list[tuple[Hashable, Any]]:
         """(key, value) of every non-shared (filter, key) matching ``topic``
         (a valid topic name). A key subscribed through two overlapping filters
-        appears twice: the caller picks the QoS / identifiers."""
-        out: list[tuple[Hashable, Any]] = []
+        appears twice: the caller picks the QoS / identifiers. The list may be the
+        one an earlier call got (until the trie changes): callers never change it."""
+        hits = self._hits
+        out = hits.get(topic)
+        if out is not None:
+            return out
+        out = []
         for subs in _match_dicts(self._root, topic.split("/")):
             if type(subs) is _One:
                 out.append((subs.key, subs.value))
             else:
                 out.extend(subs.items())
+        if len(out) <= MATCH_CACHE_RESULT:
+            if len(hits) >= MATCH_CACHE:
+                hits.clear()
+            hits[topic] = out
         return out
 
     def match_shared(self, topic: str) -> list[SharedGroup]:
-        """The shared groups whose filter matches ``topic``."""
+        """The shared groups whose filter matches ``topic`` (a list callers never change,
+        as match's)."""
         if not self._shared.children:
-            return []
-        out: list[SharedGroup] = []
+            return _NO_GROUPS
+        hits = self._shared_hits
+        out = hits.get(topic)
+        if out is not None:
+            return out
+        out = []
         for groups in _match_dicts(self._shared, topic.split("/")):
             out.extend(groups.values())
+        if len(out) <= MATCH_CACHE_RESULT:
+            if len(hits) >= MATCH_CACHE:
+                hits.clear()
+            hits[topic] = out
         return out
 
     def shared_group(self, topic_filter: str) -> SharedGroup | None:
