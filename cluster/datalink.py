@@ -30,7 +30,6 @@ come back here.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 
@@ -53,10 +52,7 @@ RECONNECT_FIRST = 0.05  # seconds before a lost or refused connection is tried a
 RECONNECT_MAX = 2.0  # ... doubling to this while the publishes wait for the data link
 FALLBACK_RETRY_MAX = 30.0  # ... or to this while they go over the Link (fallen back)
 
-_LOST = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-         | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | _LOST
-_monitor_ids = itertools.count(1)
+_LOST = peerdata.LOST_EVENTS
 
 
 class DataLink:
@@ -85,24 +81,7 @@ class DataLink:
         self._retry = None
         if self.closed:
             return
-        ctx = zmq.Context.instance()
-        s = ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.IDENTITY, self.identity)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.SNDHWM, 1000)  # batches; beyond, the queue in PeerOut grows (push back)
-        s.setsockopt(zmq.RCVHWM, 100_000)
-        s.setsockopt(zmq.IMMEDIATE, 1)  # nothing queued for a connection not made yet
-        s.setsockopt(zmq.RECONNECT_IVL, -1)  # we connect again ourselves (order after a loss)
-        s.setsockopt(zmq.CONNECT_TIMEOUT, max(1000, int(self.dead_after * 1000) // 3))
-        for opt, value in peerdata.heartbeat_options(self.dead_after):
-            s.setsockopt(opt, value)
-        s.setsockopt(zmq.TCP_KEEPALIVE, 1)
-        s.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 10)
-        endpoint = f"inproc://shoal-datalink-{next(_monitor_ids)}"
-        s.monitor(endpoint, _EVENTS)
-        m = ctx.socket(zmq.PAIR)
-        m.setsockopt(zmq.LINGER, 0)
-        m.connect(endpoint)
+        s, m = peerdata.dialler(self.identity, self.dead_after)
         self.sock, self.mon = s, m
         self.attempt_at = time.monotonic()
         self.fd = s.getsockopt(zmq.FD)
@@ -132,7 +111,7 @@ class DataLink:
                 self.peer.data_up(self, first)
                 self.loop.call_soon(self._readable)
             elif event & _LOST:
-                self._lost(_EVENT_NAMES.get(event, str(event)).lower().replace("_", " "))
+                self._lost(peerdata.EVENT_NAMES.get(event, str(event)))
                 return
 
     def check(self, now: float) -> None:
@@ -224,6 +203,3 @@ class DataLink:
             self._retry = None
         self._drop_socket()
 
-
-_EVENT_NAMES = {getattr(zmq, n): n[len("EVENT_"):] for n in dir(zmq)
-                if n.startswith("EVENT_") and isinstance(getattr(zmq, n), int)}

@@ -13,6 +13,7 @@ Both sides live here (the agent and the router import core/, never each other):
 """
 from __future__ import annotations
 
+import itertools
 import struct
 
 import msgpack
@@ -110,3 +111,37 @@ def heartbeat_options(dead_after: float) -> list[tuple[int, int]]:
     ms = int(dead_after * 1000)
     return [(zmq.HEARTBEAT_IVL, ms // 3), (zmq.HEARTBEAT_TIMEOUT, ms * 2 // 3), (zmq.HEARTBEAT_TTL, ms),
             (zmq.HANDSHAKE_IVL, ms // 3)]
+
+
+# -- the dialler's socket (the agent's DataLink and the router's PeerLink) -------------------
+LOST_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+               | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+EVENT_NAMES = {getattr(zmq, n): n[len("EVENT_"):].lower().replace("_", " ") for n in dir(zmq)
+               if n.startswith("EVENT_") and isinstance(getattr(zmq, n), int)}
+_monitor_ids = itertools.count(1)
+
+
+def dialler(ident: bytes, dead_after: float) -> tuple:
+    """A DEALER for a peer router's data port (not connected yet) and the PAIR its monitor
+    reports the handshake and the losses to. One connection at a time, made by its owner:
+    ZeroMQ's reconnect off (order after a loss), IMMEDIATE (nothing queued for a connection
+    not made yet), heartbeats and TCP keep-alive from SHOAL_CLUSTER_LINK_DEAD_AFTER."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, ident)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 1000)  # batches; beyond, the sender's own queue grows (push back)
+    sock.setsockopt(zmq.RCVHWM, 100_000)
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.setsockopt(zmq.RECONNECT_IVL, -1)
+    sock.setsockopt(zmq.CONNECT_TIMEOUT, max(1000, int(dead_after * 1000) // 3))
+    for opt, value in heartbeat_options(dead_after):
+        sock.setsockopt(opt, value)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 10)
+    endpoint = f"inproc://shoal-dialler-{next(_monitor_ids)}"
+    sock.monitor(endpoint, zmq.EVENT_HANDSHAKE_SUCCEEDED | LOST_EVENTS)
+    mon = ctx.socket(zmq.PAIR)
+    mon.setsockopt(zmq.LINGER, 0)
+    mon.connect(endpoint)
+    return sock, mon

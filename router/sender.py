@@ -67,12 +67,7 @@ TICK = 0.1  # seconds between looks at timers (resend, reconnect, fall back)
 REPLAY_MARGIN = 0.05  # as router/forward.py: a QoS 0 publish read this long before a SUBSCRIBE counts
 EVENTS, POLLIN, NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
-_LOST = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-         | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | _LOST
-_EVENT_NAMES = {getattr(zmq, n): n[len("EVENT_"):].lower().replace("_", " ") for n in dir(zmq)
-                if n.startswith("EVENT_") and isinstance(getattr(zmq, n), int)}
-_monitor_ids = itertools.count(1)
+_LOST = peerdata.LOST_EVENTS
 _packer = msgpack.Packer(use_bin_type=True)
 _CONFIRM = int(o.Op.CONFIRM)
 
@@ -122,25 +117,8 @@ class PeerLink:
     def _connect(self, now: float) -> None:
         self.retry_at = None
         s = self.s
-        ctx = zmq.Context.instance()
-        dead_after = s.r.settings.cluster_link_dead_after
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, peerdata.identity(s.r.settings.node, s.instance))
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 1000)  # batches; beyond, the queue here grows (push back)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
-        sock.setsockopt(zmq.IMMEDIATE, 1)  # nothing queued for a connection not made yet
-        sock.setsockopt(zmq.RECONNECT_IVL, -1)  # we connect again ourselves (order after a loss)
-        sock.setsockopt(zmq.CONNECT_TIMEOUT, max(1000, int(dead_after * 1000) // 3))
-        for opt, value in peerdata.heartbeat_options(dead_after):
-            sock.setsockopt(opt, value)
-        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
-        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 10)
-        endpoint = f"inproc://shoal-routersend-{os.getpid()}-{next(_monitor_ids)}"
-        sock.monitor(endpoint, _EVENTS)
-        mon = ctx.socket(zmq.PAIR)
-        mon.setsockopt(zmq.LINGER, 0)
-        mon.connect(endpoint)
+        sock, mon = peerdata.dialler(peerdata.identity(s.r.settings.node, s.instance),
+                                     s.r.settings.cluster_link_dead_after)
         self.sock, self.mon = sock, mon
         self.attempt_at = now
         s.register(sock)
@@ -165,7 +143,7 @@ class PeerLink:
                 self.ever_up = True
                 self.peer.link_up(self, first, now)
             elif event & _LOST:
-                self._lost(_EVENT_NAMES.get(event, str(event)), now)
+                self._lost(peerdata.EVENT_NAMES.get(event, str(event)), now)
                 return
 
     def read(self) -> None:
