@@ -84,6 +84,11 @@ class Op(IntEnum):
     PEER_ROUTE = 54
     PEERS = 55
     PEER_PUB = 56
+    # issue 10, hotpath: many confirmations in one op, one per loop pass instead of one per
+    # message (CONFIRM and DELIVERED are still understood, and still sent where the other side
+    # may be older: the agent, a peer router that did not say it takes CONFIRMS)
+    CONFIRMS = 57
+    DELIVERED_MANY = 58
 
 
 class Own(IntEnum):
@@ -713,3 +718,26 @@ class WireCheck:
                 "from one install (run `make install`, then restart circusd)",
                 extra=kv(member=member, version=version, expected=WIRE_VERSION, channel=channel, node=self.node))
         return False
+
+
+# -- many confirmations in one op (issue 10, hotpath) -------------------------------------------
+@_wire_op(Op.CONFIRMS)
+@dataclass(slots=True)
+class Confirms:
+    """Router -> worker, and router -> a peer router whose data link identity says it takes
+    them (core/peerdata.py CONFIRMS_MARK): CONFIRM(token, ok) for each token, in order."""
+    ok: bool
+    tokens: list
+
+
+@_wire_op(Op.DELIVERED_MANY)
+@dataclass(slots=True)
+class DeliveredMany:
+    """Worker -> router: DELIVERED(ref) for each ref, in order."""
+    refs: list
+
+
+# the hot ops' numbers as plain ints, for the speakers that read those ops as wire lists
+# (no dataclass per message: router/router.py, worker/router_link.py, router/sender.py)
+PUB, DELIVERED, DELIVER, CONFIRM = int(Op.PUB), int(Op.DELIVERED), int(Op.DELIVER), int(Op.CONFIRM)
+REMOTE_PUB, CONFIRMS, DELIVERED_MANY = int(Op.REMOTE_PUB), int(Op.CONFIRMS), int(Op.DELIVERED_MANY)

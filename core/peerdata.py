@@ -22,6 +22,11 @@ import zmq
 from .ops import Op
 
 DATA_WIRE = 1  # version of the direct data link; a dialler speaking another is refused
+# the end of a dialler's instance that says it reads CONFIRMS ops (many seqs in one op, issue 10
+# hotpath); the receiving router answers any other dialler (an older router, an agent) with one
+# CONFIRM per seq, as before. Part of the instance itself, so that the origin a message carries
+# when it goes through the agent instead ([instance, seq]) is the same string
+CONFIRMS_MARK = "+c"
 PREFIX = b"shoal-data/"
 _REMOTE_PUB = msgpack.packb(int(Op.REMOTE_PUB))
 _NIL = b"\xc0"

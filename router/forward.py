@@ -16,6 +16,7 @@ from mqtt import topic_matches
 from .away import marker
 from .members import AGENT
 
+_DELIVER = o.DELIVER
 REPLAY_WINDOW = 0.5  # seconds of routed publishes kept for subscriptions whose route is late
 REPLAY_MARGIN = 0.05  # QoS 0 read this long before a SUBSCRIBE counts as concurrent (worker/router_link.py)
 
@@ -128,7 +129,7 @@ class Forwarder:
             if st is not None:
                 self.remote_repeats += 1
                 if st is True:
-                    self.r.send(sender, o.Confirm(token, True))
+                    self.r.confirm(sender, token, True)
                 else:
                     st.append((sender, token))  # confirmed with the first copy's outcome
                 return
@@ -223,12 +224,13 @@ class Forwarder:
             self._confirm(key[0], key[1], True)
 
     def _confirm(self, sender: bytes, token, ok: bool) -> None:
-        self.r.send(sender, o.Confirm(token, ok))
+        confirm = self.r.confirm
+        confirm(sender, token, ok)
         if self.origin_of:
             origin = self.origin_of.pop((sender, token), None)
             if origin is not None:
                 for waiter, t in self.remote_seen.done(origin, ok):
-                    self.r.send(waiter, o.Confirm(t, ok))
+                    confirm(waiter, t, ok)
 
     # -- internals ---------------------------------------------------------------------
     def _dispatch(self, sender: bytes, msg: list, normal: set, groups_for: dict, token, at,
@@ -245,8 +247,8 @@ class Forwarder:
                 self.pending[(sender, token)] = set(targets)
             else:
                 self._confirm(sender, token, True)
-        for ident in targets:
-            send(ident, o.Deliver(msg, ident in normal, groups_for.get(ident, []), ref))
+        for ident in targets:  # (DELIVER's wire list: o.Deliver(msg, normal, groups, ref).to_wire())
+            send(ident, [_DELIVER, msg, ident in normal, groups_for.get(ident, []), ref])
             self.forwarded += 1
         if peers:  # other nodes, by this router (router/sender.py): their confirms join the pending set
             key = (sender, token) if ref is not None else None

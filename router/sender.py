@@ -69,7 +69,7 @@ EVENTS, POLLIN, NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
 _LOST = peerdata.LOST_EVENTS
 _packer = msgpack.Packer(use_bin_type=True)
-_CONFIRM = int(o.Op.CONFIRM)
+_CONFIRM, _CONFIRMS = o.CONFIRM, o.CONFIRMS
 
 
 class Entry:
@@ -154,8 +154,15 @@ class PeerLink:
                 data = sock.recv(NOBLOCK)
             except zmq.Again:
                 break
-            try:  # (CONFIRMs only: [29, token, ok] read as lists, no typed op each)
-                seqs = [w[1] for w in unpack(data) if type(w) is list and len(w) > 2 and w[0] == _CONFIRM]
+            try:  # (CONFIRMS [57, ok, [seq, ...]] and CONFIRM [29, seq, ok] read as lists, no typed op each)
+                seqs = []
+                for w in unpack(data):
+                    if type(w) is list and len(w) > 2:
+                        if w[0] == _CONFIRMS:
+                            if type(w[2]) is list:
+                                seqs += [t for t in w[2] if type(t) is int]
+                        elif w[0] == _CONFIRM and type(w[1]) is int:
+                            seqs.append(w[1])
             except Exception:
                 log.warning("undecodable answer on the data link", extra=kv(peer=self.peer.node, size=len(data)))
                 continue
@@ -423,7 +430,8 @@ class Peer:
 class Sender:
     def __init__(self, router):
         self.r = router
-        self.instance = "r" + os.urandom(8).hex()  # this router's seq space (the peers' RemoteSeen)
+        # this router's seq space (the peers' RemoteSeen); its end says this router reads CONFIRMS
+        self.instance = "r" + os.urandom(8).hex() + peerdata.CONFIRMS_MARK
         self.peers: dict[str, Peer] = {}
         self.names: dict[str, str] = {}  # node name -> its one str (the values of the route table)
         self.seqs: dict[str, itertools.count] = {}  # node -> this instance's seqs to it (kept when it leaves)

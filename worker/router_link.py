@@ -17,7 +17,8 @@ import zmq
 from common.logs import kv
 from common.settings import Settings
 from core import ops as o
-from core.ops import STALE, WIRE_VERSION, Own, pack, unpack_ops
+from core.ops import (CONFIRM, CONFIRMS, DELIVER, DELIVERED_MANY, STALE, WIRE_VERSION, BadOp, Own, decode, pack,
+                      unpack)
 from mqtt import SubscriptionTrie, parse_shared, topic_matches
 
 from .flow import Pause
@@ -90,7 +91,7 @@ class RouterBridge:
         self._timer = None
         self.handlers = {
             o.Deliver: self._deliver, o.DeliverDirect: self._deliver_direct, o.Moved: self._moved,
-            o.Confirm: self._confirm, o.Routes: self._routes, o.Synced: self._synced, o.Grant: self._grant,
+            o.Confirm: self._confirm, o.Confirms: lambda op: self._confirms(op.ok, op.tokens), o.Routes: self._routes, o.Synced: self._synced, o.Grant: self._grant,
             o.Takeover: self._takeover, o.Retained: self._retained, o.Lease: self._lease,
             o.WillGo: self._will_go, o.Adopt: self._adopt, o.DrainDone: self._drain_done,
             o.Welcome: self._welcome, o.Pong: self._pong, o.NodeStats: self._node_stats,
@@ -433,15 +434,34 @@ class RouterBridge:
             except zmq.Again:
                 break
             try:
-                ops = unpack_ops(data, self._bad_op)
+                wires = unpack(data)
+                if wires.__class__ is not list:
+                    raise BadOp(f"a message is a list of ops, not {type(wires).__name__}")
             except Exception:
                 log.exception("undecodable message from the router")
                 continue
-            for op in ops:
+            for w in wires:
+                # DELIVER and CONFIRMS (CONFIRM) as wire lists: no op object, no handler lookup per
+                # message; any other op typed (decode) and dispatched by its class
+                code = w[0] if w.__class__ is list and w else None
                 try:
-                    self.handle(op)
+                    if code == DELIVER and len(w) == 5:
+                        self._deliver_w(w[1], w[2], w[3], w[4])
+                    elif code == CONFIRMS and len(w) == 3 and w[2].__class__ is list:
+                        self._confirms(w[1], w[2])
+                    elif code == CONFIRM and len(w) == 3:
+                        self._confirms(w[2], (w[1],))
+                    else:
+                        try:
+                            op = decode(w)
+                        except BadOp as e:
+                            self._bad_op(e, w)
+                            continue
+                        self.handle(op)
                 except Exception:
-                    log.exception("error handling a router message", extra=kv(op=op.CODE.name))
+                    log.exception("error handling a router message",
+                                  extra=kv(op=o.BY_CODE[code].CODE.name if type(code) is int and code in o.BY_CODE
+                                           else repr(code)[:20]))
 
     def _bad_op(self, err, w) -> None:
         log.warning("undecodable op from the router", extra=kv(error=str(err)[:200]))
@@ -452,16 +472,31 @@ class RouterBridge:
             fn(op)
 
     def _deliver(self, op: o.Deliver) -> None:
+        self._deliver_w(op.msg, op.normal, op.groups, op.ref)
+
+    def _deliver_w(self, msg: list, normal: bool, groups: list, ref: list | None) -> None:
         self.figures[3] += 1
         b = self.broker
-        ref = op.ref
-        b.route_remote(msg_from_wire(op.msg, b.now), op.normal, op.groups, ref)
+        b.route_remote(msg_from_wire(msg, b.now), normal, groups, ref)
         if ref is not None:
             store = b.store
             if store is not None and store.batch is not None:
-                store.after_commit(lambda ok, ref=ref: self.queue_data(o.Delivered(ref)))
+                store.after_commit(lambda ok, ref=ref: self._delivered(ref))
             else:
-                self.queue_data(o.Delivered(ref))
+                self._delivered(ref)
+
+    def _delivered(self, ref: list) -> None:
+        """DELIVERED ref: consecutive ones go as one DELIVERED_MANY op (issue 10, hotpath), in
+        order, each counted for the batch rate as a message of its own."""
+        out = self.out
+        if out:
+            last = out[-1]
+            if last.__class__ is list and last[0] == DELIVERED_MANY:
+                last[1].append(ref)
+                if self.batch_delay > 0:
+                    self._busy()  # (counted; the send that takes it is scheduled already)
+                return
+        self.queue_data([DELIVERED_MANY, [ref]])
 
     def _deliver_direct(self, op: o.DeliverDirect) -> None:
         b = self.broker
@@ -478,10 +513,15 @@ class RouterBridge:
         self.broker.forget_moved(op.client_id, op.filters)
 
     def _confirm(self, op: o.Confirm) -> None:
-        self.unconfirmed.pop(op.token, None)
-        fn = self.confirms.pop(op.token, None)
-        if fn is not None:
-            fn(op.ok)
+        self._confirms(op.ok, (op.token,))
+
+    def _confirms(self, ok: bool, tokens) -> None:
+        unconfirmed, confirms = self.unconfirmed, self.confirms
+        for token in tokens:
+            unconfirmed.pop(token, None)
+            fn = confirms.pop(token, None)
+            if fn is not None:
+                fn(ok)
 
     def _routes(self, op: o.Routes) -> None:
         self.route_version = op.version

@@ -73,6 +73,8 @@ WIRE = [
     (o.PeerRoute("n2", "a/#", True, 1.5), [54, "n2", "a/#", True, 1.5]),
     (o.Peers(["n2", "n3"]), [55, ["n2", "n3"]]),
     (o.PeerPub("n2", M, True, [], 3, ["r1", 9]), [56, "n2", M, True, [], 3, ["r1", 9]]),
+    (o.Confirms(True, [4, 5, 6]), [57, True, [4, 5, 6]]),
+    (o.DeliveredMany([[b"w1", 5], [b"agent", 6]]), [58, [[b"w1", 5], [b"agent", 6]]]),
 ]
 
 
