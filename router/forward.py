@@ -235,7 +235,8 @@ class Forwarder:
     # -- internals ---------------------------------------------------------------------
     def _dispatch(self, sender: bytes, msg: list, normal: set, groups_for: dict, token, at,
                   follow: bool = True, peers: list | None = None) -> None:
-        targets = normal | groups_for.keys()
+        # (normal is this call's own set, made by the caller: used as it is when no group adds to it)
+        targets = normal | groups_for.keys() if groups_for else normal
         send = self.r.send
         away = self.r.away
         # for a session that went to another node moments ago (router/away.py)
@@ -264,7 +265,6 @@ class Forwarder:
                 elif not self.pending[key] and not follows:
                     del self.pending[key]
                     self._confirm(sender, token, True)
-            targets = set(targets)
             targets.update(idents)
             targets.add(AGENT)  # (the router's replay for the agent's new routes skips it: sender.py replays)
         if follows:
@@ -278,7 +278,7 @@ class Forwarder:
                     self._confirm(sender, token, True)
         if at is not None and not msg[3]:  # retained messages reach new subscribers as retained
             recent = self.recent
-            recent.append((at, sender, msg, set(targets)))
+            recent.append((at, sender, msg, targets))  # (targets: this call's own set, kept as it is)
             if len(recent) > 256 and recent[0][0] < at - REPLAY_WINDOW:
                 while recent and recent[0][0] < at - REPLAY_WINDOW:
                     recent.popleft()

@@ -141,7 +141,7 @@ class PeerData:
                 self._bad("not a publish", ident)
                 continue
             msg, normal, groups, token = w[1], w[2], w[3], w[4]
-            if not (well_formed(msg) and type(normal) is bool and _groups_ok(groups)
+            if not (well_formed(msg) and type(normal) is bool and (groups == [] or _groups_ok(groups))
                     and (token is None or (type(token) is int and token > 0))):
                 self._bad("malformed publish", ident, topic=str(msg[0])[:100] if type(msg) is list and msg else "")
                 continue
