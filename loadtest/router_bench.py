@@ -87,7 +87,8 @@ def run(batch: int, messages: int, tmp: Path, payload: int) -> tuple[float, floa
             sub.send(pack([o.Delivered(r) for r in refs]))
             confirmed = 0
             while confirmed < batch:
-                confirmed += sum(1 for op in recv_ops(pub, deadline) if op.__class__ is o.Confirm)
+                for op in recv_ops(pub, deadline):  # (one CONFIRM each, or CONFIRMS: many in one op)
+                    confirmed += 1 if op.__class__ is o.Confirm else len(getattr(op, "tokens", ()))
             sent += batch
         cpu, t0 = base
         used = cpu_s(proc.pid) - cpu

@@ -17,7 +17,7 @@ import zmq
 from common.logs import kv
 from common.settings import Settings
 from core import ops as o
-from core.ops import (CONFIRM, CONFIRMS, DELIVER, DELIVERED_MANY, STALE, WIRE_VERSION, BadOp, Own, decode, pack,
+from core.ops import (CONFIRM, CONFIRMS, DELIVER, DELIVERED_MANY, PUB, STALE, WIRE_VERSION, BadOp, Own, decode, pack,
                       unpack)
 from mqtt import SubscriptionTrie, parse_shared, topic_matches
 
@@ -275,7 +275,8 @@ class RouterBridge:
             self.confirms[token] = on_owned
             self.unconfirmed[token] = (o.Pub, msg)
         self.figures[2] += 1
-        self.queue_data(o.Pub(msg_to_wire(msg, self.broker.now), token, self.clock()))
+        # (PUB's wire list, o.Pub(msg, token, at).to_wire(): no op object per message)
+        self.queue_data([PUB, msg_to_wire(msg, self.broker.now), token, self.clock()])
 
     def unrouted(self, msg) -> None:
         """A publish no other worker wanted: kept for REPLAY_WINDOW in case a
