@@ -181,11 +181,6 @@ class Settings(BaseSettings):
     ws_port: int = Field(default=0, ge=0, le=65535)  # MQTT over WebSocket (path /mqtt, subprotocol mqtt)
     wss_port: int = Field(default=0, ge=0, le=65535)  # MQTT over WebSocket over TLS (the tls_* certificate settings)
 
-    # -- hotpath (issue 10): a busy router gathers input for this long per loop pass -------------
-    # ms between two loop passes of the router while it handles more than SHOAL_ROUTER_BATCH_RATE
-    # publishes and confirmations a second (0: a pass whenever input comes, as before)
-    router_pass_ms: float = 0.0
-
     @field_validator("tls_certfile", "tls_keyfile", "tls_cafile", mode="before")
     @classmethod
     def _empty_tls_path_is_none(cls, v):
@@ -242,7 +237,6 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "workers": (1, 1024),
     "router_batch_ms": (0, 1000),
     "router_batch_rate": (0, 100_000_000),  # (routercpu)
-    "router_pass_ms": (0, 100),  # (hotpath)
     "max_packet_size": (16, 268_435_455),
     "cluster_max_frame": (65_536, 2_147_483_647),  # (hop helper)
     "cluster_frame_bytes": (1, None),  # (hop helper)

@@ -79,7 +79,6 @@ class Router:
         # (a SUBSCRIBE flood); None: read everything up to now (tests drive handle() directly)
         self.read_all_at: float | None = None
         self.lease_path = None  # router/ops.Ops once running; None (unit tests): LEASE on the data path
-        self.hot = 0  # publishes and confirmations handled (SHOAL_ROUTER_PASS_MS counts their rate)
         if sock is None:
             sock = zmq.Context.instance().socket(zmq.ROUTER)
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -221,24 +220,7 @@ class Router:
         next_check = self.clock() + 0.5
         sock = self.sock
         watching = None  # what the poller watches: backlog (POLLOUT) or not (POLLIN); changed only when it changes
-        pass_s = self.settings.router_pass_ms / 1000.0
-        rate = self.settings.router_batch_rate
-        pass_at = win_at = self.clock()
-        win_hot = 0
-        busy = False
-        peer_data = self.peer_data
         while self.running:
-            if pass_s:
-                # SHOAL_ROUTER_PASS_MS: while busy, a loop pass at most every pass_s, so that each
-                # pass reads (and each send carries) more; the rate over the last 10 ms decides
-                now = self.clock()
-                hot = self.hot + (peer_data.received if peer_data is not None else 0)
-                if now - win_at >= 0.01:
-                    busy = (hot - win_hot) > rate * (now - win_at)
-                    win_at, win_hot = now, hot
-                if busy and now - pass_at < pass_s:
-                    time.sleep(pass_s - (now - pass_at))
-                pass_at = self.clock()
             backlog = bool(self.out)
             # a peer's queue full (router/sender.py): the members are not read (push back)
             paused = sender is not None and sender.paused and sender.blocked()
@@ -332,7 +314,6 @@ class Router:
                     hot = m is not None and m.alive and self.membership.settled
                 if hot:
                     m.last_seen = now
-                    self.hot += 1
                     try:
                         if code == PUB:
                             n = len(w)
