@@ -23,7 +23,11 @@ from common.logs import kv
 
 log = logging.getLogger("shoal.wire")
 
-WIRE_VERSION = 1
+# 2 (issue 10, hotpath): workers send DELIVERED_MANY and read CONFIRMS, which a router of
+# version 1 would drop (its PUBACKs would never come): such a mix of installs is refused at HELLO
+# and BEAT, with what to fix, instead. (Between nodes the data link's own versions hold:
+# core/peerdata.py DATA_WIRE, CONFIRMS_MARK; the agents' CLUSTER_WIRE.)
+WIRE_VERSION = 2
 
 
 class Op(IntEnum):
