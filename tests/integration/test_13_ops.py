@@ -539,9 +539,10 @@ class AgentStandIn:
     def __init__(self, node: Node, peers: list[dict]):
         import zmq
 
-        from common.wire import Op, pack, unpack
+        from common.wire import WIRE_VERSION, Op, pack, unpack
 
         self.zmq, self.Op, self.pack, self.unpack = zmq, Op, pack, unpack
+        self.wire = WIRE_VERSION  # (a BEAT without it speaks version 1, refused since hotpath's 2)
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, b"agent")
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -558,7 +559,8 @@ class AgentStandIn:
         while not self.stopping.is_set():
             now = time.monotonic()
             if now >= next_beat:
-                self.sock.send(self.pack([[Op.BEAT, "agent", os.getpid(), self.joined, time.time(), self.peers]]))
+                self.sock.send(self.pack([[Op.BEAT, "agent", os.getpid(), self.joined, time.time(), self.peers,
+                                             self.wire]]))
                 next_beat = now + 0.3
             if self.sock.poll(50, zmq.POLLIN):
                 for op in self.unpack(self.sock.recv()):
