@@ -96,8 +96,8 @@ class Batcher:
     What gathers in one loop pass goes at its end in one transaction (the claims of a router
     message, which carries every claim the router read in its own pass), also while others
     are under way, up to ``most`` (SHOAL_CLUSTER_OWNER_TXNS) at once: a claim never waits a
-    whole transaction behind another, and etcd puts the proposals that reach it together in
-    one WAL fsync. With ``fill`` (SHOAL_CLUSTER_OWNER_FILL) above 1, one goes beside those
+    whole transaction behind another (etcd writes the proposals that reach it meanwhile with
+    one WAL fsync). With ``fill`` (SHOAL_CLUSTER_OWNER_FILL) above 1, one goes beside those
     under way only once that many records wait; fewer wait for one to end and go together
     in the next (group commit: fewer transactions, each claim waiting up to one transaction
     longer; the default before, with 32). At ``most`` under way what comes waits for one to

@@ -126,9 +126,19 @@ def key(name: str) -> bytes:
     return OWNERS + name.encode()
 
 
-def test_the_defaults():
+def test_the_settings_their_defaults_and_bounds():
+    import pytest
+
+    from common.settings import SettingsError, load
+
     s = Settings()
     assert (s.cluster_owner_txns, s.cluster_owner_fill) == (INFLIGHT, FILL) == (8, 1)
+    s = load({"SHOAL_CLUSTER_OWNER_TXNS": "2", "SHOAL_CLUSTER_OWNER_FILL": "32"})
+    assert (s.cluster_owner_txns, s.cluster_owner_fill) == (2, 32)
+    with pytest.raises(SettingsError) as e:
+        load({"SHOAL_CLUSTER_OWNER_TXNS": "0", "SHOAL_CLUSTER_OWNER_FILL": "101"})
+    assert e.value.problems == ["SHOAL_CLUSTER_OWNER_TXNS='0': should be a number from 1 to 64",
+                                "SHOAL_CLUSTER_OWNER_FILL='101': should be a number from 1 to 100"]
 
 
 @with_batcher()
