@@ -75,10 +75,11 @@ OWNERS = b"sessions/owners/"
 TAKEOVER_TIMEOUT = 4.0  # seconds the previous owner has to hand a session over
 ROUTER_TIMEOUT = 6.0  # seconds this node's router has to give a session up
 BATCH = 100  # records per etcd transaction (etcd's default limit is 128 operations)
-INFLIGHT = 8  # owner transactions under way at once; what comes meanwhile waits for the next
-# records waiting that start one more transaction beside those under way; fewer wait for one
-# to end (group commit: a connect storm's claims share few transactions, see Batcher)
-FILL = 32
+# owner transactions under way at once at most, and the records waiting that start one more
+# beside those under way: the defaults of SHOAL_CLUSTER_OWNER_TXNS and SHOAL_CLUSTER_OWNER_FILL
+# (common/settings.py; see Batcher)
+INFLIGHT = 8
+FILL = 1
 DELETE_LINGER = 0.02  # seconds a session end's delete waits for claims to go with
 
 
@@ -90,15 +91,23 @@ class Batcher:
     read followed by a put on its revision, without the second round trip. A delete
     compares that the key still holds this node's value (a transaction of its own inside
     the batch's: a delete that finds another node's record, or none, leaves it and the
-    others go on). One transaction holds both (txn_request). While one is under way, what
-    gathers waits for it to end and goes in the next (group commit); one more goes beside
-    it only once FILL records wait, up to INFLIGHT under way: a connect storm costs one
-    round trip per batch, not per CONNECT, and a lone CONNECT on a quiet node goes at
-    once. (Eight under way whenever anything waited carried 3 to 7 records a transaction
-    under the connect benchmark; see docs/architecture.md.)"""
+    others go on). One transaction holds both (txn_request).
+
+    What gathers in one loop pass goes at its end in one transaction (the claims of a router
+    message, which carries every claim the router read in its own pass), also while others
+    are under way, up to ``most`` (SHOAL_CLUSTER_OWNER_TXNS) at once: a claim never waits a
+    whole transaction behind another (etcd writes the proposals that reach it meanwhile with
+    one WAL fsync). With ``fill`` (SHOAL_CLUSTER_OWNER_FILL) above 1, one goes beside those
+    under way only once that many records wait; fewer wait for one to end and go together
+    in the next (group commit: fewer transactions, each claim waiting up to one transaction
+    longer; the default before, with 32). At ``most`` under way what comes waits for one to
+    end. Measured in docs/architecture.md ("Fourth pass")."""
 
     def __init__(self, own):
         self.own = own
+        st = own.agent.settings
+        self.most = st.cluster_owner_txns  # under way at once (SHOAL_CLUSTER_OWNER_TXNS)
+        self.fill = st.cluster_owner_fill  # waiting that start one more beside (SHOAL_CLUSTER_OWNER_FILL)
         self.claims: list = []  # (key, value, future)
         self.deletes: list = []  # (key, value, future)
         self.scheduled = False
@@ -139,9 +148,9 @@ class Batcher:
         return len(self.claims) + (len(self.deletes) if self.claims or self.due else 0)
 
     def _room(self) -> bool:
-        """Whether one more transaction goes now: none is under way, or FILL records wait
-        (and fewer than INFLIGHT are under way). Otherwise what waits goes when one ends."""
-        return self.inflight == 0 or (self.inflight < INFLIGHT and self._waiting() >= FILL)
+        """Whether one more transaction goes now: none is under way, or ``fill`` records wait
+        and fewer than ``most`` are under way. Otherwise what waits goes when one ends."""
+        return self.inflight == 0 or (self.inflight < self.most and self._waiting() >= self.fill)
 
     def _schedule(self) -> None:
         if not self.scheduled and self._room():

@@ -136,6 +136,13 @@ class Settings(BaseSettings):
     # messages forwarded per moved session in that window at most (beyond: dropped, counted,
     # logged with the client id); also the ids the new node remembers per arrived session
     cluster_move_max_messages: int = 10_000
+    # -- owner transactions: the claims and ends of client ids in etcd (issue 11, connrate4 helper) --
+    # transactions under way at once at most (cluster/ownership.py Batcher)
+    cluster_owner_txns: int = 8
+    # records waiting that start one more transaction beside those under way (1: what gathers
+    # in a loop pass goes at its end, up to cluster_owner_txns under way); fewer wait for one
+    # to end and go together in the next (group commit; 32 before this setting)
+    cluster_owner_fill: int = 1
     # -- the subscribe path at scale (issue 10, subscribe helper) --
     # SUBSCRIBEs of one connection handled while earlier ones still wait for their routes
     # (SUBACK = routed on every worker and node); beyond, that connection is not read
@@ -268,6 +275,8 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "cluster_retained_tombstone_ttl": (10, 9_000_000_000),
     "cluster_move_window": (0.1, 600),  # (move helper)
     "cluster_move_max_messages": (1, 10_000_000),
+    "cluster_owner_txns": (1, 64),  # (connrate4 helper)
+    "cluster_owner_fill": (1, 100),
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # SHOAL_ variables that are not settings but are read elsewhere

@@ -15,7 +15,7 @@ import tempfile
 
 import pytest
 
-from cluster.ownership import FILL, OWNERS
+from cluster.ownership import OWNERS
 from common.settings import Settings
 from tests.support.cluster import Etcd
 
@@ -31,14 +31,14 @@ def etcd():
         e.stop()
 
 
-def with_agent(etcd, fn):
+def with_agent(etcd, fn, **settings):
     """fn(agent, batcher, our record's value) on a running loop, the agent joined to etcd
-    with a lease of its own."""
+    with a lease of its own (settings: more Settings fields)."""
     from cluster.agent import Agent
 
     async def main():
         with tempfile.TemporaryDirectory() as tmp:
-            ag = Agent(Settings(node_name="b", etcd_endpoints=etcd.url, data_dir=tmp, run_dir=tmp))
+            ag = Agent(Settings(node_name="b", etcd_endpoints=etcd.url, data_dir=tmp, run_dir=tmp, **settings))
             try:
                 client = await ag.etcd.connect()
                 ag.lease_id = (await client.lease(60)).id
@@ -60,11 +60,41 @@ def key(name: str) -> bytes:
     return OWNERS + name.encode()
 
 
-def test_claims_behind_a_transaction_under_way_wait_and_go_together_in_the_next(etcd):
-    """While one transaction is under way, claims queued in later loop passes wait for it and
-    then share one transaction; FILL of them waiting start one more beside it. Before, each
-    loop pass's claims started a transaction of their own while fewer than eight were under
-    way: 3 to 7 records a transaction under a connect storm."""
+FILL = 32  # SHOAL_CLUSTER_OWNER_FILL of the group-commit test (the default before the setting)
+
+
+def test_claims_behind_a_transaction_under_way_go_at_once_beside_it_up_to_the_setting(etcd):
+    """SHOAL_CLUSTER_OWNER_FILL=1 (the default): each loop pass's claims start a transaction
+    beside those under way (etcd takes them together), up to SHOAL_CLUSTER_OWNER_TXNS; more
+    wait for one to end and go together. Before (32), a claim behind one under way waited for
+    it to end."""
+    async def body(ag, b, mine):
+        os.kill(etcd.proc.pid, signal.SIGSTOP)
+        try:
+            futs = []
+            for i in range(3):  # one claim per loop pass, as CONNECTs come in
+                futs.append(b.claim(key(f"p{i}"), mine))
+                await passes()
+                assert b.inflight == i + 1  # (etcd is frozen: they stay under way)
+            futs += [b.claim(key(f"q{i}"), mine) for i in range(2)]
+            await passes()
+            assert b.inflight == 3 and len(b.claims) == 2  # at the bound: they wait
+        finally:
+            os.kill(etcd.proc.pid, signal.SIGCONT)
+        results = await asyncio.wait_for(asyncio.gather(*futs), TIMEOUT)
+        assert b.txns == 4 and b.inflight == 0
+        assert all(prev is None for _, prev, _ in results)
+        revisions = [rev for rev, _, _ in results]
+        assert len(set(revisions[:3])) == 3 and revisions[3] == revisions[4] > max(revisions[:3])
+        for name in ("p0", "p1", "p2", "q0", "q1"):
+            assert (await ag.etcd.client.get(key(name))).value == mine
+    with_agent(etcd, body, cluster_owner_txns=3)
+
+
+def test_with_a_fill_claims_behind_a_transaction_under_way_wait_and_go_together_in_the_next(etcd):
+    """SHOAL_CLUSTER_OWNER_FILL=32 (group commit): while one transaction is under way, claims
+    queued in later loop passes wait for it and then share one transaction; FILL of them
+    waiting start one more beside it."""
     async def body(ag, b, mine):
         os.kill(etcd.proc.pid, signal.SIGSTOP)
         try:
@@ -97,7 +127,7 @@ def test_claims_behind_a_transaction_under_way_wait_and_go_together_in_the_next(
         assert b.txns == 4
         for name in ("g0", "h0", "h2", "g1", f"f{FILL - 1}"):
             assert (await ag.etcd.client.get(key(name))).value == mine
-    with_agent(etcd, body)
+    with_agent(etcd, body, cluster_owner_fill=FILL)
 
 
 def test_a_delete_that_finds_another_nodes_record_leaves_it_and_the_rest_of_the_batch_goes(etcd):
