@@ -186,3 +186,4 @@ def test_the_sending_router_says_it_reads_confirms_and_takes_both_forms():
         assert n.router.sender.peers["n2"].unacked == {}
     finally:
         peer.close()
+        n.router.sender.close()
