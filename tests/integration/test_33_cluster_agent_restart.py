@@ -66,7 +66,9 @@ def test_a_restarted_agent_drops_a_session_another_node_took_meanwhile(cluster, 
     wait_for(lambda: len(re.findall(r"event='lease held: serving' lease=(\d+)", r1.log())) > len(leases), 30, 0.1,
              "the new agent to hold its lease")
     assert re.findall(r"event='lease held: serving' lease=(\d+)", r1.log())[-1] == leases[-1]
-    assert "a session here is owned by another node: dropping it" in r1.log()
+    # (the agent's log line goes through circus to the node's log: it may land after the DISCONNECT)
+    wait_for(lambda: "a session here is owned by another node: dropping it" in r1.log(), 30, 0.1,
+             "r1's agent to log the session it dropped")
     assert cluster.etcd.get_json(f"sessions/owners/{cid}")["node"] == "r2"  # r1 did not touch it
     assert watcher.barrier() == []  # no will: the session is r2's now
 
