@@ -26,10 +26,10 @@ from core import ops as o
 from core.ops import unpack
 from core.peerdata import CONFIRMS_MARK, BadIdentity, heartbeat_options, parse_identity, well_formed
 
+from .frames import EVENTS, NOBLOCK, POLLIN, SNDMORE_NOBLOCK, recv_pair
+
 log = logging.getLogger("shoal.router")
 
-EVENTS, POLLIN, NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)  # (ints: no enum.Flag per call)
-SNDMORE_NOBLOCK, RCVMORE = int(zmq.SNDMORE) | NOBLOCK, int(zmq.RCVMORE)  # (as router/router.py)
 REMOTE_PUB = o.REMOTE_PUB
 KNOWN_MAX = 1024  # dialler identities remembered (a flood of identities costs no more)
 
@@ -86,14 +86,7 @@ class PeerData:
         recv, getsockopt = sock.recv, sock.getsockopt
         for _ in range(most):  # (poll found it readable: as Router.read_members, no zmq.Again at the end)
             try:
-                ident = recv(NOBLOCK)
-                if not getsockopt(RCVMORE):
-                    raise ValueError
-                data = recv(NOBLOCK)
-                if getsockopt(RCVMORE):  # (more than two frames: read the rest, drop it all)
-                    while getsockopt(RCVMORE):
-                        recv(NOBLOCK)
-                    raise ValueError
+                ident, data = recv_pair(recv, getsockopt)
             except zmq.Again:
                 return
             except ValueError:  # not two frames: not one of ours

@@ -34,6 +34,7 @@ from core.sums import node_sums
 from .admin import OpsService
 from .forward import Forwarder
 from .away import Away
+from .frames import EVENTS, NOBLOCK, POLLIN, SNDMORE_NOBLOCK, recv_pair
 from .members import AGENT, MEMBER_TIMEOUT, Member, Membership  # noqa: F401  (names importable from here)
 from .peerdata import PeerData
 from .retained import RetainedSet, StoreError
@@ -45,13 +46,6 @@ log = logging.getLogger("shoal.router")
 
 ROUTED = (o.Pub, o.SharedPub, o.Direct, o.RemotePub)  # ops that need the whole route table
 READ_BATCH = 1000  # member messages read per loop pass at most
-# pyzmq's flags as plain ints: `sock.get(zmq.EVENTS) & zmq.POLLIN` builds an enum.Flag on every
-# call (measured: 10 µs against 4 with ints on the shared VM), several times per loop pass
-EVENTS, POLLIN, NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
-# (and for the two frames of a ROUTER message: pyzmq's send_multipart ORs the enum flags, an
-# enum.Flag per send, and recv_multipart reads RCVMORE as an enum member; measured on the shared
-# VM: 5.3 against 2.4 µs a send, 3.2 against 1.6 µs a receive)
-SNDMORE_NOBLOCK, RCVMORE = int(zmq.SNDMORE) | NOBLOCK, int(zmq.RCVMORE)
 HOT = (PUB, DELIVERED, DELIVERED_MANY)  # ops a member sends per message: read as wire lists (handle)
 DRAIN_WAIT = 8.0  # seconds a stopping cluster node's router waits for its members (circus waits 10)
 
@@ -270,14 +264,7 @@ class Router:
         recv, getsockopt = sock.recv, sock.getsockopt
         for _ in range(most):
             try:
-                ident = recv(NOBLOCK)
-                if not getsockopt(RCVMORE):
-                    raise ValueError
-                data = recv(NOBLOCK)
-                if getsockopt(RCVMORE):  # (more than two frames: read the rest, drop it all)
-                    while getsockopt(RCVMORE):
-                        recv(NOBLOCK)
-                    raise ValueError
+                ident, data = recv_pair(recv, getsockopt)
             except zmq.Again:
                 return True
             except ValueError:  # not two frames: not one of ours
