@@ -68,10 +68,14 @@ def props_to_wire(props: dict):
     return {int(k): v for k, v in props.items()} if props else None
 
 
+_PROP_BY_INT = {int(p): p for p in Prop}  # (an Enum call per property cost the receiving worker 1.3%)
+
+
 def props_from_wire(props: dict | None) -> dict:
     if not props:
         return {}
-    out = {Prop(k): v for k, v in props.items()}
+    by_int = _PROP_BY_INT
+    out = {by_int.get(k) or Prop(k): v for k, v in props.items()}  # (Prop(k) only for an unknown k: it raises)
     up = out.get(Prop.USER_PROPERTY)
     if up is not None:
         out[Prop.USER_PROPERTY] = [(k, v) for k, v in up]
