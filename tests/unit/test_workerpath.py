@@ -96,3 +96,16 @@ def test_properties_from_the_wire_are_the_enum_members_and_an_unknown_one_is_ref
         props_from_wire({250: 1})
     with pytest.raises(ValueError):
         props_from_wire({"3": 1})
+
+
+def test_a_message_record_of_seven_eight_or_more_fields_is_read_and_a_short_one_refused():
+    base = ["t", b"x", 1, True, {int(Prop.CONTENT_TYPE): "a/b"}, 5.0, "p"]
+    m7 = msg_from_wire(base, 100.0)
+    assert (m7.topic, m7.payload, m7.qos, m7.retain, m7.expires_at, m7.origin, m7.mid) == \
+        ("t", b"x", 1, True, 105.0, "p", None)
+    assert m7.properties == {Prop.CONTENT_TYPE: "a/b"}
+    assert msg_from_wire(base + [42], 100.0).mid == 42
+    assert msg_from_wire(base + [43, "a later field"], 100.0).mid == 43  # (fields a newer writer adds)
+    assert msg_from_wire(["t", b"x", 0, False, None, None, ""], 0.0).properties == {}
+    with pytest.raises(ValueError):
+        msg_from_wire(base[:6], 100.0)
