@@ -146,18 +146,25 @@ def test_suback_means_routed_cluster_wide(cluster, clients):
 
 def test_puback_waits_for_the_remote_node(cluster, clients):
     """The publisher's PUBACK waits until the node with the subscriber owns the message:
-    with n2's agent stopped (SIGSTOP) it is not sent; after SIGCONT it is, and the
-    subscriber gets the message once (the link resent what n2 had not confirmed)."""
+    with n2's agent and router stopped (SIGSTOP) it is not sent; after SIGCONT it is, and the
+    subscriber gets the message once (what n2 had not confirmed was resent). Both are stopped
+    because the message may take either way: n1's router sends it to n2's router itself
+    (SHOAL_CLUSTER_ROUTER_SENDS) once it knows n2's route, and through n1's agent to n2's
+    until then (with the agent alone stopped, the PUBACK came whenever n1's router had the
+    route already: a race the faster hot path made visible)."""
     sub = clients.connect(port(cluster, "n2"), "hold-sub")
     subscribe(sub, "c30/hold", 1)
     pub = clients.connect(port(cluster, "n1"), "hold-pub")
-    agent = node(cluster, "n2").agent_pid()
-    os.kill(agent, signal.SIGSTOP)
+    n2 = node(cluster, "n2")
+    stopped = [n2.agent_pid(), n2.router_pid()]
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
     try:
         pub.send(Publish("c30/hold", b"held", 1, packet_id=7))
         assert pub.barrier() == []  # PINGRESP came back, the PUBACK did not
     finally:
-        os.kill(agent, signal.SIGCONT)
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
     assert pub.expect(PubAck, timeout=30).packet_id == 7
     assert [p.payload for p in receive(sub, 1)] == [b"held"]
 
@@ -209,17 +216,24 @@ def test_retain_as_published_across_nodes(cluster, clients):
 def test_link_resends_after_reconnect(cluster, clients):
     """n2's agent stopped with a QoS 1 message on its way, then killed: circus starts
     a new agent (same lease, so n2 never left), n1's link reconnects to it and sends
-    again what n2 never acknowledged; the subscriber gets it and the publisher its PUBACK."""
+    again what n2 never acknowledged; the subscriber gets it and the publisher its PUBACK.
+    n2's router is stopped too until the agent is killed: the message may go from n1's
+    router to n2's router (SHOAL_CLUSTER_ROUTER_SENDS, once n1's router has the route) or
+    over the agents' link (before); either way it is held, then sent again, taken once."""
     n2 = node(cluster, "n2")
     sub = clients.connect(port(cluster, "n2"), "resend-sub")
     subscribe(sub, "c30/resend", 1)
     pub = clients.connect(port(cluster, "n1"), "resend-pub")
-    agent = n2.agent_pid()
+    agent, router = n2.agent_pid(), n2.router_pid()
     mark = n2._log_size()
     os.kill(agent, signal.SIGSTOP)
-    pub.send(Publish("c30/resend", b"again", 1, packet_id=3))
-    assert pub.barrier() == []  # not acknowledged while n2's agent is stopped
-    os.kill(agent, signal.SIGKILL)
+    os.kill(router, signal.SIGSTOP)
+    try:
+        pub.send(Publish("c30/resend", b"again", 1, packet_id=3))
+        assert pub.barrier() == []  # not acknowledged while n2's agent and router are stopped
+        os.kill(agent, signal.SIGKILL)
+    finally:
+        os.kill(router, signal.SIGCONT)
     wait_for(lambda: "process=agent event='joined the cluster'" in n2.log(since=mark), 60, 0.1, "n2's new agent")
     assert pub.expect(PubAck, timeout=30).packet_id == 3
     assert [p.payload for p in receive(sub, 1)] == [b"again"]
