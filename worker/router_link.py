@@ -24,7 +24,8 @@ from mqtt import SubscriptionTrie, parse_shared, topic_matches
 from .flow import Pause
 from .message import Message
 from .metrics import node_sums
-from core.records import message_from, message_record, msg_from_wire, msg_to_wire, session_from_wire, session_to_wire, will_message_record
+from core.records import (message_from, message_record, msg_from_wire, msg_to_wire, session_from_wire, session_to_wire,
+                          will_message_record)
 from .sys_topics import render
 from .timers import Clock
 
