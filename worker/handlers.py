@@ -294,46 +294,60 @@ def handle_publish(conn, p) -> None:
         s.incoming_qos2.add(pid)
         if broker.store_for(s) is not None:
             store.qos2_in(s, pid)
-    ack = (PubAck if qos == 1 else PubRec)(pid, rc)
     if store is not None and store.batch is not None:
         gate = gate or AckGate()
         store.after_commit(gate.wait())  # the broker owns the message once it is on disk
     if gate is None:
-        conn.send(ack)
+        if rc:
+            conn.send((PubAck if qos == 1 else PubRec)(pid, rc))
+        else:  # (the bytes of PUBACK/PUBREC pid, reason 0, no properties: both versions)
+            conn.write(_ACK_HEAD[qos] + pid.to_bytes(2, "big"))
         return
+    gate.open(conn, s, qos, pid, rc)
 
-    def owned(ok: bool) -> None:
-        reply = ack if ok else _quota_refusal(conn, s, qos, pid)
-        if reply is not None:
-            conn.send(reply)
 
-    gate.open(owned)
+# PUBACK / PUBREC with reason 0 and no properties (3.1.1 and v5 alike: [first, 2, pid])
+_ACK_HEAD = (b"", b"\x40\x02", b"\x50\x02")
 
 
 class AckGate:
     """Holds a PUBACK/PUBREC until every part of the node owns the message
-    (this worker's store, and the workers it was forwarded to)."""
+    (this worker's store, and the workers it was forwarded to). The ack's
+    fields live on the gate (no closure, no packet object per publish, issue 10 workerpath)."""
 
-    __slots__ = ("n", "ok", "fn")
+    __slots__ = ("n", "ok", "conn", "s", "qos", "pid", "rc")
 
     def __init__(self) -> None:
         self.n = 1
         self.ok = True
-        self.fn = None
+        self.conn = None
 
     def wait(self):
         self.n += 1
         return self._release
 
-    def open(self, fn) -> None:
-        self.fn = fn
+    def open(self, conn, s, qos: int, pid: int, rc: int) -> None:
+        self.conn = conn
+        self.s = s
+        self.qos = qos
+        self.pid = pid
+        self.rc = rc
         self._release(True)
 
     def _release(self, ok: bool) -> None:
-        self.ok = self.ok and ok
+        if not ok:
+            self.ok = False
         self.n -= 1
-        if self.n == 0 and self.fn is not None:
-            self.fn(self.ok)
+        if self.n == 0 and self.conn is not None:
+            conn, qos, pid = self.conn, self.qos, self.pid
+            if not self.ok:
+                reply = _quota_refusal(conn, self.s, qos, pid)
+                if reply is not None:
+                    conn.send(reply)
+            elif self.rc:
+                conn.send((PubAck if qos == 1 else PubRec)(pid, self.rc))
+            else:
+                conn.write(_ACK_HEAD[qos] + pid.to_bytes(2, "big"))
 
 
 def _quota_refusal(conn, s, qos, pid):
