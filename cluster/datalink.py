@@ -187,7 +187,9 @@ class DataLink:
             except Exception:
                 log.warning("undecodable answer on the data link", extra=kv(peer=peer.node, size=len(data)))
                 continue
-            peer.confirmed([op.token for op in ops if op.__class__ is o.Confirm])
+            # (only ok ones: ok False, a receiver there died before it owned the message, is sent
+            # again after the resend wait, and routed anew there; router/sender.py does the same)
+            peer.confirmed([op.token for op in ops if op.__class__ is o.Confirm and op.ok is True])
             n += 1
             if n >= 200:  # let the loop breathe
                 self.loop.call_soon(self._readable)

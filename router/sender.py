@@ -154,14 +154,18 @@ class PeerLink:
                 data = sock.recv(NOBLOCK)
             except zmq.Again:
                 break
-            try:  # (CONFIRMS [57, ok, [seq, ...]] and CONFIRM [29, seq, ok] read as lists, no typed op each)
+            # (CONFIRMS [57, ok, [seq, ...]] and CONFIRM [29, seq, ok] read as lists, no typed op each.
+            # Only ok ones count: ok False says a receiver there died before it owned the message;
+            # the other node forgot its origin, so the resend is routed anew there. Before, a failed
+            # one counted as taken too, and the publisher had its PUBACK for a message never owned.)
+            try:
                 seqs = []
                 for w in unpack(data):
                     if type(w) is list and len(w) > 2:
                         if w[0] == _CONFIRMS:
-                            if type(w[2]) is list:
+                            if w[1] is True and type(w[2]) is list:
                                 seqs += [t for t in w[2] if type(t) is int]
-                        elif w[0] == _CONFIRM and type(w[1]) is int:
+                        elif w[0] == _CONFIRM and type(w[1]) is int and w[2] is True:
                             seqs.append(w[1])
             except Exception:
                 log.warning("undecodable answer on the data link", extra=kv(peer=self.peer.node, size=len(data)))

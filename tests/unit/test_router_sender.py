@@ -76,8 +76,8 @@ class PeerRouter:
                 got += [(ident, w) for w in unpack(data)]
         return got
 
-    def confirm(self, ident: bytes, *seqs: int) -> None:
-        self.sock.send_multipart([ident, pack([o.Confirm(s, True) for s in seqs])])
+    def confirm(self, ident: bytes, *seqs: int, ok: bool = True) -> None:
+        self.sock.send_multipart([ident, pack([o.Confirm(s, ok) for s in seqs])])
 
     def close(self):
         self.sock.close(0)
@@ -126,6 +126,35 @@ def test_what_was_not_confirmed_is_sent_again_with_the_same_seq():
         assert [w[4] for _, w in again] == [1, 2] and n.router.sender.resent == 2
         peer.confirm(first[0][0], 1, 2)
         drive(n, lambda: len([op for _, op in n.sock.sent if op.__class__ is o.Confirm]) == 2)
+    finally:
+        peer.close()
+
+
+def test_a_failed_confirmation_is_not_taken_for_one_and_the_message_goes_again():
+    """The other node's router answers ok False when a receiver there died before it owned the
+    message (it forgets the origin, so a resend is routed anew). The publisher's PUBACK waits;
+    the message goes again with its seq after the resend wait and is confirmed by a good answer.
+    (Before, any answer counted: the PUBACK came for a message nobody owned.)"""
+    from core.ops import Confirms
+
+    n = sending_node()
+    peer = PeerRouter()
+    try:
+        n.feed(AGENT, o.PeerInfo("n2", peer.addr, "inst", True, ["t/#"]))
+        publish(n, "t/a", 1, 21)
+        publish(n, "t/b", 1, 22)
+        first = peer.take(n, 2)
+        ident = first[0][0]
+        peer.confirm(ident, 1, ok=False)
+        peer.sock.send_multipart([ident, pack([Confirms(False, [2])])])
+        drive(n, lambda: not n.router.sender.peers["n2"].link.sock.get(zmq.EVENTS) & zmq.POLLIN)
+        assert n.take(W1, o.Confirm) == []  # no PUBACK for what the other node did not own
+        n.clock.t += 1.1  # (RESEND_AFTER)
+        again = peer.take(n, 2)
+        assert [w[4] for _, w in again] == [1, 2]
+        peer.sock.send_multipart([ident, pack([Confirms(True, [1, 2])])])
+        drive(n, lambda: len([op for _, op in n.sock.sent if op.__class__ is o.Confirm]) == 2)
+        assert sorted((c.token, c.ok) for c in n.take(W1, o.Confirm)) == [(21, True), (22, True)]
     finally:
         peer.close()
 
