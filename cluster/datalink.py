@@ -37,9 +37,8 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from common.logs import kv
-from core import ops as o
 from core import peerdata
-from core.ops import unpack_ops
+from core.ops import unpack
 
 log = logging.getLogger("shoal.agent")
 
@@ -182,14 +181,12 @@ class DataLink:
                 data = sock.recv(NOBLOCK)
             except zmq.Again:
                 break
-            try:
-                ops = unpack_ops(data)
+            try:  # (only ok ones: core/peerdata.confirmed_seqs, as the router's sender)
+                seqs = peerdata.confirmed_seqs(unpack(data))
             except Exception:
                 log.warning("undecodable answer on the data link", extra=kv(peer=peer.node, size=len(data)))
                 continue
-            # (only ok ones: ok False, a receiver there died before it owned the message, is sent
-            # again after the resend wait, and routed anew there; router/sender.py does the same)
-            peer.confirmed([op.token for op in ops if op.__class__ is o.Confirm and op.ok is True])
+            peer.confirmed(seqs)
             n += 1
             if n >= 200:  # let the loop breathe
                 self.loop.call_soon(self._readable)

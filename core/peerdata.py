@@ -19,7 +19,7 @@ import struct
 import msgpack
 import zmq
 
-from .ops import Op
+from .ops import CONFIRM as _CONFIRM, CONFIRMS as _CONFIRMS, Op
 
 DATA_WIRE = 1  # version of the direct data link; a dialler speaking another is refused
 # the end of a dialler's instance that says it reads CONFIRMS ops (many seqs in one op, issue 10
@@ -105,6 +105,27 @@ def well_formed(w) -> bool:
     return (type(w) is list and len(w) >= 7 and type(w[0]) is str and type(w[1]) is bytes
             and w[2] in (0, 1, 2) and type(w[3]) is bool and (w[4] is None or type(w[4]) is dict)
             and (w[5] is None or type(w[5]) in (int, float)) and type(w[6]) is str)
+
+
+def confirmed_seqs(wires) -> list[int]:
+    """The seqs a peer router's answer on a data link confirms, from its ops as wire lists
+    (CONFIRMS [57, ok, [seq, ...]] and CONFIRM [29, seq, ok]; anything else is skipped). Only
+    ok ones count: ok False says a receiver there died before it owned the message; that
+    router forgot the origin, so the resend is routed anew. (Until 2026-12-02 a failed one
+    counted as taken too, in both senders, and the publisher had its PUBACK for a message
+    nobody owned.) For the router's sender (router/sender.py) and the agent's data link
+    (cluster/datalink.py)."""
+    seqs: list[int] = []
+    if type(wires) is not list:
+        return seqs
+    for w in wires:
+        if type(w) is list and len(w) > 2:
+            if w[0] == _CONFIRMS:
+                if w[1] is True and type(w[2]) is list:
+                    seqs += [t for t in w[2] if type(t) is int]
+            elif w[0] == _CONFIRM and type(w[1]) is int and w[2] is True:
+                seqs.append(w[1])
+    return seqs
 
 
 def heartbeat_options(dead_after: float) -> list[tuple[int, int]]:

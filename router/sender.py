@@ -69,7 +69,6 @@ EVENTS, POLLIN, NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
 _LOST = peerdata.LOST_EVENTS
 _packer = msgpack.Packer(use_bin_type=True)
-_CONFIRM, _CONFIRMS = o.CONFIRM, o.CONFIRMS
 
 
 class Entry:
@@ -154,19 +153,8 @@ class PeerLink:
                 data = sock.recv(NOBLOCK)
             except zmq.Again:
                 break
-            # (CONFIRMS [57, ok, [seq, ...]] and CONFIRM [29, seq, ok] read as lists, no typed op each.
-            # Only ok ones count: ok False says a receiver there died before it owned the message;
-            # the other node forgot its origin, so the resend is routed anew there. Before, a failed
-            # one counted as taken too, and the publisher had its PUBACK for a message never owned.)
-            try:
-                seqs = []
-                for w in unpack(data):
-                    if type(w) is list and len(w) > 2:
-                        if w[0] == _CONFIRMS:
-                            if w[1] is True and type(w[2]) is list:
-                                seqs += [t for t in w[2] if type(t) is int]
-                        elif w[0] == _CONFIRM and type(w[1]) is int and w[2] is True:
-                            seqs.append(w[1])
+            try:  # (read as wire lists, no typed op each; only ok ones: core/peerdata.confirmed_seqs)
+                seqs = peerdata.confirmed_seqs(unpack(data))
             except Exception:
                 log.warning("undecodable answer on the data link", extra=kv(peer=self.peer.node, size=len(data)))
                 continue

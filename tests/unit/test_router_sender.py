@@ -300,3 +300,12 @@ def test_without_the_setting_the_agent_sends_as_before():
     n.feed(W1, o.Pub(msg("t/1", b"x", 1), 3, n.clock.t))
     (d,) = n.take(AGENT, o.Deliver)
     assert d.msg[0] == "t/1" and d.ref == [W1, 3]
+
+
+def test_only_ok_answers_confirm_for_both_senders():
+    """core/peerdata.confirmed_seqs, read by the router's sender and the agent's data link:
+    CONFIRM and CONFIRMS with ok true count, ok false and anything malformed do not."""
+    wires = unpack(pack([o.Confirm(1, True), o.Confirm(2, False), o.Confirms(True, [3, 4]), o.Confirms(False, [5])]))
+    wires += [[o.CONFIRMS, True, "not a list"], [o.CONFIRMS, True, [[9], 6]], [o.CONFIRM, "7", True], "junk"]
+    assert peerdata.confirmed_seqs(wires) == [1, 3, 4, 6]
+    assert peerdata.confirmed_seqs({"not": "a list"}) == []
