@@ -25,3 +25,14 @@ def recv_pair(recv, getsockopt) -> tuple[bytes, bytes]:
             recv(NOBLOCK)
         raise ValueError
     return ident, data
+
+
+def send_pair(sock, ident: bytes, data: bytes) -> None:
+    """One message of two frames to ident, without blocking (zmq.Again: the socket cannot take
+    it; a ROUTER refuses at the first frame, or takes both). A test's fake socket, not a
+    zmq.Socket, gets both frames in one send_multipart."""
+    if sock.__class__ is zmq.Socket:
+        sock.send(ident, SNDMORE_NOBLOCK)
+        sock.send(data, NOBLOCK)
+    else:
+        sock.send_multipart([ident, data], NOBLOCK)

@@ -26,7 +26,7 @@ from core import ops as o
 from core.ops import unpack
 from core.peerdata import CONFIRMS_MARK, BadIdentity, heartbeat_options, parse_identity, well_formed
 
-from .frames import EVENTS, NOBLOCK, POLLIN, SNDMORE_NOBLOCK, recv_pair
+from .frames import EVENTS, POLLIN, recv_pair, send_pair
 
 log = logging.getLogger("shoal.router")
 
@@ -149,13 +149,8 @@ class PeerData:
     def send(self, ident: bytes, ops: list, pack) -> None:
         """The CONFIRMs for one dialler. One that cannot take them (gone, or not reading) loses
         them: it sends those publishes again and they are confirmed at once (taken already)."""
-        sock = self.sock
         try:
-            if sock.__class__ is zmq.Socket:
-                sock.send(ident, SNDMORE_NOBLOCK)
-                sock.send(pack(ops), NOBLOCK)
-            else:  # (a test's fake socket)
-                sock.send_multipart([ident, pack(ops)], flags=zmq.NOBLOCK)
+            send_pair(self.sock, ident, pack(ops))
         except zmq.Again:
             pass
         except zmq.ZMQError as e:

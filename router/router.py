@@ -34,7 +34,7 @@ from core.sums import node_sums
 from .admin import OpsService
 from .forward import Forwarder
 from .away import Away
-from .frames import EVENTS, NOBLOCK, POLLIN, SNDMORE_NOBLOCK, recv_pair
+from .frames import EVENTS, POLLIN, recv_pair, send_pair
 from .members import AGENT, MEMBER_TIMEOUT, Member, Membership  # noqa: F401  (names importable from here)
 from .peerdata import PeerData
 from .retained import RetainedSet, StoreError
@@ -172,8 +172,6 @@ class Router:
         done = True
         peer_data = self.peer_data
         sock = self.sock
-        frames = sock.__class__ is not zmq.Socket  # (a test's fake socket takes both frames at once)
-        send = sock.send_multipart if frames else sock.send
         for ident in list(self.out):
             ops = self.out[ident]
             if peer_data is not None and peer_data.is_peer(ident):
@@ -181,11 +179,7 @@ class Router:
                 del self.out[ident]
                 continue
             try:
-                if frames:
-                    send([ident, pack(ops)], NOBLOCK)
-                else:
-                    send(ident, SNDMORE_NOBLOCK)  # (a ROUTER refuses at the first frame, or takes both)
-                    send(pack(ops), NOBLOCK)
+                send_pair(sock, ident, pack(ops))
             except zmq.Again:
                 done = False  # that member is slow: keep its ops, stop reading (push back)
                 continue
